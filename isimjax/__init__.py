@@ -1,0 +1,1 @@
+"""isimjax: the Iterative Self-Improved Model (ISIM) for weakly supervised segmentation."""

@@ -1,0 +1,1 @@
+"""rwsjax: a JAX/Flax segmentation toolkit and Refined Weak Slices (RWS)."""

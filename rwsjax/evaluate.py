@@ -1,0 +1,54 @@
+"""Confusion-matrix mIoU (METHODS.md, shared building blocks)."""
+import numpy as np
+import jax.numpy as jnp
+
+from rwsjax.losses import IGNORE_LABEL
+
+
+def confusion_matrix(labels, preds, num_classes, ignore_label=IGNORE_LABEL, weights=None):
+  """(K, K) counts, rows = ground truth, columns = prediction; ignored pixels are skipped.
+
+  Args:
+    labels: integer array of ground-truth labels (any shape).
+    preds: integer array of predictions, same shape.
+    num_classes: K.
+    ignore_label: label value that is not counted.
+    weights: optional array broadcastable to `labels` (0 drops a pixel, e.g. padding).
+  """
+  labels = jnp.asarray(labels).astype(jnp.int32)
+  preds = jnp.asarray(preds).astype(jnp.int32)
+  valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
+  if weights is not None:
+    valid = valid & (jnp.broadcast_to(weights, labels.shape) > 0)
+  index = jnp.where(valid, labels * num_classes + jnp.clip(preds, 0, num_classes - 1), 0)
+  counts = jnp.zeros(num_classes * num_classes, jnp.int32).at[index.ravel()].add(
+      valid.ravel().astype(jnp.int32))
+  return counts.reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(confusion):
+  """Per-class IoU = TP / (TP + FP + FN); nan for a class absent from GT and prediction."""
+  confusion = np.asarray(confusion, np.float64)
+  tp = np.diag(confusion)
+  union = confusion.sum(0) + confusion.sum(1) - tp
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(union > 0, tp / union, np.nan)
+
+
+def miou_from_confusion(confusion):
+  """Mean IoU over the classes present in ground truth or prediction (nan-mean)."""
+  iou = iou_from_confusion(confusion)
+  return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan")
+
+
+def summarize(confusion, class_names=None):
+  """JSON-ready dict: mIoU, per-class IoU, pixel accuracy."""
+  confusion = np.asarray(confusion, np.int64)
+  iou = iou_from_confusion(confusion)
+  names = class_names or [str(k) for k in range(len(iou))]
+  total = confusion.sum()
+  return {
+      "miou": miou_from_confusion(confusion),
+      "pixel_accuracy": float(np.trace(confusion) / total) if total else float("nan"),
+      "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
+  }
