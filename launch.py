@@ -1,0 +1,51 @@
+"""Runs one experiment: `python launch.py --config=configs/shapes_rws.py --workdir=runs/demo`.
+
+`config.method` picks the pipeline. Rerunning the same command with the same --workdir resumes
+where a killed run stopped. Override any config field on the command line, e.g.
+`--config.train.steps=200`; `--config=configs/voc_rws.py:smoke` runs a seconds-long variant.
+"""
+import importlib
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+PIPELINES = {
+    "supervised": "rwsjax.supervised",
+    "rws": "rwsjax.rws",
+    "isim": "isimjax.isim",
+}
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host GPU/TPU runs).")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (optional).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (optional).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (optional).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  import jax  # pylint: disable=g-import-not-at-top  (after absl parsed the flags)
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  config = _CONFIG.value
+  if config.method not in PIPELINES:
+    raise app.UsageError(f"config.method={config.method!r}; expected one of {sorted(PIPELINES)}.")
+  logging.info("Process %d/%d, %d local / %d global devices (%s).", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  pipeline = importlib.import_module(PIPELINES[config.method])
+  pipeline.run(config, os.path.abspath(_WORKDIR.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,87 @@
+"""Default experiment configuration shared by every config file in configs/.
+
+Each config file calls `base_config()`, overrides what its experiment needs and, for the
+`:smoke` argument, calls `shrink_for_smoke` so the same file drives a seconds-long CPU run and
+the full run.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def base_config():
+  """Every field a pipeline reads, with its default (the synthetic shapes data on CPU)."""
+  c = ml_collections.ConfigDict()
+  c.method = "supervised"           # supervised | rws | isim
+  c.seed = 0
+  c.num_devices = 0                 # 0 = every device; n = the first n (single host only)
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "shapes"         # shapes | voc_aug
+  c.dataset.data_dir = config_dict.placeholder(str)    # TFDS data_dir (None = TFDS default)
+  c.dataset.manual_dir = config_dict.placeholder(str)  # licensed data the user already has
+  c.dataset.num_classes = 7         # including background 0
+  c.dataset.train_split = "train"
+  c.dataset.eval_split = "validation"
+  c.dataset.shapes = ml_collections.ConfigDict()
+  c.dataset.shapes.num_train = 2000
+  c.dataset.shapes.num_val = 500
+  c.dataset.shapes.image_size = 96
+  c.dataset.shapes.num_object_classes = 6
+  c.dataset.shapes.seed = 0
+
+  c.input = ml_collections.ConfigDict()
+  c.input.crop_size = (96, 96)      # (h, w) of training crops
+  c.input.batch_size = 16           # global batch (all devices and hosts)
+  c.input.eval_batch_size = 32
+  c.input.scale_range = (0.5, 2.0)
+  c.input.scale_mode = "ratio"      # ratio: both sides * U(scale_range); long_side: ISIM
+  c.input.flip = True
+  c.input.mean = IMAGENET_MEAN
+  c.input.std = IMAGENET_STD
+  c.input.eval_pad_size = config_dict.placeholder(tuple)  # pad eval images to (h, w)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "deeplabv3"        # deeplabv3 | deeplabv3plus | fcn | unet | deeplabv2
+  c.model.backbone = "resnet18"     # resnet18 | resnet34 | resnet50 | resnet101 | resnet152
+  c.model.output_stride = 8
+  c.model.width = 0.25              # channel multiplier of the backbone (1.0 = standard)
+  c.model.head_channels = 64        # 256 in the papers
+  c.model.frozen_bn = False
+  c.model.upsample = "bilinear"     # UNet decoder: bilinear | learnable
+  c.model.dtype = "float32"         # compute dtype: float32 | bfloat16
+  c.model.pretrained = config_dict.placeholder(str)  # torchvision ResNet state dict (.npz/.pth)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1500
+  c.train.lr = 0.01
+  c.train.momentum = 0.9
+  c.train.weight_decay = 5e-4
+  c.train.poly_power = 0.9
+  c.train.warmup_steps = 0
+  c.train.log_every = 50
+  c.train.checkpoint_every = 500
+  c.train.max_to_keep = 2
+
+  c.figures = ml_collections.ConfigDict()
+  c.figures.num_examples = 4        # images shown in prediction / heatmap figures
+  return c
+
+
+def shrink_for_smoke(c):
+  """Makes `c` finish in seconds on one CPU core: tiny data, model and step counts."""
+  c.dataset.shapes.num_train = 16
+  c.dataset.shapes.num_val = 8
+  c.dataset.shapes.image_size = 32
+  c.input.crop_size = (32, 32)
+  c.input.batch_size = 4
+  c.input.eval_batch_size = 4
+  c.model.width = 0.125
+  c.model.head_channels = 16
+  c.train.steps = 2
+  c.train.log_every = 1
+  c.train.checkpoint_every = 2
+  c.figures.num_examples = 2
+  return c

@@ -1,0 +1,83 @@
+"""Progress lines with ETA, and the JSONL metric writer (process 0 only)."""
+import json
+import os
+import time
+
+from absl import logging
+import jax
+
+
+def format_seconds(seconds):
+  """'1h02m', '4m05s' or '12s'."""
+  seconds = max(0, int(round(seconds)))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  if hours:
+    return f"{hours}h{minutes:02d}m"
+  if minutes:
+    return f"{minutes}m{secs:02d}s"
+  return f"{secs}s"
+
+
+class Progress:
+  """Rate and ETA of a loop over `total` items that starts at item `start` (resumed runs)."""
+
+  def __init__(self, name, total, start=0):
+    self.name = name
+    self.total = total
+    self.start = start
+    self.t0 = time.perf_counter()
+
+  def line(self, done, **values):
+    """One log line: name, done/total, the given values, rate and ETA."""
+    elapsed = time.perf_counter() - self.t0
+    rate = (done - self.start) / elapsed if elapsed > 0 else 0.0
+    eta = (self.total - done) / rate if rate > 0 else float("nan")
+    parts = [f"{self.name} {done}/{self.total}"]
+    parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()]
+    parts.append(f"{rate:.3g}/s")
+    parts.append(f"ETA {format_seconds(eta) if rate > 0 else '?'}")
+    return "  ".join(parts)
+
+  def log(self, done, **values):
+    logging.info("%s", self.line(done, **values))
+
+
+class MetricWriter:
+  """Appends one JSON object per logged step to `path` (metrics.jsonl) on process 0."""
+
+  def __init__(self, path):
+    self.path = path
+    self.enabled = jax.process_index() == 0
+    if self.enabled:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+  def truncate_after(self, step, stage=None):
+    """Drops lines of `stage` logged after `step`: a resumed run logs those steps again."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+    keep = [r for r in rows if r.get("stage") != stage or r.get("step", 0) <= step]
+    if len(keep) != len(rows):
+      with open(self.path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in keep)
+
+  def write(self, step, stage=None, **scalars):
+    if not self.enabled:
+      return
+    row = {"step": int(step), "stage": stage, "time": time.time()}
+    row.update({k: float(v) for k, v in scalars.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+
+def write_json(path, obj):
+  """Writes `obj` as indented JSON atomically (temp file + rename), on process 0 only."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)

@@ -1,0 +1,47 @@
+"""Confusion-matrix mIoU against a brute-force pixel count."""
+import numpy as np
+
+from rwsjax import evaluate
+
+
+def brute_force_iou(labels, preds, num_classes):
+  ious = []
+  for c in range(num_classes):
+    tp = fp = fn = 0
+    for y, p in zip(labels.ravel(), preds.ravel()):
+      if y == 255:
+        continue
+      tp += (y == c) and (p == c)
+      fp += (y != c) and (p == c)
+      fn += (y == c) and (p != c)
+    ious.append(tp / (tp + fp + fn) if tp + fp + fn else np.nan)
+  return np.array(ious)
+
+
+def test_confusion_and_miou_match_brute_force():
+  rng = np.random.default_rng(0)
+  k = 5
+  labels = rng.integers(0, k - 1, size=(3, 7, 9))  # class k-1 never in GT ...
+  labels[rng.random(labels.shape) < 0.2] = 255
+  preds = rng.integers(0, k - 1, size=labels.shape)  # ... nor predicted: its IoU is nan
+  confusion = np.asarray(evaluate.confusion_matrix(labels, preds, k))
+  expected = np.zeros((k, k), np.int64)
+  for y, p in zip(labels.ravel(), preds.ravel()):
+    if y != 255:
+      expected[y, p] += 1
+  np.testing.assert_array_equal(confusion, expected)
+  oracle = brute_force_iou(labels, preds, k)
+  np.testing.assert_allclose(evaluate.iou_from_confusion(confusion), oracle, equal_nan=True)
+  assert np.isnan(oracle[k - 1])
+  assert np.isclose(evaluate.miou_from_confusion(confusion), np.nanmean(oracle))
+
+
+def test_weights_drop_padded_examples_and_summary():
+  labels = np.array([[0, 1], [1, 1]])
+  preds = np.array([[0, 1], [0, 0]])
+  weights = np.array([[1, 1], [0, 0]])  # second row is padding
+  confusion = np.asarray(evaluate.confusion_matrix(labels, preds, 2, weights=weights))
+  np.testing.assert_array_equal(confusion, [[1, 0], [0, 1]])
+  summary = evaluate.summarize(confusion, ["bg", "fg"])
+  assert summary["miou"] == 1.0 and summary["per_class_iou"] == {"bg": 1.0, "fg": 1.0}
+  assert summary["pixel_accuracy"] == 1.0

@@ -1,0 +1,133 @@
+"""The trainer: data-parallel equivalence, kill-and-resume, non-finite loss, optimizer."""
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from rwsjax import train
+
+
+class TinySeg(nn.Module):
+  """Conv + BatchNorm + 1x1 classifier: enough to exercise global BN statistics."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(8, (3, 3))(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    return nn.Conv(3, (1, 1))(nn.relu(x))
+
+
+def train_cfg(**overrides):
+  cfg = ml_collections.ConfigDict(dict(lr=0.1, momentum=0.9, weight_decay=1e-4, poly_power=0.9,
+                                       warmup_steps=0, log_every=1, checkpoint_every=2,
+                                       max_to_keep=2))
+  cfg.update(overrides)
+  return cfg
+
+
+def batches(batch_size=8):
+  def factory(start):
+    step = start
+    while True:
+      rng = np.random.default_rng(step)
+      yield {"image": rng.normal(size=(batch_size, 6, 6, 3)).astype(np.float32),
+             "label": rng.integers(0, 3, size=(batch_size, 6, 6)).astype(np.int32)}
+      step += 1
+  return factory
+
+
+def run(workdir, num_devices, total_steps, stop_at=None, stage="s", lr=0.1):
+  model = TinySeg()
+  mesh = train.make_mesh(num_devices)
+  cfg = train_cfg(lr=lr)
+  tx = train.make_optimizer(cfg, total_steps)
+  variables = train.init_variables(model, (1, 6, 6, 3), jax.random.key(0))
+  losses = []
+
+  class Recorder:
+    def write(self, step, stage=None, **scalars):
+      losses.append((step, scalars["loss"]))
+
+    def truncate_after(self, step, stage=None):
+      pass
+
+  state = train.train_stage(workdir=str(workdir), stage=stage, loss_fn=train.supervised_loss(model),
+                            tx=tx, variables=variables, batches=batches(),
+                            total_steps=total_steps, train_cfg=cfg, mesh=mesh,
+                            rng=jax.random.key(1), writer=Recorder(), stop_at=stop_at)
+  return state, losses
+
+
+def test_one_and_four_devices_give_the_same_losses(tmp_path):
+  _, one = run(tmp_path / "one", 1, 3)
+  _, four = run(tmp_path / "four", 4, 3)
+  assert [s for s, _ in one] == [1, 2, 3]
+  np.testing.assert_allclose([l for _, l in one], [l for _, l in four], rtol=0, atol=1e-5)
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+  full, full_losses = run(tmp_path / "full", 4, 4)
+  first, _ = run(tmp_path / "resumed", 4, 4, stop_at=2)
+  assert int(first.step) == 2
+  resumed, resumed_losses = run(tmp_path / "resumed", 4, 4)
+  assert [s for s, _ in resumed_losses] == [3, 4]
+  np.testing.assert_allclose([l for _, l in resumed_losses], [l for _, l in full_losses[2:]],
+                             atol=1e-6)
+  for a, b in zip(jax.tree.leaves(full.variables), jax.tree.leaves(resumed.variables)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+  again, again_losses = run(tmp_path / "resumed", 4, 4)  # a finished stage is not redone
+  assert int(again.step) == 4 and again_losses == []
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  with pytest.raises(train.NonFiniteLossError) as error:
+    run(tmp_path, 1, 50, lr=1e6)
+  bad_step, kept = map(int, re.search(r"(?:loss|parameters) at step (\d+).*checkpoint \(step (\d+)\)",
+                                      str(error.value)).groups())
+  assert kept < bad_step and kept % 2 == 0  # checkpoints every 2 steps, none after the nan
+  checkpointer = train.Checkpointer(tmp_path / "s" / "checkpoints", every=2)
+  assert checkpointer.latest_step() == kept
+  restored = checkpointer.restore(train.create_train_state(
+      train.make_optimizer(train_cfg(), 50),
+      train.init_variables(TinySeg(), (1, 6, 6, 3), jax.random.key(0)), train.make_mesh(1)))
+  checkpointer.close()
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params))
+
+
+def test_poly_schedule_and_sgd_match_torch_formulas():
+  schedule = train.poly_schedule(0.01, 100, 0.9)
+  for t in (0, 10, 99):
+    assert np.isclose(schedule(t), 0.01 * (1 - t / 100) ** 0.9)
+  cfg = train_cfg(lr=0.5, momentum=0.9, weight_decay=0.1)
+  tx = train.make_optimizer(cfg, 10)
+  w = jnp.array([1.0, -2.0])
+  g = jnp.array([0.3, 0.4])
+  state = tx.init(w)
+  buf, w_ref = np.zeros(2), np.array([1.0, -2.0])
+  for t in range(3):  # torch.optim.SGD: d = g + wd w; buf = m buf + d; w -= lr_t buf
+    updates, state = tx.update(g, state, w)
+    w = optax.apply_updates(w, updates)
+    d = np.array([0.3, 0.4]) + 0.1 * w_ref
+    buf = 0.9 * buf + d
+    w_ref = w_ref - 0.5 * (1 - t / 10) ** 0.9 * buf
+  np.testing.assert_allclose(np.asarray(w), w_ref, rtol=1e-5)
+
+
+def test_grouped_learning_rates():
+  params = {"a": jnp.ones(2), "b": jnp.ones(2)}
+  cfg = train_cfg(lr=0.0, momentum=0.0, weight_decay=0.0)
+  tx = train.make_optimizer(cfg, 100, group_lrs={"slow": 0.1, "fast": 1.0},
+                            label_fn=lambda p: {"a": "slow", "b": "fast"})
+  updates, _ = tx.update({"a": jnp.ones(2), "b": jnp.ones(2)}, tx.init(params), params)
+  np.testing.assert_allclose(updates["a"], -0.1)
+  np.testing.assert_allclose(updates["b"], -1.0)
+
+
+def test_batch_must_split_over_devices():
+  with pytest.raises(ValueError, match="divisible by the number of devices, 4"):
+    train.local_batch_size(6, train.make_mesh(4))
