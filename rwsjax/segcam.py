@@ -1,0 +1,228 @@
+"""Seg-Grad-CAM heatmaps and the attention maps of RWS (paper eq. 1-4, METHODS.md RWS step 2).
+
+Model convention: `model.apply(variables, images, train=False)` returns logits (N, H, W, K) at
+input resolution, and after each backbone stage `name` ('layer1'..'layer4') the model calls
+`self.perturb(name, x)` and `self.sow('intermediates', name, x)`. The gradients dS_c/dF_i of all
+stages then come from one backward pass, as the cotangent of the 'perturbations' collection.
+
+In eval mode (`train=False`) images of a batch do not interact, so the cotangent of image n only
+reaches image n's features and one backward pass per class slot serves the whole batch.
+"""
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+LAYERS = ('layer1', 'layer2', 'layer3', 'layer4')
+
+
+class SegCamResult(NamedTuple):
+  """Seg-Grad-CAM of a batch.
+
+  heatmaps: layer -> (N, C, H, W) float32 in [0, 1] at input size (zeros in padded slots).
+  class_ids: (N, C) int32 class of each slot, -1 in padded slots.
+  class_mask: (N, C) bool, True for real slots.
+  logits: (N, H, W, K) the model's output.
+  features: layer -> (N, h_i, w_i, ch_i) the stage outputs F_i.
+  """
+  heatmaps: dict
+  class_ids: jax.Array
+  class_mask: jax.Array
+  logits: jax.Array
+  features: dict
+
+
+def present_classes(label_map, num_classes, max_classes):
+  """Classes present in each map, most frequent first (ties: lower id), padded with -1.
+
+  Args:
+    label_map: (N, H, W) integer class map (labels or argmax prediction); values outside
+      [0, num_classes), such as the ignore label 255, are not counted.
+    num_classes: K.
+    max_classes: C, the number of slots; when more classes are present the least frequent
+      ones are dropped.
+
+  Returns:
+    class_ids (N, C) int32 and class_mask (N, C) bool.
+  """
+  n = label_map.shape[0]
+  flat = label_map.reshape(n, -1)
+  valid = (flat >= 0) & (flat < num_classes)
+  counts = jax.vmap(lambda f, v: jnp.zeros(num_classes, jnp.int32).at[f].add(v))(
+      jnp.where(valid, flat, 0), valid.astype(jnp.int32))
+  top, ids = jax.lax.top_k(counts, min(max_classes, num_classes))
+  mask = top > 0
+  ids = jnp.where(mask, ids, -1).astype(jnp.int32)
+  pad = max_classes - ids.shape[1]
+  return (jnp.pad(ids, ((0, 0), (0, pad)), constant_values=-1),
+          jnp.pad(mask, ((0, 0), (0, pad))))
+
+
+def normalize_heatmaps(raw, size):
+  """ReLU, then min-max to [0, 1] per map, then bilinear resize (eq. 1, METHODS.md RWS 2).
+
+  The order is fixed: normalising before the resize keeps the stage's own extremes at 0 and 1
+  (a peak between output pixels stays below 1 after the resize). A constant map becomes zeros.
+
+  Args:
+    raw: (..., h, w) un-rectified maps sum_k alpha^k F^k.
+    size: (H, W) output size; resize is half-pixel bilinear (`jax.image.resize`).
+  """
+  cam = jax.nn.relu(raw.astype(jnp.float32))
+  low = jnp.min(cam, axis=(-2, -1), keepdims=True)
+  span = jnp.max(cam, axis=(-2, -1), keepdims=True) - low
+  cam = jnp.where(span > 0, (cam - low) / jnp.where(span > 0, span, 1.0), 0.0)
+  cam = jax.image.resize(cam, cam.shape[:-2] + tuple(size), 'bilinear')
+  return jnp.clip(cam, 0.0, 1.0)
+
+
+def _by_layer(tree, layers):
+  """Leaves of a (nested) collection whose last key is a layer name; sown tuples unwrapped."""
+  flat = traverse_util.flatten_dict(tree)
+  found = {}
+  for path, leaf in flat.items():
+    if path[-1] in layers:
+      if path[-1] in found:
+        raise ValueError(f'Stage name {path[-1]!r} occurs twice in the model collections.')
+      found[path[-1]] = leaf[-1] if isinstance(leaf, tuple) else leaf
+  missing = [name for name in layers if name not in found]
+  if missing:
+    raise ValueError(f'The model does not perturb/sow the stages {missing}; expected stage '
+                     f'outputs named {tuple(layers)}.')
+  return found
+
+
+def _class_cotangents(logits, class_ids):
+  """dS_c/dlogits per slot: 1 on channel c at the pixels predicted as c (eq. 1), (C, N, H, W, K)."""
+  pred = jnp.argmax(logits, axis=-1)
+  ids = class_ids.T[:, :, None, None]
+  region = (pred[None] == ids)[..., None]
+  channel = jax.nn.one_hot(class_ids.T, logits.shape[-1], dtype=logits.dtype)
+  return region.astype(logits.dtype) * channel[:, :, None, None, :]
+
+
+@functools.partial(
+    jax.jit, static_argnames=('model', 'num_classes', 'max_classes', 'layers', 'class_chunk'))
+def _seg_grad_cam(model, variables, images, classes, *, num_classes, max_classes, layers,
+                  class_chunk):
+  """Jitted body of `seg_grad_cam`: one forward pass, the backward pass vmapped over slots."""
+  variables = {k: v for k, v in variables.items() if k != 'perturbations'}
+  shapes = jax.eval_shape(
+      lambda: model.apply(variables, images, train=False, mutable=['perturbations'])[1])
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['perturbations'])
+
+  def forward(perturbations):
+    logits, state = model.apply({**variables, 'perturbations': perturbations}, images,
+                                train=False, mutable=['intermediates'])
+    return logits, _by_layer(state['intermediates'], layers)
+
+  logits, vjp_fn, features = jax.vjp(forward, zeros, has_aux=True)
+  if classes is None:
+    class_ids, class_mask = present_classes(jnp.argmax(logits, -1), num_classes, max_classes)
+  else:
+    class_ids = jnp.where(classes >= 0, classes, -1).astype(jnp.int32)
+    class_mask = class_ids >= 0
+
+  def raw_maps(cotangent):
+    grads = _by_layer(vjp_fn(cotangent)[0], layers)
+    return {name: jnp.einsum('nk,nhwk->nhw', jnp.mean(grads[name], axis=(1, 2)),
+                             features[name], preferred_element_type=jnp.float32)
+            for name in layers}
+
+  cotangents = _class_cotangents(logits, class_ids)
+  if class_chunk is None:
+    raw = jax.vmap(raw_maps)(cotangents)
+  else:
+    raw = jax.lax.map(raw_maps, cotangents, batch_size=class_chunk)
+  size = images.shape[1:3]
+  heatmaps = {name: jnp.where(class_mask[:, :, None, None],
+                              normalize_heatmaps(jnp.swapaxes(raw[name], 0, 1), size), 0.0)
+              for name in layers}
+  return SegCamResult(heatmaps, class_ids, class_mask, logits, features)
+
+
+def seg_grad_cam(model, variables, images, *, max_classes=None, layers=LAYERS, classes=None,
+                 class_chunk=None):
+  """Seg-Grad-CAM of every stage and every class of a batch (paper eq. 1, METHODS.md RWS 2).
+
+  For class c: S_c = sum of logit_c over the pixels predicted as c, alpha_i^k = mean_{h,w}
+  dS_c/dF_i^k, H_i^c = ReLU(sum_k alpha_i^k F_i^k), min-max normalised per image, stage and
+  class, then resized to the input size (`normalize_heatmaps`). A class given in `classes` but
+  absent from the prediction has S_c = 0 and an all-zero heatmap.
+
+  Args:
+    model: flax linen segmentation model following the convention of this module.
+    variables: its variables ('params', 'batch_stats', ...).
+    images: (N, H, W, 3) batch.
+    max_classes: slots per image when `classes` is None: the classes present in the prediction,
+      most frequent first, padded with -1 (`present_classes`).
+    layers: stage names to explain.
+    classes: optional (N, C) int class ids per image (e.g. the ground-truth classes of
+      `present_classes(labels, ...)`), -1 for padding; ids must be distinct within an image.
+    class_chunk: optional number of slots per backward batch (memory bound); default all at once.
+
+  Returns:
+    A `SegCamResult`.
+  """
+  if classes is None and max_classes is None:
+    raise ValueError('seg_grad_cam needs max_classes when classes is not given.')
+  if classes is not None:
+    classes = jnp.asarray(classes)
+    if classes.ndim != 2 or classes.shape[0] != images.shape[0]:
+      raise ValueError(f'classes must have shape (N, C) with N = {images.shape[0]}, got '
+                       f'{classes.shape}.')
+  num_classes = jax.eval_shape(
+      lambda: model.apply(variables, images, train=False)).shape[-1]
+  return _seg_grad_cam(model, variables, images, classes, num_classes=num_classes,
+                       max_classes=max_classes, layers=tuple(layers), class_chunk=class_chunk)
+
+
+def gt_attention(heatmaps, class_ids, class_mask, labels):
+  """A_i(m, n) = H_i^{gt(m, n)}(m, n): heatmaps restricted to the ground truth (eq. 2).
+
+  Args:
+    heatmaps: layer -> (N, C, H, W).
+    class_ids, class_mask: (N, C) slot classes and validity.
+    labels: (N, H, W) ground truth; ignored pixels (255) and classes without a slot get 0.
+
+  Returns:
+    layer -> (N, H, W) combined attention map A_i of all classes.
+  """
+  match = (class_ids[:, :, None, None] == labels[:, None]) & class_mask[:, :, None, None]
+  return {name: jnp.sum(jnp.where(match, h, 0.0), axis=1) for name, h in heatmaps.items()}
+
+
+def gamma_and_omega(attention):
+  """Gamma = max_i A_i (eq. 3) and omega_i = Gamma - A_i (eq. 4).
+
+  Args:
+    attention: layer -> (N, H, W).
+
+  Returns:
+    Gamma (N, H, W) and layer -> omega_i (N, H, W).
+  """
+  gamma = jnp.max(jnp.stack(list(attention.values())), axis=0)
+  return gamma, {name: gamma - a for name, a in attention.items()}
+
+
+def feature_attention(attention, gamma, features):
+  """A_i and Gamma resized to each stage's feature resolution, for selection (eq. 5-7).
+
+  Both maps of a stage go through the same linear resize (bilinear, antialiased when
+  shrinking, `jax.image.resize`), so A_i <= Gamma and omega_i >= 0 still hold there.
+
+  Args:
+    attention: layer -> (N, H, W) at input size.
+    gamma: (N, H, W) at input size.
+    features: layer -> (N, h_i, w_i, ch_i), only the spatial size is used.
+
+  Returns:
+    layer -> (A_i (N, h_i, w_i), Gamma_i (N, h_i, w_i)).
+  """
+  out = {}
+  for name, a in attention.items():
+    shape = a.shape[:1] + features[name].shape[1:3]
+    out[name] = (jax.image.resize(a, shape, 'bilinear'), jax.image.resize(gamma, shape, 'bilinear'))
+  return out

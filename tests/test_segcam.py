@@ -1,0 +1,249 @@
+"""Seg-Grad-CAM against a per-class jax.grad loop, a closed form and hand-computed maps."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rwsjax import segcam
+
+
+class _Backbone(nn.Module):
+  """Four named stages following the rwsjax model convention (perturb + sow per stage)."""
+  strides: tuple
+
+  @nn.compact
+  def __call__(self, x, train, stage_hook):
+    features = {}
+    for i, (channels, stride) in enumerate(zip((4, 6, 6, 8), self.strides)):
+      name = f'layer{i + 1}'
+      x = nn.Conv(channels, (3, 3), strides=stride, name=f'conv{i + 1}')(x)
+      if i == 1:
+        x = nn.BatchNorm(use_running_average=not train)(x)
+      x = jnp.tanh(x)
+      x = stage_hook(name, x) if stage_hook else x
+      x = self.perturb(name, x)
+      self.sow('intermediates', name, x)
+      features[name] = x
+    return x, features
+
+
+class TinySeg(nn.Module):
+  """A few convs with named stages, a 1x1-conv head and optional bilinear upsampling."""
+  num_classes: int = 4
+  strides: tuple = (1, 2, 1, 2)
+  upsample: bool = True
+
+  @nn.compact
+  def __call__(self, images, train=False, stage_hook=None, return_features=False):
+    x, features = _Backbone(self.strides, name='backbone')(images, train, stage_hook)
+    logits = nn.Conv(self.num_classes, (1, 1), name='head')(x)
+    if self.upsample:
+      logits = jax.image.resize(logits, logits.shape[:1] + images.shape[1:3] + logits.shape[3:],
+                                'bilinear')
+    return (logits, features) if return_features else logits
+
+
+def _setup(model, n=2, size=16, seed=0):
+  images = jax.random.normal(jax.random.key(seed), (n, size, size, 3))
+  variables = model.init(jax.random.key(seed + 1), images)
+  variables = {k: v for k, v in variables.items() if k in ('params', 'batch_stats')}
+  return variables, images
+
+
+def _bilinear_1d(n_in, n_out):
+  """Half-pixel bilinear interpolation matrix with edge clamping (independent oracle)."""
+  m = np.zeros((n_out, n_in))
+  for i in range(n_out):
+    src = min(max((i + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1.0)
+    lo = int(np.floor(src))
+    hi = min(lo + 1, n_in - 1)
+    m[i, lo] += 1.0 - (src - lo)
+    m[i, hi] += src - lo
+  return m
+
+
+def _normalize_oracle(raw, size):
+  """ReLU, min-max, resize of one 2-D map in numpy."""
+  cam = np.maximum(raw, 0.0)
+  span = cam.max() - cam.min()
+  cam = (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
+  return _bilinear_1d(cam.shape[0], size[0]) @ cam @ _bilinear_1d(cam.shape[1], size[1]).T
+
+
+def _oracle_classes(pred, num_classes, max_classes):
+  counts = np.bincount(pred.ravel(), minlength=num_classes)
+  order = sorted(range(num_classes), key=lambda c: (-counts[c], c))
+  return [c for c in order[:max_classes] if counts[c] > 0]
+
+
+def _brute_force(model, variables, images, classes_per_image, layers=segcam.LAYERS):
+  """One jax.grad of S_c per image and class, everything else in numpy loops."""
+
+  def score(perturbations, image, c, region):
+    logits = model.apply({**variables, 'perturbations': perturbations}, image)
+    return jnp.sum(jnp.where(region, jnp.take(logits, c, axis=-1), 0.0))
+
+  grad_fn = jax.jit(jax.grad(score))
+  zeros = jax.tree.map(jnp.zeros_like,
+                       model.init(jax.random.key(0), images[:1])['perturbations'])
+  out = []
+  for n, classes in enumerate(classes_per_image):
+    image = images[n:n + 1]
+    logits, feats = model.apply(variables, image, return_features=True)
+    pred = np.asarray(jnp.argmax(logits, -1))
+    maps = {}
+    for c in classes:
+      grads = grad_fn(zeros, image, c, jnp.asarray(pred == c))['backbone']
+      for name in layers:
+        g = np.asarray(grads[name][0], np.float64)
+        f = np.asarray(feats[name][0], np.float64)
+        alpha = g.mean(axis=(0, 1))
+        raw = np.zeros(f.shape[:2])
+        for k in range(f.shape[-1]):
+          raw += alpha[k] * f[..., k]
+        maps[(name, c)] = _normalize_oracle(raw, image.shape[1:3])
+    out.append(maps)
+  return out
+
+
+def test_matches_per_class_grad_loop():
+  model = TinySeg()
+  variables, images = _setup(model)
+  result = segcam.seg_grad_cam(model, variables, images, max_classes=4)
+  pred = np.asarray(jnp.argmax(result.logits, -1))
+  classes = [_oracle_classes(pred[n], 4, 4) for n in range(len(pred))]
+  assert max(len(c) for c in classes) >= 2
+  expected = _brute_force(model, variables, images, classes)
+  for n, image_classes in enumerate(classes):
+    assert list(np.asarray(result.class_ids[n][result.class_mask[n]])) == image_classes
+    for j, c in enumerate(image_classes):
+      for name in segcam.LAYERS:
+        np.testing.assert_allclose(result.heatmaps[name][n, j], expected[n][(name, c)],
+                                   atol=2e-5)
+
+
+def test_closed_form_last_stage_head():
+  model = TinySeg(strides=(1, 1, 1, 1), upsample=False)
+  variables, images = _setup(model, size=8, seed=3)
+  result = segcam.seg_grad_cam(model, variables, images, max_classes=4, layers=('layer4',))
+  kernel = np.asarray(variables['params']['head']['kernel'][0, 0], np.float64)
+  features = np.asarray(result.features['layer4'], np.float64)
+  pred = np.asarray(jnp.argmax(result.logits, -1))
+  for n in range(images.shape[0]):
+    for j in range(4):
+      if not result.class_mask[n, j]:
+        continue
+      c = int(result.class_ids[n, j])
+      alpha = kernel[:, c] * np.sum(pred[n] == c) / pred[n].size
+      raw = np.maximum(np.tensordot(features[n], alpha, axes=([-1], [0])), 0.0)
+      span = raw.max() - raw.min()
+      expected = (raw - raw.min()) / span if span > 0 else np.zeros_like(raw)
+      np.testing.assert_allclose(result.heatmaps['layer4'][n, j], expected, atol=2e-5)
+
+
+def test_normalize_order_relu_minmax_resize():
+  raw = jnp.array([[-1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, -1.0]])
+  out = np.asarray(segcam.normalize_heatmaps(raw, (6, 6)))
+  # ReLU then min-max gives a unit peak at the centre and 0 elsewhere; after the half-pixel
+  # resize the four central outputs sit at source (0.75, 0.75) etc.: 0.75 * 0.75 = 0.5625.
+  assert out.max() == pytest.approx(0.5625)
+  np.testing.assert_allclose(out[2:4, 2:4], 0.5625)
+  assert out[0, 0] == 0.0 and out[5, 5] == 0.0
+  np.testing.assert_allclose(out, _normalize_oracle(np.asarray(raw), (6, 6)), atol=1e-6)
+  # Resizing before normalising would stretch the peak back to 1; min-max before the ReLU
+  # would lift the zero background to 1/3.
+  resized = np.asarray(jax.image.resize(jax.nn.relu(raw), (6, 6), 'bilinear'))
+  assert (resized.max() - resized.min()) / (resized.max() - resized.min()) == 1.0 > out.max()
+  stretched = _bilinear_1d(3, 6) @ ((np.asarray(raw) + 1.0) / 3.0) @ _bilinear_1d(3, 6).T
+  assert stretched[0, 4] == pytest.approx(1 / 3) and out[0, 4] == 0.0
+  np.testing.assert_array_equal(segcam.normalize_heatmaps(jnp.full((3, 3), 0.7), (6, 6)), 0.0)
+
+
+def test_present_classes_order_padding_and_ignore():
+  labels = np.array([[[2, 2, 2, 255], [1, 1, 0, 255], [3, 3, 0, 255]],
+                     [[255, 255, 255, 255], [255, 255, 255, 255], [4, 4, 4, 4]]])
+  ids, mask = segcam.present_classes(jnp.asarray(labels), 5, 3)
+  for n in range(2):
+    expected = _oracle_classes(labels[n][labels[n] != 255], 5, 3)
+    assert list(np.asarray(ids[n])) == expected + [-1] * (3 - len(expected))
+    assert list(np.asarray(mask[n])) == [True] * len(expected) + [False] * (3 - len(expected))
+  ids, mask = segcam.present_classes(jnp.asarray(labels), 5, 7)
+  assert ids.shape == (2, 7) and int(mask[1].sum()) == 1 and int(ids[1, 0]) == 4
+
+
+def test_padded_and_explicit_class_slots():
+  model = TinySeg(num_classes=7)
+  variables, images = _setup(model, seed=5)
+  auto = segcam.seg_grad_cam(model, variables, images, max_classes=8)
+  assert not bool(auto.class_mask[:, 7:].any())
+  for name in segcam.LAYERS:
+    assert float(jnp.abs(jnp.where(auto.class_mask[:, :, None, None], 0.0,
+                                   auto.heatmaps[name])).max()) == 0.0
+  pred = np.asarray(jnp.argmax(auto.logits, -1))
+  absent = [c for c in range(7) if not (pred[0] == c).any()]
+  first = int(auto.class_ids[0, 0])
+  explicit = np.full((2, 3), -1)
+  explicit[0, :2] = [absent[0], first]
+  explicit[1, 0] = int(auto.class_ids[1, 0])
+  result = segcam.seg_grad_cam(model, variables, images, classes=explicit)
+  np.testing.assert_array_equal(result.class_mask, explicit >= 0)
+  for name in segcam.LAYERS:
+    np.testing.assert_array_equal(result.heatmaps[name][0, 0], 0.0)
+    np.testing.assert_allclose(result.heatmaps[name][0, 1], auto.heatmaps[name][0, 0],
+                               atol=1e-6)
+    np.testing.assert_allclose(result.heatmaps[name][1, 0], auto.heatmaps[name][1, 0],
+                               atol=1e-6)
+    np.testing.assert_array_equal(result.heatmaps[name][:, 2], 0.0)
+  chunked = segcam.seg_grad_cam(model, variables, images, max_classes=8, class_chunk=3)
+  for name in segcam.LAYERS:
+    np.testing.assert_allclose(chunked.heatmaps[name], auto.heatmaps[name], atol=1e-6)
+
+
+def test_user_errors_are_clear():
+  model = TinySeg()
+  variables, images = _setup(model)
+  with pytest.raises(ValueError, match='max_classes'):
+    segcam.seg_grad_cam(model, variables, images)
+  with pytest.raises(ValueError, match='stages'):
+    segcam.seg_grad_cam(model, variables, images, max_classes=2, layers=('layer5',))
+
+
+def test_gt_attention_gamma_omega():
+  rng = np.random.default_rng(0)
+  heat = {name: rng.uniform(size=(2, 3, 4, 5)).astype(np.float32) for name in ('a', 'b')}
+  ids = np.array([[0, 2, -1], [1, 0, 2]])
+  mask = ids >= 0
+  mask[1, 2] = False
+  labels = rng.choice([0, 1, 2, 3, 255], size=(2, 4, 5))
+  attention = segcam.gt_attention({k: jnp.asarray(v) for k, v in heat.items()}, jnp.asarray(ids),
+                                  jnp.asarray(mask), jnp.asarray(labels))
+  for name in heat:
+    expected = np.zeros((2, 4, 5), np.float32)
+    for n in range(2):
+      for y in range(4):
+        for x in range(5):
+          for j in range(3):
+            if mask[n, j] and ids[n, j] == labels[n, y, x]:
+              expected[n, y, x] = heat[name][n, j, y, x]
+    np.testing.assert_array_equal(attention[name], expected)
+  gamma, omega = segcam.gamma_and_omega(attention)
+  np.testing.assert_array_equal(gamma, np.maximum(attention['a'], attention['b']))
+  for name in heat:
+    np.testing.assert_array_equal(omega[name], gamma - attention[name])
+
+
+def test_feature_attention_keeps_order_and_constants():
+  rng = np.random.default_rng(1)
+  a1 = jnp.asarray(rng.uniform(size=(2, 8, 8)), jnp.float32)
+  a2 = jnp.asarray(rng.uniform(size=(2, 8, 8)), jnp.float32)
+  gamma, _ = segcam.gamma_and_omega({'layer1': a1, 'layer2': a2})
+  features = {'layer1': jnp.zeros((2, 4, 4, 3)), 'layer2': jnp.zeros((2, 2, 2, 5))}
+  out = segcam.feature_attention({'layer1': a1, 'layer2': a2}, gamma, features)
+  for name, (a, g) in out.items():
+    assert a.shape == g.shape == (2,) + features[name].shape[1:3]
+    assert bool(jnp.all(a <= g + 1e-6))
+  const = segcam.feature_attention({'layer1': jnp.full((1, 8, 8), 0.3)}, jnp.full((1, 8, 8), 0.6),
+                                   {'layer1': jnp.zeros((1, 2, 2, 1))})
+  np.testing.assert_allclose(const['layer1'][0], 0.3, rtol=1e-6)
+  np.testing.assert_allclose(const['layer1'][1], 0.6, rtol=1e-6)
