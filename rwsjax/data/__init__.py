@@ -1,0 +1,99 @@
+"""Datasets by config name, as random-access sources for the pipelines in `pipeline`.
+
+Fields of config.dataset read here:
+  name: 'shapes' (synthetic, built locally from a seed) or 'voc_aug' (VOC2012 + SBD trainaug).
+  data_dir: TFDS data_dir where prepared datasets are cached (None = the TFDS default).
+  manual_dir: voc_aug only, the directory holding VOCdevkit/ and benchmark_RELEASE/.
+  num_classes: K including background; checked against the dataset.
+  train_split, eval_split: split names ('train', 'validation'), used by the trainers.
+  shapes: shapes only, ConfigDict with any of num_train, num_val, image_size,
+    num_object_classes, max_objects, clutter, ignore_border, seed (see `shapes.render`).
+
+Sources are TFDS array_record data sources: len(source), source[i] -> {'image' uint8 (H, W, 3),
+'segmentation' uint8 (H, W, 1), 'labels' bool (K-1,), 'id' bytes}.
+"""
+import jax
+from jax.experimental import multihost_utils
+import tensorflow_datasets as tfds
+
+from rwsjax.data import shapes
+from rwsjax.data import voc
+
+DATASETS = ('shapes', 'voc_aug')
+
+
+def _shapes_config(dataset_cfg):
+  """The ShapesConfig of config.dataset.shapes (defaults when absent)."""
+  params = dataset_cfg.get('shapes')
+  return shapes.shapes_config(**(dict(params) if params is not None else {}))
+
+
+def num_classes(dataset_cfg):
+  """K (background included) of the dataset named by config.dataset.name."""
+  name = dataset_cfg.name
+  if name == 'shapes':
+    return _shapes_config(dataset_cfg).num_object_classes + 1
+  if name == 'voc_aug':
+    return voc.NUM_CLASSES
+  raise ValueError(f'config.dataset.name is {name!r}; expected one of {DATASETS}.')
+
+
+def class_names(dataset_cfg):
+  """Class names, background first."""
+  if dataset_cfg.name == 'voc_aug':
+    return list(voc.CLASS_NAMES)
+  return shapes.class_names(num_classes(dataset_cfg) - 1)
+
+
+def _builder_and_download_config(dataset_cfg):
+  """(unprepared builder, DownloadConfig or None); checks the config before any work."""
+  expected = num_classes(dataset_cfg)
+  given = dataset_cfg.get('num_classes')
+  if given is not None and given != expected:
+    raise ValueError(f'config.dataset.num_classes is {given} but dataset '
+                     f'{dataset_cfg.name!r} has {expected} classes (background included).')
+  data_dir = dataset_cfg.get('data_dir')
+  if dataset_cfg.name == 'shapes':
+    builder = shapes.SyntheticShapes(config=_shapes_config(dataset_cfg), data_dir=data_dir,
+                                     file_format='array_record')
+    return builder, None
+  builder = voc.VocAug(data_dir=data_dir, file_format='array_record')
+  if builder.is_prepared():
+    return builder, None
+  manual_dir = dataset_cfg.get('manual_dir')
+  if manual_dir is None:
+    raise ValueError('config.dataset.manual_dir is not set; voc_aug needs the directory '
+                     f'holding {", ".join(voc.LAYOUT.values())}.')
+  voc.check_layout(manual_dir)
+  return builder, tfds.download.DownloadConfig(manual_dir=manual_dir)
+
+
+def get_builder(dataset_cfg):
+  """The TFDS builder of config.dataset, prepared on first use (process 0 first)."""
+  builder, download_config = _builder_and_download_config(dataset_cfg)
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      builder.download_and_prepare(download_config=download_config)
+    multihost_utils.sync_global_devices('rwsjax.data.get_builder')
+  builder.download_and_prepare(download_config=download_config)
+  return builder
+
+
+def read_split(builder, split, *, process_index=None, process_count=None):
+  """Data source of `split`, or of part `process_index` of `process_count` disjoint parts."""
+  if split not in builder.info.splits:
+    raise ValueError(f'Split {split!r} is not in dataset {builder.name}; expected one of '
+                     f'{sorted(builder.info.splits)}.')
+  if process_count is not None:
+    split = tfds.split_for_jax_process(split, process_index=process_index,
+                                       process_count=process_count)
+  return builder.as_data_source(split=split)
+
+
+def get_source(dataset_cfg, split, *, per_process=True):
+  """Random-access source of `split`; with per_process, this process's part of it."""
+  builder = get_builder(dataset_cfg)
+  if per_process:
+    return read_split(builder, split, process_index=jax.process_index(),
+                      process_count=jax.process_count())
+  return read_split(builder, split)

@@ -1,0 +1,347 @@
+"""Synthetic VOC-like segmentation data ('shapes'): generator, TFDS builder and a figure helper.
+
+Every object has a large plain body drawn from one shape and colour distribution shared by all
+classes; its class is told only by a small marker symbol inside the body, so a class activation
+map covers the marker and rarely the whole body, as on real photographs. Backgrounds are
+textured and cluttered with plain and striped blobs, lines and marker-like decoys that are not
+objects; 1 to `max_objects` objects are drawn in sequence, later ones occluding earlier ones
+(never their markers), and thin background lines may cross objects. Pixel labels are uint8 with
+0 = background, 1..K-1 = object classes and 255 = ignore on the inner contour of each object
+(as VOC marks object boundaries).
+
+Examples are a pure function of (seed, split, index): the same parameters give bit-identical
+datasets, and every parameter is part of the TFDS config name, so different parameters never
+share a cache directory.
+"""
+import colorsys
+import dataclasses
+import io
+
+import numpy as np
+import PIL.Image
+import tensorflow_datasets as tfds
+
+from rwsjax.data.pipeline import image_labels
+from rwsjax.losses import IGNORE_LABEL
+
+MARKERS = ('cross', 'ring', 'checker', 'stripes', 'saltire', 'dot', 'bars', 'frame', 'wedge')
+SPLITS = ('train', 'validation')
+
+
+def marker_size(image_size):
+  """Side of the square class marker in pixels (a tenth of the image, at least 7)."""
+  return max(7, round(0.1 * image_size))
+
+
+def marker_patterns(size):
+  """(len(MARKERS), size, size) bool ink patterns on a centred [-1, 1]^2 grid."""
+  t = (np.arange(size) + 0.5) / size * 2 - 1
+  v, u = np.meshgrid(t, t, indexing='ij')
+  r = np.hypot(u, v)
+
+  def cells(x, n):
+    return np.floor((x + 1) * n / 2).astype(np.int32)
+
+  return np.stack([
+      (np.abs(u) < 0.3) | (np.abs(v) < 0.3),
+      (r > 0.45) & (r < 0.95),
+      (u < 0) == (v < 0),
+      cells(v, 5) % 2 == 0,
+      (np.abs(u - v) < 0.3) | (np.abs(u + v) < 0.3),
+      r < 0.6,
+      cells(u, 5) % 2 == 0,
+      np.maximum(np.abs(u), np.abs(v)) > 0.55,
+      v > 2 * np.abs(u) - 1,
+  ])
+
+
+def _grid(size):
+  """(y, x) float32 pixel-centre coordinate grids of shape (size, size)."""
+  t = np.arange(size, dtype=np.float32)
+  return np.meshgrid(t, t, indexing='ij')
+
+
+def _random_colour(rng, saturation=(0.15, 0.8), value=(0.25, 0.95)):
+  """An RGB colour in [0, 255] with uniform hue and the given saturation/value ranges."""
+  rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(*saturation), rng.uniform(*value))
+  return np.asarray(rgb, np.float32) * 255
+
+
+def _ink(rng, colour):
+  """A marker colour with a clear lightness contrast to `colour`."""
+  shift = rng.uniform(70, 130) * (1 if colour.mean() < 128 else -1)
+  return np.clip(colour + shift + rng.normal(0, 20, 3), 0, 255).astype(np.float32)
+
+
+def _smooth_field(rng, size, amplitude):
+  """(size, size, 3) low-frequency noise: a random coarse grid upsampled bilinearly."""
+  cells = int(rng.integers(2, 6))
+  coarse = rng.normal(0, amplitude, (cells + 1, cells + 1, 3)).astype(np.float32)
+  pos = (np.arange(size, dtype=np.float32) + 0.5) / size * cells
+  lo = np.minimum(pos.astype(np.int32), cells - 1)
+  frac = pos - lo
+  weights = np.zeros((size, cells + 1), np.float32)
+  weights[np.arange(size), lo] = 1 - frac
+  weights[np.arange(size), lo + 1] = frac
+  return (weights @ coarse.transpose(2, 0, 1) @ weights.T).transpose(1, 2, 0)
+
+
+def _blob_mask(rng, grid, size, radius_range):
+  """Random rotated super-ellipse with a wavy rim; returns the mask and its semi-axes."""
+  yy, xx = grid
+  cy, cx = rng.uniform(0, size, 2)
+  a, b = rng.uniform(*radius_range, 2) * size
+  angle = rng.uniform(0, np.pi)
+  power = np.exp(rng.uniform(np.log(1.3), np.log(4.0)))
+  wobble, lobes, phase = rng.uniform(0, 0.15), rng.integers(3, 6), rng.uniform(0, 2 * np.pi)
+  dx, dy = xx - cx, yy - cy
+  u = dx * np.cos(angle) + dy * np.sin(angle)
+  v = -dx * np.sin(angle) + dy * np.cos(angle)
+  dist = (np.abs(u / a) ** power + np.abs(v / b) ** power) ** (1 / power)
+  rim = 1 + wobble * np.sin(lobes * np.arctan2(v, u) + phase)
+  return dist <= rim, min(a, b)
+
+
+def _line_mask(rng, grid, size):
+  """A straight line segment 1-3 pixels thick between two random points."""
+  yy, xx = grid
+  (y0, x0), (y1, x1) = rng.uniform(-0.1, 1.1, (2, 2)) * size
+  width = rng.uniform(1.0, 3.0)
+  dy, dx = y1 - y0, x1 - x0
+  t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / max(dy * dy + dx * dx, 1e-6), 0, 1)
+  return np.hypot(yy - y0 - t * dy, xx - x0 - t * dx) <= width / 2
+
+
+def _shaded(rng, grid, colour):
+  """(H, W, 3) plain colour with a gentle linear shading gradient."""
+  yy, xx = grid
+  gy, gx = rng.normal(0, 0.5, 2)
+  return colour + (gy * (yy - yy.mean()) + gx * (xx - xx.mean()))[..., None]
+
+
+def _striped(rng, grid, colour):
+  """(H, W, 3) colour modulated by sine stripes of random period and direction."""
+  yy, xx = grid
+  angle, period = rng.uniform(0, np.pi), rng.uniform(3, 10)
+  phase = xx * np.cos(angle) + yy * np.sin(angle)
+  return colour + (rng.uniform(20, 50) * np.sin(2 * np.pi * phase / period))[..., None]
+
+
+def _inner_boxes(mask, side):
+  """Top-left corners (i, j) of all side x side windows lying entirely inside `mask`."""
+  integral = np.pad(mask.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+  sums = (integral[side:, side:] - integral[:-side, side:] - integral[side:, :-side]
+          + integral[:-side, :-side])
+  return np.argwhere(sums == side * side)
+
+
+def _paint(image, mask, texture):
+  """Writes `texture` (H, W, 3) into `image` where `mask` is set."""
+  image[mask] = texture[mask]
+
+
+def _draw_clutter(rng, image, grid, size, count, patterns):
+  """Background clutter: plain and striped blobs, lines, and marker-like decoys (label 0)."""
+  side = patterns.shape[-1]
+  for kind in rng.integers(0, 4, count):
+    colour = _random_colour(rng)
+    if kind == 0:
+      _paint(image, _blob_mask(rng, grid, size, (0.08, 0.25))[0], _shaded(rng, grid, colour))
+    elif kind == 1:
+      _paint(image, _blob_mask(rng, grid, size, (0.08, 0.3))[0], _striped(rng, grid, colour))
+    elif kind == 2:
+      image[_line_mask(rng, grid, size)] = colour
+    else:
+      decoy = np.kron(rng.random((3, 3)) < 0.5, np.ones((side, side), bool))[:side, :side]
+      i, j = rng.integers(0, size - side + 1, 2)
+      image[i:i + side, j:j + side][decoy] = _ink(rng, colour)
+
+
+def _draw_object(rng, image, label, protected, grid, size, cls, patterns, tries=10):
+  """Draws one object of class `cls` without covering earlier markers; False if none fits."""
+  side = patterns.shape[-1]
+  for _ in range(tries):
+    body, radius = _blob_mask(rng, grid, size, (0.12, 0.28))
+    if radius < side or np.any(body & protected):
+      continue
+    corners = _inner_boxes(body, side + 2)
+    if not len(corners):
+      continue
+    colour = _random_colour(rng)
+    _paint(image, body, _shaded(rng, grid, colour))
+    label[body] = cls
+    i, j = corners[rng.integers(len(corners))] + 1
+    image[i:i + side, j:j + side][patterns[cls - 1]] = _ink(rng, colour)
+    protected[i - 1:i + side + 1, j - 1:j + side + 1] = True
+    return True
+  return False
+
+
+def inner_contour(label):
+  """Foreground pixels with a 4-neighbour of another label (the image edge does not count)."""
+  padded = np.pad(label, 1, mode='edge')
+  centre = padded[1:-1, 1:-1]
+  differs = ((padded[:-2, 1:-1] != centre) | (padded[2:, 1:-1] != centre)
+             | (padded[1:-1, :-2] != centre) | (padded[1:-1, 2:] != centre))
+  return differs & (label > 0)
+
+
+def render(rng, image_size=96, num_object_classes=6, max_objects=4, clutter=6,
+           ignore_border=True):
+  """One synthetic example: (image uint8 (S, S, 3), label uint8 (S, S)).
+
+  Args:
+    rng: numpy Generator; the example is a pure function of its state.
+    image_size: S.
+    num_object_classes: object classes 1..num_object_classes (at most len(MARKERS)).
+    max_objects: objects per image are uniform in [1, max_objects].
+    clutter: background clutter items are uniform in [clutter // 2, clutter].
+    ignore_border: mark the inner contour of every object with IGNORE_LABEL.
+  """
+  size = image_size
+  grid = _grid(size)
+  patterns = marker_patterns(marker_size(size))[:num_object_classes]
+  image = _smooth_field(rng, size, rng.uniform(15, 40)) + _random_colour(rng)
+  image += rng.normal(0, rng.uniform(4, 12), image.shape)
+  _draw_clutter(rng, image, grid, size, int(rng.integers(clutter // 2, clutter + 1)), patterns)
+  label = np.zeros((size, size), np.uint8)
+  protected = np.zeros((size, size), bool)
+  drawn = 0
+  for cls in rng.integers(1, num_object_classes + 1, int(rng.integers(1, max_objects + 1))):
+    drawn += _draw_object(rng, image, label, protected, grid, size, cls, patterns)
+  while not drawn:
+    drawn = _draw_object(rng, image, label, protected, grid, size,
+                         int(rng.integers(1, num_object_classes + 1)), patterns)
+  if rng.random() < 0.5:
+    occluder = _line_mask(rng, grid, size) & ~protected
+    image[occluder] = _random_colour(rng)
+    label[occluder] = 0
+  image += rng.normal(0, rng.uniform(2, 6), image.shape)
+  if ignore_border:
+    label[inner_contour(label)] = IGNORE_LABEL
+  return np.clip(np.round(image), 0, 255).astype(np.uint8), label
+
+
+def example_rng(seed, split, index):
+  """The Generator of example `index` of `split`: independent of generation order."""
+  return np.random.default_rng([seed, SPLITS.index(split), index])
+
+
+def _png(array):
+  """Fast lossless PNG bytes of a uint8 array."""
+  buffer = io.BytesIO()
+  PIL.Image.fromarray(array).save(buffer, format='png', compress_level=1)
+  return buffer.getvalue()
+
+
+@dataclasses.dataclass(eq=False)
+class ShapesConfig(tfds.core.BuilderConfig):
+  """Parameters of the synthetic dataset; see `render` for their meaning."""
+  num_train: int = 2000
+  num_val: int = 500
+  image_size: int = 96
+  num_object_classes: int = 6
+  max_objects: int = 4
+  clutter: int = 6
+  ignore_border: bool = True
+  seed: int = 0
+
+
+def shapes_config(**params):
+  """A ShapesConfig whose name spells out every parameter (one cache directory per setting)."""
+  fields = [f.name for f in dataclasses.fields(ShapesConfig)]
+  fields = fields[fields.index('num_train'):]
+  unknown = sorted(set(params) - set(fields))
+  if unknown:
+    raise ValueError(f'config.dataset.shapes has unknown key(s) {unknown}; valid keys: {fields}.')
+  values = {k: params.get(k, ShapesConfig.__dataclass_fields__[k].default) for k in fields}
+  if not 1 <= values['num_object_classes'] <= len(MARKERS):
+    raise ValueError(f'config.dataset.shapes.num_object_classes must be in [1, {len(MARKERS)}], '
+                     f'got {values["num_object_classes"]}.')
+  if values['image_size'] < 4 * marker_size(values['image_size']):
+    raise ValueError(f'config.dataset.shapes.image_size must be at least 28, '
+                     f'got {values["image_size"]}.')
+  name = '-'.join(f'{k.removeprefix("num_")}{int(v)}' for k, v in values.items())
+  return ShapesConfig(name=name, **values)
+
+
+class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
+  """TFDS builder of the synthetic shapes dataset (no download; built from `seed`)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Marker-coded objects on cluttered backgrounds.'}
+  url_infos = None  # Nothing is downloaded, so there are no URL checksums to look up.
+
+  def __init__(self, *, config=None, **kwargs):
+    """`config`: a ShapesConfig (default parameters when None); other kwargs go to TFDS."""
+    super().__init__(config=config or shapes_config(), **kwargs)
+
+  def _info(self):
+    size = self.builder_config.image_size
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(size, size, 3)),
+            'segmentation': tfds.features.Image(shape=(size, size, 1)),
+            'labels': tfds.features.Tensor(
+                shape=(self.builder_config.num_object_classes,), dtype=np.bool_),
+            'id': tfds.features.Text(),
+        }),
+        disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    cfg = self.builder_config
+    return {'train': self._generate_examples('train', cfg.num_train),
+            'validation': self._generate_examples('validation', cfg.num_val)}
+
+  def _generate_examples(self, split, count):
+    cfg = self.builder_config
+    for index in range(count):
+      image, label = render(example_rng(cfg.seed, split, index), cfg.image_size,
+                            cfg.num_object_classes, cfg.max_objects, cfg.clutter,
+                            cfg.ignore_border)
+      yield index, {
+          'image': _png(image),
+          'segmentation': _png(label),
+          'labels': image_labels(label, cfg.num_object_classes),
+          'id': f'{split}_{index:06d}',
+      }
+
+
+def class_names(num_object_classes):
+  """['background', <marker names>...] for the first `num_object_classes` markers."""
+  return ['background', *MARKERS[:num_object_classes]]
+
+
+def colourize(label, num_classes):
+  """(H, W, 3) uint8 colour picture of a label map; IGNORE_LABEL is white."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  colours = matplotlib.colormaps['tab10'](np.arange(num_classes) % 10)[:, :3]
+  table = np.ones((256, 3))
+  table[:num_classes] = colours
+  table[0] = 0
+  return (table[label] * 255).astype(np.uint8)
+
+
+def plot_examples(source, path, n=4, names=None):
+  """Saves a PNG with n examples of `source` (image above, pixel labels below) to `path`."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  n = min(n, len(source))
+  fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.6), squeeze=False)
+  for k in range(n):
+    example = source[k]
+    present = np.flatnonzero(example['labels']) + 1
+    num_classes = len(example['labels']) + 1
+    axes[0, k].imshow(example['image'])
+    axes[0, k].set_title(', '.join(names[c] if names else str(c) for c in present), fontsize=8)
+    axes[1, k].imshow(colourize(example['segmentation'][..., 0], num_classes))
+  for ax in axes.ravel():
+    ax.axis('off')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
