@@ -31,19 +31,6 @@ class FusionPlan(NamedTuple):
   selected: jax.Array
 
 
-def feature_strides(height, width, features):
-  """Stride of each layer from its feature size, layer -> int; raises if not a whole number."""
-  strides = {}
-  for name, f in features.items():
-    h, w = f.shape[1:3]
-    if height % h or width % w or height // h != width // w:
-      raise ValueError(f'Feature map {name} of size {h}x{w} is not an integer downsampling of '
-                       f'the {height}x{width} crop; expected a crop size divisible by the '
-                       'model\'s output stride.')
-    strides[name] = height // h
-  return strides
-
-
 def check_geometry(height, width, slice_size, slice_stride, strides):
   """Raise a clear ValueError unless every window lands on every layer's feature grid."""
   boxes = window_boxes(height, width, slice_size, slice_stride)
@@ -140,7 +127,7 @@ def fusion_plans(global_attention, local_attention, local_features, boxes, valid
     local_attention: layer -> (A_i^s, Gamma_i^s), each (N, S, hs, ws).
     local_features: layer -> (N, S, hs, ws, ch).
     boxes, valid: (N, S, 4) and (N, S) slice boxes and validity.
-    strides: layer -> feature stride (`feature_strides`).
+    strides: layer -> feature stride (`rwsjax.models.feature_strides`).
     layers: names of the layers to fuse.
     eps, select_omega, weighted_lambda: as in `fusion_plan`.
   """

@@ -131,13 +131,9 @@ def test_plans_for_selected_layers():
 
 
 def test_geometry_checks():
-  features = {'layer1': jnp.zeros((1, 32, 32, 2)), 'layer4': jnp.zeros((1, 8, 8, 2))}
-  strides = fusion.feature_strides(128, 128, features)
-  assert strides == {'layer1': 4, 'layer4': 16}
+  strides = {'layer1': 4, 'layer4': 16}
   fusion.check_geometry(128, 128, 64, 32, strides)
   with pytest.raises(ValueError, match='layer4 feature stride 16'):
     fusion.check_geometry(128, 128, 64, 24, strides)
   with pytest.raises(ValueError, match='layer4 feature stride 16'):
     fusion.check_geometry(120, 120, 64, 32, {'layer4': 16})
-  with pytest.raises(ValueError, match='not an integer downsampling'):
-    fusion.feature_strides(100, 100, {'layer1': jnp.zeros((1, 33, 33, 1))})

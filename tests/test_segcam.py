@@ -1,11 +1,13 @@
 """Seg-Grad-CAM against a per-class jax.grad loop, a closed form and hand-computed maps."""
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rwsjax import segcam
+from rwsjax.models import build_model
 
 
 class _Backbone(nn.Module):
@@ -45,10 +47,22 @@ class TinySeg(nn.Module):
 
 
 def _setup(model, n=2, size=16, seed=0):
-  images = jax.random.normal(jax.random.key(seed), (n, size, size, 3))
-  variables = model.init(jax.random.key(seed + 1), images)
-  variables = {k: v for k, v in variables.items() if k in ('params', 'batch_stats')}
-  return variables, images
+  """Random images and variables; weights drawn in numpy (compiling `model.init` is slow)."""
+  rng = np.random.default_rng(seed)
+  images = jnp.asarray(rng.normal(size=(n, size, size, 3)), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), images)
+  flat = traverse_util.flatten_dict({k: shapes[k] for k in ('params', 'batch_stats')
+                                     if k in shapes})
+  variables = {}
+  for path, leaf in flat.items():
+    if path[-1] in ('scale', 'var'):
+      value = np.ones(leaf.shape)
+    elif path[-1] in ('bias', 'mean'):
+      value = 0.1 * rng.normal(size=leaf.shape)
+    else:
+      value = rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+    variables[path] = jnp.asarray(value, leaf.dtype)
+  return traverse_util.unflatten_dict(variables), images
 
 
 def _bilinear_1d(n_in, n_out):
@@ -85,12 +99,13 @@ def _brute_force(model, variables, images, classes_per_image, layers=segcam.LAYE
     return jnp.sum(jnp.where(region, jnp.take(logits, c, axis=-1), 0.0))
 
   grad_fn = jax.jit(jax.grad(score))
-  zeros = jax.tree.map(jnp.zeros_like,
-                       model.init(jax.random.key(0), images[:1])['perturbations'])
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
+      model.init, jax.random.key(0), images[:1])['perturbations'])
   out = []
   for n, classes in enumerate(classes_per_image):
     image = images[n:n + 1]
-    logits, feats = model.apply(variables, image, return_features=True)
+    logits, feats = jax.jit(model.apply, static_argnames='return_features')(
+        variables, image, return_features=True)
     pred = np.asarray(jnp.argmax(logits, -1))
     maps = {}
     for c in classes:
@@ -121,6 +136,19 @@ def test_matches_per_class_grad_loop():
       for name in segcam.LAYERS:
         np.testing.assert_allclose(result.heatmaps[name][n, j], expected[n][(name, c)],
                                    atol=2e-5)
+
+
+def test_registry_model_matches_per_class_grad_loop():
+  model = build_model({'name': 'deeplabv3', 'backbone': 'resnet18', 'output_stride': 8,
+                       'width': 0.125, 'head_channels': 16}, num_classes=5)
+  variables, images = _setup(model, n=1, size=32, seed=7)
+  result = segcam.seg_grad_cam(model, variables, images, max_classes=3)
+  classes = _oracle_classes(np.asarray(jnp.argmax(result.logits, -1))[0], 5, 3)
+  assert len(classes) >= 2
+  expected = _brute_force(model, variables, images, [classes])[0]
+  for j, c in enumerate(classes):
+    for name in segcam.LAYERS:
+      np.testing.assert_allclose(result.heatmaps[name][0, j], expected[(name, c)], atol=1e-4)
 
 
 def test_closed_form_last_stage_head():
@@ -174,7 +202,7 @@ def test_present_classes_order_padding_and_ignore():
 
 def test_padded_and_explicit_class_slots():
   model = TinySeg(num_classes=7)
-  variables, images = _setup(model, seed=5)
+  variables, images = _setup(model, size=8, seed=5)
   auto = segcam.seg_grad_cam(model, variables, images, max_classes=8)
   assert not bool(auto.class_mask[:, 7:].any())
   for name in segcam.LAYERS:
