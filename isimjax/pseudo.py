@@ -255,6 +255,9 @@ def generate_pseudo_labels(examples, cam_fn, store, *, threshold=0.3, crf=True, 
   with _executor(num_workers) as pool:
     for item in examples:
       indices, images, image_labels = _as_batch(item)
+      if indices.size and (indices.min() < 0 or indices.max() >= len(store)):
+        raise ValueError(f"Example indices {indices.tolist()} fall outside [0, {len(store)}) of "
+                         f"the label store at {store.directory}.")
       keep = [j for j, i in enumerate(indices.tolist()) if i in todo]
       if not keep:
         continue

@@ -250,6 +250,8 @@ def test_generate_checks_cam_shape(tmp_path):
 
 def test_generate_checks_examples(tmp_path):
   store = pseudo.LabelStore(tmp_path, 2)
+  with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
+    pseudo.generate_pseudo_labels(_examples(3), CountingCams(), store)
   bad = [(0, np.zeros((HEIGHT, WIDTH, 3), np.float32), np.ones(NUM_FG))]
   with pytest.raises(ValueError, match="Each element of `examples`"):
     pseudo.generate_pseudo_labels(bad, CountingCams(), store)
