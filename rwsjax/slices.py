@@ -2,9 +2,11 @@
 
 Windows of `size` x `size` pixels start every `stride` pixels; the last row and column of
 windows are snapped to the image edge so every pixel is covered. They form a grid of row bands
-times column bands, listed row-major (`window_boxes`), and every per-window sum is a product of
-0/1 band matrices with the pixel map: sum_{y,x} R[a, y] X[y, x] C[b, x]. Unlike an integral
-image this sums each window on its own, so float32 rounding stays relative to the window sum.
+times column bands, listed row-major (`window_boxes`). The window edges cut the image into a
+grid of cells, each window being a block of whole cells: per-window, per-class sums are one
+scatter-add of the pixels into (cell, class) bins followed by 0/1 band matrices over the cells.
+No (H, W, K) one-hot map is built, and float32 sums stay exact for counts and local for
+attention (no image-wide running sum as in an integral image).
 """
 import functools
 from typing import NamedTuple
@@ -41,19 +43,50 @@ def window_boxes(height, width, size, stride):
   return np.stack([y0, x0, y0 + size, x0 + size], axis=-1).reshape(-1, 4)
 
 
-def _bands(length, size, stride):
-  starts = window_starts(length, size, stride)[:, None]
-  pos = np.arange(length)[None]
-  return ((pos >= starts) & (pos < starts + size)).astype(np.float32)
+# Neighbouring pixels of a row add into different copies of the (cell, class) bins, summed
+# afterwards: a run of same-class pixels then does not update one bin serially (CPU) or
+# contend for one address (GPU atomics).
+_LANES = 8
 
 
-def window_sums(values, size, stride):
-  """Sum of (N, H, W, Q) values over every window of `window_boxes`, as (N, W, Q)."""
-  n, height, width, q = values.shape
+def _cells(length, size, stride):
+  """Cell index of every pixel, window-covers-cell 0/1 matrix (windows, cells), cell count."""
+  starts = window_starts(length, size, stride)
+  edges = np.unique(np.concatenate([starts, starts + size, [0, length]]))[:-1]
+  cell = np.searchsorted(edges, np.arange(length), side='right') - 1
+  covers = (edges[None] >= starts[:, None]) & (edges[None] < starts[:, None] + size)
+  return cell.astype(np.int32), covers.astype(np.float32), len(edges)
+
+
+def class_window_sums(classes, weights, num_classes, size, stride):
+  """Per window and class, the sum of `weights` over the pixels of that class.
+
+  Args:
+    classes: (N, H, W) int class per pixel; values outside [0, num_classes) are dropped.
+    weights: (N, H, W, Q) float values to sum.
+    num_classes: K.
+    size, stride: window geometry (`window_boxes`).
+
+  Returns:
+    (N, W, K, Q) float32, windows in `window_boxes` order.
+  """
+  n, height, width = classes.shape
   _check(height, width, size, stride)
-  sums = jnp.einsum('yh,nhwq,xw->nyxq', _bands(height, size, stride), values,
-                    _bands(width, size, stride), precision=jax.lax.Precision.HIGHEST)
-  return sums.reshape(n, -1, q)
+  row_cell, row_covers, rows = _cells(height, size, stride)
+  col_cell, col_covers, cols = _cells(width, size, stride)
+  lane = np.arange(width) % _LANES
+  cell = (row_cell[:, None] * cols + col_cell[None, :]) * _LANES + lane[None, :]
+  valid = (classes >= 0) & (classes < num_classes)
+  bins = n * rows * cols * _LANES * num_classes
+  index = (jnp.arange(n)[:, None, None] * (rows * cols * _LANES) + cell) * num_classes + classes
+  index = jnp.where(valid, index, bins).reshape(-1)
+  q = weights.shape[-1]
+  sums = jnp.zeros((bins, q), jnp.float32).at[index].add(
+      weights.reshape(-1, q).astype(jnp.float32), mode='drop')
+  sums = sums.reshape(n, rows, cols, _LANES, num_classes, q).sum(axis=3)
+  out = jnp.einsum('ay,nyxkq,bx->nabkq', row_covers, sums, col_covers,
+                   precision=jax.lax.Precision.HIGHEST)
+  return out.reshape(n, -1, num_classes, q)
 
 
 class WindowScores(NamedTuple):
@@ -87,21 +120,21 @@ def score_windows(attention, labels, preds=None, *, num_classes, size, stride, m
   Returns:
     `WindowScores` with (N, W, K) arrays.
   """
-  valid = (labels != IGNORE_LABEL)[..., None]
-  gt = jax.nn.one_hot(labels, num_classes) * valid
-  quantities = [gt, gt * attention[..., None].astype(jnp.float32)]
+  labels = jnp.where(labels == IGNORE_LABEL, -1, labels)
+  ones = jnp.ones(labels.shape, jnp.float32)
+  gt_weights = [ones, attention.astype(jnp.float32)]
   if preds is not None:
-    pr = jax.nn.one_hot(preds, num_classes) * valid
-    quantities += [pr, gt * pr]
-  sums = window_sums(jnp.concatenate(quantities, axis=-1), size, stride)
-  sums = sums.reshape(sums.shape[:2] + (len(quantities), num_classes))
-  pixels = sums[:, :, 0]
+    gt_weights.append((labels == preds).astype(jnp.float32))
+  gt = class_window_sums(labels, jnp.stack(gt_weights, -1), num_classes, size, stride)
+  pixels = gt[..., 0]
   present = pixels >= max(min_pixels, 1) - 0.5
-  mean_attention = jnp.where(present, sums[:, :, 1] / jnp.maximum(pixels, 1.0), 0.0)
+  mean_attention = jnp.where(present, gt[..., 1] / jnp.maximum(pixels, 1.0), 0.0)
   iou = None
   if preds is not None:
-    union = pixels + sums[:, :, 2] - sums[:, :, 3]
-    iou = jnp.where(union > 0.5, sums[:, :, 3] / jnp.maximum(union, 1.0), 0.0)
+    predicted = class_window_sums(jnp.where(labels >= 0, preds, -1), ones[..., None],
+                                  num_classes, size, stride)[..., 0]
+    union = pixels + predicted - gt[..., 2]
+    iou = jnp.where(union > 0.5, gt[..., 2] / jnp.maximum(union, 1.0), 0.0)
   return WindowScores(mean_attention, present, jnp.round(pixels).astype(jnp.int32), iou)
 
 

@@ -51,15 +51,15 @@ def _naive_scores(attention, labels, preds, boxes, num_classes, min_pixels):
   return att, iou, present
 
 
-@pytest.mark.parametrize('min_pixels', [1, 3])
-def test_score_windows_matches_loop(min_pixels):
-  rng = np.random.default_rng(min_pixels)
+@pytest.mark.parametrize('min_pixels,size,stride', [(1, 5, 3), (3, 5, 3), (1, 3, 5), (2, 11, 4)])
+def test_score_windows_matches_loop(min_pixels, size, stride):
+  rng = np.random.default_rng(min_pixels + size)
   labels = rng.choice([0, 1, 2, 3, 255], p=[0.4, 0.2, 0.2, 0.1, 0.1], size=(2, 13, 11))
   preds = rng.integers(0, 4, size=(2, 13, 11))
   attention = rng.uniform(size=(2, 13, 11)).astype(np.float32)
   scores = slices.score_windows(jnp.asarray(attention), jnp.asarray(labels), jnp.asarray(preds),
-                                num_classes=4, size=5, stride=3, min_pixels=min_pixels)
-  boxes = slices.window_boxes(13, 11, 5, 3)
+                                num_classes=4, size=size, stride=stride, min_pixels=min_pixels)
+  boxes = slices.window_boxes(13, 11, size, stride)
   att, iou, present = _naive_scores(attention, labels, preds, boxes, 4, min_pixels)
   np.testing.assert_array_equal(scores.present, present)
   np.testing.assert_allclose(scores.attention, att, atol=1e-6)
@@ -69,7 +69,7 @@ def test_score_windows_matches_loop(min_pixels):
       counts = np.bincount(labels[i, y0:y1, x0:x1].ravel(), minlength=256)[:4]
       np.testing.assert_array_equal(scores.pixels[i, w], counts)
   no_iou = slices.score_windows(jnp.asarray(attention), jnp.asarray(labels), num_classes=4,
-                                size=5, stride=3, min_pixels=min_pixels)
+                                size=size, stride=stride, min_pixels=min_pixels)
   assert no_iou.iou is None
   np.testing.assert_array_equal(no_iou.attention, scores.attention)
 
