@@ -1,0 +1,108 @@
+"""ImageNet weights from a local torchvision ResNet state dict (METHODS.md: pretrained weights).
+
+Nothing is downloaded: the user passes a file holding a torchvision `resnet*` state dict,
+either as `.npz` (keys exactly the state-dict keys, e.g. `layer1.0.downsample.0.weight`) or
+as `.pth`/`.pt` (needs PyTorch). Convolution kernels go from OIHW to HWIO; BatchNorm
+weight/bias/running_mean/running_var become scale/bias (params) and mean/var (batch_stats).
+`fc.*` and `num_batches_tracked` are ignored; any other difference is an error.
+"""
+import os
+import re
+
+import flax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from rwsjax.models.registry import BACKBONES
+
+_IGNORED = re.compile(r'(^fc\.)|(num_batches_tracked$)')
+_BLOCK = re.compile(r'(layer\d)_(\d+)')
+_MODULES = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}
+_LEAVES = {
+    ('params', 'kernel'): 'weight',
+    ('params', 'scale'): 'weight',
+    ('params', 'bias'): 'bias',
+    ('batch_stats', 'mean'): 'running_mean',
+    ('batch_stats', 'var'): 'running_var',
+}
+
+
+def torch_key(collection, path):
+  """torchvision state-dict key of the backbone variable `collection`/`path`, e.g.
+  ('params', ('layer1_0', 'downsample_conv', 'kernel')) -> 'layer1.0.downsample.0.weight'."""
+  modules = [_MODULES.get(m, _BLOCK.sub(r'\1.\2', m)) for m in path[:-1]]
+  return '.'.join(modules + [_LEAVES[(collection, path[-1])]])
+
+
+def _torch_shape(shape):
+  """torchvision layout of a flax shape (HWIO kernels are OIHW there)."""
+  return tuple(shape[i] for i in (3, 2, 0, 1)) if len(shape) == 4 else tuple(shape)
+
+
+def read_state_dict(path):
+  """{key: float32 numpy array} of the torchvision state dict in `path` (.npz, .pth, .pt),
+  without the ignored keys."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Pretrained weights file {path} (config.model.pretrained) '
+                            'does not exist.')
+  if path.endswith('.npz'):
+    with np.load(path) as data:
+      return {k: np.asarray(data[k], np.float32) for k in data.files if not _IGNORED.search(k)}
+  if not path.endswith(('.pth', '.pt')):
+    raise ValueError(f'Pretrained weights file {path} (config.model.pretrained) must end in '
+                     '.npz, .pth or .pt.')
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(f'Reading {path} needs PyTorch, which is not installed: install torch, '
+                      'or convert the state dict to .npz with numpy.savez where torch is.') from e
+  state = torch.load(path, map_location='cpu', weights_only=True)
+  if not isinstance(state, dict) or not all(hasattr(v, 'numpy') for v in state.values()):
+    raise ValueError(f'Pretrained weights file {path} does not hold a state dict of tensors.')
+  return {k: v.detach().cpu().float().numpy() for k, v in state.items()
+          if not _IGNORED.search(k)}
+
+
+def load_pretrained_backbone(variables, path, model_cfg, *, scope=('backbone',)):
+  """`variables` with the backbone's params and batch_stats replaced by the file's weights.
+
+  Args:
+    variables: model variables ({'params': ..., 'batch_stats': ...}, other collections are
+      passed through).
+    path: .npz or .pth file of a torchvision ResNet state dict (config.model.pretrained).
+    model_cfg: config.model; its `backbone` and `width` name the expected architecture in
+      error messages.
+    scope: module path of the ResNet inside the variables: ('backbone',) for
+      `SegmentationModel`, () for a bare `ResNet`.
+
+  Returns:
+    A new (unfrozen) variables dict; the head is untouched.
+  """
+  backbone = model_cfg.get('backbone')
+  if backbone not in BACKBONES:
+    raise ValueError(f'config.model.backbone={backbone!r} is not one of {list(BACKBONES)}.')
+  arch = f'config.model.backbone={backbone!r}, width={model_cfg.get("width", 1.0)}'
+  flat = traverse_util.flatten_dict(flax.core.unfreeze(variables))
+  scope = tuple(scope)
+  targets = {torch_key(key[0], key[1 + len(scope):]): key for key in flat
+             if key[0] in ('params', 'batch_stats') and key[1:1 + len(scope)] == scope}
+  if not targets:
+    raise ValueError(f'The model variables hold no backbone under {"/".join(scope)!r}.')
+  state = read_state_dict(path)
+  missing = sorted(set(targets) - set(state))
+  if missing:
+    raise ValueError(f'{path} lacks key {missing[0]!r} ({len(missing)} missing in all) '
+                     f'needed by {arch}.')
+  unexpected = sorted(set(state) - set(targets))
+  if unexpected:
+    raise ValueError(f'{path} has key {unexpected[0]!r} ({len(unexpected)} unexpected in '
+                     f'all) that {arch} does not have.')
+  for name, key in targets.items():
+    value, target = state[name], flat[key]
+    if value.shape != _torch_shape(target.shape):
+      raise ValueError(f'{path}: key {name!r} has shape {value.shape}, expected '
+                       f'{_torch_shape(target.shape)} for {arch}.')
+    value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
+    flat[key] = jnp.asarray(value, target.dtype)
+  return traverse_util.unflatten_dict(flat)

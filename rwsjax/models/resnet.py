@@ -1,0 +1,157 @@
+"""Dilated ResNet backbones, torchvision layout (METHODS.md, shared building blocks: backbone).
+
+Parameter names mirror torchvision's so that its ImageNet weights map one to one
+(`rwsjax.models.pretrained`): `conv1`, `bn1`, block `layer{s}.{b}` is the submodule
+`layer{s}_{b}`, `downsample.0` / `downsample.1` are `downsample_conv` / `downsample_bn`.
+"""
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+STAGE_NAMES = ('layer1', 'layer2', 'layer3', 'layer4')
+# Output stride -> (strides, dilations) of stages 1-4 (METHODS.md).
+STAGE_GEOMETRY = {
+    8: ((1, 2, 1, 1), (1, 1, 2, 4)),
+    16: ((1, 2, 2, 1), (1, 1, 1, 2)),
+}
+# Depth -> (block kind, blocks per stage), as torchvision.
+RESNET_SPECS = {
+    18: ('basic', (2, 2, 2, 2)),
+    34: ('basic', (3, 4, 6, 3)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    101: ('bottleneck', (3, 4, 23, 3)),
+    152: ('bottleneck', (3, 8, 36, 3)),
+}
+STEM_STRIDE = 4  # conv1 (stride 2) then max pool (stride 2): the stride of layer1.
+BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1.
+BN_EPSILON = 1e-5
+CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # torchvision's.
+
+
+def scaled_channels(channels, width):
+  """Channel count `channels` scaled by the width multiplier (at least 1)."""
+  return max(1, int(round(channels * width)))
+
+
+def block_plan(output_stride, blocks_per_stage):
+  """Per stage, the (stride, dilation) of each block.
+
+  torchvision's `replace_stride_with_dilation` semantics: a stage whose stride is traded for
+  dilation has stride 1; its first block keeps the previous stage's dilation, the others use
+  the stage's own.
+  """
+  strides, dilations = STAGE_GEOMETRY[output_stride]
+  previous = (1,) + dilations[:-1]
+  return tuple(((stride, first),) + ((1, dilation),) * (count - 1)
+               for stride, dilation, first, count
+               in zip(strides, dilations, previous, blocks_per_stage))
+
+
+def conv2d(features, kernel, stride=1, dilation=1, *, dtype=jnp.float32, use_bias=False,
+           kernel_init=CONV_INIT, name=None):
+  """PyTorch-style square convolution: symmetric padding `dilation * (kernel - 1) / 2`."""
+  pad = dilation * (kernel - 1) // 2
+  return nn.Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
+                 kernel_dilation=dilation, use_bias=use_bias, dtype=dtype,
+                 kernel_init=kernel_init, name=name)
+
+
+def _shortcut(x, channels, stride, dtype, norm):
+  """Identity, or torchvision's `downsample` (1x1 conv + BN) when the shape changes."""
+  if stride == 1 and x.shape[-1] == channels:
+    return x
+  x = conv2d(channels, 1, stride, dtype=dtype, name='downsample_conv')(x)
+  return norm(name='downsample_bn')(x)
+
+
+class BasicBlock(nn.Module):
+  """ResNet-18/34 block: two 3x3 convs, both at the block's dilation."""
+  channels: int
+  stride: int
+  dilation: int
+  norm: Callable[..., nn.Module]
+  dtype: Any = jnp.float32
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(conv2d, self.channels, 3, dilation=self.dilation, dtype=self.dtype)
+    y = nn.relu(self.norm(name='bn1')(conv(self.stride, name='conv1')(x)))
+    y = self.norm(name='bn2')(conv(1, name='conv2')(y))
+    return nn.relu(y + _shortcut(x, self.channels, self.stride, self.dtype, self.norm))
+
+
+class Bottleneck(nn.Module):
+  """ResNet-50/101/152 block, v1.5: the stride and the dilation are on the 3x3 conv."""
+  channels: int
+  stride: int
+  dilation: int
+  norm: Callable[..., nn.Module]
+  dtype: Any = jnp.float32
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x):
+    out = self.channels * self.expansion
+    y = conv2d(self.channels, 1, dtype=self.dtype, name='conv1')(x)
+    y = nn.relu(self.norm(name='bn1')(y))
+    y = conv2d(self.channels, 3, self.stride, self.dilation, dtype=self.dtype, name='conv2')(y)
+    y = nn.relu(self.norm(name='bn2')(y))
+    y = self.norm(name='bn3')(conv2d(out, 1, dtype=self.dtype, name='conv3')(y))
+    return nn.relu(y + _shortcut(x, out, self.stride, self.dtype, self.norm))
+
+
+class ResNet(nn.Module):
+  """ResNet backbone returning {'stem', 'layer1'..'layer4'} (RWS's F_1..F_4 are the layers).
+
+  `stem` is the conv1-bn1-relu output (stride 2, before max pooling). After each stage:
+  `x = stage_hook(name, x)` when a hook is given (RWS stage 3 fuses features there, and the
+  fused map feeds the next stage), then `x = self.perturb(name, x)` (collection
+  'perturbations': the gradient w.r.t. it is dS/dF_i, used by Seg-Grad-CAM) and
+  `self.sow('intermediates', name, x)`. `init` returns 'params', 'batch_stats' and
+  'perturbations' (zeros shaped like the init batch's features): training keeps only
+  'params' and 'batch_stats', and `apply` without 'perturbations' makes `perturb` the
+  identity.
+
+  Attributes:
+    depth: 18, 34, 50, 101 or 152.
+    output_stride: 8 or 16 (METHODS.md stage strides and dilations).
+    width: multiplier of every channel count (base 64); < 1 gives tiny CPU variants.
+    frozen_bn: BatchNorm always uses (and never updates) its running statistics; its scale
+      and bias stay trainable.
+    dtype: computation dtype; parameters stay float32.
+  """
+  depth: int = 50
+  output_stride: int = 8
+  width: float = 1.0
+  frozen_bn: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train=False, stage_hook=None):
+    if self.depth not in RESNET_SPECS:
+      raise ValueError(f'ResNet depth {self.depth} is not one of {sorted(RESNET_SPECS)}.')
+    if self.output_stride not in STAGE_GEOMETRY:
+      raise ValueError(
+          f'ResNet output_stride {self.output_stride} is not one of {sorted(STAGE_GEOMETRY)}.')
+    kind, blocks_per_stage = RESNET_SPECS[self.depth]
+    block = BasicBlock if kind == 'basic' else Bottleneck
+    norm = functools.partial(nn.BatchNorm, use_running_average=self.frozen_bn or not train,
+                             momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype)
+    x = conv2d(scaled_channels(64, self.width), 7, 2, dtype=self.dtype, name='conv1')(
+        x.astype(self.dtype))
+    x = nn.relu(norm(name='bn1')(x))
+    features = {'stem': x}
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    plans = block_plan(self.output_stride, blocks_per_stage)
+    for stage, (name, plan) in enumerate(zip(STAGE_NAMES, plans)):
+      channels = scaled_channels(64 * 2**stage, self.width)
+      for index, (stride, dilation) in enumerate(plan):
+        x = block(channels, stride, dilation, norm, self.dtype, name=f'{name}_{index}')(x)
+      x = stage_hook(name, x) if stage_hook is not None else x
+      x = self.perturb(name, x)
+      self.sow('intermediates', name, x)
+      features[name] = x
+    return features
