@@ -78,7 +78,7 @@ def normalize_heatmaps(raw, size):
   return jnp.clip(cam, 0.0, 1.0)
 
 
-def _by_layer(tree, layers):
+def find_stages(tree, layers):
   """Leaves of a (nested) collection whose last key is a layer name; sown tuples unwrapped."""
   flat = traverse_util.flatten_dict(tree)
   found = {}
@@ -104,9 +104,8 @@ def _class_cotangents(logits, class_ids):
 
 
 @functools.partial(
-    jax.jit, static_argnames=('model', 'num_classes', 'max_classes', 'layers', 'class_chunk'))
-def _seg_grad_cam(model, variables, images, classes, *, num_classes, max_classes, layers,
-                  class_chunk):
+    jax.jit, static_argnames=('model', 'max_classes', 'layers', 'class_chunk'))
+def _seg_grad_cam(model, variables, images, classes, *, max_classes, layers, class_chunk):
   """Jitted body of `seg_grad_cam`: one forward pass, the backward pass vmapped over slots."""
   variables = {k: v for k, v in variables.items() if k != 'perturbations'}
   shapes = jax.eval_shape(
@@ -116,17 +115,18 @@ def _seg_grad_cam(model, variables, images, classes, *, num_classes, max_classes
   def forward(perturbations):
     logits, state = model.apply({**variables, 'perturbations': perturbations}, images,
                                 train=False, mutable=['intermediates'])
-    return logits, _by_layer(state['intermediates'], layers)
+    return logits, find_stages(state['intermediates'], layers)
 
   logits, vjp_fn, features = jax.vjp(forward, zeros, has_aux=True)
   if classes is None:
-    class_ids, class_mask = present_classes(jnp.argmax(logits, -1), num_classes, max_classes)
+    class_ids, class_mask = present_classes(jnp.argmax(logits, -1), logits.shape[-1],
+                                            max_classes)
   else:
     class_ids = jnp.where(classes >= 0, classes, -1).astype(jnp.int32)
     class_mask = class_ids >= 0
 
   def raw_maps(cotangent):
-    grads = _by_layer(vjp_fn(cotangent)[0], layers)
+    grads = find_stages(vjp_fn(cotangent)[0], layers)
     return {name: jnp.einsum('nk,nhwk->nhw', jnp.mean(grads[name], axis=(1, 2)),
                              features[name], preferred_element_type=jnp.float32)
             for name in layers}
@@ -173,10 +173,8 @@ def seg_grad_cam(model, variables, images, *, max_classes=None, layers=LAYERS, c
     if classes.ndim != 2 or classes.shape[0] != images.shape[0]:
       raise ValueError(f'classes must have shape (N, C) with N = {images.shape[0]}, got '
                        f'{classes.shape}.')
-  num_classes = jax.eval_shape(
-      lambda: model.apply(variables, images, train=False)).shape[-1]
-  return _seg_grad_cam(model, variables, images, classes, num_classes=num_classes,
-                       max_classes=max_classes, layers=tuple(layers), class_chunk=class_chunk)
+  return _seg_grad_cam(model, variables, images, classes, max_classes=max_classes,
+                       layers=tuple(layers), class_chunk=class_chunk)
 
 
 def gt_attention(heatmaps, class_ids, class_mask, labels):
