@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rwsjax import fusion
+from rwsjax import fusion, segcam, slices
+from test_segcam import TinySeg, setup_model
 
 LEVELS = np.array([0.0, 0.25, 0.5, 0.75, 1.0], np.float32)
 
@@ -137,3 +138,48 @@ def test_geometry_checks():
     fusion.check_geometry(128, 128, 64, 24, strides)
   with pytest.raises(ValueError, match='layer4 feature stride 16'):
     fusion.check_geometry(120, 120, 64, 32, {'layer4': 16})
+
+
+def test_stage3_batch_composes_with_segcam_and_slices():
+  """Per-batch stage 3 (METHODS.md RWS 7) on a tiny model; fused layer4 against eq. 6."""
+  model = TinySeg(num_classes=3)
+  variables, images = setup_model(model, n=2, size=16, seed=11)
+  local_variables, _ = setup_model(model, n=2, size=16, seed=12)
+  labels = jnp.asarray(np.random.default_rng(0).choice([0, 1, 2, 255], size=(2, 16, 16)))
+  strides = {'layer1': 1, 'layer2': 2, 'layer3': 2, 'layer4': 4}
+  fusion.check_geometry(16, 16, 8, 4, strides)
+
+  def attention_maps(result, label_map):
+    attention = segcam.gt_attention(result.heatmaps, result.class_ids, result.class_mask,
+                                    label_map)
+    gamma, _ = segcam.gamma_and_omega(attention)
+    return attention, segcam.feature_attention(attention, gamma, result.features)
+
+  glob = segcam.seg_grad_cam(model, variables, images,
+                             classes=segcam.present_classes(labels, 3, 3)[0])
+  attention, global_maps = attention_maps(glob, labels)
+  scores = slices.score_windows(attention['layer4'], labels, num_classes=3, size=8, stride=4)
+  weak = slices.weak_mask(scores.attention, scores.present, 1.01)
+  index, valid = slices.select_top_weak(scores.attention, weak, 3)
+  boxes = jnp.asarray(slices.window_boxes(16, 16, 8, 4))[index]
+  crops = slices.crop_windows(images, boxes, 8).reshape(6, 8, 8, 3)
+  crop_labels = slices.crop_windows(labels, boxes, 8).reshape(6, 8, 8)
+  local = segcam.seg_grad_cam(model, local_variables, crops,
+                              classes=segcam.present_classes(crop_labels, 3, 3)[0])
+  _, local_maps = attention_maps(local, crop_labels)
+
+  def split(x):
+    return x.reshape((2, 3) + x.shape[1:])
+
+  plans = fusion.fusion_plans(
+      global_maps, {k: tuple(map(split, v)) for k, v in local_maps.items()},
+      {k: split(v) for k, v in local.features.items()}, boxes, valid, strides,
+      layers=('layer4',))
+  assert bool(valid.all()) and bool(plans['layer4'].selected.any())
+  _, fused = model.apply(variables, images, stage_hook=fusion.stage_hook(plans),
+                         return_features=True)
+  plan = plans['layer4']
+  np.testing.assert_allclose(fused['layer4'], plan.weight * glob.features['layer4']
+                             + (1 - plan.weight) * plan.local, atol=1e-6)
+  for name in ('layer1', 'layer2', 'layer3'):
+    np.testing.assert_allclose(fused[name], glob.features[name], atol=1e-6)

@@ -46,7 +46,7 @@ class TinySeg(nn.Module):
     return (logits, features) if return_features else logits
 
 
-def _setup(model, n=2, size=16, seed=0):
+def setup_model(model, n=2, size=16, seed=0):
   """Random images and variables; weights drawn in numpy (compiling `model.init` is slow)."""
   rng = np.random.default_rng(seed)
   images = jnp.asarray(rng.normal(size=(n, size, size, 3)), jnp.float32)
@@ -124,7 +124,7 @@ def _brute_force(model, variables, images, classes_per_image, layers=segcam.LAYE
 
 def test_matches_per_class_grad_loop():
   model = TinySeg()
-  variables, images = _setup(model)
+  variables, images = setup_model(model)
   result = segcam.seg_grad_cam(model, variables, images, max_classes=4)
   pred = np.asarray(jnp.argmax(result.logits, -1))
   classes = [_oracle_classes(pred[n], 4, 4) for n in range(len(pred))]
@@ -141,7 +141,7 @@ def test_matches_per_class_grad_loop():
 def test_registry_model_matches_per_class_grad_loop():
   model = build_model({'name': 'deeplabv3', 'backbone': 'resnet18', 'output_stride': 8,
                        'width': 0.125, 'head_channels': 16}, num_classes=5)
-  variables, images = _setup(model, n=1, size=32, seed=7)
+  variables, images = setup_model(model, n=1, size=32, seed=7)
   result = segcam.seg_grad_cam(model, variables, images, max_classes=3)
   classes = _oracle_classes(np.asarray(jnp.argmax(result.logits, -1))[0], 5, 3)
   assert len(classes) >= 2
@@ -153,7 +153,7 @@ def test_registry_model_matches_per_class_grad_loop():
 
 def test_closed_form_last_stage_head():
   model = TinySeg(strides=(1, 1, 1, 1), upsample=False)
-  variables, images = _setup(model, size=8, seed=3)
+  variables, images = setup_model(model, size=8, seed=3)
   result = segcam.seg_grad_cam(model, variables, images, max_classes=4, layers=('layer4',))
   kernel = np.asarray(variables['params']['head']['kernel'][0, 0], np.float64)
   features = np.asarray(result.features['layer4'], np.float64)
@@ -202,7 +202,7 @@ def test_present_classes_order_padding_and_ignore():
 
 def test_padded_and_explicit_class_slots():
   model = TinySeg(num_classes=7)
-  variables, images = _setup(model, size=8, seed=5)
+  variables, images = setup_model(model, size=8, seed=5)
   auto = segcam.seg_grad_cam(model, variables, images, max_classes=8)
   assert not bool(auto.class_mask[:, 7:].any())
   for name in segcam.LAYERS:
@@ -230,7 +230,7 @@ def test_padded_and_explicit_class_slots():
 
 def test_user_errors_are_clear():
   model = TinySeg()
-  variables, images = _setup(model)
+  variables, images = setup_model(model)
   with pytest.raises(ValueError, match='max_classes'):
     segcam.seg_grad_cam(model, variables, images)
   with pytest.raises(ValueError, match='stages'):
