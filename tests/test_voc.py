@@ -147,3 +147,19 @@ def test_class_names_and_num_classes():
   cfg = ml_collections.ConfigDict({'name': 'voc_aug'})
   assert data.class_names(cfg)[0] == 'background'
   assert len(data.class_names(cfg)) == data.num_classes(cfg) == 21
+
+
+def test_listed_image_missing(tmp_path):
+  fake_voc.write_tree(tmp_path / 'manual')
+  path = tmp_path / 'manual' / voc.LAYOUT['voc_images'] / (fake_voc.SBD_VAL[0] + '.jpg')
+  os.remove(path)
+  with pytest.raises(FileNotFoundError, match=re.escape(f'{path} is listed in a split file')):
+    data.get_source(_config(tmp_path, tmp_path / 'manual'), 'train')
+
+
+def test_label_size_differs_from_image(tmp_path):
+  fake_voc.write_tree(tmp_path / 'manual')
+  path = tmp_path / 'manual' / voc.LAYOUT['sbd_labels'] / (fake_voc.SBD_VAL[0] + '.mat')
+  fake_voc.write_sbd_mat(str(path), np.zeros((3, 3), np.uint8))
+  with pytest.raises(ValueError, match=re.escape(f'{path} has shape (3, 3) but its image is')):
+    voc.read_example(voc.check_layout(tmp_path / 'manual'), fake_voc.SBD_VAL[0])

@@ -3,7 +3,7 @@
 Every object has a large plain body drawn from one shape and colour distribution shared by all
 classes; its class is told only by a small marker symbol inside the body, so a class activation
 map covers the marker and rarely the whole body, as on real photographs. Backgrounds are
-textured and cluttered with plain and striped blobs, lines and marker-like decoys that are not
+textured and cluttered with speckled and striped blobs, lines and marker-like decoys that are not
 objects; 1 to `max_objects` objects are drawn in sequence, later ones occluding earlier ones
 (never their markers), and thin background lines may cross objects. Pixel labels are uint8 with
 0 = background, 1..K-1 = object classes and 255 = ignore on the inner contour of each object
@@ -17,6 +17,8 @@ import colorsys
 import dataclasses
 import io
 
+import matplotlib
+from matplotlib.figure import Figure
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
@@ -26,11 +28,12 @@ from rwsjax.losses import IGNORE_LABEL
 
 MARKERS = ('cross', 'ring', 'checker', 'stripes', 'saltire', 'dot', 'bars', 'frame', 'wedge')
 SPLITS = ('train', 'validation')
+MIN_IMAGE_SIZE = 28  # Four marker sides: room for a body around a marker.
 
 
 def marker_size(image_size):
-  """Side of the square class marker in pixels (a tenth of the image, at least 7)."""
-  return max(7, round(0.1 * image_size))
+  """Side of the square class marker in pixels (0.16 of the image side, at least 7)."""
+  return max(7, round(0.16 * image_size))
 
 
 def marker_patterns(size):
@@ -87,7 +90,7 @@ def _smooth_field(rng, size, amplitude):
 
 
 def _blob_mask(rng, grid, size, radius_range):
-  """Random rotated super-ellipse with a wavy rim; returns the mask and its semi-axes."""
+  """Random rotated super-ellipse with a wavy rim: (mask, smaller semi-axis in pixels)."""
   yy, xx = grid
   cy, cx = rng.uniform(0, size, 2)
   a, b = rng.uniform(*radius_range, 2) * size
@@ -135,18 +138,23 @@ def _inner_boxes(mask, side):
   return np.argwhere(sums == side * side)
 
 
+def _speckled(rng, grid, colour):
+  """(H, W, 3) colour with strong per-pixel noise."""
+  return colour + rng.normal(0, rng.uniform(20, 35), (*grid[0].shape, 3))
+
+
 def _paint(image, mask, texture):
   """Writes `texture` (H, W, 3) into `image` where `mask` is set."""
   image[mask] = texture[mask]
 
 
 def _draw_clutter(rng, image, grid, size, count, patterns):
-  """Background clutter: plain and striped blobs, lines, and marker-like decoys (label 0)."""
+  """Background clutter: speckled and striped blobs, lines, marker-like decoys (label 0)."""
   side = patterns.shape[-1]
   for kind in rng.integers(0, 4, count):
     colour = _random_colour(rng)
     if kind == 0:
-      _paint(image, _blob_mask(rng, grid, size, (0.08, 0.25))[0], _shaded(rng, grid, colour))
+      _paint(image, _blob_mask(rng, grid, size, (0.08, 0.25))[0], _speckled(rng, grid, colour))
     elif kind == 1:
       _paint(image, _blob_mask(rng, grid, size, (0.08, 0.3))[0], _striped(rng, grid, colour))
     elif kind == 2:
@@ -161,7 +169,7 @@ def _draw_object(rng, image, label, protected, grid, size, cls, patterns, tries=
   """Draws one object of class `cls` without covering earlier markers; False if none fits."""
   side = patterns.shape[-1]
   for _ in range(tries):
-    body, radius = _blob_mask(rng, grid, size, (0.12, 0.28))
+    body, radius = _blob_mask(rng, grid, size, (0.15, 0.3))
     if radius < side or np.any(body & protected):
       continue
     corners = _inner_boxes(body, side + 2)
@@ -186,7 +194,7 @@ def inner_contour(label):
   return differs & (label > 0)
 
 
-def render(rng, image_size=96, num_object_classes=6, max_objects=4, clutter=6,
+def render(rng, image_size=96, num_object_classes=6, max_objects=4, clutter=4,
            ignore_border=True):
   """One synthetic example: (image uint8 (S, S, 3), label uint8 (S, S)).
 
@@ -202,7 +210,7 @@ def render(rng, image_size=96, num_object_classes=6, max_objects=4, clutter=6,
   grid = _grid(size)
   patterns = marker_patterns(marker_size(size))[:num_object_classes]
   image = _smooth_field(rng, size, rng.uniform(15, 40)) + _random_colour(rng)
-  image += rng.normal(0, rng.uniform(4, 12), image.shape)
+  image += rng.normal(0, rng.uniform(3, 10), image.shape)
   _draw_clutter(rng, image, grid, size, int(rng.integers(clutter // 2, clutter + 1)), patterns)
   label = np.zeros((size, size), np.uint8)
   protected = np.zeros((size, size), bool)
@@ -242,7 +250,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
   image_size: int = 96
   num_object_classes: int = 6
   max_objects: int = 4
-  clutter: int = 6
+  clutter: int = 4
   ignore_border: bool = True
   seed: int = 0
 
@@ -258,8 +266,8 @@ def shapes_config(**params):
   if not 1 <= values['num_object_classes'] <= len(MARKERS):
     raise ValueError(f'config.dataset.shapes.num_object_classes must be in [1, {len(MARKERS)}], '
                      f'got {values["num_object_classes"]}.')
-  if values['image_size'] < 4 * marker_size(values['image_size']):
-    raise ValueError(f'config.dataset.shapes.image_size must be at least 28, '
+  if values['image_size'] < MIN_IMAGE_SIZE:
+    raise ValueError(f'config.dataset.shapes.image_size must be at least {MIN_IMAGE_SIZE}, '
                      f'got {values["image_size"]}.')
   name = '-'.join(f'{k.removeprefix("num_")}{int(v)}' for k, v in values.items())
   return ShapesConfig(name=name, **values)
@@ -318,7 +326,6 @@ def class_names(num_object_classes):
 
 def colourize(label, num_classes):
   """(H, W, 3) uint8 colour picture of a label map; IGNORE_LABEL is white."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
   colours = matplotlib.colormaps['tab10'](np.arange(num_classes) % 10)[:, :3]
   table = np.ones((256, 3))
   table[:num_classes] = colours
@@ -328,11 +335,9 @@ def colourize(label, num_classes):
 
 def plot_examples(source, path, n=4, names=None):
   """Saves a PNG with n examples of `source` (image above, pixel labels below) to `path`."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   n = min(n, len(source))
-  fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.6), squeeze=False)
+  fig = Figure(figsize=(2.2 * n, 4.6))
+  axes = fig.subplots(2, n, squeeze=False)
   for k in range(n):
     example = source[k]
     present = np.flatnonzero(example['labels']) + 1
@@ -344,4 +349,3 @@ def plot_examples(source, path, n=4, names=None):
     ax.axis('off')
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
