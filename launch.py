@@ -26,6 +26,8 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (optional).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (optional).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (optional).")
+_LIBRARY_LOGS = flags.DEFINE_bool("library_logs", False,
+                                  "Show the INFO logs of orbax, grain and TFDS too.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,6 +35,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   import jax  # pylint: disable=g-import-not-at-top  (after absl parsed the flags)
+  from rwsjax import progress  # pylint: disable=g-import-not-at-top
+  if not _LIBRARY_LOGS.value:
+    progress.quiet_library_logs()
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,

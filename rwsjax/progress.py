@@ -1,10 +1,28 @@
 """Progress lines with ETA, and the JSONL metric writer (process 0 only)."""
 import json
+import logging as py_logging
 import os
 import time
 
 from absl import logging
 import jax
+
+_CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/")
+
+
+class _LibraryInfoFilter(py_logging.Filter):
+  """Drops INFO-and-below records emitted from inside checkpointing/data libraries."""
+
+  def filter(self, record):
+    return record.levelno > py_logging.INFO or not any(
+        part in record.pathname for part in _CHATTY_LIBRARIES)
+
+
+def quiet_library_logs():
+  """Keeps the run's own progress lines readable: library INFO chatter is not shown."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+    handler.addFilter(_LibraryInfoFilter())
 
 
 def format_seconds(seconds):

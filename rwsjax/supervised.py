@@ -1,0 +1,99 @@
+"""Supervised segmentation: the baseline pipeline and the building blocks every pipeline reuses
+(model and variables from the config, train/eval batches, evaluation with figures)."""
+import os
+
+from absl import logging
+import jax
+import numpy as np
+
+from rwsjax import data
+from rwsjax import evaluate as evaluate_lib
+from rwsjax import figures
+from rwsjax import models
+from rwsjax import train
+from rwsjax.data import pipeline
+from rwsjax.progress import MetricWriter, write_json
+
+
+def initial_variables(model, config, rng, image_shape=None):
+  """Random variables for `model`, with the backbone from config.model.pretrained if given."""
+  shape = image_shape or (1, *config.input.crop_size, 3)
+  variables = jax.jit(lambda r: train.init_variables(model, shape, r))(rng)
+  if config.model.pretrained:
+    logging.info("Backbone weights from %s.", config.model.pretrained)
+    return models.load_pretrained_backbone(variables, config.model.pretrained, config.model)
+  logging.info("No config.model.pretrained file: the backbone starts from random weights.")
+  return variables
+
+
+def train_batches(source, config, mesh, *, seed, label_source=None):
+  """`batches(start_step)` factory of augmented per-process training batches."""
+  batch_size = train.local_batch_size(config.input.batch_size, mesh)
+  dataset = pipeline.train_dataset(source, config.input, seed=seed, batch_size=batch_size,
+                                   label_source=label_source)
+  return lambda start: pipeline.prefetch(dataset, start)
+
+
+def eval_batches(source, config, mesh):
+  """(batches, count): the whole split in order, hosts padded to the same number of batches."""
+  batch_size = train.local_batch_size(config.input.eval_batch_size, mesh)
+  count = train.num_eval_batches(len(source) * jax.process_count(), config.input.eval_batch_size)
+  dataset = pipeline.eval_dataset(source, config.input, batch_size=batch_size, num_batches=count)
+  return dataset, count
+
+
+def evaluate_model(model, variables, source, config, mesh, predict_fn=None):
+  """Confusion matrix (K, K) of `model` over every example of `source`."""
+  eval_step = train.make_eval_step(model, config.dataset.num_classes, mesh, predict_fn)
+  batches, count = eval_batches(source, config, mesh)
+  return train.evaluate(eval_step, variables, batches, mesh, num_batches=count)
+
+
+def predict_examples(model, variables, source, indices, config):
+  """(images uint8, labels, predictions) of a few examples, for figures (process 0)."""
+  images, labels, preds = [], [], []
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False).argmax(-1))
+  for i in indices:
+    example = source[int(i)]
+    image = example["image"]
+    normalized = pipeline.normalize(image, config.input)[None]
+    preds.append(np.asarray(apply(variables, normalized))[0])
+    images.append(image)
+    labels.append(example["segmentation"][..., 0])
+  return images, labels, preds
+
+
+def save_prediction_figure(path, model, variables, source, config):
+  count = min(config.figures.num_examples, len(source))
+  images, labels, preds = predict_examples(model, variables, source, range(count), config)
+  figures.save_predictions(path, images, labels, preds)
+
+
+def run(config, workdir):
+  """Trains the configured model on the train split, evaluates on the eval split, and writes
+  summary.json, metrics.jsonl and figures into `workdir`. Resumes after a kill."""
+  mesh = train.make_mesh(config.num_devices)
+  train_source = data.get_source(config.dataset, config.dataset.train_split)
+  eval_source = data.get_source(config.dataset, config.dataset.eval_split)
+  model = models.build_model(config.model, config.dataset.num_classes)
+  rng = jax.random.key(config.seed)
+  variables = initial_variables(model, config, rng)
+  tx = train.make_optimizer(config.train, config.train.steps)
+  state = train.train_stage(
+      workdir=workdir, stage="supervised", loss_fn=train.supervised_loss(model), tx=tx,
+      variables=variables, batches=train_batches(train_source, config, mesh, seed=config.seed),
+      total_steps=config.train.steps, train_cfg=config.train, mesh=mesh,
+      rng=jax.random.fold_in(rng, 1), writer=MetricWriter(os.path.join(workdir, "metrics.jsonl")))
+  confusion = evaluate_model(model, state.variables, eval_source, config, mesh)
+  names = data.class_names(config.dataset)
+  summary = {"method": "supervised", "steps": config.train.steps,
+             config.dataset.eval_split: evaluate_lib.summarize(confusion, names)}
+  write_json(os.path.join(workdir, "summary.json"), summary)
+  if jax.process_index() == 0:
+    figures.save_per_class_iou(os.path.join(workdir, "per_class_iou.png"),
+                               {"supervised": summary[config.dataset.eval_split]["per_class_iou"]},
+                               names)
+    save_prediction_figure(os.path.join(workdir, "predictions.png"), model, state.variables,
+                           eval_source, config)
+  logging.info("%s mIoU %.4f", config.dataset.eval_split, summary[config.dataset.eval_split]["miou"])
+  return summary
