@@ -248,7 +248,19 @@ def test_crop_dataset_errors():
   source = _source(1, shapes=[(12, 16)])
   with pytest.raises(ValueError, match=r'boxes has shape \(4,\)'):
     pipeline.crop_dataset(source, np.zeros(4), _input_cfg(), seed=0, batch_size=1, out_size=4)
-  ds = pipeline.crop_dataset(source, [[0, 5, 5, 13, 9]], _input_cfg(), seed=0, batch_size=1,
+  ds = pipeline.crop_dataset(source, [[0, 12, 5, 14, 9]], _input_cfg(), seed=0, batch_size=1,
                              out_size=4, augment=False)
-  with pytest.raises(ValueError, match=r'boxes\[0\] = \[0, 5, 5, 13, 9\] is not inside'):
+  with pytest.raises(ValueError, match=r'boxes\[0\] = \[0, 12, 5, 14, 9\] does not start inside'):
     ds[0]
+
+
+def test_crop_dataset_pads_boxes_past_the_edge():
+  source = _source(1, shapes=[(12, 16)])
+  ds = pipeline.crop_dataset(source, [[0, 8, 12, 16, 20]], _input_cfg(), seed=0, batch_size=1,
+                             out_size=(8, 8), augment=False)
+  label, image = ds[0]['label'][0], ds[0]['image'][0]
+  np.testing.assert_array_equal(label[:4, :4], source[0]['segmentation'][8:12, 12:16, 0])
+  assert (label[4:] == 255).all() and (label[:, 4:] == 255).all()
+  np.testing.assert_allclose(image[:4, :4], pipeline.normalize(source[0]['image'][8:12, 12:16],
+                                                               _input_cfg()))
+  assert np.abs(image[4:]).max() < 0.01 and np.abs(image[:, 4:]).max() < 0.01

@@ -228,7 +228,9 @@ def crop_dataset(source, boxes, input_cfg, *, seed, batch_size, out_size, augmen
 
   Args:
     source: random-access source as in `train_dataset`.
-    boxes: int array (M, 5), rows (example_index, y0, x0, y1, x1), half-open pixel bounds.
+    boxes: int array (M, 5), rows (example_index, y0, x0, y1, x1), half-open pixel bounds. A box
+      may reach past the bottom/right edge (windows on an eval canvas padded by `pad`): the part
+      outside has the mean colour and the ignore label.
     input_cfg: config.input (mean, std, flip).
     seed: shuffling and flip seed (augment=True only).
     batch_size: per-process batch size.
@@ -249,11 +251,17 @@ def crop_dataset(source, boxes, input_cfg, *, seed, batch_size, out_size, augmen
     index, y0, x0, y1, x1 = (int(v) for v in boxes[j])
     example = source[index]
     height, width = example['image'].shape[:2]
-    if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
-      raise ValueError(f'boxes[{j}] = {boxes[j].tolist()} is not inside example {index} of '
-                       f'size {(height, width)}.')
-    label = resize(example['segmentation'][y0:y1, x0:x1, 0], out_size, PIL.Image.NEAREST)
-    image = resize(example['image'][y0:y1, x0:x1], out_size, PIL.Image.BILINEAR)
+    if not (0 <= y0 < min(y1, height) and 0 <= x0 < min(x1, width)):
+      raise ValueError(f'boxes[{j}] = {boxes[j].tolist()} does not start inside example {index} '
+                       f'of size {(height, width)}.')
+    canvas = (max(height, y1), max(width, x1))
+    image = np.empty(canvas + (3,), np.uint8)
+    image[...] = np.round(input_cfg.mean).astype(np.uint8)
+    image[:height, :width] = example['image']
+    label = np.full(canvas, IGNORE_LABEL, np.uint8)
+    label[:height, :width] = example['segmentation'][..., 0]
+    label = resize(label[y0:y1, x0:x1], out_size, PIL.Image.NEAREST)
+    image = resize(image[y0:y1, x0:x1], out_size, PIL.Image.BILINEAR)
     return {'image': normalize(image, input_cfg), 'label': label,
             'labels': image_labels(label, num_labels), 'index': j}
 
