@@ -73,3 +73,60 @@ def save_per_class_iou(path, results, class_names):
   ax.set_ylim(0, 1)
   ax.legend(fontsize=8)
   _save(fig, path)
+
+
+def save_heatmaps(path, images, labels, attention, gamma):
+  """RWS Fig. 5: image | ground truth | A_1 .. A_4 | Gamma, one row per example."""
+  columns = [list(images), [colorize(l) for l in labels]]
+  titles = ["image", "ground truth"]
+  for name, maps in attention.items():
+    columns.append(list(np.asarray(maps)))
+    titles.append(f"A {name}")
+  columns.append(list(np.asarray(gamma)))
+  titles.append("Gamma (eq. 3)")
+  save_grid(path, columns, titles)
+
+
+def save_slices(path, images, boxes):
+  """Weak slices drawn on their images; `boxes[i]` is an (M, 4) array of (y0, x0, y1, x1)."""
+  fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 2.8), squeeze=False)
+  for ax, image, image_boxes in zip(axes[0], images, boxes):
+    ax.imshow(image)
+    for y0, x0, y1, x1 in np.asarray(image_boxes).reshape(-1, 4):
+      ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                 edgecolor="yellow", linewidth=1.2))
+    ax.set_title(f"{len(np.asarray(image_boxes).reshape(-1, 4))} weak slices", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+  _save(fig, path)
+
+
+def save_threshold_curve(path, curve, threshold, per_class_threshold, class_names):
+  """RWS Fig. 2: mean window IoU against window attention per class, with T marked.
+
+  `curve` has 'centres' (bins,), 'mean_iou' (K, bins) with negative values in empty bins, and
+  'counts' (K, bins).
+  """
+  centres = np.asarray(curve["centres"])
+  mean_iou = np.asarray(curve["mean_iou"], np.float64)
+  counts = np.asarray(curve["counts"])
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  for k, name in enumerate(class_names):
+    keep = counts[k] > 0
+    if keep.sum() < 2:
+      continue
+    line, = ax.plot(centres[keep], mean_iou[k, keep], marker=".", linewidth=1, label=name)
+    t_class = per_class_threshold[k]
+    if t_class is not None:
+      ax.axvline(t_class, color=line.get_color(), linestyle=":", linewidth=0.8)
+  total = counts.sum(0)
+  pooled = np.where(total > 0, (np.where(counts > 0, mean_iou, 0) * counts).sum(0)
+                    / np.maximum(total, 1), np.nan)
+  ax.plot(centres, pooled, color="black", linewidth=2, label="all classes")
+  ax.axvline(threshold, color="red", linewidth=2, label=f"T = {threshold:.3f}")
+  ax.set_xlabel("window mean attention")
+  ax.set_ylabel("window IoU")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.legend(fontsize=7, ncol=2)
+  _save(fig, path)

@@ -99,3 +99,13 @@ def write_json(path, obj):
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
+
+
+def cached_json(path, compute):
+  """The JSON at `path` if a previous run wrote it, else `compute()` written there (resume)."""
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  result = compute()
+  write_json(path, result)
+  return result

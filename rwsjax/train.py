@@ -17,6 +17,7 @@ from typing import Any
 from absl import logging
 import flax
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -74,6 +75,14 @@ def to_device(batch, mesh):
   sharding = data_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
+
+
+def to_host(x, mesh):
+  """This process's rows of a data-sharded global array, as numpy."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  local = multihost_utils.global_array_to_host_local_array(x, mesh, P("data"))
+  return np.asarray(jax.device_get(local))
 
 
 def poly_schedule(lr, total_steps, power=0.9, warmup_steps=0):

@@ -17,12 +17,12 @@ import colorsys
 import dataclasses
 import io
 
-import matplotlib
 from matplotlib.figure import Figure
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from rwsjax import figures
 from rwsjax.data.pipeline import image_labels
 from rwsjax.losses import IGNORE_LABEL
 
@@ -324,15 +324,6 @@ def class_names(num_object_classes):
   return ['background', *MARKERS[:num_object_classes]]
 
 
-def colourize(label, num_classes):
-  """(H, W, 3) uint8 colour picture of a label map; IGNORE_LABEL is white."""
-  colours = matplotlib.colormaps['tab10'](np.arange(num_classes) % 10)[:, :3]
-  table = np.ones((256, 3))
-  table[:num_classes] = colours
-  table[0] = 0
-  return (table[label] * 255).astype(np.uint8)
-
-
 def plot_examples(source, path, n=4, names=None):
   """Saves a PNG with n examples of `source` (image above, pixel labels below) to `path`."""
   n = min(n, len(source))
@@ -341,10 +332,9 @@ def plot_examples(source, path, n=4, names=None):
   for k in range(n):
     example = source[k]
     present = np.flatnonzero(example['labels']) + 1
-    num_classes = len(example['labels']) + 1
     axes[0, k].imshow(example['image'])
     axes[0, k].set_title(', '.join(names[c] if names else str(c) for c in present), fontsize=8)
-    axes[1, k].imshow(colourize(example['segmentation'][..., 0], num_classes))
+    axes[1, k].imshow(figures.colorize(example['segmentation'][..., 0]))
   for ax in axes.ravel():
     ax.axis('off')
   fig.tight_layout()
