@@ -4,6 +4,7 @@ import os
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from rwsjax import data
@@ -35,9 +36,14 @@ def train_batches(source, config, mesh, *, seed, label_source=None):
 
 
 def eval_batches(source, config, mesh):
-  """(batches, count): the whole split in order, hosts padded to the same number of batches."""
+  """(batches, count): the whole split in order, hosts padded to the same number of batches.
+
+  `source` is this process's part of the split; the count comes from the global example count
+  (the sum of all parts), so hosts with uneven parts step together (DESIGN.md, multi-host).
+  """
   batch_size = train.local_batch_size(config.input.eval_batch_size, mesh)
-  count = train.num_eval_batches(len(source) * jax.process_count(), config.input.eval_batch_size)
+  split_size = int(np.sum(multihost_utils.process_allgather(np.int32(len(source)))))
+  count = train.num_eval_batches(split_size, config.input.eval_batch_size)
   dataset = pipeline.eval_dataset(source, config.input, batch_size=batch_size, num_batches=count)
   return dataset, count
 
