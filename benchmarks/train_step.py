@@ -1,0 +1,210 @@
+"""Train-step and evaluation throughput (images/s) of the rwsjax trainer, optionally against
+torchvision's DeepLabv3 measured in the same run.
+
+JAX: `train.make_train_step` (pixel cross-entropy ignoring 255, SGD momentum 0.9, weight decay
+1e-4, poly lr) and `train.make_eval_step` (argmax confusion matrix) over a data-parallel mesh of
+all devices. With --vs-torch: torchvision.models.segmentation.deeplabv3_<backbone>
+(weights=None, weights_backbone=None, aux_loss=False) with the same classes and input shape,
+torch.optim.SGD with the same momentum, weight decay and poly lr, CrossEntropyLoss
+(ignore_index=255); its eval is forward, argmax and a bincount confusion matrix without
+gradients. Both frameworks get one random batch already on the device, so the input pipeline is
+not timed. Repeats of the two frameworks are interleaved (the machine may be shared); medians
+after compilation and a warm-up step are printed (and the fastest repeat, less sensitive to
+other load), with the ratio of images/s jax/torch (above 1: JAX is faster).
+
+  python benchmarks/train_step.py                    # small CPU default, under a minute
+  python benchmarks/train_step.py --width 1 --head-channels 256 --size 64 --batch 4 --vs-torch
+
+The paper-size case (DeepLabv3, ResNet-101, output stride 8, 513x513, batch 16) on a GPU, with
+JAX for CUDA installed (`pip install -U "jax[cuda12]"`) and `pip install -e .[bench]`:
+
+  python benchmarks/train_step.py --backbone resnet101 --width 1 --head-channels 256 \\
+      --size 513 --batch 16 --vs-torch
+"""
+import argparse
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from rwsjax import train
+from rwsjax.losses import IGNORE_LABEL
+from rwsjax.models import build_model
+
+TORCH_BACKBONES = ('resnet50', 'resnet101')
+MOMENTUM, WEIGHT_DECAY, LR, POLY_POWER = 0.9, 1e-4, 0.01, 0.9
+SCHEDULE_STEPS = 100_000  # poly schedule length: long enough to stay away from lr 0
+
+
+def random_batch(args):
+  """Normal images (B, S, S, 3) and labels in [0, K) with about 5% ignore pixels."""
+  rng = np.random.default_rng(0)
+  shape = (args.batch, args.size, args.size)
+  labels = rng.integers(0, args.num_classes, shape).astype(np.int32)
+  labels[rng.random(shape) < 0.05] = IGNORE_LABEL
+  return {'image': rng.normal(size=(*shape, 3)).astype(np.float32), 'label': labels,
+          'mask': np.ones(args.batch, bool)}
+
+
+class JaxRunner:
+  """The rwsjax train and eval steps on one resident batch; `train` updates the state."""
+
+  def __init__(self, args, batch):
+    model = build_model({'name': args.name, 'backbone': args.backbone,
+                         'output_stride': args.output_stride, 'width': args.width,
+                         'head_channels': args.head_channels, 'dtype': args.dtype},
+                        args.num_classes)
+    cfg = ml_collections.ConfigDict(dict(lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+                                         poly_power=POLY_POWER, warmup_steps=0))
+    tx = train.make_optimizer(cfg, SCHEDULE_STEPS)
+    mesh = train.make_mesh()
+    variables = jax.jit(lambda r: train.init_variables(model, (1, args.size, args.size, 3), r))(
+        jax.random.key(0))
+    self.state = train.create_train_state(tx, variables, mesh)
+    self.batch = train.to_device(batch, mesh)
+    self.rng = jax.random.key(1)
+    self.train_step = train.make_train_step(train.supervised_loss(model), tx, mesh)
+    self.eval_step = train.make_eval_step(model, args.num_classes, mesh)
+
+  def train(self):
+    self.state, metrics = self.train_step(self.state, self.batch, self.rng, None)
+    jax.block_until_ready((self.state, metrics))
+
+  def eval(self):
+    jax.block_until_ready(self.eval_step(self.state.variables, self.batch))
+
+
+class TorchRunner:
+  """torchvision DeepLabv3 with the same loss, optimizer and batch as `JaxRunner`."""
+
+  def __init__(self, args, batch):
+    import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
+    import torchvision  # pylint: disable=g-import-not-at-top
+    self.torch = torch
+    self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    torch.backends.cudnn.benchmark = True
+    build = getattr(torchvision.models.segmentation, f'deeplabv3_{args.backbone}')
+    self.model = build(weights=None, weights_backbone=None, num_classes=args.num_classes,
+                       aux_loss=False).to(self.device)
+    self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM,
+                                     weight_decay=WEIGHT_DECAY)
+    self.schedule = torch.optim.lr_scheduler.LambdaLR(
+        self.optimizer, lambda t: (1 - t / SCHEDULE_STEPS) ** POLY_POWER)
+    self.loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
+    self.images = torch.from_numpy(batch['image']).permute(0, 3, 1, 2).contiguous().to(
+        self.device)
+    self.labels = torch.from_numpy(batch['label']).long().to(self.device)
+    self.num_classes = args.num_classes
+    self.bfloat16 = args.dtype == 'bfloat16'
+
+  def autocast(self):
+    return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16,
+                               enabled=self.bfloat16)
+
+  def sync(self):
+    if self.device.type == 'cuda':
+      self.torch.cuda.synchronize()
+
+  def train(self):
+    self.model.train()
+    self.optimizer.zero_grad(set_to_none=True)
+    with self.autocast():
+      loss = self.loss_fn(self.model(self.images)['out'].float(), self.labels)
+    loss.backward()
+    self.optimizer.step()
+    self.schedule.step()
+    self.sync()
+
+  def eval(self):
+    self.model.eval()
+    with self.torch.no_grad(), self.autocast():
+      preds = self.model(self.images)['out'].argmax(1)
+      valid = self.labels != IGNORE_LABEL
+      self.torch.bincount(self.labels[valid] * self.num_classes + preds[valid],
+                          minlength=self.num_classes ** 2)
+    self.sync()
+
+
+def seconds(fn):
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def check_torch_args(parser, args):
+  """--vs-torch compares like with like: torchvision's DeepLabv3 is fixed to these settings."""
+  expected = {'name': 'deeplabv3', 'width': 1.0, 'head_channels': 256, 'output_stride': 8}
+  wrong = [f'--{k.replace("_", "-")} {getattr(args, k)} (expected {v})'
+           for k, v in expected.items() if getattr(args, k) != v]
+  if args.backbone not in TORCH_BACKBONES:
+    wrong.append(f'--backbone {args.backbone} (expected one of {", ".join(TORCH_BACKBONES)})')
+  if wrong:
+    parser.error(f'--vs-torch times torchvision\'s DeepLabv3, which has no counterpart for '
+                 f'{", ".join(wrong)}.')
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    import torchvision  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    parser.error('--vs-torch needs torch and torchvision: pip install -e .[bench]')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--name', default='deeplabv3')
+  parser.add_argument('--backbone', default='resnet50')
+  parser.add_argument('--output-stride', type=int, default=8)
+  parser.add_argument('--width', type=float, default=0.25)
+  parser.add_argument('--head-channels', type=int, default=64)
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--size', type=int, default=128)
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--num-classes', type=int, default=21)
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--vs-torch', action='store_true',
+                      help='also time torchvision deeplabv3 (needs torch and torchvision)')
+  args = parser.parse_args()
+  if args.vs_torch:
+    check_torch_args(parser, args)
+
+  batch = random_batch(args)
+  runners = {'jax': JaxRunner(args, batch)}
+  if args.vs_torch:
+    runners['torch'] = TorchRunner(args, batch)
+  first = {name: {'train': seconds(r.train), 'eval': seconds(r.eval)}
+           for name, r in runners.items()}
+  for r in runners.values():  # warm-up (torch: allocator, cudnn autotuning)
+    r.train()
+    r.eval()
+  times = {name: {'train': [], 'eval': []} for name in runners}
+  for _ in range(args.repeats):
+    for kind in ('train', 'eval'):
+      for name, r in runners.items():
+        times[name][kind].append(seconds(getattr(r, kind)))
+
+  print(f'jax {jax.__version__} on {jax.devices()}, {os.cpu_count()} CPU cores visible')
+  if args.vs_torch:
+    torch = runners['torch'].torch
+    print(f'torch {torch.__version__} on {runners["torch"].device}, '
+          f'{torch.get_num_threads()} threads')
+  print(f'{args.name}/{args.backbone} width {args.width} head {args.head_channels} '
+        f'OS{args.output_stride} {args.dtype}, batch {args.batch} x {args.size}x{args.size}, '
+        f'K={args.num_classes}, median of {args.repeats}')
+  rate = {}
+  for name in runners:
+    for kind in ('train', 'eval'):
+      median, fastest = np.median(times[name][kind]), np.min(times[name][kind])
+      rate[name, kind] = args.batch / median, args.batch / fastest
+      print(f'{name:5s} {kind:5s}: median {median * 1e3:9.1f} ms/step '
+            f'{rate[name, kind][0]:8.2f} images/s; fastest {fastest * 1e3:9.1f} ms/step; '
+            f'first call {first[name][kind]:.1f} s')
+  if args.vs_torch:
+    for i, statistic in enumerate(('median', 'fastest')):
+      print(f'ratio jax/torch of images/s ({statistic}): ' + ', '.join(
+          f'{kind} {rate["jax", kind][i] / rate["torch", kind][i]:.2f}'
+          for kind in ('train', 'eval')))
+
+
+if __name__ == '__main__':
+  main()
