@@ -1,9 +1,12 @@
 """Datasets by config name, as random-access sources for the pipelines in `pipeline`.
 
 Fields of config.dataset read here:
-  name: 'shapes' (synthetic, built locally from a seed) or 'voc_aug' (VOC2012 + SBD trainaug).
+  name: 'shapes' (synthetic, built locally from a seed), or a dataset read from manual_dir:
+    'voc_aug' (VOC2012 + SBD trainaug), 'cocostuff' (COCO-Stuff 164k), 'ade20k' (ADE20K
+    SceneParsing) or 'cityscapes' (Cityscapes fine); see their modules for the layouts.
   data_dir: TFDS data_dir where prepared datasets are cached (None = the TFDS default).
-  manual_dir: voc_aug only, the directory holding VOCdevkit/ and benchmark_RELEASE/.
+  manual_dir: all but shapes, the directory holding the dataset as released (for voc_aug:
+    VOCdevkit/ and benchmark_RELEASE/); read once, when the TFDS dataset is prepared.
   num_classes: K including background; checked against the dataset.
   train_split, eval_split: split names ('train', 'validation'), used by the trainers.
   shapes: shapes only, ConfigDict with any of num_train, num_val, image_size,
@@ -16,10 +19,16 @@ import jax
 from jax.experimental import multihost_utils
 import tensorflow_datasets as tfds
 
+from rwsjax.data import ade20k
+from rwsjax.data import cityscapes
+from rwsjax.data import cocostuff
 from rwsjax.data import shapes
 from rwsjax.data import voc
 
-DATASETS = ('shapes', 'voc_aug')
+# Datasets read from config.dataset.manual_dir: name -> (module, TFDS builder class).
+MANUAL = {'voc_aug': (voc, voc.VocAug), 'cocostuff': (cocostuff, cocostuff.CocoStuff164k),
+          'ade20k': (ade20k, ade20k.Ade20k), 'cityscapes': (cityscapes, cityscapes.CityscapesFine)}
+DATASETS = ('shapes',) + tuple(MANUAL)
 
 
 def _shapes_config(dataset_cfg):
@@ -33,15 +42,15 @@ def num_classes(dataset_cfg):
   name = dataset_cfg.name
   if name == 'shapes':
     return _shapes_config(dataset_cfg).num_object_classes + 1
-  if name == 'voc_aug':
-    return voc.NUM_CLASSES
+  if name in MANUAL:
+    return MANUAL[name][0].NUM_CLASSES
   raise ValueError(f'config.dataset.name is {name!r}; expected one of {DATASETS}.')
 
 
 def class_names(dataset_cfg):
-  """Class names, background first."""
-  if dataset_cfg.name == 'voc_aug':
-    return list(voc.CLASS_NAMES)
+  """Class names in class index order (background first where the dataset has one)."""
+  if dataset_cfg.name in MANUAL:
+    return list(MANUAL[dataset_cfg.name][0].CLASS_NAMES)
   return shapes.class_names(num_classes(dataset_cfg) - 1)
 
 
@@ -57,14 +66,15 @@ def _builder_and_download_config(dataset_cfg):
     builder = shapes.SyntheticShapes(config=_shapes_config(dataset_cfg), data_dir=data_dir,
                                      file_format='array_record')
     return builder, None
-  builder = voc.VocAug(data_dir=data_dir, file_format='array_record')
+  module, builder_cls = MANUAL[dataset_cfg.name]
+  builder = builder_cls(data_dir=data_dir, file_format='array_record')
   if builder.is_prepared():
     return builder, None
   manual_dir = dataset_cfg.get('manual_dir')
   if manual_dir is None:
-    raise ValueError('config.dataset.manual_dir is not set; voc_aug needs the directory '
-                     f'holding {", ".join(voc.LAYOUT.values())}.')
-  voc.check_layout(manual_dir)
+    raise ValueError(f'config.dataset.manual_dir is not set; {dataset_cfg.name} needs the '
+                     f'directory holding {", ".join(module.LAYOUT.values())}.')
+  module.check_layout(manual_dir)
   return builder, tfds.download.DownloadConfig(manual_dir=manual_dir)
 
 

@@ -13,6 +13,9 @@ Fields of config.input read here:
   mean, std: per-channel normalisation constants on the 0-255 scale.
   eval_pad_size: None or (h, w); evaluation images are padded to it (None: all images of the
     split have the same size).
+  eval_max_long_side: None or an int; evaluation images (and the RWS slice crops, whose boxes
+    come from evaluation canvases) with a longer side first shrink to that long side, aspect
+    kept, the label by nearest neighbour; their mIoU is then measured at that size.
 Batch sizes are per process; the trainer divides config.input.batch_size and
 config.input.eval_batch_size by the process count.
 
@@ -63,6 +66,14 @@ def resize(array, size, resample):
 def image_labels(label, num_labels):
   """(num_labels,) bool multi-hot of the classes 1..num_labels in a uint8 label map."""
   return np.bincount(label.ravel(), minlength=256)[1:num_labels + 1] > 0
+
+
+def limit_long_side(image, label, max_side):
+  """Image (bilinear) and label (nearest) shrunk so the long side is at most `max_side`."""
+  if max_side is None or max(label.shape) <= max_side:
+    return image, label
+  size = tuple(max(1, round(n * max_side / max(label.shape))) for n in label.shape)
+  return resize(image, size, PIL.Image.BILINEAR), resize(label, size, PIL.Image.NEAREST)
 
 
 def scale_factor(shape, input_cfg, rng):
@@ -195,7 +206,8 @@ def train_dataset(source, input_cfg, *, seed, batch_size, label_source=None):
 
 
 def eval_dataset(source, input_cfg, *, batch_size, num_batches=None):
-  """Finite in-order evaluation batches with 'mask'; images padded to eval_pad_size.
+  """Finite in-order evaluation batches with 'mask'; images shrunk to eval_max_long_side when
+  they are larger, then padded to eval_pad_size.
 
   `num_batches` (default: just enough) lets hosts with different source lengths run the same
   number of batches; the extra entries are masked out.
@@ -209,14 +221,16 @@ def eval_dataset(source, input_cfg, *, batch_size, num_batches=None):
 
   def element(i):
     example = read(i)
-    shape = example['label'].shape
+    image, label = limit_long_side(example['image'], example['label'],
+                                   input_cfg.get('eval_max_long_side'))
+    shape = label.shape
     if pad_size is None and shape != size:
       raise ValueError(f'Example {i} has size {shape} but example 0 has {size}; set '
                        'config.input.eval_pad_size to pad images of different sizes.')
     if shape[0] > size[0] or shape[1] > size[1]:
       raise ValueError(f'Example {i} has size {shape}, larger than config.input.eval_pad_size '
                        f'{size}.')
-    image, label = pad(normalize(example['image'], input_cfg), example['label'], size)
+    image, label = pad(normalize(image, input_cfg), label, size)
     return dict(example, image=image, label=label)
 
   padding = _padding_entry(size, len(first['labels']))
@@ -228,10 +242,11 @@ def crop_dataset(source, boxes, input_cfg, *, seed, batch_size, out_size, augmen
 
   Args:
     source: random-access source as in `train_dataset`.
-    boxes: int array (M, 5), rows (example_index, y0, x0, y1, x1), half-open pixel bounds. A box
-      may reach past the bottom/right edge (windows on an eval canvas padded by `pad`): the part
-      outside has the mean colour and the ignore label.
-    input_cfg: config.input (mean, std, flip).
+    boxes: int array (M, 5), rows (example_index, y0, x0, y1, x1), half-open pixel bounds on
+      the evaluation canvas: the image shrunk as in `eval_dataset` (eval_max_long_side) and
+      padded, so a box may reach past the bottom/right edge; the part outside has the mean
+      colour and the ignore label.
+    input_cfg: config.input (mean, std, flip, eval_max_long_side).
     seed: shuffling and flip seed (augment=True only).
     batch_size: per-process batch size.
     out_size: int or (h, w); image resized bilinearly, label nearest.
@@ -250,16 +265,18 @@ def crop_dataset(source, boxes, input_cfg, *, seed, batch_size, out_size, augmen
   def element(j):
     index, y0, x0, y1, x1 = (int(v) for v in boxes[j])
     example = source[index]
-    height, width = example['image'].shape[:2]
+    full_image, full_label = limit_long_side(example['image'], example['segmentation'][..., 0],
+                                             input_cfg.get('eval_max_long_side'))
+    height, width = full_label.shape
     if not (0 <= y0 < min(y1, height) and 0 <= x0 < min(x1, width)):
       raise ValueError(f'boxes[{j}] = {boxes[j].tolist()} does not start inside example {index} '
                        f'of size {(height, width)}.')
     canvas = (max(height, y1), max(width, x1))
     image = np.empty(canvas + (3,), np.uint8)
     image[...] = np.round(input_cfg.mean).astype(np.uint8)
-    image[:height, :width] = example['image']
+    image[:height, :width] = full_image
     label = np.full(canvas, IGNORE_LABEL, np.uint8)
-    label[:height, :width] = example['segmentation'][..., 0]
+    label[:height, :width] = full_label
     label = resize(label[y0:y1, x0:x1], out_size, PIL.Image.NEAREST)
     image = resize(image[y0:y1, x0:x1], out_size, PIL.Image.BILINEAR)
     return {'image': normalize(image, input_cfg), 'label': label,
