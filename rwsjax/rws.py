@@ -116,6 +116,14 @@ def window_attention(attention, gamma, rws_cfg):
   return attention["layer4"] if rws_cfg.attention == "last" else gamma
 
 
+def with_slotted_classes(scores, result, num_classes):
+  """Window scores where only classes with a Seg-Grad-CAM slot count as present: a class beyond
+  `max_classes` has unknown attention, not low attention, so it must not look weak."""
+  slotted = jnp.any((result.class_ids[..., None] == jnp.arange(num_classes))
+                    & result.class_mask[..., None], axis=1)
+  return scores._replace(present=scores.present & slotted[:, None, :])
+
+
 def make_scorer(model, config):
   """Jitted (variables, images, labels) -> window scores over the whole image (METHODS.md 3)."""
   rws, k = config.rws, config.dataset.num_classes
@@ -128,6 +136,7 @@ def make_scorer(model, config):
     scores = slices.score_windows(window_attention(attention, gamma, rws), labels, preds,
                                   num_classes=k, size=rws.slice_size, stride=rws.slice_stride,
                                   min_pixels=rws.min_pixels)
+    scores = with_slotted_classes(scores, result, k)
     return scores.attention, scores.iou, scores.present
   return score
 
@@ -219,6 +228,7 @@ def fusion_loss(model, config):
     scores = slices.score_windows(window_attention(attention, gamma, rws), labels,
                                   num_classes=k, size=size, stride=rws.slice_stride,
                                   min_pixels=rws.min_pixels)
+    scores = with_slotted_classes(scores, result, k)
     weak = slices.weak_mask(scores.attention, scores.present, extra["threshold"])
     if rws.slices == "arbitrary":
       index, valid = slices.select_arbitrary(rng, weak.any(-1), rws.max_slices)
@@ -276,10 +286,10 @@ def should_stop(counts, min_weak_delta):
 def save_round_figures(directory, model, variables, source, analysis, config, names):
   """Heatmaps per layer (Fig. 5), weak slices on images, and the T curve (Fig. 2)."""
   rws, count = config.rws, min(config.figures.num_examples, len(source))
-  examples = [source[i] for i in range(count)]
-  images = np.stack([e["image"] for e in examples])
-  labels = np.stack([e["segmentation"][..., 0] for e in examples]).astype(np.int32)
-  normalized = pipeline.normalize(images, config.input)
+  batch = pipeline.eval_dataset(source, config.input, batch_size=count)[0]
+  normalized, labels = batch["image"], batch["label"]
+  images = np.clip(np.round(pipeline.denormalize(normalized, config.input)), 0,
+                   255).astype(np.uint8)
   fn = jax.jit(functools.partial(attention_maps, model, num_classes=config.dataset.num_classes,
                                  max_classes=rws.max_classes))
   _, attention, gamma = jax.device_get(fn(variables, normalized, labels))

@@ -144,3 +144,18 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
                "round_1/heatmaps.png", "round_1/weak_slices.png", "round_1/threshold_curve.png"):
     assert os.path.exists(tmp_path / "full" / name), name
   assert json.load(open(tmp_path / "full" / "summary.json"))["config"]["slices"] == "weak"
+
+
+def test_classes_without_a_segcam_slot_are_not_present():
+  from rwsjax import segcam, slices
+  present = jnp.ones((2, 3, 4), bool)  # (N, windows, K)
+  scores = slices.WindowScores(jnp.zeros((2, 3, 4)), present, jnp.ones((2, 3, 4), jnp.int32),
+                               None)
+  result = segcam.SegCamResult({}, jnp.array([[0, 2], [3, -1]]), jnp.array([[True, True],
+                                                                            [True, False]]),
+                               None, {})
+  out = rws.with_slotted_classes(scores, result, 4)
+  expected = np.zeros((2, 3, 4), bool)
+  expected[0, :, [0, 2]] = True
+  expected[1, :, 3] = True
+  np.testing.assert_array_equal(out.present, expected)

@@ -138,8 +138,8 @@ def test_process_parts_are_disjoint_and_cover(cfg):
 
 
 def test_dataset_errors(cfg):
-  with pytest.raises(ValueError, match=r"config.dataset.name is 'cityscapes'; expected one"):
-    data.get_source(ml_collections.ConfigDict({'name': 'cityscapes'}), 'train')
+  with pytest.raises(ValueError, match=r"config.dataset.name is 'kitti'; expected one"):
+    data.get_source(ml_collections.ConfigDict({'name': 'kitti'}), 'train')
   wrong = ml_collections.ConfigDict(cfg.to_dict())
   wrong.num_classes = 21
   with pytest.raises(ValueError, match='config.dataset.num_classes is 21'):
