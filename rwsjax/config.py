@@ -56,6 +56,7 @@ def base_config():
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1500
+  c.train.optimizer = "sgd"          # sgd (the papers') | adamw
   c.train.lr = 0.01
   c.train.momentum = 0.9
   c.train.weight_decay = 5e-4

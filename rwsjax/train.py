@@ -94,26 +94,39 @@ def poly_schedule(lr, total_steps, power=0.9, warmup_steps=0):
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
-def sgd(lr, train_cfg, total_steps):
-  """SGD with momentum and coupled weight decay (g + wd * w, as torch.optim.SGD), poly lr."""
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def base_optimizer(lr, train_cfg, total_steps):
+  """The configured optimizer with a poly learning-rate schedule starting at `lr`.
+
+  sgd (the papers'): momentum and coupled weight decay, g + wd * w, as torch.optim.SGD.
+  adamw: Adam with decoupled weight decay; converges in fewer steps on small CPU runs.
+  """
   schedule = poly_schedule(lr, total_steps, train_cfg.poly_power, train_cfg.get("warmup_steps", 0))
-  return optax.chain(optax.add_decayed_weights(train_cfg.weight_decay),
-                     optax.sgd(schedule, momentum=train_cfg.momentum or None))
+  name = train_cfg.get("optimizer", "sgd")
+  if name == "sgd":
+    return optax.chain(optax.add_decayed_weights(train_cfg.weight_decay),
+                       optax.sgd(schedule, momentum=train_cfg.momentum or None))
+  if name == "adamw":
+    return optax.adamw(schedule, weight_decay=train_cfg.weight_decay)
+  raise ValueError(f"config.train.optimizer={name!r}; expected one of {OPTIMIZERS}.")
 
 
 def make_optimizer(train_cfg, total_steps, group_lrs=None, label_fn=None):
   """The training optimizer.
 
   Args:
-    train_cfg: config.train (lr, momentum, weight_decay, poly_power, warmup_steps).
+    train_cfg: config.train (optimizer, lr, momentum, weight_decay, poly_power, warmup_steps).
     total_steps: the length of the poly schedule.
     group_lrs: optional {group name: learning rate} for per-part rates.
     label_fn: with group_lrs, maps the params pytree to a pytree of group names
       (`optax.multi_transform`).
   """
   if group_lrs is None:
-    return sgd(train_cfg.lr, train_cfg, total_steps)
-  transforms = {name: sgd(lr, train_cfg, total_steps) for name, lr in group_lrs.items()}
+    return base_optimizer(train_cfg.lr, train_cfg, total_steps)
+  transforms = {name: base_optimizer(lr, train_cfg, total_steps)
+                for name, lr in group_lrs.items()}
   return optax.multi_transform(transforms, label_fn)
 
 

@@ -131,3 +131,15 @@ def test_grouped_learning_rates():
 def test_batch_must_split_over_devices():
   with pytest.raises(ValueError, match="divisible by the number of devices, 4"):
     train.local_batch_size(6, train.make_mesh(4))
+
+
+def test_adamw_option_and_unknown_optimizer():
+  cfg = train_cfg(lr=0.1, weight_decay=0.0)
+  cfg.optimizer = "adamw"
+  tx = train.make_optimizer(cfg, 10)
+  w = jnp.array([1.0, -2.0])
+  updates, _ = tx.update(jnp.array([0.3, -0.4]), tx.init(w), w)
+  np.testing.assert_allclose(updates, [-0.1, 0.1], rtol=1e-4)  # first Adam step: -lr * sign(g)
+  cfg.optimizer = "lamb"
+  with pytest.raises(ValueError, match="config.train.optimizer='lamb'"):
+    train.make_optimizer(cfg, 10)
