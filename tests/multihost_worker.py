@@ -3,12 +3,12 @@
   python multihost_worker.py worker PROCESS_ID PORT DATA_DIR OUT_DIR
   python multihost_worker.py reference DATA_DIR OUT_DIR
 
-A worker reads its process"s parts of the shapes splits, trains a tiny DeepLabv3 for a few
+A worker reads its process's parts of the shapes splits, trains a tiny DeepLabv3 for a few
 steps with the real trainer, evaluates it, and writes OUT_DIR/process_<id>.npz: the example ids
 of its parts, the per-process batches it trained on, the first global batch gathered back from
 the devices and the evaluation confusion matrix; process 0 also writes metrics.jsonl and the
 trained variables (variables.msgpack). The reference, one process with as many devices as all
-workers together, trains on the concatenated per-process batches and evaluates the workers"
+workers together, trains on the concatenated per-process batches and evaluates the workers'
 variables on the whole split, into OUT_DIR/single/ and OUT_DIR/single.npz.
 """
 import os
@@ -98,7 +98,7 @@ def worker(process_id, port, data_dir, out_dir):
 
 
 def reference(data_dir, out_dir):
-  """One process with NUM_PROCESSES * LOCAL_DEVICES devices, on the workers" outputs."""
+  """One process with NUM_PROCESSES * LOCAL_DEVICES devices, on the workers' outputs."""
   jax.config.update("jax_platforms", "cpu")
   jax.config.update("jax_num_cpu_devices", NUM_PROCESSES * LOCAL_DEVICES)
   config = experiment_config(data_dir)
@@ -118,5 +118,7 @@ def reference(data_dir, out_dir):
 if __name__ == "__main__":
   if sys.argv[1] == "worker":
     worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
-  else:
+  elif sys.argv[1] == "reference":
     reference(sys.argv[2], sys.argv[3])
+  else:
+    sys.exit(f"Unknown mode {sys.argv[1]!r}; expected worker or reference.")
