@@ -6,6 +6,7 @@ Fields set or added here, with the paper's values unless noted:
   model.name: 'deeplabv3' or 'deeplabv3plus' (DeepLabCAM, switch `decoder: v3|v3plus`) or
     'unet' (UNetCAM; model.upsample 'bilinear' | 'learnable').
   input.scale_mode: 'long_side' (step 7: long side resized into [crop, 2 * crop], flip, crop).
+  train.optimizer: 'sgd' (METHODS.md step 5; 'adamw' only for small CPU runs from scratch).
   train.momentum: SGD momentum, 0.9 (paper; the authors' code effectively runs 1e-4: set it
     here to follow the code).
   train.weight_decay: 1e-4. train.poly_power: 0.9, poly decay over the whole run.
@@ -47,6 +48,7 @@ def isim_config():
   c.method = 'isim'
   c.model.name = 'deeplabv3'
   c.input.scale_mode = 'long_side'
+  c.train.optimizer = 'sgd'
   c.train.optimizer = 'sgd'
   c.train.momentum = 0.9
   c.train.weight_decay = 1e-4

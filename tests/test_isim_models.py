@@ -19,7 +19,7 @@ def model_cfg(**overrides):
 
 
 def init(model, shape=(2, 32, 32, 3)):
-  variables = model.init(jax.random.key(0, impl='rbg'), jnp.zeros(shape))
+  variables = jax.jit(model.init)(jax.random.key(0, impl='rbg'), jnp.zeros(shape))
   return {'params': variables['params'], 'batch_stats': variables['batch_stats']}
 
 
@@ -59,8 +59,9 @@ def test_outputs_and_branch_against_pool_then_conv(deeplab):
                                             ('unet', 'bilinear'), ('unet', 'learnable')])
 def test_other_decoders(name, upsample):
   model = models.build_cam_model(model_cfg(name=name, upsample=upsample), NUM_CLASSES)
-  variables = init(model)
-  seg, class_logits = model.apply(variables, jnp.zeros((1, 32, 32, 3)))
+  images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), images)
+  seg, class_logits = jax.eval_shape(model.apply, variables, images)
   assert seg.shape == (1, 32, 32, NUM_CLASSES)
   assert class_logits.shape == (1, NUM_CLASSES - 1)
   assert set(variables['params']) == {'backbone', 'head', 'classifier'}
@@ -77,7 +78,7 @@ def test_classify_trains_without_touching_the_head(deeplab):
                             images, train=True, method='classify', mutable=['batch_stats'])
     return logits.sum()
 
-  grads = jax.grad(loss)(variables['params'])
+  grads = jax.jit(jax.grad(loss))(variables['params'])
   assert all(not np.any(g) for g in jax.tree.leaves(grads['head']))
   assert any(np.any(g) for g in jax.tree.leaves(grads['backbone']))
 

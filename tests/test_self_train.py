@@ -100,6 +100,7 @@ def test_epoch_mean_losses_weight_rows_by_steps(tmp_path):
 
 def test_each_parameter_gets_the_learning_rate_of_its_part():
   config = toy_config(lr_encoder=0.1, lr_decoder=0.01, lr_classifier=1.0)
+  config.train.optimizer = 'sgd'
   config.train.momentum = 0.0
   config.train.weight_decay = 0.0
   params = train.init_variables(toy_model(), (1, SIZE, SIZE, 3), jax.random.key(0))['params']

@@ -1,0 +1,361 @@
+"""The ISIM pipeline (METHODS.md, ISIM steps 1-8): `run(config, workdir)`.
+
+The pipeline is the list `STAGES` of named stages. Each stage returns a JSON-ready dict that is
+written to <workdir>/stages/<name>.json; a rerun with the same workdir skips the stages whose
+file exists and resumes the first unfinished one from its own checkpoints and label stores.
+Later pipelines (the PSA affinity, random walk and final model stages) append to `STAGES` and
+reach the trained DeepLabCAM through `trained_variables(ctx, 'isim')`.
+
+  isim_train      iterative self-training with pseudo-label rounds (isimjax.self_train)
+  isim_eval       CAM and CAM + CRF labels of the final model and the mIoU of each round's
+                  pseudo labels on the training split; classification accuracy
+  baseline_train  the same architecture and epochs with the classification loss only
+  baseline_eval   its CAM and CAM + CRF labels and classification accuracy
+  report          the table of paper Tables 1-5, summary.json, isim_table.md, figures
+
+Training reads images and image-level labels only; ground-truth pixel labels are read by the
+evaluation stages alone. Multi-host runs need a workdir shared by all processes.
+"""
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from isimjax import cam
+from isimjax import models as cam_models
+from isimjax import self_train
+from rwsjax import data
+from rwsjax import evaluate as evaluate_lib
+from rwsjax import figures
+from rwsjax import supervised
+from rwsjax import train
+from rwsjax.losses import IGNORE_LABEL
+from rwsjax.progress import MetricWriter, write_json
+
+CONFUSION_CHUNK = 1 << 18  # pixels per jitted confusion-matrix call
+MODELS = {'isim': 'isim', 'baseline': 'cls_baseline'}  # table column -> training stage
+
+
+@dataclasses.dataclass
+class Context:
+  """What every stage needs: config, paths, data, the model, the CAM extractor."""
+  config: Any
+  workdir: str
+  mesh: Any
+  train_source: Any
+  eval_source: Any
+  model: Any
+  cams: cam.CamExtractor
+  writer: MetricWriter
+  rng: Any
+
+  @property
+  def num_classes(self):
+    return self.config.dataset.num_classes
+
+  @functools.cached_property
+  def initial_variables(self):
+    """Initial variables shared by ISIM and the baseline (same seed, same start)."""
+    return supervised.initial_variables(self.model, self.config, self.rng)
+
+
+def make_context(config, workdir):
+  """Mesh, sources, DeepLabCAM/UNetCAM and CAM extractor of `config` (checked first)."""
+  mesh = train.make_mesh(config.num_devices)
+  model = cam_models.build_cam_model(config.model, config.dataset.num_classes)
+  isim_cfg = config.isim
+  extractor = cam.CamExtractor(model, config.input, scales=tuple(isim_cfg.cam_scales),
+                               flip=isim_cfg.cam_flip, stride=self_train.cam_stride(config),
+                               batch_size=isim_cfg.cam_batch_size, bucket=isim_cfg.cam_bucket)
+  return Context(config=config, workdir=workdir, mesh=mesh,
+                 train_source=data.get_source(config.dataset, config.dataset.train_split),
+                 eval_source=data.get_source(config.dataset, config.dataset.eval_split),
+                 model=model, cams=extractor,
+                 writer=MetricWriter(os.path.join(workdir, 'metrics.jsonl')),
+                 rng=jax.random.key(config.seed))
+
+
+def trained_variables(ctx, stage):
+  """{'params', 'batch_stats'} of the finished training stage `stage` ('isim' or
+  'cls_baseline'), restored from its last checkpoint."""
+  per_epoch = self_train.steps_per_epoch(ctx.config, ctx.train_source)
+  total = ctx.config.isim.epochs * per_epoch
+  tx = self_train.make_optimizer(ctx.config, total)
+  checkpointer = train.Checkpointer(os.path.join(ctx.workdir, stage, 'checkpoints'), every=1)
+  try:
+    state = train.restore_or_init(checkpointer, tx, ctx.initial_variables, ctx.mesh)
+  finally:
+    checkpointer.close()
+  if int(state.step) != total:
+    raise ValueError(f'{os.path.join(ctx.workdir, stage)} holds no finished run of {total} '
+                     'steps; rerun the pipeline with this workdir to finish training.')
+  return state.variables
+
+
+def _train(ctx, stage, with_rounds):
+  """Runs `self_train.self_train` for `stage`; returns its rounds and step count."""
+  on_round = (lambda record, state: _save_figure_cams(ctx, state.variables, _figure_path(
+      ctx, stage, f'round_{record["round"]:02d}'))) if with_rounds else None
+  state, rounds = self_train.self_train(
+      ctx.config, ctx.workdir, stage=stage, model=ctx.model, variables=ctx.initial_variables,
+      train_source=ctx.train_source, mesh=ctx.mesh, rng=jax.random.fold_in(ctx.rng, 1),
+      writer=ctx.writer, cams=ctx.cams if with_rounds else None, on_round=on_round)
+  return {'steps': int(state.step), 'rounds': rounds}
+
+
+def _allgather_sum(x):
+  """Sum of `x` over processes."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(np.asarray(x))).sum(axis=0)
+
+
+def _allgather_rows(x):
+  """Rows of `x` (n_p, ...) of all processes, concatenated in process order."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  counts = multihost_utils.process_allgather(np.array(len(x)))
+  padded = np.zeros((int(np.max(counts)), *np.shape(x)[1:]), np.asarray(x).dtype)
+  padded[:len(x)] = x
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  return np.concatenate([g[:n] for g, n in zip(gathered, np.asarray(counts))])
+
+
+def label_confusion(pairs, num_classes, chunk=CONFUSION_CHUNK):
+  """(K, K) confusion matrix of (ground truth, prediction) label maps of any sizes, summed
+  over processes; pixels go through `rwsjax.evaluate.confusion_matrix` in fixed-size chunks
+  (one compilation)."""
+  step = jax.jit(lambda gt, pred: evaluate_lib.confusion_matrix(gt, pred, num_classes))
+  total = np.zeros((num_classes, num_classes), np.int64)
+  gt_buffer, pred_buffer = np.zeros(0, np.int32), np.zeros(0, np.int32)
+
+  def flush(gt, pred):
+    gt = np.pad(gt, (0, chunk - gt.size), constant_values=IGNORE_LABEL)
+    return np.asarray(step(gt, np.pad(pred, (0, chunk - pred.size))), np.int64)
+
+  for gt, pred in pairs:
+    gt_buffer = np.concatenate([gt_buffer, np.ravel(gt).astype(np.int32)])
+    pred_buffer = np.concatenate([pred_buffer, np.ravel(pred).astype(np.int32)])
+    while gt_buffer.size >= chunk:
+      total += flush(gt_buffer[:chunk], pred_buffer[:chunk])
+      gt_buffer, pred_buffer = gt_buffer[chunk:], pred_buffer[chunk:]
+  if gt_buffer.size:
+    total += flush(gt_buffer, pred_buffer)
+  return _allgather_sum(total)
+
+
+def store_miou(store, source, num_classes, class_names):
+  """`rwsjax.evaluate.summarize` of the labels in `store` against the ground truth."""
+  pairs = ((source[i]['segmentation'][..., 0], store[i]) for i in range(len(source)))
+  return evaluate_lib.summarize(label_confusion(pairs, num_classes), class_names)
+
+
+def average_precision(scores, targets):
+  """AP of one class: the mean, over the positives, of the precision at each positive's rank
+  when examples are sorted by decreasing score; nan without positives."""
+  order = np.argsort(-np.asarray(scores), kind='stable')
+  hits = np.asarray(targets, np.float64)[order]
+  if not hits.sum():
+    return float('nan')
+  precision = np.cumsum(hits) / np.arange(1, hits.size + 1)
+  return float((precision * hits).sum() / hits.sum())
+
+
+def classification_metrics(logits, targets):
+  """Paper Table 1 as three numbers: exact-match accuracy (every class decided right with
+  sigmoid > 0.5, i.e. logit > 0), per-label accuracy, and mAP over classes with a positive."""
+  logits = np.asarray(logits, np.float64)
+  predicted = logits > 0
+  targets = np.asarray(targets) > 0.5
+  correct = predicted == targets
+  ap = [average_precision(logits[:, c], targets[:, c]) for c in range(targets.shape[1])]
+  return {'exact_match': float(correct.all(axis=1).mean()),
+          'label_accuracy': float(correct.mean()),
+          'map': float(np.nanmean(ap)) if np.any(~np.isnan(ap)) else float('nan'),
+          'images': int(len(targets))}
+
+
+def _classify_split(ctx, bound, source):
+  """Scale-1 class logits of every example of `source`, with the image labels."""
+  logits, targets = [], []
+  for _, images, labels in self_train.example_batches(source, np.arange(len(source)),
+                                                      ctx.config.isim.cam_batch_size):
+    logits.append(bound.class_logits(images, labels.shape[1]))
+    targets.append(labels)
+  return _allgather_rows(np.concatenate(logits)), _allgather_rows(np.concatenate(targets))
+
+
+def _figure_path(ctx, stage, name):
+  return os.path.join(ctx.workdir, stage, 'figures', f'{name}_cams.npz')
+
+
+def _figure_indices(ctx):
+  return np.arange(min(ctx.config.figures.num_examples, len(ctx.train_source)))
+
+
+def _save_figure_cams(ctx, variables, path):
+  """Max-over-classes CAMs of the first training examples, for the Fig. 5 grid (process 0)."""
+  if jax.process_index() != 0:
+    return
+  bound = ctx.cams.bind(variables)
+  maps = []
+  for _, images, labels in self_train.example_batches(ctx.train_source, _figure_indices(ctx),
+                                                      1):
+    maps.append(bound(images, labels)[0].max(axis=0))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  np.savez(path, *maps)
+
+
+def _evaluate(ctx, stage, rounds=()):
+  """CAM / CAM + CRF mIoU on the training split, classification metrics, round mIoU."""
+  config, names = ctx.config, data.class_names(ctx.config.dataset)
+  variables = trained_variables(ctx, stage)
+  bound = ctx.cams.bind(variables)
+  result = {}
+  for name, crf in (('cam', False), ('cam_crf', True)):
+    store = self_train.label_store(os.path.join(ctx.workdir, stage, 'eval', name),
+                                   len(ctx.train_source))
+    self_train.generate_labels(bound, ctx.train_source, store, config, crf=crf)
+    result[name] = store_miou(store, ctx.train_source, ctx.num_classes, names)
+  result['classification'] = {
+      split: classification_metrics(*_classify_split(ctx, bound, source))
+      for split, source in ((config.dataset.train_split, ctx.train_source),
+                            (config.dataset.eval_split, ctx.eval_source))}
+  result['rounds'] = [
+      dict(record, **store_miou(self_train.label_store(record['directory'],
+                                                       len(ctx.train_source)),
+                                ctx.train_source, ctx.num_classes, names))
+      for record in rounds]
+  _save_figure_cams(ctx, variables, _figure_path(ctx, stage, 'final'))
+  return result
+
+
+def model_title(model_cfg):
+  """'DeepLabCAM' / 'UNetCAM (learnable)', the paper's column names."""
+  title = cam_models.CAM_HEADS[model_cfg.name]
+  if model_cfg.name == 'unet':
+    title += f' ({model_cfg.get("upsample", "bilinear")})'
+  return title
+
+
+def _percent(value):
+  return '-' if value is None or np.isnan(value) else f'{100 * value:.2f}'
+
+
+def results_table(config, results):
+  """Markdown tables in the shape of paper Tables 1-5 and the per-round pseudo labels."""
+  isim = results['isim_eval']
+  baseline = results.get('baseline_eval')
+  columns = [('CAM (classification only)', baseline), (model_title(config.model), isim)]
+  columns = [(title, r) for title, r in columns if r is not None]
+  header = '| | ' + ' | '.join(title for title, _ in columns) + ' |'
+  rule = '|' + '---|' * (len(columns) + 1)
+  lines = ['Classification (paper Table 1): exact match / per-label accuracy / mAP, %', '',
+           header, rule]
+  for split in (config.dataset.train_split, config.dataset.eval_split):
+    cells = [' / '.join(_percent(r['classification'][split][k])
+                        for k in ('exact_match', 'label_accuracy', 'map')) for _, r in columns]
+    lines.append(f'| {split} | ' + ' | '.join(cells) + ' |')
+  lines += ['', f'mIoU on the {config.dataset.train_split} split (paper Tables 2-5), %', '',
+            header, rule]
+  for key, label in (('cam', 'CAM'), ('cam_crf', 'CAM + dCRF')):
+    lines.append(f'| {label} | ' + ' | '.join(_percent(r[key]['miou']) for _, r in columns)
+                 + ' |')
+  lines += ['', f'Pseudo labels of each round, mIoU on the {config.dataset.train_split} split '
+            '(paper Fig. 4), %', '', '| round | after epoch | mIoU |', '|---|---|---|']
+  lines += [f'| {r["round"]} | {r["epoch"]} | {_percent(r["miou"])} |' for r in isim['rounds']]
+  return '\n'.join(lines) + '\n'
+
+
+def _load_figure_cams(ctx, stage, name):
+  path = _figure_path(ctx, stage, name)
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as saved:
+    return [saved[f'arr_{i}'] for i in range(len(saved.files))]
+
+
+def _save_figure(ctx, results):
+  """Paper Fig. 5: image, ground truth, then CAM and pseudo label of each round, then the
+  final CAM and CAM + CRF of ISIM and of the baseline."""
+  indices = _figure_indices(ctx)
+  examples = [ctx.train_source[int(i)] for i in indices]
+  columns = [[e['image'] for e in examples],
+             [figures.colorize(e['segmentation'][..., 0]) for e in examples]]
+  titles = ['image', 'ground truth']
+  size = len(ctx.train_source)
+  panels = [(f'round {r["round"]} (epoch {r["epoch"]})', 'isim', f'round_{r["round"]:02d}',
+             self_train.label_store(r['directory'], size))
+            for r in results['isim_eval']['rounds']]
+  for column, key in (('isim', 'isim_eval'), ('baseline', 'baseline_eval')):
+    if key in results:
+      stage = MODELS[column]
+      panels.append((f'{column} final', stage, 'final', self_train.label_store(
+          os.path.join(ctx.workdir, stage, 'eval', 'cam_crf'), size)))
+  for title, stage, name, store in panels:
+    maps = _load_figure_cams(ctx, stage, name)
+    if maps is not None:
+      columns.append(maps)
+      titles.append(f'{title} CAM')
+    columns.append([figures.colorize(store[int(i)]) for i in indices])
+    titles.append(f'{title} label')
+  figures.save_grid(os.path.join(ctx.workdir, 'isim_pseudo_labels.png'), columns, titles)
+
+
+def _report(ctx, results):
+  """Writes summary.json, isim_table.md and the Fig. 5 grid; logs the table."""
+  config = ctx.config
+  table = results_table(config, results)
+  summary = {'method': 'isim', 'model': model_title(config.model),
+             'backbone': config.model.backbone, 'epochs': config.isim.epochs,
+             'regen': config.isim.regen, 'stages': results}
+  write_json(os.path.join(ctx.workdir, 'summary.json'), summary)
+  if jax.process_index() == 0:
+    with open(os.path.join(ctx.workdir, 'isim_table.md'), 'w') as f:
+      f.write(table)
+    _save_figure(ctx, results)
+  logging.info('ISIM results:\n%s', table)
+  return {'table': table}
+
+
+STAGES = [
+    ('isim_train', lambda ctx, results: _train(ctx, MODELS['isim'], with_rounds=True)),
+    ('isim_eval', lambda ctx, results: _evaluate(ctx, MODELS['isim'],
+                                                 results['isim_train']['rounds'])),
+    ('baseline_train', lambda ctx, results: _train(ctx, MODELS['baseline'], with_rounds=False)),
+    ('baseline_eval', lambda ctx, results: _evaluate(ctx, MODELS['baseline'])),
+    ('report', _report),
+]
+OPTIONAL = {'baseline_train', 'baseline_eval'}  # skipped when config.isim.baseline is False
+
+
+def _stage_path(workdir, name):
+  return os.path.join(workdir, 'stages', f'{name}.json')
+
+
+def run(config, workdir, stages=None):
+  """Runs `stages` (default `STAGES`) in order, skipping finished ones; returns
+  {stage name: result}."""
+  ctx = make_context(config, workdir)
+  results = {}
+  for name, stage_fn in stages or STAGES:
+    if name in OPTIONAL and not config.isim.baseline:
+      continue
+    path = _stage_path(workdir, name)
+    if os.path.exists(path):
+      with open(path) as f:
+        results[name] = json.load(f)
+      logging.info('Stage %s: done in an earlier run (%s).', name, path)
+      continue
+    start = time.perf_counter()
+    logging.info('Stage %s.', name)
+    results[name] = dict(stage_fn(ctx, results), seconds=time.perf_counter() - start)
+    write_json(path, results[name])
+  return results

@@ -1,0 +1,110 @@
+"""The ISIM pipeline end to end: the VOC `:smoke` config on a fake VOC tree, stage caching and
+resume, the final table, and the classification metrics against hand-computed values."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import fake_voc
+from configs_util import load_config
+from isimjax import isim
+
+
+def voc_smoke_config(tmp_path):
+  config = load_config('voc_isim', 'smoke')
+  config.dataset.manual_dir = str(tmp_path / 'manual')
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  return config
+
+
+@pytest.fixture(scope='module')
+def voc_run(tmp_path_factory):
+  """A run stopped after ISIM training, then resumed to the end."""
+  tmp_path = tmp_path_factory.mktemp('voc_isim')
+  fake_voc.write_tree(tmp_path / 'manual')
+  config = voc_smoke_config(tmp_path)
+  workdir = str(tmp_path / 'run')
+  first = isim.run(config, workdir, stages=isim.STAGES[:1])
+  train_mtime = os.path.getmtime(os.path.join(workdir, 'stages', 'isim_train.json'))
+  results = isim.run(config, workdir)
+  return config, workdir, first, train_mtime, results
+
+
+def test_every_stage_ran_once_and_reports(voc_run):
+  config, workdir, first, train_mtime, results = voc_run
+  assert list(results) == [name for name, _ in isim.STAGES]
+  assert results['isim_train'] == first['isim_train']
+  assert os.path.getmtime(os.path.join(workdir, 'stages', 'isim_train.json')) == train_mtime
+  assert [r['epoch'] for r in results['isim_train']['rounds']] == [1, 2]
+  train_size = results['isim_eval']['classification']['train']['images']
+  assert train_size == len(fake_voc.TRAINAUG)
+  for key in ('isim_eval', 'baseline_eval'):
+    for labels in ('cam', 'cam_crf'):
+      assert 0.0 <= results[key][labels]['miou'] <= 1.0
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    summary = json.load(f)
+  assert summary['stages']['isim_eval']['rounds'][1]['round'] == 2
+  with open(os.path.join(workdir, 'isim_table.md')) as f:
+    table = f.read()
+  assert '| CAM + dCRF |' in table and 'DeepLabCAM' in table
+  assert table.count('\n| 1 | 1 |') == 1 and table.count('\n| 2 | 2 |') == 1
+  assert os.path.getsize(os.path.join(workdir, 'isim_pseudo_labels.png')) > 0
+
+
+def test_pseudo_labels_cover_the_training_split_at_image_size(voc_run):
+  config, workdir, _, _, results = voc_run
+  from rwsjax import data  # pylint: disable=g-import-not-at-top
+  source = data.get_source(config.dataset, 'train')
+  for record in results['isim_train']['rounds']:
+    for i in range(len(source)):
+      path = os.path.join(record['directory'], f'{i:08d}.png')
+      assert os.path.exists(path)
+  store = isim.self_train.label_store(record['directory'], len(source))
+  label = store[len(source) - 1]
+  assert label.shape == source[len(source) - 1]['image'].shape[:2]
+  assert label.max() < config.dataset.num_classes
+
+
+def test_a_finished_run_is_not_redone(voc_run):
+  config, workdir, _, _, results = voc_run
+  mtimes = {n: os.path.getmtime(os.path.join(workdir, 'stages', f'{n}.json'))
+            for n, _ in isim.STAGES}
+  again = isim.run(config, workdir)
+  assert again == results
+  assert mtimes == {n: os.path.getmtime(os.path.join(workdir, 'stages', f'{n}.json'))
+                    for n, _ in isim.STAGES}
+
+
+def test_missing_manual_dir_is_a_clear_error(tmp_path):
+  config = voc_smoke_config(tmp_path)
+  config.dataset.manual_dir = None
+  with pytest.raises(ValueError, match='config.dataset.manual_dir is not set'):
+    isim.run(config, str(tmp_path / 'run'))
+
+
+def test_classification_metrics_by_hand():
+  logits = np.array([[2.0, -1.0, 0.5], [-0.5, 3.0, -2.0], [1.0, 1.0, -1.0],
+                     [-3.0, -0.1, 0.2]])
+  targets = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
+  metrics = isim.classification_metrics(logits, targets)
+  # Decisions logit > 0: rows 1 and 2 all right; row 3 wrong on class 2; row 4 on class 3.
+  assert metrics['exact_match'] == 0.5
+  assert metrics['label_accuracy'] == 10 / 12
+  # Class 1: positives ranked 1, 2 -> AP 1. Class 2: the positive is ranked 1 -> AP 1.
+  # Class 3: the positive (0.5) is ranked 1 of scores 0.5, 0.2, -1, -2 -> AP 1.
+  assert metrics['map'] == 1.0
+  assert isim.average_precision([0.9, 0.8, 0.7], [0, 1, 1]) == pytest.approx((1 / 2 + 2 / 3) / 2)
+  assert np.isnan(isim.average_precision([0.1, 0.2], [0, 0]))
+
+
+def test_label_confusion_matches_a_bincount_over_images_of_any_size():
+  rng = np.random.default_rng(0)
+  pairs = [(rng.integers(0, 4, size), rng.integers(0, 4, size))
+           for size in ((3, 5), (7, 2), (4, 4), (1, 9))]
+  pairs[0][0][0, 0] = 255
+  expected = np.zeros((4, 4), np.int64)
+  for gt, pred in pairs:
+    keep = gt != 255
+    np.add.at(expected, (gt[keep], pred[keep]), 1)
+  np.testing.assert_array_equal(isim.label_confusion(iter(pairs), 4, chunk=16), expected)
