@@ -61,6 +61,19 @@ class Context:
     return self.config.dataset.num_classes
 
   @functools.cached_property
+  def train_sizes(self):
+    """Image sizes of this process's training examples, cached in the workdir."""
+    path = os.path.join(self.workdir, 'image_sizes',
+                        f'train_process_{jax.process_index():02d}.npy')
+    if os.path.exists(path):
+      return np.load(path)
+    sizes = self_train.image_sizes(self.train_source)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(f'{path}.tmp.npy', sizes)
+    os.replace(f'{path}.tmp.npy', path)
+    return sizes
+
+  @functools.cached_property
   def initial_variables(self):
     """Initial variables shared by ISIM and the baseline (same seed, same start)."""
     return supervised.initial_variables(self.model, self.config, self.rng)
@@ -101,12 +114,15 @@ def trained_variables(ctx, stage):
 
 def _train(ctx, stage, with_rounds):
   """Runs `self_train.self_train` for `stage`; returns its rounds and step count."""
-  on_round = (lambda record, state: _save_figure_cams(ctx, state.variables, _figure_path(
-      ctx, stage, f'round_{record["round"]:02d}'))) if with_rounds else None
+  def save_round_cams(record, state):
+    name = f'round_{record["round"]:02d}'
+    _save_figure_cams(ctx, state.variables, _figure_path(ctx, stage, name))
+
   state, rounds = self_train.self_train(
       ctx.config, ctx.workdir, stage=stage, model=ctx.model, variables=ctx.initial_variables,
       train_source=ctx.train_source, mesh=ctx.mesh, rng=jax.random.fold_in(ctx.rng, 1),
-      writer=ctx.writer, cams=ctx.cams if with_rounds else None, on_round=on_round)
+      writer=ctx.writer, cams=ctx.cams if with_rounds else None,
+      sizes=ctx.train_sizes if with_rounds else None, on_round=save_round_cams)
   return {'steps': int(state.step), 'rounds': rounds}
 
 
@@ -222,7 +238,8 @@ def _evaluate(ctx, stage, rounds=()):
   for name, crf in (('cam', False), ('cam_crf', True)):
     store = self_train.label_store(os.path.join(ctx.workdir, stage, 'eval', name),
                                    len(ctx.train_source))
-    self_train.generate_labels(bound, ctx.train_source, store, config, crf=crf)
+    self_train.generate_labels(bound, ctx.train_source, store, config, crf=crf,
+                               sizes=ctx.train_sizes)
     result[name] = store_miou(store, ctx.train_source, ctx.num_classes, names)
   result['classification'] = {
       split: classification_metrics(*_classify_split(ctx, bound, source))

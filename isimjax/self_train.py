@@ -146,17 +146,36 @@ def _stack(items):
   return np.array(indices), np.stack(images), np.stack(labels)
 
 
-def example_batches(source, indices, batch_size, num_threads=2):
-  """(indices, uint8 images, image labels) batches of `source[indices]`, read ahead by
-  threads; consecutive examples of one size share a batch of at most `batch_size`."""
-  def read(index):
-    example = source[int(index)]
-    return int(index), example['image'], np.asarray(example['labels'], np.float32)
+def _read_ahead(source, indices, read, num_threads):
+  """Iterator over read(source[i]) for i in `indices`, in order, read by threads."""
+  dataset = grain.MapDataset.source(np.asarray(indices).tolist()).map(
+      lambda i: read(int(i), source[int(i)]))
+  options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * num_threads)
+  return iter(dataset.to_iter_dataset(options))
 
-  dataset = grain.MapDataset.source(np.asarray(indices).tolist()).map(read)
-  options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
+
+def image_sizes(source, num_threads=2):
+  """(len(source), 2) image heights and widths (one decoding pass)."""
+  sizes = _read_ahead(source, np.arange(len(source)),
+                      lambda _, example: example['image'].shape[:2], num_threads)
+  return np.array(list(sizes), np.int64).reshape(-1, 2)
+
+
+def size_order(indices, sizes):
+  """`indices` sorted by image size (height, then width; stable), so that images of one size
+  are consecutive and fill whole CAM batches."""
+  indices = np.asarray(indices)
+  return indices[np.lexsort((sizes[indices, 1], sizes[indices, 0]))]
+
+
+def example_batches(source, indices, batch_size, num_threads=2):
+  """(indices, uint8 images, image labels) batches of `source[indices]` in the given order,
+  read ahead by threads; consecutive examples of one size share a batch of at most
+  `batch_size`."""
+  read = lambda index, example: (index, example['image'],
+                                 np.asarray(example['labels'], np.float32))
   batch = []
-  for item in dataset.to_iter_dataset(options):
+  for item in _read_ahead(source, indices, read, num_threads):
     if batch and (len(batch) == batch_size or batch[0][1].shape != item[1].shape):
       yield _stack(batch)
       batch = []
@@ -165,14 +184,21 @@ def example_batches(source, indices, batch_size, num_threads=2):
     yield _stack(batch)
 
 
-def generate_labels(cam_fn, source, store, config, *, crf):
+def generate_labels(cam_fn, source, store, config, *, crf, sizes=None):
   """Writes the labels missing from `store`: thresholded CAMs, CRF-refined when `crf`, the
-  CRF in config.isim.crf_workers processes while `cam_fn` runs (METHODS.md, ISIM step 3)."""
+  CRF in config.isim.crf_workers processes while `cam_fn` runs (METHODS.md, ISIM step 3).
+
+  With the images' `sizes` ((len(source), 2), see `image_sizes`) examples go in size order,
+  so that datasets of many image sizes still fill the CAM batches; without, in index order.
+  """
   isim_cfg = config.isim
-  examples = example_batches(source, store.missing(), isim_cfg.cam_batch_size)
+  indices = store.missing()
+  if sizes is not None:
+    indices = size_order(indices, sizes)
+  examples = example_batches(source, indices, isim_cfg.cam_batch_size)
   return pseudo.generate_pseudo_labels(examples, cam_fn, store,
                                        threshold=isim_cfg.cam_threshold, crf=crf,
-                                       num_workers=isim_cfg.crf_workers)
+                                       num_workers=isim_cfg.crf_workers if crf else 0)
 
 
 def cam_stride(config):
@@ -215,7 +241,7 @@ def _decide(isim_cfg, epoch, rounds, losses_fn):
 
 
 def self_train(config, workdir, *, stage, model, variables, train_source, mesh, rng, writer,
-               cams=None, on_round=None):
+               cams=None, sizes=None, on_round=None):
   """Trains `model` for config.isim.epochs with pseudo-label rounds; resumes after a kill.
 
   Args:
@@ -230,6 +256,7 @@ def self_train(config, workdir, *, stage, model, variables, train_source, mesh, 
     rng: base PRNG key of the train steps.
     writer: MetricWriter of metrics.jsonl (also read by `regen: converge`).
     cams: a `CamExtractor`; None trains the classification branch only, with no rounds.
+    sizes: optional image sizes of `train_source` (`image_sizes`): CAM batches by size.
     on_round: optional callable(round record, state) after each round's labels are complete
       (figures).
 
@@ -286,7 +313,7 @@ def self_train(config, workdir, *, stage, model, variables, train_source, mesh, 
                    record['directory'])
       generate_labels(cams.bind(state.variables), train_source,
                       label_store(record['directory'], len(train_source)), config,
-                      crf=isim_cfg.crf)
+                      crf=isim_cfg.crf, sizes=sizes)
       if on_round is not None:
         on_round(record, state)
   finally:

@@ -9,6 +9,8 @@ import pytest
 import fake_voc
 from configs_util import load_config
 from isimjax import isim
+from isimjax import self_train
+from rwsjax import data
 
 
 def voc_smoke_config(tmp_path):
@@ -54,13 +56,12 @@ def test_every_stage_ran_once_and_reports(voc_run):
 
 def test_pseudo_labels_cover_the_training_split_at_image_size(voc_run):
   config, workdir, _, _, results = voc_run
-  from rwsjax import data  # pylint: disable=g-import-not-at-top
   source = data.get_source(config.dataset, 'train')
   for record in results['isim_train']['rounds']:
     for i in range(len(source)):
       path = os.path.join(record['directory'], f'{i:08d}.png')
       assert os.path.exists(path)
-  store = isim.self_train.label_store(record['directory'], len(source))
+  store = self_train.label_store(record['directory'], len(source))
   label = store[len(source) - 1]
   assert label.shape == source[len(source) - 1]['image'].shape[:2]
   assert label.max() < config.dataset.num_classes

@@ -230,3 +230,18 @@ def test_classification_only_run_has_no_rounds(harness, tmp_path):
   state, rounds = harness.run(tmp_path, cams=None)
   assert rounds == [] and int(state.step) == 6
   assert not (tmp_path / 'isim' / 'pseudo').exists()
+
+
+def test_examples_in_size_order_fill_whole_batches():
+  shapes = [(4, 5), (6, 5), (4, 5), (4, 5), (6, 5), (4, 6)]
+  source = [{'image': np.full((*s, 3), i, np.uint8), 'labels': np.array([i % 2, 1], bool)}
+            for i, s in enumerate(shapes)]
+  sizes = self_train.image_sizes(source)
+  np.testing.assert_array_equal(sizes, shapes)
+  order = self_train.size_order(np.array([5, 4, 3, 2, 1, 0]), sizes)
+  np.testing.assert_array_equal(order, [3, 2, 0, 5, 4, 1])
+  batches = list(self_train.example_batches(source, order, 2))
+  assert [b[0].tolist() for b in batches] == [[3, 2], [0], [5], [4, 1]]
+  indices, images, labels = batches[0]
+  assert images.shape == (2, 4, 5, 3) and images[0, 0, 0, 0] == 3
+  np.testing.assert_array_equal(labels, [[1, 1], [0, 1]])
