@@ -109,3 +109,24 @@ def test_label_confusion_matches_a_bincount_over_images_of_any_size():
     keep = gt != 255
     np.add.at(expected, (gt[keep], pred[keep]), 1)
   np.testing.assert_array_equal(isim.label_confusion(iter(pairs), 4, chunk=16), expected)
+
+
+def test_voc_config_carries_the_paper_settings():
+  config = load_config('voc_isim')
+  assert (config.method, config.dataset.name, config.dataset.num_classes) == ('isim', 'voc_aug',
+                                                                              21)
+  assert (config.model.name, config.model.backbone, config.model.width) == ('deeplabv3',
+                                                                            'resnet101', 1.0)
+  assert tuple(config.input.crop_size) == (320, 320) and config.input.scale_mode == 'long_side'
+  isim_cfg = config.isim
+  assert (isim_cfg.epochs, isim_cfg.first_regen_epoch, isim_cfg.regen_every) == (50, 5, 10)
+  assert (isim_cfg.lr_encoder, isim_cfg.lr_decoder, isim_cfg.lr_classifier) == (0.1, 0.01, 1.0)
+  assert (config.train.optimizer, config.train.momentum) == ('sgd', 0.9)
+  assert tuple(isim_cfg.cam_scales) == (1.0, 0.5, 1.5, 2.0) and isim_cfg.cam_threshold == 0.3
+  assert config.dataset.manual_dir is None
+
+
+def test_shapes_configs_load():
+  full, smoke = load_config('shapes_isim'), load_config('shapes_isim', 'smoke')
+  assert full.method == smoke.method == 'isim'
+  assert smoke.isim.steps_per_epoch == 2 and smoke.isim.epochs == 3
