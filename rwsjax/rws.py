@@ -61,7 +61,7 @@ def default_config():
   c.select_omega = True         # eq. 5 selection; False = integrate every weak-slice pixel
   c.weighted_lambda = True      # eq. 7 lambda; False = n 0.5
   c.eps = 1e-3                  # omega threshold of eq. 5
-  c.fuse_layers = (1, 2, 3, 4)  # stage outputs fused in stage 3
+  c.fuse_layers = (1, 2, 3, 4)  # stage outputs fused in stage 3; () = plain fine-tuning
   c.max_slices = 4              # weak slices per image fused in one stage-3 batch
   c.max_rounds = 4
   c.min_weak_delta = 20         # stop when the weak-slice count changes less than this
@@ -79,9 +79,9 @@ def check_config(config):
   for key, choices in CHOICES.items():
     if rws[key] not in choices:
       raise ValueError(f"config.rws.{key}={rws[key]!r}; expected one of {choices}.")
-  if not rws.fuse_layers or any(i not in (1, 2, 3, 4) for i in rws.fuse_layers):
-    raise ValueError(f"config.rws.fuse_layers={tuple(rws.fuse_layers)}; expected a non-empty "
-                     "subset of (1, 2, 3, 4).")
+  if any(i not in (1, 2, 3, 4) for i in rws.fuse_layers):
+    raise ValueError(f"config.rws.fuse_layers={tuple(rws.fuse_layers)}; expected a subset of "
+                     "(1, 2, 3, 4).")
   crop = pipeline.pair(config.input.crop_size)
   fusion.check_geometry(*crop, rws.slice_size, rws.slice_stride,
                         models.feature_strides(config.model))
@@ -265,7 +265,7 @@ def fusion_loss(model, config):
 
   def loss_fn(params, batch_stats, batch, rng, extra):
     plan_rng, dropout_rng = jax.random.split(rng)
-    plans, stats = plans_for(batch, extra, plan_rng)
+    plans, stats = plans_for(batch, extra, plan_rng) if layers else ({}, {})
     logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
                                   train=True, mutable=["batch_stats"],
                                   rngs={"dropout": dropout_rng},

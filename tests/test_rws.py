@@ -159,3 +159,16 @@ def test_classes_without_a_segcam_slot_are_not_present():
   expected[0, :, [0, 2]] = True
   expected[1, :, 3] = True
   np.testing.assert_array_equal(out.present, expected)
+
+
+def test_no_fused_layers_is_plain_fine_tuning(tiny):
+  config, model, batch, glob, local = tiny
+  config = config.copy_and_resolve_references()
+  config.rws.fuse_layers = ()
+  rws.check_config(config)
+  rng = jax.random.key(3)
+  extra = {"global": glob, "local": local, "threshold": jnp.float32(1.01)}
+  loss, _ = rws.fusion_loss(model, config)(glob["params"], glob["batch_stats"], batch, rng, extra)
+  _, drop_rng = jax.random.split(rng)
+  np.testing.assert_allclose(loss, plain_loss(model, glob["params"], glob["batch_stats"], batch,
+                                              drop_rng), rtol=1e-6)
