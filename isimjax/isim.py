@@ -327,7 +327,7 @@ def _save_figure(ctx, results):
 
 
 def _report(ctx, results):
-  """Writes summary.json, isim_table.md and the Fig. 5 grid; logs the table."""
+  """Writes summary.json, isim_table.md and the Fig. 5 grid."""
   config = ctx.config
   table = results_table(config, results)
   summary = {'method': 'isim', 'model': model_title(config.model),
@@ -338,7 +338,6 @@ def _report(ctx, results):
     with open(os.path.join(ctx.workdir, 'isim_table.md'), 'w') as f:
       f.write(table)
     _save_figure(ctx, results)
-  logging.info('ISIM results:\n%s', table)
   return {'table': table}
 
 
@@ -375,4 +374,6 @@ def run(config, workdir, stages=None):
     logging.info('Stage %s.', name)
     results[name] = dict(stage_fn(ctx, results), seconds=time.perf_counter() - start)
     write_json(path, results[name])
+  if 'report' in results:
+    logging.info('ISIM results:\n%s', results['report']['table'])
   return results
