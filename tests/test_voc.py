@@ -105,7 +105,7 @@ def test_corrupt_image(tmp_path):
   fake_voc.write_tree(tmp_path / 'manual')
   path = tmp_path / 'manual' / voc.LAYOUT['voc_images'] / (fake_voc.VOC_VAL[0] + '.jpg')
   path.write_bytes(path.read_bytes()[:40])
-  with pytest.raises(ValueError, match=re.escape(f'{path} is not a readable JPEG')):
+  with pytest.raises(ValueError, match=re.escape(f'{path} is not a readable image')):
     data.get_source(_config(tmp_path, tmp_path / 'manual'), 'train')
 
 

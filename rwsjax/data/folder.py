@@ -37,11 +37,11 @@ def label_map(mapping, expected):
 def check_layout(name, layout, manual_dir):
   """{key: absolute path} of `layout` under `manual_dir`; FileNotFoundError naming a gap."""
   paths = {k: os.path.join(os.fspath(manual_dir), v) for k, v in layout.items()}
-  missing = [p for p in paths.values() if not os.path.isdir(p)]
+  missing = [p for p in paths.values() if not os.path.exists(p)]
   if missing:
     raise FileNotFoundError(
-        f'{name} expects the directories {", ".join(layout.values())} under {manual_dir}, but '
-        f'{missing[0]} is missing ({len(missing)} of {len(paths)} missing).')
+        f'{name} expects {", ".join(layout.values())} under {manual_dir}, but {missing[0]} is '
+        f'missing ({len(missing)} of {len(paths)} paths missing).')
   return paths
 
 

@@ -5,7 +5,6 @@ lists), labels from VOC SegmentationClass where available, else from SBD; 'valid
 val (1,449). Labels are uint8 with 0 = background, 1..20 = classes, 255 = ignore (VOC object
 boundaries). JPEG bytes are stored as they are.
 """
-import io
 import os
 
 import numpy as np
@@ -13,6 +12,7 @@ import PIL.Image
 import scipy.io
 import tensorflow_datasets as tfds
 
+from rwsjax.data import folder
 from rwsjax.data.pipeline import image_labels
 from rwsjax.losses import IGNORE_LABEL
 
@@ -40,13 +40,7 @@ INSTRUCTIONS = (
 
 def check_layout(manual_dir):
   """{key: absolute path} of LAYOUT under `manual_dir`; FileNotFoundError naming what is missing."""
-  paths = {k: os.path.join(os.fspath(manual_dir), v) for k, v in LAYOUT.items()}
-  missing = [p for p in paths.values() if not os.path.exists(p)]
-  if missing:
-    raise FileNotFoundError(
-        f'voc_aug expects {", ".join(LAYOUT.values())} under {manual_dir}, but {missing[0]} '
-        f'is missing ({len(missing)} of {len(paths)} paths missing).')
-  return paths
+  return folder.check_layout('voc_aug', LAYOUT, manual_dir)
 
 
 def read_ids(path):
@@ -101,15 +95,7 @@ def read_jpeg(path):
   """(JPEG bytes as stored, (H, W)); ValueError naming `path` when it does not decode."""
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} is listed in a split file but does not exist.')
-  with open(path, 'rb') as f:
-    data = f.read()
-  try:
-    with PIL.Image.open(io.BytesIO(data)) as image:
-      image.load()
-      size = image.size
-  except (OSError, SyntaxError) as e:
-    raise ValueError(f'{path} is not a readable JPEG image ({e}).') from e
-  return data, (size[1], size[0])
+  return folder.read_image(path)
 
 
 def read_example(paths, image_id):
