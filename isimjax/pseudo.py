@@ -6,7 +6,6 @@ example as they complete, so a killed generation resumes where it stopped. No JA
 pool's worker processes import this module.
 """
 import concurrent.futures
-import datetime
 import multiprocessing
 import operator
 import os
@@ -17,6 +16,8 @@ import time
 from absl import logging
 import numpy as np
 from PIL import Image
+
+from rwsjax import progress as progress_lib
 
 from isimjax import crf as crf_lib
 
@@ -180,21 +181,20 @@ class _Progress:
   """Counts written labels; reports rate and ETA to a callback or, every `log_every_s`, absl."""
 
   def __init__(self, total, callback, log_every_s=30.0):
-    self.total, self.callback, self.log_every_s = total, callback, log_every_s
+    self.meter = progress_lib.Progress("pseudo labels", total)
+    self.callback, self.log_every_s = callback, log_every_s
     self.done = 0
-    self.start = self.last_log = time.monotonic()
+    self.last_log = time.monotonic()
 
   def update(self):
     self.done += 1
-    now = time.monotonic()
-    rate = self.done / max(now - self.start, 1e-9)
-    eta = max(self.total - self.done, 0) / rate
     if self.callback is not None:
-      self.callback(self.done, self.total, rate, eta)
-    elif self.done == self.total or now - self.last_log >= self.log_every_s:
-      self.last_log = now
-      logging.info("Pseudo labels %d/%d, %.2f images/s, ETA %s", self.done, self.total, rate,
-                   datetime.timedelta(seconds=round(eta)))
+      self.callback(self.done, self.meter.total, self.meter.rate(self.done),
+                    max(self.meter.eta(self.done), 0.0))
+    elif (self.done == self.meter.total
+          or time.monotonic() - self.last_log >= self.log_every_s):
+      self.last_log = time.monotonic()
+      self.meter.log(self.done)
 
 
 def _as_batch(item):

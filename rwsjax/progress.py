@@ -1,11 +1,14 @@
-"""Progress lines with ETA, and the JSONL metric writer (process 0 only)."""
+"""Progress lines with ETA, and the JSONL metric writer (process 0 only).
+
+JAX is imported only where a process index is needed, so CPU worker processes (the CRF pool)
+can use `Progress` without starting JAX.
+"""
 import json
 import logging as py_logging
 import os
 import time
 
 from absl import logging
-import jax
 
 _CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/")
 
@@ -23,6 +26,11 @@ def quiet_library_logs():
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
     handler.addFilter(_LibraryInfoFilter())
+
+
+def _process_index():
+  import jax  # pylint: disable=g-import-not-at-top  (see the module docstring)
+  return jax.process_index()
 
 
 def format_seconds(seconds):
@@ -46,11 +54,19 @@ class Progress:
     self.start = start
     self.t0 = time.perf_counter()
 
+  def rate(self, done):
+    """Items per second since the start."""
+    elapsed = time.perf_counter() - self.t0
+    return (done - self.start) / elapsed if elapsed > 0 else 0.0
+
+  def eta(self, done):
+    """Seconds left at the current rate (nan before any progress)."""
+    rate = self.rate(done)
+    return (self.total - done) / rate if rate > 0 else float("nan")
+
   def line(self, done, **values):
     """One log line: name, done/total, the given values, rate and ETA."""
-    elapsed = time.perf_counter() - self.t0
-    rate = (done - self.start) / elapsed if elapsed > 0 else 0.0
-    eta = (self.total - done) / rate if rate > 0 else float("nan")
+    rate, eta = self.rate(done), self.eta(done)
     parts = [f"{self.name} {done}/{self.total}"]
     parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()]
     parts.append(f"{rate:.3g}/s")
@@ -66,7 +82,7 @@ class MetricWriter:
 
   def __init__(self, path):
     self.path = path
-    self.enabled = jax.process_index() == 0
+    self.enabled = _process_index() == 0
     if self.enabled:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
@@ -92,7 +108,7 @@ class MetricWriter:
 
 def write_json(path, obj):
   """Writes `obj` as indented JSON atomically (temp file + rename), on process 0 only."""
-  if jax.process_index() != 0:
+  if _process_index() != 0:
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp"
