@@ -13,7 +13,6 @@ import re
 import tempfile
 import time
 
-from absl import logging
 import numpy as np
 from PIL import Image
 
