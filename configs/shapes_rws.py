@@ -11,6 +11,8 @@ Ablations (each lands in summary.json under "config"):
   --config.rws.fuse_layers="(3,4)"         fused stage outputs (Table III)
   --config.rws.slice_size=48 --config.rws.slice_stride=24   slice size (Fig. 10)
   --config.rws.weak_rule=fixed --config.rws.t_fixed=0.4     T sweep (Fig. 9)
+  --config.rws.weak_classes=foreground     background takes no part in T or weak slices
+  --config.rws.fuse_layers="()"            stage 3 without fusion: plain fine-tuning control
 """
 from rwsjax import config as config_lib
 from rwsjax import rws

@@ -58,6 +58,7 @@ def default_config():
   c.t_min_windows = 10          # windows a class needs to take part in T
   c.min_pixels = 1              # GT pixels of a class for it to be present in a window
   c.slices = "weak"             # weak | arbitrary (ablation: random windows, same count)
+  c.weak_classes = "all"        # all | foreground: class 0 takes no part in T or weak slices
   c.select_omega = True         # eq. 5 selection; False = integrate every weak-slice pixel
   c.weighted_lambda = True      # eq. 7 lambda; False = n 0.5
   c.eps = 1e-3                  # omega threshold of eq. 5
@@ -70,7 +71,8 @@ def default_config():
 
 
 CHOICES = {"stage3_init": ("stage1", "fresh"), "attention": ("last", "gamma"),
-           "weak_rule": ("curve", "fixed"), "slices": ("weak", "arbitrary")}
+           "weak_rule": ("curve", "fixed"), "slices": ("weak", "arbitrary"),
+           "weak_classes": ("all", "foreground")}
 
 
 def check_config(config):
@@ -116,11 +118,17 @@ def window_attention(attention, gamma, rws_cfg):
   return attention["layer4"] if rws_cfg.attention == "last" else gamma
 
 
-def with_slotted_classes(scores, result, num_classes):
-  """Window scores where only classes with a Seg-Grad-CAM slot count as present: a class beyond
-  `max_classes` has unknown attention, not low attention, so it must not look weak."""
+def scored_classes(scores, result, num_classes, weak_classes="all"):
+  """Window scores where only the classes that take part count as present.
+
+  A class beyond the `max_classes` Seg-Grad-CAM slots has unknown attention, not low
+  attention, so it must not look weak; with `weak_classes='foreground'` the background class 0
+  takes no part either (in T nor in the weak slices).
+  """
   slotted = jnp.any((result.class_ids[..., None] == jnp.arange(num_classes))
                     & result.class_mask[..., None], axis=1)
+  if weak_classes == "foreground":
+    slotted = slotted.at[:, 0].set(False)
   return scores._replace(present=scores.present & slotted[:, None, :])
 
 
@@ -136,7 +144,7 @@ def make_scorer(model, config):
     scores = slices.score_windows(window_attention(attention, gamma, rws), labels, preds,
                                   num_classes=k, size=rws.slice_size, stride=rws.slice_stride,
                                   min_pixels=rws.min_pixels)
-    scores = with_slotted_classes(scores, result, k)
+    scores = scored_classes(scores, result, k, rws.weak_classes)
     return scores.attention, scores.iou, scores.present
   return score
 
@@ -228,7 +236,7 @@ def fusion_loss(model, config):
     scores = slices.score_windows(window_attention(attention, gamma, rws), labels,
                                   num_classes=k, size=size, stride=rws.slice_stride,
                                   min_pixels=rws.min_pixels)
-    scores = with_slotted_classes(scores, result, k)
+    scores = scored_classes(scores, result, k, rws.weak_classes)
     weak = slices.weak_mask(scores.attention, scores.present, extra["threshold"])
     if rws.slices == "arbitrary":
       index, valid = slices.select_arbitrary(rng, weak.any(-1), rws.max_slices)

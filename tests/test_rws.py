@@ -154,11 +154,14 @@ def test_classes_without_a_segcam_slot_are_not_present():
   result = segcam.SegCamResult({}, jnp.array([[0, 2], [3, -1]]), jnp.array([[True, True],
                                                                             [True, False]]),
                                None, {})
-  out = rws.with_slotted_classes(scores, result, 4)
+  out = rws.scored_classes(scores, result, 4)
   expected = np.zeros((2, 3, 4), bool)
   expected[0, :, [0, 2]] = True
   expected[1, :, 3] = True
   np.testing.assert_array_equal(out.present, expected)
+  expected[:, :, 0] = False
+  np.testing.assert_array_equal(rws.scored_classes(scores, result, 4, "foreground").present,
+                                expected)
 
 
 def test_no_fused_layers_is_plain_fine_tuning(tiny):
