@@ -4,8 +4,10 @@
 where a killed run stopped. Override any config field on the command line, e.g.
 `--config.train.steps=200`; `--config=configs/voc_rws.py:smoke` runs a seconds-long variant.
 """
+import ast
 import importlib
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -31,6 +33,22 @@ _LIBRARY_LOGS = flags.DEFINE_bool("library_logs", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+  """absl flag parsing, with a one-sentence error for a config override that does not apply."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    sys.exit(f"launch.py: {error}")
+  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    text = str(error).strip()
+    if text[:1] in "'\"":
+      text = str(ast.literal_eval(text))
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    reason = " ".join(text.replace("\n", " ").split())
+    sys.exit(f"launch.py: the config override {' '.join(overrides)} does not apply: "
+             f"no such field or wrong type ({reason}).")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -43,14 +61,19 @@ def main(argv):
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
   config = _CONFIG.value
-  if config.method not in PIPELINES:
-    raise app.UsageError(f"config.method={config.method!r}; expected one of {sorted(PIPELINES)}.")
+  try:
+    method = config.method
+  except OSError as error:  # config_flags reports a file that failed to load on first use
+    cause = error.__cause__ or error
+    sys.exit(f"launch.py: cannot load the --config file: {' '.join(str(cause).split())}")
+  if method not in PIPELINES:
+    raise app.UsageError(f"config.method={method!r}; expected one of {sorted(PIPELINES)}.")
   logging.info("Process %d/%d, %d local / %d global devices (%s).", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
-  pipeline = importlib.import_module(PIPELINES[config.method])
+  pipeline = importlib.import_module(PIPELINES[method])
   pipeline.run(config, os.path.abspath(_WORKDIR.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

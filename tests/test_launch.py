@@ -1,0 +1,54 @@
+"""launch.py end to end: a one-step supervised smoke run, and one-sentence errors for bad
+command lines (DESIGN.md: errors a user can cause)."""
+import json
+import os
+import subprocess
+import sys
+
+from configs_util import ROOT
+
+
+def launch(*args, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def last_line(text):
+  return [line for line in text.splitlines() if line.strip()][-1]
+
+
+def test_one_step_supervised_smoke_run(tmp_path):
+  result = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path / 'run'}",
+                  f"--config.dataset.data_dir={tmp_path / 'tfds'}", "--config.train.steps=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.load(open(tmp_path / "run" / "summary.json"))
+  assert summary["steps"] == 1 and 0.0 <= summary["validation"]["miou"] <= 1.0
+  rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1] and rows[0]["stage"] == "supervised"
+  assert os.path.exists(tmp_path / "run" / "supervised" / "checkpoints" / "1")
+  assert os.path.exists(tmp_path / "run" / "predictions.png")
+
+
+def test_bad_config_key_is_one_sentence(tmp_path):
+  result = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path}",
+                  "--config.train.stepz=3")
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr
+  line = last_line(result.stderr)
+  assert "--config.train.stepz=3 does not apply" in line and 'Did you mean "steps"' in line
+
+
+def test_bad_config_value_and_missing_file_and_method(tmp_path):
+  result = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path}",
+                  "--config.train.steps=abc")
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert "--config.train.steps=abc: invalid literal for int()" in last_line(result.stderr)
+  result = launch("--config=configs/nope.py", f"--workdir={tmp_path}")
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert "cannot load the --config file" in last_line(result.stderr)
+  assert "configs/nope.py" in last_line(result.stderr)
+  result = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path}",
+                  "--config.method=xyz")
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert "config.method='xyz'; expected one of ['isim', 'rws', 'supervised']" in result.stderr
