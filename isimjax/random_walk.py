@@ -18,6 +18,7 @@ import numpy as np
 
 from isimjax.affinity import crf_argmax
 from isimjax.affinity import cropped_shape
+from isimjax.affinity import has_pairs
 from isimjax.affinity import pair_grid
 from isimjax.affinity import pair_offsets
 
@@ -118,59 +119,87 @@ def background_channel(cams, alpha=16.0):
   return jnp.concatenate([background, cams], axis=0)
 
 
-def propagate(cams, image_labels, affinities, *, radius=5, alpha=16.0, beta=8.0, logt=8,
-              stride=8, crf_fn=None, image=None, dense_max_nodes=4096):
-  """Random-walk pseudo label of one image (METHODS.md ISIM step 10, PSA's infer_aff).
+def feature_grid(shape, stride=8):
+  """(ceil(H / stride), ceil(W / stride)): the feature grid of an (H, W) image."""
+  return tuple(-(-int(n) // stride) for n in shape)
+
+
+def walk_scores(cams, image_labels, affinities, *, radius=5, alpha=16.0, beta=8.0, logt=8,
+                stride=8, dense_max_nodes=4096):
+  """Random-walked scores of one image before the argmax (METHODS.md ISIM step 10, PSA's
+  infer_aff).
 
   The CAMs of the image's classes get the background channel at image size, are zero-padded
-  to a multiple of `stride` and average-pooled to the (h, w) = (ceil(H/s), ceil(W/s))
-  feature grid, walked (dense when h * w <= dense_max_nodes, else sparse), upsampled
-  bilinearly to the padded size, cropped to (H, W), and the argmax over background and the
-  image's classes is taken, after `crf_fn` when given.
+  to a multiple of `stride` and average-pooled to the (h, w) = `feature_grid` cells, walked
+  (dense when h * w <= dense_max_nodes, else sparse) and upsampled bilinearly to the padded
+  size, then cropped to (H, W). A grid too small for any pair of `pair_offsets(radius)`
+  (`affinity.has_pairs`) has no affinities: its walk is the identity.
 
   Args:
     cams: (C, H, W) CAMs in [0, 1] at image size, C = K - 1 foreground classes.
     image_labels: (C,) multi-hot image-level labels.
-    affinities: (P, h', w') pair affinities of the image for `pair_offsets(radius)`.
+    affinities: (P, h', w') pair affinities of the image for `pair_offsets(radius)`, or None
+      exactly when the grid has no pairs.
     radius, alpha, beta, logt: PSA's pair radius, background power, affinity power, log2 of
       the walk length.
     stride: output stride of the affinity features.
-    crf_fn: None, or (image, scores (k, H, W)) -> refined probabilities (k, H, W) over
-      background and the image's classes (e.g. `isimjax.crf.crf_refine_probs` with one
-      iteration).
-    image: (H, W, 3) uint8 image, required with `crf_fn`.
     dense_max_nodes: largest h * w walked with the dense matrix.
 
   Returns:
-    (H, W) uint8 labels in [0, K).
+    (scores (k, H, W) float32 numpy, class_ids (k,) int): background and the image's classes.
   """
   cams = jnp.asarray(cams, jnp.float32)
   image_labels = np.asarray(image_labels)
   if cams.ndim != 3 or image_labels.shape != cams.shape[:1]:
     raise ValueError(f"Expected cams of shape (C, H, W) and image_labels of shape (C,); got "
                      f"{cams.shape} and {image_labels.shape}.")
-  if crf_fn is not None and image is None:
-    raise ValueError("propagate needs the image when crf_fn is given.")
   height, width = cams.shape[1:]
-  grid = (-(-height // stride), -(-width // stride))
+  grid = feature_grid((height, width), stride)
   offsets = pair_offsets(radius)
-  expected = (len(offsets),) + cropped_shape(grid, offsets)
-  if tuple(affinities.shape) != expected:
-    raise ValueError(f"Expected affinities of shape {expected} for a {height}x{width} image at "
-                     f"stride {stride} with radius {radius}; got {tuple(affinities.shape)}.")
-  keep = np.concatenate([[True], image_labels > 0])
-  scores = background_channel(jnp.where(keep[1:, None, None], cams, 0.0), alpha)
+  if affinities is None:
+    if has_pairs(grid, offsets):
+      raise ValueError(f"A {height}x{width} image at stride {stride} has pairs of radius "
+                       f"{radius}; expected its affinities, got None.")
+  else:
+    expected = (len(offsets),) + cropped_shape(grid, offsets)
+    if tuple(affinities.shape) != expected:
+      raise ValueError(f"Expected affinities of shape {expected} for a {height}x{width} image "
+                       f"at stride {stride} with radius {radius}; got "
+                       f"{tuple(affinities.shape)}.")
+  class_ids = np.concatenate([[0], np.flatnonzero(image_labels) + 1])
+  scores = background_channel(cams[class_ids[1:] - 1], alpha)
   padded = (grid[0] * stride, grid[1] * stride)
   scores = jnp.pad(scores, ((0, 0), (0, padded[0] - height), (0, padded[1] - width)))
-  pooled = scores.reshape(len(keep), grid[0], stride, grid[1], stride).mean(axis=(2, 4))
-  if grid[0] * grid[1] <= dense_max_nodes:
+  pooled = scores.reshape(len(class_ids), grid[0], stride, grid[1], stride).mean(axis=(2, 4))
+  if affinities is None:
+    walked = pooled
+  elif grid[0] * grid[1] <= dense_max_nodes:
     trans = transition_matrix(dense_affinity_matrix(affinities, offsets, grid), beta)
     walked = random_walk_dense(pooled, trans, logt)
   else:
     walked = random_walk_sparse(pooled, affinities, offsets, beta=beta, logt=logt)
-  upsampled = jax.image.resize(walked, (len(keep),) + padded, "bilinear")[:, :height, :width]
+  upsampled = jax.image.resize(walked, (len(class_ids),) + padded, "bilinear")
+  return np.asarray(upsampled[:, :height, :width]), class_ids
+
+
+def propagate(cams, image_labels, affinities, *, crf_fn=None, image=None, **walk_options):
+  """Random-walk pseudo label of one image (METHODS.md ISIM step 10, PSA's infer_aff): the
+  argmax of `walk_scores` over background and the image's classes, after `crf_fn` when given.
+
+  Args:
+    cams, image_labels, affinities: as in `walk_scores`.
+    crf_fn: None, or (image, scores (k, H, W)) -> refined probabilities (k, H, W) over
+      background and the image's classes (e.g. `isimjax.crf.crf_refine_probs` with one
+      iteration).
+    image: (H, W, 3) uint8 image, required with `crf_fn`.
+    **walk_options: radius, alpha, beta, logt, stride, dense_max_nodes of `walk_scores`.
+
+  Returns:
+    (H, W) uint8 labels in [0, K).
+  """
+  if crf_fn is not None and image is None:
+    raise ValueError("propagate needs the image when crf_fn is given.")
+  scores, class_ids = walk_scores(cams, image_labels, affinities, **walk_options)
   if crf_fn is not None:
-    class_ids = np.flatnonzero(keep)
-    return crf_argmax(crf_fn, image, np.asarray(upsampled)[class_ids], class_ids)
-  masked = jnp.where(keep[:, None, None], upsampled, -jnp.inf)
-  return np.asarray(jnp.argmax(masked, axis=0)).astype(np.uint8)
+    return crf_argmax(crf_fn, image, scores, class_ids)
+  return class_ids.astype(np.uint8)[np.argmax(scores, axis=0)]

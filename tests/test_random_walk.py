@@ -176,3 +176,27 @@ def test_propagate_rejects_affinities_of_the_wrong_size():
     random_walk.propagate(cams, present, aff[:, 1:], radius=3, stride=4)
   with pytest.raises(ValueError, match="image_labels"):
     random_walk.propagate(cams, present[:3], aff, radius=3, stride=4)
+
+
+def test_walk_scores_are_the_pipeline_scores_of_the_kept_channels():
+  cams, present, features, aff = _propagate_case(seed=9)
+  scores, class_ids = random_walk.walk_scores(cams, present, aff, radius=3, stride=4, logt=4)
+  expected = _numpy_propagate_scores(cams, present, features, 3, 4, 16.0, 8.0, 4)
+  np.testing.assert_array_equal(class_ids, [0, 1, 3])
+  np.testing.assert_allclose(scores, expected[[0, 1, 3]], rtol=1e-4, atol=1e-6)
+
+
+def test_a_grid_without_pairs_is_not_walked():
+  rng = np.random.default_rng(10)
+  cams = rng.uniform(size=(2, 7, 9)).astype(np.float32)
+  present = np.array([1, 1])
+  assert random_walk.feature_grid((7, 9), 4) == (2, 3)
+  scores, _ = random_walk.walk_scores(cams, present, None, radius=3, stride=4)
+  padded = np.zeros((3, 8, 12))
+  padded[:, :7, :9] = np.concatenate([(1 - cams.max(axis=0, keepdims=True)) ** 16, cams])
+  pooled = padded.reshape(3, 2, 4, 3, 4).mean(axis=(2, 4))
+  np.testing.assert_allclose(scores, _bilinear_upsample(pooled, 4)[:, :7, :9], rtol=1e-4,
+                             atol=1e-6)
+  with pytest.raises(ValueError, match="expected its affinities"):
+    random_walk.walk_scores(np.zeros((2, 21, 30), np.float32), present, None, radius=3,
+                            stride=4)
