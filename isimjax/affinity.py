@@ -11,13 +11,22 @@ to (y + dy_p, x + left + dx_p). As in PSA, pairs whose from pixel lies in the la
 rows or the outer `left`/`right` columns are not represented.
 
 Affinity labels are prepared on the host with numpy (they run beside the dense CRF in worker
-processes); affinities, pair labels and the loss are jnp.
+processes); affinities, pair labels and the loss are jnp. `AffinityNet` (below the pure
+functions) gives the features whose pair affinities are trained with `affinity_loss`.
 """
+from typing import Any, Sequence
+
+import flax.linen as nn
 import numpy as np
 import jax.numpy as jnp
 
+from isimjax import crf
 from isimjax.pseudo import labels_from_cams
+from rwsjax import models
 from rwsjax.losses import IGNORE_LABEL
+
+FEATURE_LAYERS = ('layer2', 'layer3', 'layer4')
+FEATURE_STRIDE = 8
 
 
 def pair_offsets(radius=5):
@@ -39,11 +48,17 @@ def crop_margins(offsets):
           int(max(offsets[:, 1].max(), 0)))
 
 
+def has_pairs(shape, offsets):
+  """Whether an (h, w) map has at least one pair (a from pixel whose partners stay inside)."""
+  bottom, left, right = crop_margins(offsets)
+  return shape[0] > bottom and shape[1] > left + right
+
+
 def cropped_shape(shape, offsets):
   """(h', w') of the from region of an (h, w) map; raises when the map is too small."""
   h, w = shape
   bottom, left, right = crop_margins(offsets)
-  if h <= bottom or w <= left + right:
+  if not has_pairs(shape, offsets):
     raise ValueError(f"A feature map of size {(h, w)} is too small for pair offsets of "
                      f"radius {bottom + 1}: expected at least {(bottom + 1, left + right + 1)}.")
   return h - bottom, w - left - right
@@ -113,6 +128,15 @@ def crf_argmax(crf_fn, image, scores, class_ids):
   """
   refined = np.asarray(crf_fn(image, np.asarray(scores, np.float32)))
   return np.asarray(class_ids, np.uint8)[np.argmax(refined, axis=0)]
+
+
+def hard_label_crf(image, scores, *, gt_prob=0.7, params=crf.CrfParams()):
+  """The ISIM code's CRF of a confident map (IRNet's cam_to_ir_label) as a `crf_fn`: the dense
+  CRF with a label unary (`gt_prob`) on argmax(scores), returned one-hot (k, H, W)."""
+  count = np.shape(scores)[0]
+  labels = crf.crf_refine_labels(image, np.argmax(scores, axis=0), count,
+                                 class_ids=np.arange(count), gt_prob=gt_prob, params=params)
+  return np.eye(count, dtype=np.float32)[labels].transpose(2, 0, 1)
 
 
 def _confident_labels(cams, image_labels, bg_score, crf_fn, image):
@@ -199,3 +223,72 @@ def affinity_loss(aff, bg_pos, fg_pos, neg):
   log_pos = jnp.log(aff + 1e-5)
   return (masked_nll(bg_pos, log_pos) / 4 + masked_nll(fg_pos, log_pos) / 4
           + masked_nll(neg, jnp.log(1.0 + 1e-5 - aff)) / 2)
+
+
+class AffinityHead(nn.Module):
+  """PSA's embedding (METHODS.md ISIM step 9): 1x1 convs without bias on layer2/3/4 to
+  `channels[:3]` with ELU, concatenated, then a 1x1 conv to `channels[3]` with ELU.
+
+  Initialisation as PSA: He normal for the three projections, Xavier uniform with gain 4
+  for the last conv.
+  """
+  channels: Sequence[int] = (64, 128, 256, 448)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features):
+    he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+    projected = [
+        nn.elu(nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=he_normal,
+                       name=f'proj_{name}')(features[name]))
+        for name, c in zip(FEATURE_LAYERS, self.channels[:3])]
+    xavier_gain4 = nn.initializers.variance_scaling(16.0, 'fan_avg', 'uniform')
+    embedding = nn.Conv(self.channels[3], (1, 1), use_bias=False, dtype=self.dtype,
+                        kernel_init=xavier_gain4, name='embed')
+    return nn.elu(embedding(jnp.concatenate(projected, axis=-1)))
+
+
+class AffinityNet(nn.Module):
+  """Backbone at output stride 8 plus `AffinityHead`: (N, H, W, 3) images -> (N, h, w, 448)
+  float32 features at stride 8, whose `pair_affinities` are the learned affinities.
+
+  Parameters live under 'backbone' and 'head', the two learning-rate groups of PSA (the new
+  layers at a multiple of the backbone's rate).
+  """
+  backbone: nn.Module
+  head: nn.Module
+
+  def __call__(self, images, *, train=False):
+    features = self.backbone(images, train=train)
+    return self.head(features).astype(jnp.float32)
+
+
+def build_affinity_net(model_cfg):
+  """AffinityNet on `rwsjax.models.build_backbone(model_cfg)`; raises unless every layer of
+  `FEATURE_LAYERS` is at stride 8 (output_stride 8), where the pairs are taken."""
+  strides = models.feature_strides(model_cfg)
+  if any(strides[name] != FEATURE_STRIDE for name in FEATURE_LAYERS):
+    raise ValueError(f'AffinityNet needs layer2-4 at stride {FEATURE_STRIDE}; '
+                     f'config.psa.affinity.model.output_stride={model_cfg.output_stride} gives '
+                     f'{[strides[name] for name in FEATURE_LAYERS]}: set it to 8.')
+  backbone = models.build_backbone(model_cfg)
+  return AffinityNet(backbone, AffinityHead(dtype=backbone.dtype))
+
+
+def affinity_train_loss(model, offsets):
+  """Loss of an AffinityNet train step (`rwsjax.train.make_train_step` signature).
+
+  The batch holds augmented 'image' (B, H, W, 3) and affinity 'label' maps (B, h, w) already
+  reduced to the feature stride (`downsample_labels`); the loss is `affinity_loss` of the
+  features' `pair_affinities` against `pair_labels`, with the pair counts as metrics.
+  """
+  def loss_fn(params, batch_stats, batch, rng, extra):
+    del rng, extra
+    features, updates = model.apply({'params': params, 'batch_stats': batch_stats},
+                                    batch['image'], train=True, mutable=['batch_stats'])
+    masks = pair_labels(batch['label'], offsets)
+    loss = affinity_loss(pair_affinities(features, offsets), *masks)
+    counts = {f'{name}_pairs': jnp.sum(mask).astype(jnp.float32)
+              for name, mask in zip(('bg', 'fg', 'neg'), masks)}
+    return loss, (updates['batch_stats'], counts)
+  return loss_fn

@@ -1,6 +1,10 @@
-"""Tests for isimjax.affinity against brute-force loops and hand-computed values."""
+"""Tests for isimjax.affinity against brute-force loops and hand-computed values, and AffinityNet
+against its definition."""
 import math
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -179,6 +183,17 @@ def test_affinity_labels_with_the_dense_crf():
   np.testing.assert_array_equal(got, _oracle_affinity_labels(*maps, 1))
 
 
+def test_hard_label_crf_is_the_label_crf_of_the_argmax_one_hot():
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)
+  scores = rng.uniform(size=(3, 9, 12)).astype(np.float32)
+  got = affinity.hard_label_crf(image, scores)
+  expected = crf.crf_refine_labels(image, scores.argmax(axis=0), 3, class_ids=[0, 1, 2])
+  assert got.shape == (3, 9, 12) and set(np.unique(got).tolist()) == {0.0, 1.0}
+  np.testing.assert_array_equal(got.argmax(axis=0), expected)
+  np.testing.assert_array_equal(got.sum(axis=0), 1.0)
+
+
 def test_affinity_labels_input_errors():
   cams = np.zeros((3, 8, 8), np.float32)
   with pytest.raises(ValueError, match="image_labels"):
@@ -207,3 +222,74 @@ def test_affinity_loss_hand_values():
                                                                                   abs=1e-4)
   only_neg = affinity.affinity_loss(aff, np.zeros_like(bg_pos), np.zeros_like(fg_pos), neg)
   assert float(only_neg) == pytest.approx(-(math.log(0.8) + math.log(0.3)) / 2 / 2, rel=1e-4)
+
+
+def _net_cfg(**overrides):
+  cfg = dict(backbone='resnet18', output_stride=8, width=0.125, frozen_bn=False)
+  cfg.update(overrides)
+  return ml_collections.ConfigDict(cfg)
+
+
+@pytest.fixture(scope="module")
+def affinity_net():
+  model = affinity.build_affinity_net(_net_cfg())
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, 32, 40, 3)))
+  return model, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+
+def _elu(x):
+  return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+
+
+def test_affinity_net_is_psa_embedding_on_layers_2_to_4(affinity_net):
+  model, variables = affinity_net
+  params = variables["params"]
+  assert set(params) == {"backbone", "head"}
+  head = params["head"]
+  kernels = [np.asarray(head[f"proj_{n}"]["kernel"][0, 0]) for n in affinity.FEATURE_LAYERS]
+  assert [k.shape[1] for k in kernels] == [64, 128, 256]
+  assert head["embed"]["kernel"].shape[2:] == (448, 448)
+  assert all(set(head[name]) == {"kernel"} for name in head)  # no biases, as PSA
+  images = jax.random.normal(jax.random.key(1), (2, 32, 40, 3))
+  got = np.asarray(model.apply(variables, images))
+  assert got.shape == (2, 4, 5, 448)
+  layers = model.apply(variables, images, method=lambda m, x: m.backbone(x))
+  projected = [_elu(np.asarray(layers[n], np.float64) @ k)
+               for n, k in zip(affinity.FEATURE_LAYERS, kernels)]
+  embed = np.asarray(head["embed"]["kernel"][0, 0], np.float64)
+  np.testing.assert_allclose(got, _elu(np.concatenate(projected, -1) @ embed), rtol=1e-4,
+                             atol=1e-5)
+
+
+def test_affinity_net_needs_output_stride_8():
+  with pytest.raises(ValueError, match="output_stride"):
+    affinity.build_affinity_net(_net_cfg(output_stride=16))
+
+
+def test_affinity_train_loss_matches_a_loop_over_pairs(affinity_net):
+  model, variables = affinity_net
+  rng = np.random.default_rng(6)
+  images = rng.normal(size=(2, 32, 40, 3)).astype(np.float32)
+  labels = rng.choice(np.array([0, 0, 1, 2, 255]), size=(2, 4, 5)).astype(np.int32)
+  offsets = affinity.pair_offsets(2)
+  loss_fn = affinity.affinity_train_loss(model, offsets)
+  loss, (_, counts) = loss_fn(variables["params"], variables["batch_stats"],
+                              {"image": images, "label": labels}, None, None)
+  features, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+  features = np.asarray(features, np.float64)
+  sums = {"bg": [0.0, 0], "fg": [0.0, 0], "neg": [0.0, 0]}
+  for n in range(2):
+    for y in range(4 - 1):
+      for x in range(1, 5 - 1):
+        for dy, dx in offsets.tolist():
+          a, b = labels[n, y, x], labels[n, y + dy, x + dx]
+          aff = math.exp(-np.mean(np.abs(features[n, y, x] - features[n, y + dy, x + dx])))
+          if a == 255 or b == 255:
+            continue
+          kind = ("bg" if a == 0 else "fg") if a == b else "neg"
+          sums[kind][0] -= math.log(aff + 1e-5) if kind != "neg" else math.log(1 + 1e-5 - aff)
+          sums[kind][1] += 1
+  expected = sum(w * s / (c + 1e-5) for w, (s, c) in zip((0.25, 0.25, 0.5), sums.values()))
+  assert float(loss) == pytest.approx(expected, rel=1e-4)
+  assert {k: float(v) for k, v in counts.items()} == {f"{k}_pairs": c for k, (_, c)
+                                                      in sums.items()}
