@@ -13,6 +13,7 @@ Ablations (each lands in summary.json under "config"):
   --config.rws.weak_rule=fixed --config.rws.t_fixed=0.4     T sweep (Fig. 9)
   --config.rws.weak_classes=foreground     background takes no part in T or weak slices
   --config.rws.fuse_layers="()"            stage 3 without fusion: plain fine-tuning control
+  --config.rws.local_init=global           local model fine-tuned from the trained global one
 """
 from rwsjax import config as config_lib
 from rwsjax import rws

@@ -49,6 +49,8 @@ def default_config():
   c.slice_stride = 64
   c.local_size = 0              # side the slice crops are resized to; 0 = slice_size
   c.local_batch_size = 16       # global batch of stage 2
+  c.local_init = "init"         # local model starts from the global model's initialisation
+                                # (init) or from the current trained global model (global)
   c.attention = "last"          # window attention from A_layer4 (last) or Gamma (gamma)
   c.max_classes = 6             # Seg-Grad-CAM class slots per image (most frequent GT classes)
   c.weak_rule = "curve"         # curve: T from the IoU-attention curve | fixed: T = t_fixed
@@ -70,7 +72,7 @@ def default_config():
   return c
 
 
-CHOICES = {"stage3_init": ("stage1", "fresh"), "attention": ("last", "gamma"),
+CHOICES = {"stage3_init": ("stage1", "fresh"), "local_init": ("init", "global"), "attention": ("last", "gamma"),
            "weak_rule": ("curve", "fixed"), "slices": ("weak", "arbitrary"),
            "weak_classes": ("all", "foreground")}
 
@@ -382,7 +384,8 @@ def run(config, workdir):
     crop_batches = pipeline.crop_dataset(
         train_source, weak_boxes, config.input, seed=config.seed + r,
         batch_size=train.local_batch_size(rws.local_batch_size, mesh), out_size=local_size(rws))
-    local_state = train_supervised(f"round_{r}/stage2", init,
+    local_start = init if rws.local_init == "init" else global_variables
+    local_state = train_supervised(f"round_{r}/stage2", local_start,
                                    lambda start, ds=crop_batches: pipeline.prefetch(ds, start),
                                    rws.stage2_steps, config.train.lr)
     start = global_variables if rws.stage3_init == "stage1" else init
