@@ -72,7 +72,8 @@ def default_config():
   return c
 
 
-CHOICES = {"stage3_init": ("stage1", "fresh"), "local_init": ("init", "global"), "attention": ("last", "gamma"),
+CHOICES = {"stage3_init": ("stage1", "fresh"), "local_init": ("init", "global"),
+           "attention": ("last", "gamma"),
            "weak_rule": ("curve", "fixed"), "slices": ("weak", "arbitrary"),
            "weak_classes": ("all", "foreground")}
 
