@@ -101,5 +101,6 @@ def run(config, workdir):
                                names)
     save_prediction_figure(os.path.join(workdir, "predictions.png"), model, state.variables,
                            eval_source, config)
-  logging.info("%s mIoU %.4f", config.dataset.eval_split, summary[config.dataset.eval_split]["miou"])
+  split = config.dataset.eval_split
+  logging.info("%s mIoU %.4f", split, summary[split]["miou"])
   return summary

@@ -87,8 +87,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(train.NonFiniteLossError) as error:
     run(tmp_path, 1, 50, lr=1e6)
-  bad_step, kept = map(int, re.search(r"(?:loss|parameters) at step (\d+).*checkpoint \(step (\d+)\)",
-                                      str(error.value)).groups())
+  pattern = r"(?:loss|parameters) at step (\d+).*checkpoint \(step (\d+)\)"
+  bad_step, kept = map(int, re.search(pattern, str(error.value)).groups())
   assert kept < bad_step and kept % 2 == 0  # checkpoints every 2 steps, none after the nan
   checkpointer = train.Checkpointer(tmp_path / "s" / "checkpoints", every=2)
   assert checkpointer.latest_step() == kept
