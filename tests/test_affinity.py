@@ -233,7 +233,7 @@ def _net_cfg(**overrides):
 @pytest.fixture(scope="module")
 def affinity_net():
   model = affinity.build_affinity_net(_net_cfg())
-  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, 32, 40, 3)))
+  variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((2, 32, 40, 3)))
   return model, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
 
