@@ -16,6 +16,19 @@ Choices the paper leaves open:
   - CAM images padded to multiples of 64 (isim.cam_bucket) so that VOC's many image sizes
     compile a few times only; 8 CRF worker processes (set isim.crf_workers to the host's
     spare cores).
+The PSA stages (paper Sec. 4.1.6-4.1.7) keep the backbone in common, as the paper does:
+  - AffinityNet on ResNet-101 at output stride 8 (PSA's is ResNet-38) from the ImageNet
+    weights of model.pretrained, trained as the paper states: 3 epochs, batch 16, 512 x 512
+    crops (PSA's own code: 8 epochs, batch 8, crop 448), with PSA's SGD: lr 0.1, the new
+    layers at 10x, weight decay 5e-4, poly decay; crops and flips only (PSA's joint
+    transforms); affinity thresholds 0.3 / 0.1 (paper), random walk beta 8, logt 8,
+    alpha 16 (PSA);
+  - the final DeepLabv3 on ResNet-101 (paper Tables 8-9, 11), output stride 16 as the ISIM
+    model, trained 50 epochs on 512 x 512 crops (paper Sec. 4.1.7) with batch 16, random
+    scaling 0.5-2 and flips, SGD lr 0.01, momentum 0.9, weight decay 1e-4, poly decay, on the
+    ISIM + RW + dCRF labels; evaluated on the 1,449 val images padded to 512 x 512. For the
+    paper's DeepLabv2 (Tables 10-11) set psa.final.model.name=deeplabv2 and
+    psa.final.model.output_stride=8.
 `:smoke` shrinks everything to seconds on CPU (the tests run it on a fake VOC tree).
 """
 from isimjax import config as isim_config
@@ -49,7 +62,23 @@ def get_config(arg=None):
   config.isim.cam_batch_size = 8
   config.isim.cam_bucket = 64
   config.isim.crf_workers = 8
+  config.psa.affinity.epochs = 3
+  config.psa.affinity.input.crop_size = (512, 512)
+  config.psa.affinity.input.batch_size = 16
+  config.psa.affinity.train.lr = 0.1
+  config.psa.affinity.train.weight_decay = 5e-4
+  config.psa.final.epochs = 50
+  config.psa.final.model.name = 'deeplabv3'
+  config.psa.final.input.crop_size = (512, 512)
+  config.psa.final.input.batch_size = 16
+  config.psa.final.input.eval_pad_size = (512, 512)
+  config.psa.final.input.eval_batch_size = 16
+  config.psa.final.train.lr = 0.01
+  config.psa.final.train.weight_decay = 1e-4
   if arg == 'smoke':
     isim_config.shrink_for_smoke(config)
     config.model.backbone = 'resnet18'
+    config.psa.final.model.name = 'deeplabv2'
+    config.psa.final.input.eval_pad_size = (32, 32)
+    config.psa.final.input.eval_batch_size = 4
   return config

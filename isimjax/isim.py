@@ -1,17 +1,22 @@
-"""The ISIM pipeline (METHODS.md, ISIM steps 1-8): `run(config, workdir)`.
+"""The ISIM pipeline (METHODS.md, ISIM steps 1-11): `run(config, workdir)`.
 
 The pipeline is the list `STAGES` of named stages. Each stage returns a JSON-ready dict that is
 written to <workdir>/stages/<name>.json; a rerun with the same workdir skips the stages whose
 file exists and resumes the first unfinished one from its own checkpoints and label stores.
-Later pipelines (the PSA affinity, random walk and final model stages) append to `STAGES` and
-reach the trained DeepLabCAM through `trained_variables(ctx, 'isim')`.
+The PSA stages (isimjax.psa) reach the trained DeepLabCAM through
+`trained_variables(ctx, 'isim')`.
 
-  isim_train      iterative self-training with pseudo-label rounds (isimjax.self_train)
-  isim_eval       CAM and CAM + CRF labels of the final model and the mIoU of each round's
-                  pseudo labels on the training split; classification accuracy
-  baseline_train  the same architecture and epochs with the classification loss only
-  baseline_eval   its CAM and CAM + CRF labels and classification accuracy
-  report          the table of paper Tables 1-5, summary.json, isim_table.md, figures
+  isim_train           iterative self-training with pseudo-label rounds (isimjax.self_train)
+  isim_eval            CAM and CAM + CRF labels of the final model and the mIoU of each
+                       round's pseudo labels on the training split; classification accuracy
+  baseline_train       the same architecture and epochs with the classification loss only
+  baseline_eval        its CAM and CAM + CRF labels and classification accuracy
+  psa_affinity_labels  affinity labels from the ISIM CAMs; their coverage and accuracy
+  psa_affinity_train   AffinityNet
+  psa_random_walk      ISIM + RW and ISIM + RW + dCRF pseudo labels and their mIoU
+  psa_final            the final segmentation model on those labels; eval-split mIoU
+  report               the tables of paper Tables 1-5, 7 and 11, summary.json,
+                       isim_table.md, figures
 
 Training reads images and image-level labels only; ground-truth pixel labels are read by the
 evaluation stages alone. Multi-host runs need a workdir shared by all processes.
@@ -30,6 +35,7 @@ import numpy as np
 
 from isimjax import cam
 from isimjax import models as cam_models
+from isimjax import psa
 from isimjax import self_train
 from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
@@ -83,6 +89,8 @@ def make_context(config, workdir):
   """Mesh, sources, DeepLabCAM/UNetCAM and CAM extractor of `config` (checked first)."""
   mesh = train.make_mesh(config.num_devices)
   model = cam_models.build_cam_model(config.model, config.dataset.num_classes)
+  if config.psa.enabled:
+    psa.check_config(config)
   isim_cfg = config.isim
   extractor = cam.CamExtractor(model, config.input, scales=tuple(isim_cfg.cam_scales),
                                flip=isim_cfg.cam_flip, stride=self_train.cam_stride(config),
@@ -101,15 +109,8 @@ def trained_variables(ctx, stage):
   per_epoch = self_train.steps_per_epoch(ctx.config, ctx.train_source)
   total = ctx.config.isim.epochs * per_epoch
   tx = self_train.make_optimizer(ctx.config, total)
-  checkpointer = train.Checkpointer(os.path.join(ctx.workdir, stage, 'checkpoints'), every=1)
-  try:
-    state = train.restore_or_init(checkpointer, tx, ctx.initial_variables, ctx.mesh)
-  finally:
-    checkpointer.close()
-  if int(state.step) != total:
-    raise ValueError(f'{os.path.join(ctx.workdir, stage)} holds no finished run of {total} '
-                     'steps; rerun the pipeline with this workdir to finish training.')
-  return state.variables
+  return psa.finished_variables(ctx, stage, ctx.model, tx, total,
+                                (1, *ctx.config.input.crop_size, 3))
 
 
 def _train(ctx, stage, with_rounds):
@@ -254,6 +255,33 @@ def _evaluate(ctx, stage, rounds=()):
   return result
 
 
+def affinity_label_quality(store, source, num_classes, class_names):
+  """Affinity labels against the ground truth: `coverage`, the share of ground-truth pixels
+  with a confident (not 255) label, and the summary (mIoU, pixel accuracy) of those pixels."""
+  def pairs():
+    for i in range(len(source)):
+      labels = store[i]
+      yield source[i]['segmentation'][..., 0], np.where(labels == IGNORE_LABEL, num_classes,
+                                                        labels)
+  confusion = label_confusion(pairs(), num_classes + 1)
+  confident = confusion[:num_classes, :num_classes]
+  return dict(evaluate_lib.summarize(confident, class_names),
+              coverage=float(confident.sum() / max(confusion.sum(), 1)))
+
+
+def _psa_affinity_labels(ctx):
+  store = psa.affinity_labels(ctx, trained_variables(ctx, MODELS['isim']))
+  return affinity_label_quality(store, ctx.train_source, ctx.num_classes,
+                                data.class_names(ctx.config.dataset))
+
+
+def _psa_random_walk(ctx):
+  stores = psa.random_walk_labels(ctx, trained_variables(ctx, MODELS['isim']))
+  names = data.class_names(ctx.config.dataset)
+  return {key: store_miou(store, ctx.train_source, ctx.num_classes, names)
+          for key, store in stores.items()}
+
+
 def model_title(model_cfg):
   """'DeepLabCAM' / 'UNetCAM (learnable)', the paper's column names."""
   title = cam_models.CAM_HEADS[model_cfg.name]
@@ -288,7 +316,42 @@ def results_table(config, results):
   lines += ['', f'Pseudo labels of each round, mIoU on the {config.dataset.train_split} split '
             '(paper Fig. 4), %', '', '| round | after epoch | mIoU |', '|---|---|---|']
   lines += [f'| {r["round"]} | {r["epoch"]} | {_percent(r["miou"])} |' for r in isim['rounds']]
+  if 'psa_final' in results:
+    lines += [''] + psa_table(config, results)
   return '\n'.join(lines) + '\n'
+
+
+def psa_numbers(config, results):
+  """mIoU of the pseudo labels on the training split (CAM of the classification-only model,
+  ISIM, ISIM + RW, ISIM + RW + dCRF) and of the final model on the eval split."""
+  def miou(stage, key):
+    return results.get(stage, {}).get(key, {}).get('miou')
+  return {'cam': miou('baseline_eval', 'cam'), 'isim': miou('isim_eval', 'cam'),
+          'isim_rw': miou('psa_random_walk', 'rw'),
+          'isim_rw_crf': miou('psa_random_walk', 'rw_crf'),
+          'final': miou('psa_final', config.dataset.eval_split)}
+
+
+def psa_table(config, results):
+  """Markdown lines in the shape of paper Table 7 (pseudo labels, one column per backbone)
+  and Table 11 (CAM, pseudo masks, segmentation masks)."""
+  numbers = psa_numbers(config, results)
+  title, train_split = model_title(config.model), config.dataset.train_split
+  final = results['psa_final']
+  pseudo_key = {'rw': 'isim_rw', 'rw_crf': 'isim_rw_crf'}[final['labels']]
+  lines = [f'Pseudo labels, mIoU on the {train_split} split (paper Table 7), %', '',
+           f'| | {config.model.backbone} |', '|---|---|']
+  lines += [f'| {label} | {_percent(numbers[key])} |' for key, label in (
+      ('cam', 'CAM'), ('isim', title), ('isim_rw', f'{title} + RW'),
+      ('isim_rw_crf', f'{title} + RW + dCRF'))]
+  lines += ['', f'Final model {final["model"]} trained on the {title} + RW'
+            f'{" + dCRF" if final["labels"] == "rw_crf" else ""} labels (paper Tables 8-11), '
+            f'mIoU %: CAM and pseudo masks on {train_split}, segmentation on '
+            f'{config.dataset.eval_split}', '',
+            '| Method | Backbone | CAM | Pseudo Masks | Seg Masks |', '|---|---|---|---|---|',
+            f'| {title} + PSA | {config.model.backbone} | {_percent(numbers["isim"])} | '
+            f'{_percent(numbers[pseudo_key])} | {_percent(numbers["final"])} |']
+  return lines
 
 
 def _load_figure_cams(ctx, stage, name):
@@ -316,6 +379,9 @@ def _save_figure(ctx, results):
       stage = MODELS[column]
       panels.append((f'{column} final', stage, 'final', self_train.label_store(
           os.path.join(ctx.workdir, stage, 'eval', 'cam_crf'), size)))
+  if 'psa_random_walk' in results:
+    panels += [(title, 'psa', name, psa.label_store(ctx, name))
+               for name, title in (('rw', 'isim + RW'), ('rw_crf', 'isim + RW + dCRF'))]
   for title, stage, name, store in panels:
     maps = _load_figure_cams(ctx, stage, name)
     if maps is not None:
@@ -333,6 +399,8 @@ def _report(ctx, results):
   summary = {'method': 'isim', 'model': model_title(config.model),
              'backbone': config.model.backbone, 'epochs': config.isim.epochs,
              'regen': config.isim.regen, 'stages': results}
+  if 'psa_final' in results:
+    summary['psa'] = psa_numbers(config, results)
   write_json(os.path.join(ctx.workdir, 'summary.json'), summary)
   if jax.process_index() == 0:
     with open(os.path.join(ctx.workdir, 'isim_table.md'), 'w') as f:
@@ -347,9 +415,15 @@ STAGES = [
                                                  results['isim_train']['rounds'])),
     ('baseline_train', lambda ctx, results: _train(ctx, MODELS['baseline'], with_rounds=False)),
     ('baseline_eval', lambda ctx, results: _evaluate(ctx, MODELS['baseline'])),
+    ('psa_affinity_labels', lambda ctx, results: _psa_affinity_labels(ctx)),
+    ('psa_affinity_train', lambda ctx, results: psa.train_affinity(
+        ctx, trained_variables(ctx, MODELS['isim']))),
+    ('psa_random_walk', lambda ctx, results: _psa_random_walk(ctx)),
+    ('psa_final', lambda ctx, results: psa.train_final(ctx)),
     ('report', _report),
 ]
 OPTIONAL = {'baseline_train', 'baseline_eval'}  # skipped when config.isim.baseline is False
+PSA_STAGES = {'psa_affinity_labels', 'psa_affinity_train', 'psa_random_walk', 'psa_final'}
 
 
 def _stage_path(workdir, name):
@@ -362,7 +436,8 @@ def run(config, workdir, stages=None):
   ctx = make_context(config, workdir)
   results = {}
   for name, stage_fn in stages or STAGES:
-    if name in OPTIONAL and not config.isim.baseline:
+    if ((name in OPTIONAL and not config.isim.baseline)
+        or (name in PSA_STAGES and not config.psa.enabled)):
       continue
     path = _stage_path(workdir, name)
     if os.path.exists(path):

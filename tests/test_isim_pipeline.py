@@ -1,14 +1,17 @@
-"""The ISIM pipeline end to end: the VOC `:smoke` config on a fake VOC tree, stage caching and
-resume, the final table, and the classification metrics against hand-computed values."""
+"""The ISIM pipeline end to end, PSA stages included: the VOC `:smoke` config on a fake VOC tree,
+stage caching and resume after a kill, the final tables, and the classification metrics
+against hand-computed values."""
 import json
 import os
 
 import numpy as np
+import PIL.Image
 import pytest
 
 import fake_voc
 from configs_util import load_config
 from isimjax import isim
+from isimjax import psa
 from isimjax import self_train
 from rwsjax import data
 
@@ -20,22 +23,48 @@ def voc_smoke_config(tmp_path):
   return config
 
 
+STAGE_NAMES = [name for name, _ in isim.STAGES]
+KILLED = (0, 2)  # examples whose random-walk labels the simulated kill leaves unwritten
+
+
+def _kill_random_walk(workdir):
+  """What a kill during the random walk leaves: no stage record and some labels missing.
+  Returns {path: (label, mtime)} of the labels removed and of those kept."""
+  os.remove(os.path.join(workdir, 'stages', 'psa_random_walk.json'))
+  removed, kept = {}, {}
+  for name in ('rw', 'rw_crf'):
+    directory = os.path.join(workdir, 'psa', name)
+    for file in sorted(os.listdir(directory)):
+      path = os.path.join(directory, file)
+      entry = (np.asarray(PIL.Image.open(path)), os.path.getmtime(path))
+      if int(file[:-4]) in KILLED:
+        removed[path] = entry
+        os.remove(path)
+      else:
+        kept[path] = entry
+  return removed, kept
+
+
 @pytest.fixture(scope='module')
 def voc_run(tmp_path_factory):
-  """A run stopped after ISIM training, then resumed to the end."""
+  """A run stopped after ISIM training, resumed up to the random walk, killed during the
+  random walk, then resumed to the end."""
   tmp_path = tmp_path_factory.mktemp('voc_isim')
   fake_voc.write_tree(tmp_path / 'manual')
   config = voc_smoke_config(tmp_path)
   workdir = str(tmp_path / 'run')
   first = isim.run(config, workdir, stages=isim.STAGES[:1])
   train_mtime = os.path.getmtime(os.path.join(workdir, 'stages', 'isim_train.json'))
+  walked = isim.run(config, workdir,
+                    stages=isim.STAGES[:STAGE_NAMES.index('psa_random_walk') + 1])
+  removed, kept = _kill_random_walk(workdir)
   results = isim.run(config, workdir)
-  return config, workdir, first, train_mtime, results
+  return config, workdir, first, train_mtime, results, (walked, removed, kept)
 
 
 def test_every_stage_ran_once_and_reports(voc_run):
-  config, workdir, first, train_mtime, results = voc_run
-  assert list(results) == [name for name, _ in isim.STAGES]
+  config, workdir, first, train_mtime, results, _ = voc_run
+  assert list(results) == STAGE_NAMES
   assert results['isim_train'] == first['isim_train']
   assert os.path.getmtime(os.path.join(workdir, 'stages', 'isim_train.json')) == train_mtime
   assert [r['epoch'] for r in results['isim_train']['rounds']] == [1, 2]
@@ -52,10 +81,46 @@ def test_every_stage_ran_once_and_reports(voc_run):
   assert '| CAM + dCRF |' in table and 'DeepLabCAM' in table
   assert table.count('\n| 1 | 1 |') == 1 and table.count('\n| 2 | 2 |') == 1
   assert os.path.getsize(os.path.join(workdir, 'isim_pseudo_labels.png')) > 0
+  numbers = summary['psa']
+  assert set(numbers) == {'cam', 'isim', 'isim_rw', 'isim_rw_crf', 'final'}
+  assert numbers['isim_rw_crf'] == results['psa_random_walk']['rw_crf']['miou']
+  assert numbers['final'] == results['psa_final']['validation']['miou']
+  assert f'| DeepLabCAM + RW + dCRF | {100 * numbers["isim_rw_crf"]:.2f} |' in table
+  assert results['psa_final']['steps'] == 1 and results['psa_affinity_train']['steps'] == 1
+  assert 0.0 < results['psa_affinity_labels']['coverage'] <= 1.0
+  assert os.path.getsize(os.path.join(workdir, 'psa_final_predictions.png')) > 0
+
+
+def test_a_killed_random_walk_redoes_only_its_missing_labels(voc_run):
+  _, _, _, _, results, (walked, removed, kept) = voc_run
+  for name in STAGE_NAMES[:STAGE_NAMES.index('psa_random_walk')]:
+    assert results[name] == walked[name]
+  without_time = lambda r: {k: v for k, v in r.items() if k != 'seconds'}
+  assert without_time(results['psa_random_walk']) == without_time(walked['psa_random_walk'])
+  assert len(removed) == 2 * len(KILLED)
+  for path, (label, mtime) in kept.items():
+    assert os.path.getmtime(path) == mtime
+  for path, (label, _) in removed.items():
+    np.testing.assert_array_equal(np.asarray(PIL.Image.open(path)), label)
+
+
+def test_psa_labels_cover_the_split_with_the_image_classes(voc_run):
+  config, workdir, _, _, _, _ = voc_run
+  source = data.get_source(config.dataset, 'train')
+  for name in ('affinity_labels', 'rw', 'rw_crf'):
+    store = self_train.label_store(os.path.join(workdir, 'psa', name), len(source))
+    assert store.complete
+    for i in range(len(source)):
+      example = source[i]
+      allowed = {0, 255} | set((np.flatnonzero(example['labels']) + 1).tolist())
+      assert store[i].shape == example['image'].shape[:2]
+      assert set(np.unique(store[i]).tolist()) <= allowed
+      if name != 'affinity_labels':
+        assert 255 not in store[i]
 
 
 def test_pseudo_labels_cover_the_training_split_at_image_size(voc_run):
-  config, workdir, _, _, results = voc_run
+  config, workdir, _, _, results, _ = voc_run
   source = data.get_source(config.dataset, 'train')
   for record in results['isim_train']['rounds']:
     for i in range(len(source)):
@@ -68,7 +133,7 @@ def test_pseudo_labels_cover_the_training_split_at_image_size(voc_run):
 
 
 def test_a_finished_run_is_not_redone(voc_run):
-  config, workdir, _, _, results = voc_run
+  config, workdir, _, _, results, _ = voc_run
   mtimes = {n: os.path.getmtime(os.path.join(workdir, 'stages', f'{n}.json'))
             for n, _ in isim.STAGES}
   again = isim.run(config, workdir)
@@ -124,6 +189,18 @@ def test_voc_config_carries_the_paper_settings():
   assert (config.train.optimizer, config.train.momentum) == ('sgd', 0.9)
   assert tuple(isim_cfg.cam_scales) == (1.0, 0.5, 1.5, 2.0) and isim_cfg.cam_threshold == 0.3
   assert config.dataset.manual_dir is None
+  psa_cfg = config.psa
+  aff, final = psa.stage_config(config, 'affinity'), psa.stage_config(config, 'final')
+  assert (psa_cfg.aff_fg, psa_cfg.aff_bg, psa_cfg.radius) == (0.3, 0.1, 5)
+  assert (psa_cfg.beta, psa_cfg.logt, psa_cfg.alpha) == (8, 8, 16)
+  assert (aff.model.backbone, aff.model.output_stride, psa_cfg.init) == ('resnet101', 8,
+                                                                        'imagenet')
+  assert (psa_cfg.affinity.epochs, aff.input.batch_size, tuple(aff.input.crop_size)) == (
+      3, 16, (512, 512))
+  assert (aff.train.lr, psa_cfg.head_lr_mult, aff.train.weight_decay) == (0.1, 10.0, 5e-4)
+  assert (final.model.name, final.model.backbone, psa_cfg.final.epochs) == ('deeplabv3',
+                                                                            'resnet101', 50)
+  assert tuple(final.input.crop_size) == (512, 512) and psa_cfg.final_labels == 'rw_crf'
 
 
 def test_shapes_configs_load():
