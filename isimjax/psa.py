@@ -140,23 +140,6 @@ def walk_crf_fn(psa_cfg):
   return functools.partial(crf.crf_refine_probs, params=params)
 
 
-def stream_to_store(tasks, store, num_workers, total):
-  """Runs the (index, task) pairs of `tasks` in `num_workers` processes (0: here) and writes
-  store[index] = task() as each finishes. The iterator is drawn from while the workers run
-  (the accelerator computes the next batch) with at most max(2 * num_workers, 1) tasks
-  waiting; `total` is the count for the progress log. Returns the number written."""
-  meter = pseudo._Progress(total, None)  # pylint: disable=protected-access
-  pending = {}
-  with pseudo._executor(num_workers) as pool:  # pylint: disable=protected-access
-    for index, task in tasks:
-      while len(pending) >= max(2 * num_workers, 1):
-        pseudo._write_finished(pending, store, meter)  # pylint: disable=protected-access
-      pending[pool.submit(task)] = index
-    while pending:
-      pseudo._write_finished(pending, store, meter)  # pylint: disable=protected-access
-  return meter.done
-
-
 def _example_batches(ctx, indices):
   """Image batches of the training examples `indices`, by size (`self_train.size_order`)."""
   order = self_train.size_order(np.asarray(indices, np.int64), ctx.train_sizes)
@@ -181,7 +164,8 @@ def affinity_labels(ctx, isim_variables):
       for j, index in enumerate(indices):
         yield int(index), functools.partial(make, cams[j], labels[j], image=images[j])
 
-  stream_to_store(tasks(), store, ctx.config.isim.crf_workers, len(missing))
+  pseudo.stream_to_store(tasks(), store, num_workers=ctx.config.isim.crf_workers,
+                         total=len(missing))
   return store
 
 
@@ -285,7 +269,8 @@ def random_walk_labels(ctx, isim_variables):
         yield int(index), functools.partial(affinity.crf_argmax, crf_fn, images[j], scores,
                                             class_ids)
 
-  stream_to_store(tasks(), stores['rw_crf'], ctx.config.isim.crf_workers, len(missing))
+  pseudo.stream_to_store(tasks(), stores['rw_crf'], num_workers=ctx.config.isim.crf_workers,
+                         total=len(missing))
   return stores
 
 

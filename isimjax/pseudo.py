@@ -6,6 +6,7 @@ example as they complete, so a killed generation resumes where it stopped. No JA
 pool's worker processes import this module.
 """
 import concurrent.futures
+import functools
 import multiprocessing
 import operator
 import os
@@ -221,6 +222,27 @@ def _write_finished(pending, store, meter):
     meter.update()
 
 
+def stream_to_store(tasks, store, *, num_workers, total, progress=None):
+  """Runs the (index, task) pairs of `tasks` in `num_workers` processes (0: here) and writes
+  store[index] = task() as each finishes; returns the number written.
+
+  `tasks` is drawn from while the workers run (the accelerator computes the next batch), with
+  at most max(2 * num_workers, 1) tasks waiting, so memory stays bounded. `total` is the count
+  for progress: `progress(done, total, images_per_second, eta_seconds)` after each write, or
+  the absl log when None.
+  """
+  meter = _Progress(total, progress)
+  pending = {}
+  with _executor(num_workers) as pool:
+    for index, task in tasks:
+      while len(pending) >= max(2 * num_workers, 1):
+        _write_finished(pending, store, meter)
+      pending[pool.submit(task)] = index
+    while pending:
+      _write_finished(pending, store, meter)
+  return meter.done
+
+
 def generate_pseudo_labels(examples, cam_fn, store, *, threshold=0.3, crf=True, num_workers=0,
                            progress=None):
   """Computes and stores the pseudo labels missing from `store` (METHODS.md ISIM step 3).
@@ -249,9 +271,8 @@ def generate_pseudo_labels(examples, cam_fn, store, *, threshold=0.3, crf=True, 
     The number of labels written.
   """
   todo = set(store.missing().tolist())
-  meter = _Progress(len(todo), progress)
-  pending = {}
-  with _executor(num_workers) as pool:
+
+  def tasks():
     for item in examples:
       indices, images, image_labels = _as_batch(item)
       if indices.size and (indices.min() < 0 or indices.max() >= len(store)):
@@ -266,13 +287,11 @@ def generate_pseudo_labels(examples, cam_fn, store, *, threshold=0.3, crf=True, 
         raise ValueError(f"cam_fn returned CAMs of shape {cams.shape}, expected {expected} "
                          "(batch, classes without background, height, width).")
       for j in keep:
-        while len(pending) >= max(2 * num_workers, 1):
-          _write_finished(pending, store, meter)
         present = np.flatnonzero(image_labels[j])
-        future = pool.submit(_pseudo_label, images[j], cams[j, present], present + 1,
-                             threshold, crf, cams.shape[1] + 1)
-        pending[future] = int(indices[j])
         todo.discard(int(indices[j]))
-    while pending:
-      _write_finished(pending, store, meter)
-  return meter.done
+        yield int(indices[j]), functools.partial(
+            _pseudo_label, images[j], cams[j, present], present + 1, threshold, crf,
+            cams.shape[1] + 1)
+
+  return stream_to_store(tasks(), store, num_workers=num_workers, total=len(todo),
+                         progress=progress)

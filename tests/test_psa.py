@@ -95,15 +95,6 @@ def test_crf_choices():
       bilateral_sxy=80.0, bilateral_srgb=13.0, iterations=3)
 
 
-def test_stream_to_store_writes_each_task_result(tmp_path):
-  store = pseudo.LabelStore(tmp_path, 5)
-  tasks = ((i, functools.partial(np.full, (2, 3), 10 * i, np.uint8)) for i in (0, 2, 3))
-  assert psa.stream_to_store(tasks, store, 0, 3) == 3
-  np.testing.assert_array_equal(store.missing(), [1, 4])
-  for i in (0, 2, 3):
-    np.testing.assert_array_equal(store[i], np.full((2, 3), 10 * i))
-
-
 def _source(count, shape, seed):
   rng = np.random.default_rng(seed)
   return [{'image': rng.integers(0, 256, (*shape, 3), dtype=np.uint8),

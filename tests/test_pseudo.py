@@ -1,5 +1,6 @@
 """Tests for isimjax.pseudo: thresholded labels, the label store and streamed generation."""
 import concurrent.futures
+import functools
 import os
 import pickle
 import time
@@ -240,6 +241,20 @@ def test_generate_bounds_work_in_flight(tmp_path, monkeypatch):
   pseudo.generate_pseudo_labels(_examples(12, seed=6), CountingCams(), store, num_workers=2)
   assert store.complete
   assert 2 <= max(in_flight) <= 2 * 2
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_stream_to_store_writes_each_task_result(tmp_path, num_workers):
+  store = pseudo.LabelStore(tmp_path, 5)
+  tasks = ((i, functools.partial(np.full, (2, 3), 10 * i, np.uint8)) for i in (0, 2, 3))
+  seen = []
+  written = pseudo.stream_to_store(tasks, store, num_workers=num_workers, total=3,
+                                   progress=lambda done, total, *_: seen.append((done, total)))
+  assert written == 3
+  assert seen == [(1, 3), (2, 3), (3, 3)]
+  np.testing.assert_array_equal(store.missing(), [1, 4])
+  for i in (0, 2, 3):
+    np.testing.assert_array_equal(store[i], np.full((2, 3), 10 * i))
 
 
 def test_generate_checks_cam_shape(tmp_path):
