@@ -20,52 +20,16 @@ windows score as weak; each slot costs one backward pass.
 `:smoke` shrinks everything to seconds on CPU (the tests run it on a fake ADE20K tree, whose
 larger images exercise the shrinking).
 """
-from rwsjax import config as config_lib
 from rwsjax import rws
 
 
 def get_config(arg=None):
-  config = config_lib.base_config()
-  config.method = "rws"
-  config.dataset.name = "ade20k"
-  config.dataset.num_classes = 150
-  config.input.crop_size = (512, 512)
-  config.input.batch_size = 16
-  config.input.eval_batch_size = 8
-  config.input.eval_pad_size = (1024, 1024)
+  config = rws.paper_config(dataset="ade20k", num_classes=150, crop_size=(512, 512),
+                            batch_size=16, eval_batch_size=8, eval_pad_size=(1024, 1024),
+                            lr=0.01, weight_decay=5e-4, iterations=160000, max_classes=12)
   config.input.eval_max_long_side = 1024
-  config.model.name = "deeplabv3"
-  config.model.backbone = "resnet101"
-  config.model.output_stride = 8
-  config.model.width = 1.0
-  config.model.head_channels = 256
-  config.train.optimizer = "sgd"
-  config.train.momentum = 0.9
-  config.train.lr = 0.01
-  config.train.weight_decay = 5e-4
-  config.train.log_every = 100
-  config.train.checkpoint_every = 2000
-  config.rws = rws.default_config()
-  config.rws.stage1_steps = 160000
-  config.rws.stage2_steps = config.rws.stage1_steps // 3
-  config.rws.stage3_steps = config.rws.stage1_steps // 3
-  config.rws.stage3_lr = 0.01
-  config.rws.slice_size = 128
-  config.rws.slice_stride = 64
-  config.rws.local_batch_size = 16
-  config.rws.max_classes = 12
-  config.rws.max_slices = 4
   if arg == "smoke":
-    config_lib.shrink_for_smoke(config)
-    config.model.backbone = "resnet18"
+    rws.shrink_for_smoke(config)
     config.input.eval_pad_size = (48, 48)
     config.input.eval_max_long_side = 48
-    config.rws.stage1_steps = 2
-    config.rws.stage2_steps = 2
-    config.rws.stage3_steps = 2
-    config.rws.slice_size = 16
-    config.rws.slice_stride = 8
-    config.rws.local_batch_size = 4
-    config.rws.t_min_windows = 1
-    config.rws.max_rounds = 1
   return config

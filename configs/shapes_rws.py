@@ -34,13 +34,5 @@ def get_config(arg=None):
   config.rws.max_slices = 4
   config.rws.max_rounds = 1
   if arg == "smoke":
-    config_lib.shrink_for_smoke(config)
-    config.rws.stage1_steps = 2
-    config.rws.stage2_steps = 2
-    config.rws.stage3_steps = 2
-    config.rws.slice_size = 16
-    config.rws.slice_stride = 8
-    config.rws.local_batch_size = 4
-    config.rws.t_min_windows = 1
-    config.rws.max_rounds = 1
+    rws.shrink_for_smoke(config)
   return config

@@ -11,50 +11,14 @@ The paper gives one iteration count for its three training stages; here it is st
 stages 2 and 3 of each round run a third of it each (set rws.stage2_steps / stage3_steps).
 `:smoke` shrinks everything to seconds on CPU (the tests run it on a fake VOC tree).
 """
-from rwsjax import config as config_lib
 from rwsjax import rws
 
 
 def get_config(arg=None):
-  config = config_lib.base_config()
-  config.method = "rws"
-  config.dataset.name = "voc_aug"
-  config.dataset.num_classes = 21
-  config.input.crop_size = (512, 512)
-  config.input.batch_size = 16
-  config.input.eval_batch_size = 16
-  config.input.eval_pad_size = (512, 512)
-  config.model.name = "deeplabv3"
-  config.model.backbone = "resnet101"
-  config.model.output_stride = 8
-  config.model.width = 1.0
-  config.model.head_channels = 256
-  config.train.optimizer = "sgd"
-  config.train.momentum = 0.9
-  config.train.lr = 0.01
-  config.train.weight_decay = 5e-4
-  config.train.log_every = 100
-  config.train.checkpoint_every = 2000
-  config.rws = rws.default_config()
-  config.rws.stage1_steps = 30000
-  config.rws.stage2_steps = 10000
-  config.rws.stage3_steps = 10000
-  config.rws.stage3_lr = 0.01
-  config.rws.slice_size = 128
-  config.rws.slice_stride = 64
-  config.rws.local_batch_size = 16
-  config.rws.max_classes = 6
-  config.rws.max_slices = 4
+  config = rws.paper_config(dataset="voc_aug", num_classes=21, crop_size=(512, 512),
+                            batch_size=16, eval_pad_size=(512, 512), lr=0.01,
+                            weight_decay=5e-4, iterations=30000, max_classes=6)
   if arg == "smoke":
-    config_lib.shrink_for_smoke(config)
-    config.model.backbone = "resnet18"
+    rws.shrink_for_smoke(config)
     config.input.eval_pad_size = (64, 64)
-    config.rws.stage1_steps = 2
-    config.rws.stage2_steps = 2
-    config.rws.stage3_steps = 2
-    config.rws.slice_size = 16
-    config.rws.slice_stride = 8
-    config.rws.local_batch_size = 4
-    config.rws.t_min_windows = 1
-    config.rws.max_rounds = 1
   return config

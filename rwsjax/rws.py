@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from rwsjax import config as config_lib
 from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
@@ -71,6 +72,63 @@ def default_config():
   c.baseline = True             # also train the equal-budget supervised baseline
   return c
 
+
+
+def paper_config(*, dataset, num_classes, crop_size, batch_size, eval_pad_size, lr,
+                 weight_decay, iterations, max_classes, max_slices=4, eval_batch_size=None):
+  """A full experiment config with the RWS paper's section V settings for a real dataset.
+
+  DeepLabv3 on ResNet-101 at output stride 8, SGD with momentum 0.9 and poly decay at `lr`
+  and `weight_decay`, 128 x 128 slices at stride 64. The paper gives one iteration count for
+  its three training stages: it is stage 1's here, and stages 2 and 3 of each round run a
+  third of it each. `eval_batch_size` defaults to `batch_size`.
+  """
+  config = config_lib.base_config()
+  config.method = "rws"
+  config.dataset.name = dataset
+  config.dataset.num_classes = num_classes
+  config.input.crop_size = crop_size
+  config.input.batch_size = batch_size
+  config.input.eval_batch_size = eval_batch_size or batch_size
+  config.input.eval_pad_size = eval_pad_size
+  config.model.name = "deeplabv3"
+  config.model.backbone = "resnet101"
+  config.model.output_stride = 8
+  config.model.width = 1.0
+  config.model.head_channels = 256
+  config.train.optimizer = "sgd"
+  config.train.momentum = 0.9
+  config.train.lr = lr
+  config.train.weight_decay = weight_decay
+  config.train.log_every = 100
+  config.train.checkpoint_every = 2000
+  config.rws = default_config()
+  config.rws.stage1_steps = iterations
+  config.rws.stage2_steps = iterations // 3
+  config.rws.stage3_steps = iterations // 3
+  config.rws.stage3_lr = lr
+  config.rws.slice_size = 128
+  config.rws.slice_stride = 64
+  config.rws.local_batch_size = 16
+  config.rws.max_classes = max_classes
+  config.rws.max_slices = max_slices
+  return config
+
+
+def shrink_for_smoke(config):
+  """`rwsjax.config.shrink_for_smoke` plus one round of two-step stages on 16 x 16 slices of
+  a ResNet-18: seconds on a CPU core."""
+  config_lib.shrink_for_smoke(config)
+  config.model.backbone = "resnet18"
+  config.rws.stage1_steps = 2
+  config.rws.stage2_steps = 2
+  config.rws.stage3_steps = 2
+  config.rws.slice_size = 16
+  config.rws.slice_stride = 8
+  config.rws.local_batch_size = 4
+  config.rws.t_min_windows = 1
+  config.rws.max_rounds = 1
+  return config
 
 CHOICES = {"stage3_init": ("stage1", "fresh"), "local_init": ("init", "global"),
            "attention": ("last", "gamma"),
