@@ -203,7 +203,7 @@ class Checkpointer:
     if step is None:
       return state
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    logging.info("Resuming from %s at step %d.", self.manager.directory, step)
+    logging.info("Restoring %s at step %d.", self.manager.directory, step)
     return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def save(self, step, state):
