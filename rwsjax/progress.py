@@ -10,15 +10,21 @@ import time
 
 from absl import logging
 
-_CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/")
+_CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/",
+                     "/jax/_src/xla_bridge.py")  # the last: "Unable to initialize backend"
+# Library warnings that ask for nothing a user of this package can act on.
+_IDLE_WARNINGS = ("OpenCV is not installed",)  # TFDS decodes with PIL, as intended here
 
 
 class _LibraryInfoFilter(py_logging.Filter):
-  """Drops INFO-and-below records emitted from inside checkpointing/data libraries."""
+  """Drops INFO-and-below records emitted from inside checkpointing/data libraries (and JAX's
+  backend probing), and the library warnings of `_IDLE_WARNINGS`."""
 
   def filter(self, record):
-    return record.levelno > py_logging.INFO or not any(
-        part in record.pathname for part in _CHATTY_LIBRARIES)
+    if any(part in record.pathname for part in _CHATTY_LIBRARIES):
+      return record.levelno > py_logging.INFO and not record.getMessage().startswith(
+          _IDLE_WARNINGS)
+    return True
 
 
 def quiet_library_logs():
