@@ -109,8 +109,9 @@ def trained_variables(ctx, stage):
   per_epoch = self_train.steps_per_epoch(ctx.config, ctx.train_source)
   total = ctx.config.isim.epochs * per_epoch
   tx = self_train.make_optimizer(ctx.config, total)
-  return psa.finished_variables(ctx, stage, ctx.model, tx, total,
-                                (1, *ctx.config.input.crop_size, 3))
+  return train.finished_variables(
+      workdir=ctx.workdir, stage=stage, model=ctx.model, tx=tx, total_steps=total,
+      image_shape=(1, *ctx.config.input.crop_size, 3), rng=ctx.rng, mesh=ctx.mesh)
 
 
 def _train(ctx, stage, with_rounds):

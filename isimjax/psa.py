@@ -106,25 +106,6 @@ def label_store(ctx, name):
   return self_train.label_store(os.path.join(ctx.workdir, 'psa', name), len(ctx.train_source))
 
 
-def finished_variables(ctx, stage, model, tx, total_steps, image_shape):
-  """{'params', 'batch_stats'} of `model` from the finished training stage `stage`
-  (checkpoints in <workdir>/<stage>, optimizer `tx`). The state's structure comes from
-  `jax.eval_shape` on images of `image_shape`: nothing is initialised or compiled."""
-  checkpointer = train.Checkpointer(os.path.join(ctx.workdir, stage, 'checkpoints'), every=1)
-  try:
-    if checkpointer.latest_step() != total_steps:
-      raise ValueError(f'{os.path.join(ctx.workdir, stage)} holds no finished run of '
-                       f'{total_steps} steps; rerun the pipeline with this workdir to finish '
-                       'training.')
-    variables = jax.eval_shape(functools.partial(train.init_variables, model, image_shape),
-                               ctx.rng)
-    state = checkpointer.restore(jax.eval_shape(
-        functools.partial(train.create_train_state, tx, mesh=ctx.mesh), variables))
-  finally:
-    checkpointer.close()
-  return state.variables
-
-
 def label_crf_fn(psa_cfg):
   """The affinity labels' `crf_fn` of config.psa.label_crf (see isimjax.config)."""
   if _choice(psa_cfg.label_crf, LABEL_CRFS, 'config.psa.label_crf') == 'isim':
@@ -231,8 +212,9 @@ def train_affinity(ctx, isim_variables):
 def trained_affinity(ctx):
   """(AffinityNet, its trained variables) from the finished psa_affinity_train stage."""
   sub, model, tx, total = _affinity_setup(ctx)
-  return model, finished_variables(ctx, AFFINITY_STAGE, model, tx, total,
-                                   (1, *sub.input.crop_size, 3))
+  return model, train.finished_variables(
+      workdir=ctx.workdir, stage=AFFINITY_STAGE, model=model, tx=tx, total_steps=total,
+      image_shape=(1, *sub.input.crop_size, 3), rng=ctx.rng, mesh=ctx.mesh)
 
 
 def random_walk_labels(ctx, isim_variables):

@@ -73,7 +73,6 @@ def default_config():
   return c
 
 
-
 def paper_config(*, dataset, num_classes, crop_size, batch_size, eval_pad_size, lr,
                  weight_decay, iterations, max_classes, max_slices=4, eval_batch_size=None):
   """A full experiment config with the RWS paper's section V settings for a real dataset.
@@ -129,6 +128,7 @@ def shrink_for_smoke(config):
   config.rws.t_min_windows = 1
   config.rws.max_rounds = 1
   return config
+
 
 CHOICES = {"stage3_init": ("stage1", "fresh"), "local_init": ("init", "global"),
            "attention": ("last", "gamma"),

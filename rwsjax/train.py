@@ -10,6 +10,7 @@ sharded on its leading axis, `jax.jit` with `donate_argnums` on the state. XLA i
 gradient all-reduce and BatchNorm statistics are global, so results do not depend on the
 number of devices (up to float reduction order).
 """
+import functools
 import math
 import os
 from typing import Any
@@ -322,6 +323,25 @@ def restore_or_init(checkpointer, tx, variables, mesh):
   """A TrainState from the stage's latest checkpoint, else from `variables` at step 0."""
   state = create_train_state(tx, variables, mesh)
   return checkpointer.restore(state) if checkpointer is not None else state
+
+
+def finished_variables(*, workdir, stage, model, tx, total_steps, image_shape, rng, mesh):
+  """{'params', 'batch_stats'} of `model` from the finished `train_stage` run `stage` in
+  `workdir` (optimizer `tx`, `total_steps`); raises when it has not reached `total_steps`.
+  The state's structure comes from `jax.eval_shape` on images of `image_shape`: nothing is
+  initialised or compiled."""
+  checkpointer = Checkpointer(os.path.join(workdir, stage, "checkpoints"), every=1)
+  try:
+    if checkpointer.latest_step() != total_steps:
+      raise ValueError(f"{os.path.join(workdir, stage)} holds no finished run of "
+                       f"{total_steps} steps; rerun the pipeline with this workdir to finish "
+                       "training.")
+    variables = jax.eval_shape(functools.partial(init_variables, model, image_shape), rng)
+    state = checkpointer.restore(
+        jax.eval_shape(functools.partial(create_train_state, tx, mesh=mesh), variables))
+  finally:
+    checkpointer.close()
+  return state.variables
 
 
 def train_stage(*, workdir, stage, loss_fn, tx, variables, batches, total_steps, train_cfg, mesh,
