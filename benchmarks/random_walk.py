@@ -10,8 +10,6 @@ Times are medians over repeats after one untimed call (compilation for jnp).
   python benchmarks/random_walk.py [--size 56] [--channels 21] [--logt 8] [--repeats 3]
 """
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +17,7 @@ import numpy as np
 
 from isimjax import affinity
 from isimjax import random_walk
+from timing import median_seconds
 
 
 def numpy_dense_walk(cams, aff, source, partner, beta, logt):
@@ -44,17 +43,6 @@ def numpy_sparse_walk(cams, aff, neighbours, pair_ids, beta, logt):
   for _ in range(2 ** logt):
     v = np.sum(v[:, neighbours] * weights, axis=-1)
   return v.reshape(cams.shape)
-
-
-def median_seconds(fn, repeats):
-  """Median wall time of `fn()` over `repeats` calls after one untimed call."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def main():

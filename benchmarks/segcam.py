@@ -10,7 +10,6 @@ a Python loop. Prints medians after a warm-up and their ratio.
   python benchmarks/segcam.py --backbone resnet50 --width 0.5 --size 128 --batch 8
 """
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +17,7 @@ import numpy as np
 
 from rwsjax import segcam
 from rwsjax.models import build_model
+from timing import median_seconds
 
 
 def one_class_fn(model, layers):
@@ -39,15 +39,6 @@ def one_class_fn(model, layers):
         image.shape[1:3])[0] for name in layers}
 
   return run
-
-
-def median_seconds(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def main():

@@ -10,13 +10,13 @@ small geometry by default.
   python benchmarks/slices.py --case 512:128:64:21 --batch 16
 """
 import argparse
-import time
 
 import jax
 import numpy as np
 
 from rwsjax import slices
 from rwsjax.losses import IGNORE_LABEL
+from timing import median_seconds
 
 
 def naive_scores(attention, labels, preds, boxes, num_classes):
@@ -56,15 +56,6 @@ def bincount_scores(attention, labels, preds, boxes, num_classes):
       union = gt + pr - inter
       iou[n, w] = inter / np.maximum(union, 1)
   return att, iou, present
-
-
-def median_seconds(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def run(size, slice_size, stride, num_classes, batch, repeats, seed=0):
