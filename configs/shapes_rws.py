@@ -14,6 +14,7 @@ Ablations (each lands in summary.json under "config"):
   --config.rws.weak_classes=foreground     background takes no part in T or weak slices
   --config.rws.fuse_layers="()"            stage 3 without fusion: plain fine-tuning control
   --config.rws.local_init=global           local model fine-tuned from the trained global one
+  --config.rws.stage1_steps=3000           a converged stage 1 (about 25 minutes, README)
 """
 from rwsjax import config as config_lib
 from rwsjax import rws
