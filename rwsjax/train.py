@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import losses
-from rwsjax.progress import MetricWriter, Progress
+from rwsjax.progress import Progress
 
 P = jax.sharding.PartitionSpec
 

@@ -10,7 +10,6 @@ from isimjax import affinity
 from isimjax import config as isim_config
 from isimjax import crf
 from isimjax import isim
-from isimjax import pseudo
 from isimjax import psa
 from rwsjax import models
 from rwsjax import supervised

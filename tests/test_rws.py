@@ -12,7 +12,6 @@ from configs_util import load_config
 from rwsjax import losses
 from rwsjax import models
 from rwsjax import rws
-from rwsjax import supervised
 from rwsjax import train
 
 
