@@ -15,8 +15,9 @@ side of 1024 (input.eval_max_long_side; labels nearest, mIoU measured at that si
 to 1024x1024. A canvas for the largest image would cost about 2.5x the compute of this one on
 every image, for a handful of images. As for VOC, stages 2 and 3 of each round run a third of
 stage 1's iterations. Scene images hold many classes, so Seg-Grad-CAM gets 12 class slots per
-image (rws.max_classes): the least frequent classes beyond them get no attention and their
-windows score as weak; each slot costs one backward pass.
+image (rws.max_classes): the less frequent predicted classes beyond them get no attention and
+take no part in T or the weak decision; each slot costs one backward pass. Class 0 ('wall') is
+a real class: there is no background class (dataset.background_class None).
 `:smoke` shrinks everything to seconds on CPU (the tests run it on a fake ADE20K tree, whose
 larger images exercise the shrinking).
 """
@@ -26,7 +27,8 @@ from rwsjax import rws
 def get_config(arg=None):
   config = rws.paper_config(dataset="ade20k", num_classes=150, crop_size=(512, 512),
                             batch_size=16, eval_batch_size=8, eval_pad_size=(1024, 1024),
-                            lr=0.01, weight_decay=5e-4, iterations=160000, max_classes=12)
+                            lr=0.01, weight_decay=5e-4, iterations=160000, max_classes=12,
+                            background_class=None)
   config.input.eval_max_long_side = 1024
   if arg == "smoke":
     rws.shrink_for_smoke(config)

@@ -10,9 +10,10 @@ rwsjax/data/cityscapes.py). Every image is 1024x2048 and is evaluated whole at t
 image per device with eval_batch_size 8 on 8 devices. As for VOC, stages 2 and 3 of each round
 run a third of stage 1's iterations. A street scene holds most of the 19 classes, so
 Seg-Grad-CAM gets 12 class slots per image (rws.max_classes; set 19 for all of them, at one
-backward pass per slot): the least frequent classes beyond them get no attention and their
-windows score as weak. A 512x1024 crop has twice the windows of a 512x512 one, hence 8 weak
-slices per image in stage 3 (rws.max_slices).
+backward pass per slot): the less frequent predicted classes beyond them get no attention and
+take no part in T or the weak decision; every class is a real class (no background class).
+A 512x1024 crop has twice the windows of a 512x512 one, hence 8 weak slices per image in
+stage 3 and at inference (rws.max_slices).
 `:smoke` shrinks everything to seconds on CPU (the tests run it on a fake Cityscapes tree of
 32x64 images).
 """
@@ -22,7 +23,8 @@ from rwsjax import rws
 def get_config(arg=None):
   config = rws.paper_config(dataset="cityscapes", num_classes=19, crop_size=(512, 1024),
                             batch_size=8, eval_pad_size=(1024, 2048), lr=0.01,
-                            weight_decay=5e-4, iterations=80000, max_classes=12, max_slices=8)
+                            weight_decay=5e-4, iterations=80000, max_classes=12, max_slices=8,
+                            background_class=None)
   if arg == "smoke":
     rws.shrink_for_smoke(config)
     config.input.crop_size = (32, 64)

@@ -10,8 +10,9 @@ raw stuffthingmaps PNGs or mmsegmentation's *_labelTrainIds.png (see rwsjax/data
 COCO images are at most 640x640: evaluation pads them to 640x640, so mIoU is measured at full
 resolution. As for VOC, stages 2 and 3 of each round run a third of stage 1's iterations.
 Scene images hold many classes, so Seg-Grad-CAM gets 12 class slots per image
-(rws.max_classes): the least frequent classes beyond them get no attention and their windows
-score as weak; each slot costs one backward pass in the analysis and in every stage-3 step.
+(rws.max_classes): the less frequent predicted classes beyond them get no attention and take
+no part in T or the weak decision; each slot costs one backward pass in the analysis, in every
+stage-3 step and at inference. Class 0 is a real class: there is no background class.
 `:smoke` shrinks everything to seconds on CPU (the tests run it on a fake COCO-Stuff tree).
 """
 from rwsjax import rws
@@ -20,7 +21,8 @@ from rwsjax import rws
 def get_config(arg=None):
   config = rws.paper_config(dataset="cocostuff", num_classes=171, crop_size=(512, 512),
                             batch_size=16, eval_pad_size=(640, 640), lr=0.001,
-                            weight_decay=1e-4, iterations=60000, max_classes=12)
+                            weight_decay=1e-4, iterations=60000, max_classes=12,
+                            background_class=None)
   if arg == "smoke":
     rws.shrink_for_smoke(config)
     config.input.eval_pad_size = (64, 64)

@@ -4,17 +4,21 @@ refined retraining, and the supervised baseline trained for the same total numbe
   python launch.py --config=configs/shapes_rws.py --workdir=runs/shapes_rws
   python launch.py --config=configs/shapes_rws.py:smoke --workdir=/tmp/rws_smoke
 
-Ablations (each lands in summary.json under "config"):
+Switches (each lands in summary.json under "config"; docs in rwsjax/rws.py default_config):
   --config.rws.slices=arbitrary            random windows instead of weak ones (Table I)
   --config.rws.select_omega=False          no eq. 5 selection (Table I/II)
   --config.rws.weighted_lambda=False       n = 0.5 instead of eq. 7 (Table II)
   --config.rws.fuse_layers="(3,4)"         fused stage outputs (Table III)
+  --config.rws.fuse_layers="()"            stage 3 without fusion: plain fine-tuning control
   --config.rws.slice_size=48 --config.rws.slice_stride=24   slice size (Fig. 10)
   --config.rws.weak_rule=fixed --config.rws.t_fixed=0.4     T sweep (Fig. 9)
-  --config.rws.weak_classes=foreground     background takes no part in T or weak slices
-  --config.rws.fuse_layers="()"            stage 3 without fusion: plain fine-tuning control
+  --config.rws.attention_region=ground_truth   attention on the ground-truth region (training)
+  --config.rws.t_rule=last_flat --config.rws.t_min_share=0  the earlier reading of T
+  --config.rws.weak_classes=all            the background takes part in T and weak slices
+  --config.rws.local_scale=1               the local model sees slices at the global scale
+  --config.rws.stage3_init=fresh           stage 3 from the initial weights, full schedule
   --config.rws.local_init=global           local model fine-tuned from the trained global one
-  --config.rws.stage1_steps=3000           a converged stage 1 (about 25 minutes, README)
+  --config.rws.inference=plain             report the refined network alone as "RWS"
 """
 from rwsjax import config as config_lib
 from rwsjax import rws
@@ -28,6 +32,7 @@ def get_config(arg=None):
   config.rws.stage2_steps = 200
   config.rws.stage3_steps = 150
   config.rws.stage3_lr = 1.5e-3
+  config.rws.stage3_warmup = 15
   config.rws.slice_size = 32
   config.rws.slice_stride = 16
   config.rws.local_batch_size = 32

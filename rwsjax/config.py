@@ -23,6 +23,9 @@ def base_config():
   c.dataset.data_dir = config_dict.placeholder(str)    # TFDS data_dir (None = TFDS default)
   c.dataset.manual_dir = config_dict.placeholder(str)  # licensed data the user already has
   c.dataset.num_classes = 7         # including background 0
+  # The background class (0 for shapes and VOC); None where class 0 is a real class (COCO-Stuff,
+  # ADE20K, Cityscapes). RWS leaves it out of T and the weak decision (rws.weak_classes).
+  c.dataset.background_class = config_dict.FieldReference(0, field_type=int)
   c.dataset.train_split = "train"
   c.dataset.eval_split = "validation"
   c.dataset.shapes = ml_collections.ConfigDict()

@@ -104,29 +104,38 @@ def save_slices(path, images, boxes):
 def save_threshold_curve(path, curve, threshold, per_class_threshold, class_names):
   """RWS Fig. 2: mean window IoU against window attention per class, with T marked.
 
-  `curve` has 'centres' (bins,), 'mean_iou' (K, bins) with negative values in empty bins, and
-  'counts' (K, bins).
+  `curve` has 'centres' (bins,), 'mean_iou' (K, bins) with negative values in empty bins,
+  'counts' (K, bins) and optionally 'kept' (K, bins), the bins populated enough to be on the
+  curve (filled markers; hollow markers are bins left out). Below, the windows per bin.
   """
   centres = np.asarray(curve["centres"])
   mean_iou = np.asarray(curve["mean_iou"], np.float64)
   counts = np.asarray(curve["counts"])
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  kept = np.asarray(curve.get("kept", counts > 0), bool)
+  fig, (ax, bottom) = plt.subplots(2, 1, figsize=(6, 5.8), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1.3]})
   for k, name in enumerate(class_names):
-    keep = counts[k] > 0
-    if keep.sum() < 2:
+    if not (counts[k] > 0).any():
       continue
-    line, = ax.plot(centres[keep], mean_iou[k, keep], marker=".", linewidth=1, label=name)
     t_class = per_class_threshold[k]
+    label = name if t_class is None else f"{name} (T_c {t_class:.2f})"
+    line, = ax.plot(centres[kept[k]], mean_iou[k, kept[k]], marker="o", markersize=3,
+                    linewidth=1, label=label)
+    sparse = (counts[k] > 0) & ~kept[k]
+    ax.plot(centres[sparse], mean_iou[k, sparse], linestyle="none", marker="o", markersize=3,
+            markerfacecolor="none", color=line.get_color())
+    bottom.plot(centres, counts[k], color=line.get_color(), linewidth=1)
     if t_class is not None:
       ax.axvline(t_class, color=line.get_color(), linestyle=":", linewidth=0.8)
-  total = counts.sum(0)
-  pooled = np.where(total > 0, (np.where(counts > 0, mean_iou, 0) * counts).sum(0)
-                    / np.maximum(total, 1), np.nan)
-  ax.plot(centres, pooled, color="black", linewidth=2, label="all classes")
-  ax.axvline(threshold, color="red", linewidth=2, label=f"T = {threshold:.3f}")
-  ax.set_xlabel("window mean attention")
-  ax.set_ylabel("window IoU")
+  for axis in (ax, bottom):
+    axis.axvline(threshold, color="red", linewidth=2)
+  ax.plot([], [], color="red", linewidth=2, label=f"T = {threshold:.3f}")
+  ax.set_ylabel("window IoU (mean per bin)")
   ax.set_xlim(0, 1)
   ax.set_ylim(0, 1)
   ax.legend(fontsize=7, ncol=2)
+  ax.set_title("filled: bins on the curve; hollow: too few windows", fontsize=8)
+  bottom.set_yscale("symlog")
+  bottom.set_ylabel("windows")
+  bottom.set_xlabel("window mean attention")
   _save(fig, path)

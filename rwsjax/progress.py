@@ -6,6 +6,7 @@ can use `Progress` without starting JAX.
 import json
 import logging as py_logging
 import os
+import statistics
 import time
 
 from absl import logging
@@ -81,6 +82,18 @@ class Progress:
 
   def log(self, done, **values):
     logging.info("%s", self.line(done, **values))
+
+
+def median_seconds(fn, repeats):
+  """Median wall time of `fn()`, result blocked on, over `repeats` calls after one untimed call."""
+  import jax  # pylint: disable=g-import-not-at-top  (see the module docstring)
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
 
 
 class MetricWriter:

@@ -177,18 +177,22 @@ def seg_grad_cam(model, variables, images, *, max_classes=None, layers=LAYERS, c
                        layers=tuple(layers), class_chunk=class_chunk)
 
 
-def gt_attention(heatmaps, class_ids, class_mask, labels):
-  """A_i(m, n) = H_i^{gt(m, n)}(m, n): heatmaps restricted to the ground truth (eq. 2).
+def region_attention(heatmaps, class_ids, class_mask, regions):
+  """A_i(m, n) = H_i^{c(m, n)}(m, n): each heatmap restricted to its class's region (eq. 2).
+
+  The paper restricts H_i^c to the pixels predicted as c ("A_i^c = H_i^c if logit(y^c) =
+  true"), so `regions` is the argmax prediction by default (switch `attention_region`); the
+  ground truth gives the earlier, training-only reading.
 
   Args:
     heatmaps: layer -> (N, C, H, W).
     class_ids, class_mask: (N, C) slot classes and validity.
-    labels: (N, H, W) ground truth; ignored pixels (255) and classes without a slot get 0.
+    regions: (N, H, W) class per pixel; pixels of classes without a slot (or 255) get 0.
 
   Returns:
     layer -> (N, H, W) combined attention map A_i of all classes.
   """
-  match = (class_ids[:, :, None, None] == labels[:, None]) & class_mask[:, :, None, None]
+  match = (class_ids[:, :, None, None] == regions[:, None]) & class_mask[:, :, None, None]
   return {name: jnp.sum(jnp.where(match, h, 0.0), axis=1) for name, h in heatmaps.items()}
 
 

@@ -92,11 +92,11 @@ def class_window_sums(classes, weights, num_classes, size, stride):
 class WindowScores(NamedTuple):
   """Per window and class, (N, W, K) each.
 
-  attention: mean attention over the window's class-c ground-truth pixels (0 if none).
-  present: the window has at least `min_pixels` class-c ground-truth pixels.
-  pixels: number of class-c ground-truth pixels in the window.
+  attention: mean attention over the window's pixels of class c's region (0 if none).
+  present: the window has at least `min_pixels` pixels of c's region.
+  pixels: number of pixels of c's region in the window.
   iou: IoU of prediction vs ground truth for c inside the window (0 where the union is
-    empty; None when no prediction was given).
+    empty; None when no labels and predictions were given).
   """
   attention: jax.Array
   present: jax.Array
@@ -105,37 +105,49 @@ class WindowScores(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'size', 'stride', 'min_pixels'))
-def score_windows(attention, labels, preds=None, *, num_classes, size, stride, min_pixels=1):
-  """Window attention and window IoU per class (METHODS.md RWS 3).
+def score_windows(attention, regions, labels=None, preds=None, *, num_classes, size, stride,
+                  min_pixels=1):
+  """Window attention per class region, and window IoU per class (METHODS.md RWS 3).
 
   Args:
     attention: (N, H, W) per-pixel attention, A_last or Gamma (METHODS.md RWS 2).
-    labels: (N, H, W) ground truth; ignored pixels (255) count nowhere, not even in the
-      prediction's pixel counts.
-    preds: optional (N, H, W) predicted classes for the IoU.
+    regions: (N, H, W) the class map that defines c's region: the prediction (switch
+      `attention_region: prediction`, needs no ground truth) or the ground truth. Values
+      outside [0, num_classes), such as the ignore label 255, belong to no region.
+    labels, preds: optional (N, H, W) ground truth and predicted classes for the IoU;
+      ignored pixels (255) count nowhere, not even in the prediction's pixel counts.
     num_classes: K.
     size, stride: window geometry (`window_boxes`).
-    min_pixels: ground-truth pixels a class needs in a window to be present there.
+    min_pixels: region pixels a class needs in a window to be present there.
 
   Returns:
     `WindowScores` with (N, W, K) arrays.
   """
+  ones = jnp.ones(regions.shape, jnp.float32)
+  sums = class_window_sums(regions, jnp.stack([ones, attention.astype(jnp.float32)], -1),
+                           num_classes, size, stride)
+  pixels = sums[..., 0]
+  present = pixels >= max(min_pixels, 1) - 0.5
+  mean_attention = jnp.where(present, sums[..., 1] / jnp.maximum(pixels, 1.0), 0.0)
+  iou = None
+  if labels is not None and preds is not None:
+    iou = window_iou(labels, preds, num_classes, size, stride)
+  return WindowScores(mean_attention, present, jnp.round(pixels).astype(jnp.int32), iou)
+
+
+def window_iou(labels, preds, num_classes, size, stride):
+  """(N, W, K) IoU of `preds` vs `labels` for each class inside each window.
+
+  Pixels labelled 255 count nowhere; 0 where the union is empty.
+  """
   labels = jnp.where(labels == IGNORE_LABEL, -1, labels)
   ones = jnp.ones(labels.shape, jnp.float32)
-  gt_weights = [ones, attention.astype(jnp.float32)]
-  if preds is not None:
-    gt_weights.append((labels == preds).astype(jnp.float32))
-  gt = class_window_sums(labels, jnp.stack(gt_weights, -1), num_classes, size, stride)
-  pixels = gt[..., 0]
-  present = pixels >= max(min_pixels, 1) - 0.5
-  mean_attention = jnp.where(present, gt[..., 1] / jnp.maximum(pixels, 1.0), 0.0)
-  iou = None
-  if preds is not None:
-    predicted = class_window_sums(jnp.where(labels >= 0, preds, -1), ones[..., None],
-                                  num_classes, size, stride)[..., 0]
-    union = pixels + predicted - gt[..., 2]
-    iou = jnp.where(union > 0.5, gt[..., 2] / jnp.maximum(union, 1.0), 0.0)
-  return WindowScores(mean_attention, present, jnp.round(pixels).astype(jnp.int32), iou)
+  gt = class_window_sums(labels, jnp.stack([ones, (labels == preds).astype(jnp.float32)], -1),
+                         num_classes, size, stride)
+  predicted = class_window_sums(jnp.where(labels >= 0, preds, -1), ones[..., None],
+                                num_classes, size, stride)[..., 0]
+  union = gt[..., 0] + predicted - gt[..., 1]
+  return jnp.where(union > 0.5, gt[..., 1] / jnp.maximum(union, 1.0), 0.0)
 
 
 def curve_histogram(attention, iou, present, *, bins=20):
@@ -162,52 +174,109 @@ def curve_histogram(attention, iou, present, *, bins=20):
   return counts, sums.reshape(num_classes, bins)
 
 
-def threshold_from_histogram(counts, iou_sums, *, slope=0.02, min_windows=10):
+T_RULES = ('first_flat', 'last_flat')
+SLOPE_UNITS = ('attention', 'bin')
+
+
+def _next_kept(kept):
+  """Per bin, the index of the next kept bin to its right (`bins` where there is none)."""
+  bins = kept.shape[1]
+  position = np.where(kept, np.arange(bins), bins)
+  later = np.minimum.accumulate(position[:, ::-1], axis=1)[:, ::-1]
+  return np.concatenate([later[:, 1:], np.full((kept.shape[0], 1), bins)], axis=1)
+
+
+def _slopes(mean_iou, kept, unit):
+  """Slope from each kept bin to the next kept bin, and whether that next bin exists.
+
+  unit 'attention': IoU per unit of attention (both axes on [0, 1]); 'bin': IoU per bin step.
+  """
+  bins = kept.shape[1]
+  following = _next_kept(kept)
+  has_next = kept & (following < bins)
+  safe_next = np.minimum(following, bins - 1)
+  run = (safe_next - np.arange(bins)).astype(np.float64)
+  if unit == 'attention':
+    run = run / bins
+  rise = np.take_along_axis(mean_iou, safe_next, axis=1) - mean_iou
+  with np.errstate(invalid='ignore', divide='ignore'):
+    slope = np.where(has_next, rise / np.where(has_next, run, 1.0), np.nan)
+  return slope, has_next, following
+
+
+def first_flat(mean_iou, kept, slope, unit):
+  """T_c = the lowest kept bin whose slope to the next kept bin is below `slope` (paper Fig. 2:
+  "the minimum attention value on the curve with a slope below 0.02"); a class whose curve
+  never flattens takes its highest kept bin. Returns bin indices (K,), -1 without kept bins."""
+  bins = kept.shape[1]
+  slopes, has_next, _ = _slopes(mean_iou, kept, unit)
+  flat = has_next & (slopes < slope)
+  first = np.where(flat.any(axis=1), np.argmax(flat, axis=1), bins)
+  highest = np.max(np.where(kept, np.arange(bins), -1), axis=1)
+  return np.where(first < bins, first, highest)
+
+
+def last_flat(mean_iou, kept, slope, unit):
+  """The earlier reading (switch `t_rule: last_flat`): T_c starts the last flat run, the
+  lowest kept bin from which every later slope is below `slope`; a class whose last slope is
+  still steep is left out (-1)."""
+  bins = kept.shape[1]
+  slopes, has_next, following = _slopes(mean_iou, kept, unit)
+  steep = has_next & (slopes >= slope)
+  last_steep = np.max(np.where(steep, np.arange(bins), -1), axis=1)
+  first_kept = np.where(kept.any(axis=1), np.argmax(kept, axis=1), -1)
+  start = np.where(last_steep >= 0, following[np.arange(len(kept)), last_steep], first_kept)
+  highest = np.max(np.where(kept, np.arange(bins), -1), axis=1)
+  return np.where(start != highest, start, -1)
+
+
+def threshold_from_histogram(counts, iou_sums, *, rule='first_flat', slope=0.02,
+                             slope_unit='attention', min_share=0.01, min_windows=10):
   """Weak-slice threshold T from the IoU vs attention curve (paper Fig. 2, METHODS.md RWS 4).
 
-  Per class the curve is the mean IoU per non-empty bin at the bin centres; empty bins are
-  skipped, so a slope joins consecutive non-empty bins. T_c is the lowest non-empty bin centre
-  from which every later slope is below `slope`. A class is left out (T_c = nan) when it has
-  fewer than `min_windows` windows, fewer than two non-empty bins, or when the curve never
-  flattens (its last slope is still steep). T is the mean of the remaining T_c; with none
-  left there is no evidence of weak slices and T = 0 (no window is weak).
+  Per class the curve is the mean IoU per kept bin at the bin centres; a bin is kept when it
+  holds at least `min_share` of the class's windows (and at least one), and slopes join
+  consecutive kept bins. T_c comes from `rule` (`first_flat`, the paper's reading, or
+  `last_flat`). A class takes part when it has at least `min_windows` windows and two kept
+  bins (and, for `last_flat`, a curve that ends flat); T is the mean of the T_c that take
+  part, and with none there is no evidence of weak slices and T = 0 (no window is weak).
 
   Args:
     counts, iou_sums: (K, bins) from `curve_histogram` (summed over a dataset).
-    slope: slope limit, both axes in [0, 1].
+    rule: 'first_flat' or 'last_flat' (switch `t_rule`).
+    slope: slope limit (switch `t_slope`).
+    slope_unit: 'attention' (IoU per unit of attention) or 'bin' (IoU per bin step).
+    min_share: share of a class's windows a bin needs to be kept (switch `t_min_share`).
     min_windows: windows a class needs to take part.
 
   Returns:
-    T (float), per-class T_c (K,) with nan for left-out classes, and the curves as a dict with
-    'centres' (bins,), 'mean_iou' (K, bins) (nan in empty bins) and 'counts' (K, bins).
+    T (float), per-class T_c (K,) with nan for classes that take no part, and the curves as a
+    dict with 'centres' (bins,), 'mean_iou' (K, bins) (nan in empty bins), 'counts' (K, bins)
+    and 'kept' (K, bins) bool.
   """
+  if rule not in T_RULES:
+    raise ValueError(f'config.rws.t_rule={rule!r}; expected one of {T_RULES}.')
+  if slope_unit not in SLOPE_UNITS:
+    raise ValueError(f'config.rws.t_slope_unit={slope_unit!r}; expected one of {SLOPE_UNITS}.')
   counts = np.asarray(counts)
-  num_classes, bins = counts.shape
+  bins = counts.shape[1]
   centres = (np.arange(bins) + 0.5) / bins
-  nonempty = counts > 0
+  total = counts.sum(axis=1, keepdims=True)
+  kept = (counts > 0) & (counts >= min_share * total)
   with np.errstate(invalid='ignore', divide='ignore'):
-    mean_iou = np.where(nonempty, np.asarray(iou_sums, np.float64) / counts, np.nan)
-  position = np.where(nonempty, np.arange(bins), bins)
-  later = np.minimum.accumulate(position[:, ::-1], axis=1)[:, ::-1]
-  following = np.concatenate([later[:, 1:], np.full((num_classes, 1), bins)], axis=1)
-  has_next = nonempty & (following < bins)
-  safe_next = np.minimum(following, bins - 1)
-  rise = np.take_along_axis(mean_iou, safe_next, axis=1) - mean_iou
-  steep = has_next & (rise / np.where(has_next, centres[safe_next] - centres, 1.0) >= slope)
-  last_steep = np.max(np.where(steep, np.arange(bins), -1), axis=1)
-  start = np.where(last_steep >= 0, following[np.arange(num_classes), last_steep], later[:, 0])
-  last_nonempty = np.max(np.where(nonempty, np.arange(bins), -1), axis=1)
-  usable = ((counts.sum(axis=1) >= min_windows) & (nonempty.sum(axis=1) >= 2)
-            & (start != last_nonempty))
-  per_class = np.where(usable, centres[np.minimum(start, bins - 1)], np.nan)
+    mean_iou = np.where(counts > 0, np.asarray(iou_sums, np.float64) / counts, np.nan)
+  index = (first_flat if rule == 'first_flat' else last_flat)(mean_iou, kept, slope, slope_unit)
+  usable = (total[:, 0] >= min_windows) & (kept.sum(axis=1) >= 2) & (index >= 0)
+  per_class = np.where(usable, centres[np.clip(index, 0, bins - 1)], np.nan)
   threshold = float(np.nanmean(per_class)) if usable.any() else 0.0
-  return threshold, per_class, {'centres': centres, 'mean_iou': mean_iou, 'counts': counts}
+  return threshold, per_class, {'centres': centres, 'mean_iou': mean_iou, 'counts': counts,
+                                'kept': kept}
 
 
-def threshold_from_curve(attention, iou, present, *, bins=20, slope=0.02, min_windows=10):
+def threshold_from_curve(attention, iou, present, *, bins=20, **kwargs):
   """T from window scores in one call: `curve_histogram` then `threshold_from_histogram`."""
   counts, sums = curve_histogram(attention, iou, present, bins=bins)
-  return threshold_from_histogram(counts, sums, slope=slope, min_windows=min_windows)
+  return threshold_from_histogram(counts, sums, **kwargs)
 
 
 def weak_mask(attention, present, threshold):

@@ -49,16 +49,21 @@ def eval_batches(source, config, mesh):
 
 
 def evaluate_model(model, variables, source, config, mesh, predict_fn=None):
-  """Confusion matrix (K, K) of `model` over every example of `source`."""
+  """Confusion matrix (K, K) of `model` (or of `predict_fn(variables, batch)`) over every
+  example of `source`."""
   eval_step = train.make_eval_step(model, config.dataset.num_classes, mesh, predict_fn)
   batches, count = eval_batches(source, config, mesh)
   return train.evaluate(eval_step, variables, batches, mesh, num_batches=count)
 
 
-def predict_examples(model, variables, source, indices, config):
-  """(images uint8, labels, predictions) of a few examples, for figures (process 0)."""
+def predict_examples(model, variables, source, indices, config, predict_fn=None):
+  """(images uint8, labels, predictions) of a few examples, for figures (process 0).
+
+  `predict_fn(variables, batch) -> logits` defaults to the model."""
+  if predict_fn is None:
+    predict_fn = lambda v, batch: model.apply(v, batch["image"], train=False)
   images, labels, preds = [], [], []
-  apply = jax.jit(lambda v, x: model.apply(v, x, train=False).argmax(-1))
+  apply = jax.jit(lambda v, x: predict_fn(v, {"image": x}).argmax(-1))
   for i in indices:
     example = source[int(i)]
     image = example["image"]
@@ -69,9 +74,10 @@ def predict_examples(model, variables, source, indices, config):
   return images, labels, preds
 
 
-def save_prediction_figure(path, model, variables, source, config):
+def save_prediction_figure(path, model, variables, source, config, predict_fn=None):
   count = min(config.figures.num_examples, len(source))
-  images, labels, preds = predict_examples(model, variables, source, range(count), config)
+  images, labels, preds = predict_examples(model, variables, source, range(count), config,
+                                           predict_fn)
   figures.save_predictions(path, images, labels, preds)
 
 

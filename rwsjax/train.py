@@ -86,25 +86,38 @@ def to_host(x, mesh):
   return np.asarray(jax.device_get(local))
 
 
-def poly_schedule(lr, total_steps, power=0.9, warmup_steps=0):
-  """lr * (1 - t/T)^power (the DeepLab "poly" policy), optionally after a linear warm-up."""
+def poly_schedule(lr, total_steps, power=0.9, warmup_steps=0, warmup_from=0.0):
+  """lr * (1 - t/T)^power (the DeepLab "poly" policy), optionally after a linear warm-up from
+  `warmup_from` to `lr`."""
   decay = optax.polynomial_schedule(lr, 0.0, power, max(total_steps - warmup_steps, 1))
   if not warmup_steps:
     return decay
-  warmup = optax.linear_schedule(0.0, lr, warmup_steps)
+  warmup = optax.linear_schedule(warmup_from, lr, warmup_steps)
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
 OPTIMIZERS = ("sgd", "adamw")
 
 
-def base_optimizer(lr, train_cfg, total_steps):
-  """The configured optimizer with a poly learning-rate schedule starting at `lr`.
+def learning_rate_schedule(lr, train_cfg, total_steps, *, warmup_from=0.0, offset=0):
+  """`poly_schedule` with config.train's power and warm-up, of the optimizer's step count.
+
+  `offset` shifts it for a run that continues another run's optimizer state, whose step
+  count does not restart: the schedule's step 0 is the optimizer's step `offset`.
+  """
+  poly = poly_schedule(lr, total_steps, train_cfg.poly_power, train_cfg.get("warmup_steps", 0),
+                       warmup_from)
+  return poly if not offset else (lambda count: poly(count - offset))
+
+
+def base_optimizer(lr, train_cfg, total_steps, *, warmup_from=0.0, offset=0):
+  """The configured optimizer with a `learning_rate_schedule` starting at `lr`.
 
   sgd (the papers'): momentum and coupled weight decay, g + wd * w, as torch.optim.SGD.
   adamw: Adam with decoupled weight decay; converges in fewer steps on small CPU runs.
   """
-  schedule = poly_schedule(lr, total_steps, train_cfg.poly_power, train_cfg.get("warmup_steps", 0))
+  schedule = learning_rate_schedule(lr, train_cfg, total_steps, warmup_from=warmup_from,
+                                    offset=offset)
   name = train_cfg.get("optimizer", "sgd")
   if name == "sgd":
     return optax.chain(optax.add_decayed_weights(train_cfg.weight_decay),
@@ -114,7 +127,8 @@ def base_optimizer(lr, train_cfg, total_steps):
   raise ValueError(f"config.train.optimizer={name!r}; expected one of {OPTIMIZERS}.")
 
 
-def make_optimizer(train_cfg, total_steps, group_lrs=None, label_fn=None):
+def make_optimizer(train_cfg, total_steps, group_lrs=None, label_fn=None, *, warmup_from=0.0,
+                   offset=0):
   """The training optimizer.
 
   Args:
@@ -123,10 +137,14 @@ def make_optimizer(train_cfg, total_steps, group_lrs=None, label_fn=None):
     group_lrs: optional {group name: learning rate} for per-part rates.
     label_fn: with group_lrs, maps the params pytree to a pytree of group names
       (`optax.multi_transform`).
+    warmup_from: the rate the warm-up starts from.
+    offset: optimizer steps taken before this schedule starts (`base_optimizer`).
   """
   if group_lrs is None:
-    return base_optimizer(train_cfg.lr, train_cfg, total_steps)
-  transforms = {name: base_optimizer(lr, train_cfg, total_steps)
+    return base_optimizer(train_cfg.lr, train_cfg, total_steps, warmup_from=warmup_from,
+                          offset=offset)
+  transforms = {name: base_optimizer(lr, train_cfg, total_steps, warmup_from=warmup_from,
+                                     offset=offset)
                 for name, lr in group_lrs.items()}
   return optax.multi_transform(transforms, label_fn)
 
@@ -141,12 +159,14 @@ def init_variables(model, image_shape, rng):
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
-def create_train_state(tx, variables, mesh):
-  """A replicated TrainState at step 0 from `variables` (a pytree of arrays or shape structs)."""
-  def init(variables):
+def create_train_state(tx, variables, mesh, opt_state=None):
+  """A replicated TrainState at step 0 from `variables` (a pytree of arrays or shape structs),
+  with `opt_state` when a run continues another run's optimizer, else `tx.init`."""
+  def init(variables, opt_state):
     return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))
-  return jax.jit(init, out_shardings=replicated(mesh))(variables)
+                      batch_stats=variables["batch_stats"],
+                      opt_state=tx.init(variables["params"]) if opt_state is None else opt_state)
+  return jax.jit(init, out_shardings=replicated(mesh))(variables, opt_state)
 
 
 def supervised_loss(model):
@@ -288,12 +308,13 @@ def fit(*, state, train_step, batches, total_steps, rng, checkpointer=None, writ
 
 def make_eval_step(model, num_classes, mesh, predict_fn=None):
   """Jitted (variables, batch) -> (K, K) confusion matrix of argmax predictions (ignore 255,
-  padded examples masked out). `predict_fn(variables, images) -> logits` defaults to the model."""
+  padded examples masked out). `predict_fn(variables, batch) -> logits` defaults to the model
+  on batch['image']."""
   if predict_fn is None:
-    predict_fn = lambda variables, images: model.apply(variables, images, train=False)
+    predict_fn = lambda variables, batch: model.apply(variables, batch["image"], train=False)
 
   def step(variables, batch):
-    logits = predict_fn(variables, batch["image"])
+    logits = predict_fn(variables, batch)
     preds = jnp.argmax(logits, axis=-1)
     return evaluate_lib.confusion_matrix(batch["label"], preds, num_classes,
                                          weights=batch["mask"][:, None, None])
@@ -319,9 +340,10 @@ def num_eval_batches(split_size, global_batch_size):
   return math.ceil(per_process / (global_batch_size // jax.process_count()))
 
 
-def restore_or_init(checkpointer, tx, variables, mesh):
-  """A TrainState from the stage's latest checkpoint, else from `variables` at step 0."""
-  state = create_train_state(tx, variables, mesh)
+def restore_or_init(checkpointer, tx, variables, mesh, opt_state=None):
+  """A TrainState from the stage's latest checkpoint, else from `variables` (and `opt_state`)
+  at step 0."""
+  state = create_train_state(tx, variables, mesh, opt_state)
   return checkpointer.restore(state) if checkpointer is not None else state
 
 
@@ -345,16 +367,17 @@ def finished_variables(*, workdir, stage, model, tx, total_steps, image_shape, r
 
 
 def train_stage(*, workdir, stage, loss_fn, tx, variables, batches, total_steps, train_cfg, mesh,
-                rng, writer=None, extra=None, stop_at=None):
+                rng, writer=None, extra=None, stop_at=None, opt_state=None):
   """Checkpointed training of one stage in `workdir/<stage>/checkpoints`; resumes if possible.
 
+  `opt_state` continues another run's optimizer (state of `tx`) instead of a fresh one.
   Returns the final TrainState.
   """
   checkpointer = Checkpointer(os.path.join(workdir, stage, "checkpoints"),
                               every=train_cfg.checkpoint_every,
                               max_to_keep=train_cfg.get("max_to_keep", 2))
   try:
-    state = restore_or_init(checkpointer, tx, variables, mesh)
+    state = restore_or_init(checkpointer, tx, variables, mesh, opt_state)
     if writer is not None:
       writer.truncate_after(int(state.step), stage=stage)
     state = fit(state=state, train_step=make_train_step(loss_fn, tx, mesh), batches=batches,

@@ -150,7 +150,7 @@ def test_stage3_batch_composes_with_segcam_and_slices():
   fusion.check_geometry(16, 16, 8, 4, strides)
 
   def attention_maps(result, label_map):
-    attention = segcam.gt_attention(result.heatmaps, result.class_ids, result.class_mask,
+    attention = segcam.region_attention(result.heatmaps, result.class_ids, result.class_mask,
                                     label_map)
     gamma, _ = segcam.gamma_and_omega(attention)
     return attention, segcam.feature_attention(attention, gamma, result.features)

@@ -1,5 +1,6 @@
-"""The RWS pipeline: round stop rule, config checks, the stage-3 fused loss, and a smoke run of
-all stages with kill-and-resume."""
+"""The RWS pipeline: round stop rule, config checks, the stage-3 fused loss, the RWS network
+against a hand-composed fused forward pass, the analysis against a naive loop, and a smoke run
+of all stages with kill-and-resume."""
 import json
 import os
 
@@ -12,7 +13,10 @@ from configs_util import load_config
 from rwsjax import losses
 from rwsjax import models
 from rwsjax import rws
+from rwsjax import segcam
+from rwsjax import slices
 from rwsjax import train
+from test_fusion import _reference as fusion_reference
 
 
 def test_should_stop():
@@ -30,10 +34,12 @@ def test_config_errors():
   config.rws.slice_size = 48
   with pytest.raises(ValueError, match="config.rws.slice_size = 48 is larger than the crop"):
     rws.check_config(config)
-  config = load_config("shapes_rws", "smoke")
-  config.rws.slices = "random"
-  with pytest.raises(ValueError, match=r"config.rws.slices='random'; expected one of"):
-    rws.check_config(config)
+  for key, value in (("slices", "random"), ("attention_region", "image"), ("t_rule", "middle"),
+                     ("inference", "both"), ("stage3_init", "warm")):
+    config = load_config("shapes_rws", "smoke")
+    config.rws[key] = value
+    with pytest.raises(ValueError, match=f"config.rws.{key}='{value}'; expected one of"):
+      rws.check_config(config)
   config = load_config("shapes_rws", "smoke")
   config.rws.fuse_layers = (0, 4)
   with pytest.raises(ValueError, match="config.rws.fuse_layers"):
@@ -42,6 +48,16 @@ def test_config_errors():
   config.rws.slice_stride = 4
   with pytest.raises(ValueError, match="multiples of the layer2 feature stride 8"):
     rws.check_config(config)
+  config = load_config("shapes_rws", "smoke")
+  config.rws.local_scale = 1.25
+  with pytest.raises(ValueError, match="local model's input side 20"):
+    rws.check_config(config)
+  config = load_config("shapes_rws", "smoke")
+  config.dataset.background_class = 7
+  with pytest.raises(ValueError, match="background_class=7"):
+    rws.check_config(config)
+  config.dataset.background_class = None
+  rws.check_config(config)
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +99,13 @@ def test_fused_loss_mixes_local_features_into_weak_slices(tiny):
   config = config.copy_and_resolve_references()
   config.rws.select_omega = False  # every pixel of a weak slice is integrated with n = 0.5
   config.rws.weighted_lambda = False
+  config.rws.weak_classes = "all"  # every predicted class takes part: every window is weak
   config.rws.fuse_layers = (4,)
   rng = jax.random.key(3)
   extra = {"global": glob, "local": local, "threshold": jnp.float32(1.01)}
   loss, (_, stats) = rws.fusion_loss(model, config)(glob["params"], glob["batch_stats"], batch,
                                                    rng, extra)
-  assert float(stats["weak_slices"]) == config.rws.max_slices  # every window is weak
+  assert float(stats["weak_slices"]) == config.rws.max_slices
   assert 0 < float(stats["selected"]) <= 1
   _, drop_rng = jax.random.split(rng)
   assert not np.isclose(loss, plain_loss(model, glob["params"], glob["batch_stats"], batch,
@@ -97,6 +114,179 @@ def test_fused_loss_mixes_local_features_into_weak_slices(tiny):
   same, _ = rws.fusion_loss(model, config)(glob["params"], glob["batch_stats"], batch, rng,
                                             with_same_local)
   assert np.isfinite(same)
+
+
+def _attention_by_hand(result, regions):
+  """A_i(m, n) = H_i^{c(m, n)}(m, n) by a loop over pixels (eq. 2), and Gamma (eq. 3)."""
+  heat = {k: np.asarray(v) for k, v in result.heatmaps.items()}
+  ids, mask = np.asarray(result.class_ids), np.asarray(result.class_mask)
+  regions = np.asarray(regions)
+  maps = {k: np.zeros(regions.shape, np.float32) for k in heat}
+  for n, y, x in np.ndindex(regions.shape):
+    slot = [s for s in range(ids.shape[1]) if mask[n, s] and ids[n, s] == regions[n, y, x]]
+    for k in heat:
+      maps[k][n, y, x] = heat[k][n, slot[0], y, x] if slot else 0.0
+  return maps, np.max(np.stack(list(maps.values())), axis=0)
+
+
+def _window_entries(result, regions, per_pixel, boxes, num_classes, background, min_pixels=1):
+  """{(image, window): {class: mean attention}} over the classes that take part (a loop)."""
+  ids, mask = np.asarray(result.class_ids), np.asarray(result.class_mask)
+  regions = np.asarray(regions)
+  out = {}
+  for n in range(regions.shape[0]):
+    slotted = {int(c) for c, m in zip(ids[n], mask[n]) if m} - {background}
+    for w, (y0, x0, y1, x1) in enumerate(boxes):
+      region = regions[n, y0:y1, x0:x1]
+      values = per_pixel[n, y0:y1, x0:x1]
+      out[n, w] = {c: float(values[region == c].mean()) for c in range(num_classes)
+                   if c in slotted and (region == c).sum() >= min_pixels}
+  return out
+
+
+def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
+  """rws_logits against the steps of METHODS.md RWS 11 composed by hand: prediction-region
+  attention, weak windows under T (weakest first), the local model on the enlarged slices,
+  eq. 5-7 per pixel (test_fusion's loop reference) and the fused forward pass."""
+  config, model, batch, glob, local = tiny
+  config = config.copy_and_resolve_references()
+  rws_cfg, k = config.rws, config.dataset.num_classes
+  refined = train.init_variables(model, (1, 32, 32, 3), jax.random.key(4))
+  images = batch["image"]
+  n = images.shape[0]
+  glob_cam = segcam.seg_grad_cam(model, glob, images, max_classes=rws_cfg.max_classes)
+  preds = np.asarray(jnp.argmax(glob_cam.logits, -1))
+  maps, gamma = _attention_by_hand(glob_cam, preds)
+  boxes = slices.window_boxes(32, 32, rws_cfg.slice_size, rws_cfg.slice_stride)
+  entries = _window_entries(glob_cam, preds, maps["layer4"], boxes, k, 0)
+  values = sorted(v for e in entries.values() for v in e.values())
+  threshold = values[len(values) // 5]
+  chosen, valid = np.zeros((n, rws_cfg.max_slices), np.int32), np.zeros((n, 4), bool)
+  for i in range(n):
+    weak = sorted((min(v for v in entries[i, w].values() if v < threshold), w)
+                  for w in range(len(boxes))
+                  if any(v < threshold for v in entries[i, w].values()))
+    for s, (_, w) in enumerate(weak[:rws_cfg.max_slices]):
+      chosen[i, s], valid[i, s] = w, True
+  assert 0 < valid.sum() < valid.size
+  size, side = rws_cfg.slice_size, rws.local_size(rws_cfg)
+  box = boxes[chosen]
+  crops = np.stack([np.asarray(images)[i, y0:y1, x0:x1] for i in range(n)
+                    for y0, x0, y1, x1 in box[i]])
+  crops = jax.image.resize(crops, (len(crops), side, side, 3), "bilinear")
+  local_cam = segcam.seg_grad_cam(model, local, crops, max_classes=rws_cfg.max_classes)
+  local_maps, local_gamma = _attention_by_hand(local_cam, jnp.argmax(local_cam.logits, -1))
+  strides = models.feature_strides(config.model)
+  offsets = {}
+  for name, stride in strides.items():
+    h = 32 // stride
+    a = jax.image.resize(maps[name], (n, h, h), "bilinear")
+    g = jax.image.resize(gamma, (n, h, h), "bilinear")
+    w = size // stride
+    f = local_cam.features[name]
+    la = jax.image.resize(jax.image.resize(local_maps[name], (len(crops), *f.shape[1:3]),
+                                           "bilinear"), (len(crops), w, w), "bilinear")
+    lg = jax.image.resize(jax.image.resize(local_gamma, (len(crops), *f.shape[1:3]),
+                                           "bilinear"), (len(crops), w, w), "bilinear")
+    lf = jax.image.resize(f, (len(crops), w, w, f.shape[-1]), "bilinear")
+    split = lambda x: np.asarray(x).reshape((n, rws_cfg.max_slices) + x.shape[1:])
+    weight, _, local_part = fusion_reference(
+        np.asarray(a), np.asarray(g), box, valid, split(lf), split(la), split(lg),
+        np.zeros((n, h, h, f.shape[-1]), np.float32), stride, rws_cfg.eps, True, True)
+    offsets[name] = (weight[..., None], local_part)
+
+  def hook(name, x):
+    weight, local_part = offsets[name]
+    return weight * x + local_part
+
+  expected = model.apply(refined, images, train=False, stage_hook=hook)
+  network = {"model": refined, "global": glob, "local": local,
+             "threshold": jnp.float32(threshold)}
+  got = jax.jit(lambda v, x: rws.rws_logits(model, v, x, config))(network, images)
+  np.testing.assert_allclose(got, expected, atol=2e-4, rtol=1e-4)
+  plain = rws.plain_logits(model, network, images)
+  assert not np.allclose(got, plain, atol=1e-3)
+  network["threshold"] = jnp.float32(0.0)
+  np.testing.assert_allclose(rws.rws_logits(model, network, images, config), plain, atol=1e-5)
+
+
+def test_rws_network_pads_any_image_size(tiny):
+  config, model, batch, glob, local = tiny
+  network = {"model": glob, "global": glob, "local": local, "threshold": jnp.float32(1.01)}
+  images = batch["image"][:, :27, :13]
+  logits = rws.rws_logits(model, network, images, config)
+  assert logits.shape == (2, 27, 13, config.dataset.num_classes)
+  assert rws.pad_for_windows(images, config).shape == (2, 32, 16, 3)
+  assert rws.pad_for_windows(batch["image"], config).shape == (2, 32, 32, 3)
+
+
+def _naive_threshold(attention_by_class, iou_by_class, bins, slope, min_share, min_windows):
+  """first_flat T (METHODS.md RWS 4) with loops over classes and bins."""
+  per_class = []
+  for att, iou in zip(attention_by_class, iou_by_class):
+    index = [min(int(a * bins), bins - 1) for a in att]
+    kept = [b for b in range(bins) if index.count(b) and index.count(b) >= min_share * len(att)]
+    if len(att) < min_windows or len(kept) < 2:
+      per_class.append(np.nan)
+      continue
+    mean = {b: np.mean([v for i, v in zip(index, iou) if i == b]) for b in kept}
+    flat = [b for b, nxt in zip(kept, kept[1:]) if (mean[nxt] - mean[b]) * bins / (nxt - b)
+            < slope]
+    per_class.append((min(flat) if flat else max(kept)) / bins + 0.5 / bins)
+  taking_part = [t for t in per_class if not np.isnan(t)]
+  return (float(np.mean(taking_part)) if taking_part else 0.0), per_class
+
+
+def test_analyze_matches_a_naive_loop(tiny, tmp_path):
+  config, model, _, glob, _ = tiny
+  config = config.copy_and_resolve_references()
+  config.input.eval_batch_size = 4
+  config.rws.t_min_windows = 2
+  rng = np.random.default_rng(5)
+  source = []
+  for _ in range(6):
+    label = np.zeros((32, 32), np.uint8)
+    label[rng.integers(0, 16):, rng.integers(0, 20):] = rng.integers(1, 7)
+    label[rng.integers(0, 32), :] = 255
+    source.append({"image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+                   "segmentation": label[..., None],
+                   "labels": np.bincount(label.ravel(), minlength=256)[1:7] > 0})
+  names = [f"c{i}" for i in range(7)]
+  mesh = train.make_mesh()
+  analysis = rws.analyze(model, glob, source, config, mesh, str(tmp_path), names)
+  boxes = slices.window_boxes(32, 32, config.rws.slice_size, config.rws.slice_stride)
+  images = np.stack([(s["image"] - np.float32(config.input.mean)) / np.float32(config.input.std)
+                     for s in source]).astype(np.float32)
+  labels = np.stack([s["segmentation"][..., 0] for s in source]).astype(np.int32)
+  cam = segcam.seg_grad_cam(model, glob, jnp.asarray(images), max_classes=config.rws.max_classes)
+  preds = np.asarray(jnp.argmax(cam.logits, -1))
+  maps, _ = _attention_by_hand(cam, preds)
+  entries = _window_entries(cam, preds, maps["layer4"], boxes, 7, 0)
+  by_class = {c: ([], []) for c in range(7)}
+  for (i, w), per in entries.items():
+    y0, x0, y1, x1 = boxes[w]
+    lab, pre = labels[i, y0:y1, x0:x1], preds[i, y0:y1, x0:x1]
+    for c, a in per.items():
+      gt, pr = lab == c, (pre == c) & (lab != 255)
+      union = (gt | pr).sum()
+      by_class[c][0].append(a)
+      by_class[c][1].append((gt & pr).sum() / union if union else 0.0)
+  t, per_class = _naive_threshold([by_class[c][0] for c in range(7)],
+                                  [by_class[c][1] for c in range(7)], config.rws.t_bins,
+                                  config.rws.t_slope, config.rws.t_min_share, 2)
+  assert analysis["threshold"] == pytest.approx(t, abs=1e-6)
+  np.testing.assert_allclose([np.nan if v is None else v
+                              for v in analysis["per_class_threshold"]], per_class, atol=1e-6)
+  weak = sorted((i, *boxes[w]) for (i, w), per in entries.items()
+                if any(a < t for a in per.values()))
+  assert sorted(map(tuple, rws.load_weak_boxes(str(tmp_path)).tolist())) == weak
+  assert analysis["weak_slices"] == len(weak) and analysis["windows"] == 6 * len(boxes)
+  assert analysis["weak_share"] == pytest.approx(len(weak) / (6 * len(boxes)))
+  for c in range(1, 7):
+    scored = by_class[c][0]
+    expected = sum(a < t for a in scored) / len(scored) if scored else None
+    assert analysis["weak_share_per_class"][names[c]] == pytest.approx(expected)
+  assert analysis["weak_share_per_class"]["c0"] is None  # the background takes no part
 
 
 def run_smoke(workdir, data_dir, monkeypatch=None, fail_stage=None):
@@ -124,43 +314,81 @@ def metric_rows(workdir):
     return [json.loads(line) for line in f]
 
 
+def _adam_count(opt_state):
+  return int(opt_state[0].count)
+
+
 def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
+  """All stages on the smoke config; a run killed in stage 3 resumes there, with stage 3's
+  checkpointed optimizer state, and ends as the uninterrupted run. With stage3_init=stage1,
+  stage 3 starts from stage 1's final optimizer state (its step count goes on)."""
   data_dir = tmp_path / "tfds"
-  full = run_smoke(tmp_path / "full", data_dir)
   run_smoke(tmp_path / "killed", data_dir, monkeypatch, fail_stage="round_1/stage3")
   rows = metric_rows(tmp_path / "killed")
   assert [r["step"] for r in rows if r["stage"] == "round_1/stage3"] == [1]
+  calls = {}
+  original = train.train_stage
+
+  def recording(**kwargs):
+    state = original(**kwargs)
+    calls.setdefault(kwargs["stage"], []).append((kwargs.get("opt_state"), state))
+    return state
+
+  monkeypatch.setattr(train, "train_stage", recording)
+  full = run_smoke(tmp_path / "full", data_dir)
   resumed = run_smoke(tmp_path / "killed", data_dir)
   rows = metric_rows(tmp_path / "killed")
   for stage, steps in (("stage1", 2), ("round_1/stage2", 2), ("round_1/stage3", 2),
                        ("baseline", 6)):
     assert [r["step"] for r in rows if r["stage"] == stage] == list(range(1, steps + 1)), stage
-  for key in ("rws", "baseline", "stage1"):
+  for key in ("rws", "rws_plain", "rws_fused", "baseline", "stage1"):
     assert resumed[key]["miou"] == pytest.approx(full[key]["miou"], abs=1e-6), key
   assert resumed["rounds"] == full["rounds"]
   assert full["total_steps"] == 6 and full["rounds"][0]["trained"]
+  assert full["rws"] == full["rws_fused"]
+  assert set(full["inference_ms_per_image"]) == {"plain", "fused", "batch"}
   for name in ("summary.json", "results.md", "per_class_iou.png", "predictions.png",
                "round_1/heatmaps.png", "round_1/weak_slices.png", "round_1/threshold_curve.png"):
     assert os.path.exists(tmp_path / "full" / name), name
   assert json.load(open(tmp_path / "full" / "summary.json"))["config"]["slices"] == "weak"
+  assert "RWS fused" in open(tmp_path / "full" / "results.md").read()
+  (_, stage1), _ = calls["stage1"]
+  (given, stage3), (_, stage3_resumed) = calls["round_1/stage3"]
+  assert _adam_count(given) == _adam_count(stage1.opt_state) == 2
+  for a, b in zip(jax.tree.leaves(given), jax.tree.leaves(stage1.opt_state)):
+    np.testing.assert_array_equal(a, b)
+  assert _adam_count(stage3.opt_state) == _adam_count(stage3_resumed.opt_state) == 4
+  for a, b in zip(jax.tree.leaves(stage3_resumed), jax.tree.leaves(stage3)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_classes_without_a_segcam_slot_are_not_present():
-  from rwsjax import segcam, slices
-  present = jnp.ones((2, 3, 4), bool)  # (N, windows, K)
-  scores = slices.WindowScores(jnp.zeros((2, 3, 4)), present, jnp.ones((2, 3, 4), jnp.int32),
-                               None)
+def test_stage3_schedule_warms_up_from_stage1s_final_rate():
+  config = load_config("shapes_rws", "smoke")
+  cfg, offset, warmup_from = rws.schedule_config(config, 1, "stage1")
+  assert offset == 2 and cfg.lr == config.rws.stage3_lr and cfg.warmup_steps == 1
+  assert warmup_from == pytest.approx(float(train.poly_schedule(config.train.lr, 2)(1)))
+  schedule = train.learning_rate_schedule(cfg.lr, cfg, 2, warmup_from=warmup_from,
+                                          offset=offset)
+  assert float(schedule(2)) == pytest.approx(warmup_from)  # stage 3's first step, count 2
+  assert float(schedule(3)) == pytest.approx(cfg.lr)  # after the one-step warm-up
+  fresh, offset, warmup_from = rws.schedule_config(config, 1, "fresh")
+  assert offset == 0 and warmup_from == 0.0 and fresh.lr == config.rws.stage3_lr
+
+
+def test_classes_without_a_segcam_slot_take_no_part():
   result = segcam.SegCamResult({}, jnp.array([[0, 2], [3, -1]]), jnp.array([[True, True],
                                                                             [True, False]]),
                                None, {})
-  out = rws.scored_classes(scores, result, 4)
-  expected = np.zeros((2, 3, 4), bool)
-  expected[0, :, [0, 2]] = True
-  expected[1, :, 3] = True
-  np.testing.assert_array_equal(out.present, expected)
-  expected[:, :, 0] = False
-  np.testing.assert_array_equal(rws.scored_classes(scores, result, 4, "foreground").present,
-                                expected)
+  cfg = load_config("shapes_rws", "smoke").rws
+  expected = np.zeros((2, 4), bool)
+  expected[0, [0, 2]] = True
+  expected[1, 3] = True
+  cfg.weak_classes = "all"
+  np.testing.assert_array_equal(rws.taking_part(result, 4, cfg, 0), expected)
+  cfg.weak_classes = "foreground"
+  np.testing.assert_array_equal(rws.taking_part(result, 4, cfg, None), expected)
+  expected[:, 0] = False
+  np.testing.assert_array_equal(rws.taking_part(result, 4, cfg, 0), expected)
 
 
 def test_no_fused_layers_is_plain_fine_tuning(tiny):

@@ -237,14 +237,14 @@ def test_user_errors_are_clear():
     segcam.seg_grad_cam(model, variables, images, max_classes=2, layers=('layer5',))
 
 
-def test_gt_attention_gamma_omega():
+def test_region_attention_gamma_omega():
   rng = np.random.default_rng(0)
   heat = {name: rng.uniform(size=(2, 3, 4, 5)).astype(np.float32) for name in ('a', 'b')}
   ids = np.array([[0, 2, -1], [1, 0, 2]])
   mask = ids >= 0
   mask[1, 2] = False
   labels = rng.choice([0, 1, 2, 3, 255], size=(2, 4, 5))
-  attention = segcam.gt_attention({k: jnp.asarray(v) for k, v in heat.items()}, jnp.asarray(ids),
+  attention = segcam.region_attention({k: jnp.asarray(v) for k, v in heat.items()}, jnp.asarray(ids),
                                   jnp.asarray(mask), jnp.asarray(labels))
   for name in heat:
     expected = np.zeros((2, 4, 5), np.float32)

@@ -20,7 +20,8 @@ Batch sizes are per process; the trainer divides config.input.batch_size and
 config.input.eval_batch_size by the process count.
 
 Batches are dicts of numpy arrays: 'image' float32 (B, h, w, 3) normalised, 'label' int32
-(B, h, w) with IGNORE_LABEL in padding, 'labels' float32 (B, K-1) image-level multi-hot,
+(B, h, w) with IGNORE_LABEL in padding, 'valid' bool (B, h, w) False on padding (pixels that
+are not from the image), 'labels' float32 (B, K-1) image-level multi-hot,
 'index' int32 (B,) and, for finite datasets, 'mask' bool (B,) (False on padding entries, whose
 index is -1).
 """
@@ -116,22 +117,38 @@ def random_flip(image, label, rng):
   return image, label
 
 
+def with_valid_channel(image):
+  """The image with a fourth channel of ones: padding (zeros) then marks pixels off the image
+  through any crop or flip; `split_valid` takes it off again."""
+  return np.concatenate([image, np.ones(image.shape[:2] + (1,), image.dtype)], axis=-1)
+
+
+def split_valid(image):
+  """(image (H, W, 3), valid (H, W) bool) from a `with_valid_channel` image."""
+  return image[..., :3], image[..., 3] > 0.5
+
+
 def augment(example, input_cfg, rng):
-  """Train augmentation: scale, normalise, pad to the crop, random crop, optional flip."""
+  """Train augmentation: scale, normalise, pad to the crop, random crop, optional flip.
+
+  'valid' marks the crop's pixels that come from the image (False on padding)."""
   crop = pair(input_cfg.crop_size)
   image, label = random_scale(example['image'], example['label'], input_cfg, rng)
-  image, label = pad(normalize(image, input_cfg), label, crop)
+  image, label = pad(with_valid_channel(normalize(image, input_cfg)), label, crop)
   image, label = random_crop(image, label, crop, rng)
   if input_cfg.flip:
     image, label = random_flip(image, label, rng)
-  return dict(example, image=image, label=label)
+  image, valid = split_valid(image)
+  return dict(example, image=image, label=label, valid=valid)
 
 
 def _batch_ready(example):
-  """Contiguous arrays with the batch dtypes."""
+  """Contiguous arrays with the batch dtypes ('valid' all True when the example has none)."""
+  label = np.ascontiguousarray(example['label']).astype(np.int32)
   return dict(example,
               image=np.ascontiguousarray(example['image'], np.float32),
-              label=np.ascontiguousarray(example['label']).astype(np.int32),
+              label=label,
+              valid=np.ascontiguousarray(example.get('valid', np.ones(label.shape, bool))),
               labels=np.asarray(example['labels'], np.float32),
               index=np.int32(example['index']))
 
@@ -187,6 +204,7 @@ def _padding_entry(size, num_labels):
   """A masked-out batch entry: zero image, all-ignore label, index -1."""
   return _batch_ready({'image': np.zeros((*size, 3), np.float32),
                        'label': np.full(size, IGNORE_LABEL, np.uint8),
+                       'valid': np.zeros(size, bool),
                        'labels': np.zeros(num_labels, np.float32), 'index': -1})
 
 
@@ -230,8 +248,9 @@ def eval_dataset(source, input_cfg, *, batch_size, num_batches=None):
     if shape[0] > size[0] or shape[1] > size[1]:
       raise ValueError(f'Example {i} has size {shape}, larger than config.input.eval_pad_size '
                        f'{size}.')
-    image, label = pad(normalize(image, input_cfg), label, size)
-    return dict(example, image=image, label=label)
+    image, label = pad(with_valid_channel(normalize(image, input_cfg)), label, size)
+    image, valid = split_valid(image)
+    return dict(example, image=image, label=label, valid=valid)
 
   padding = _padding_entry(size, len(first['labels']))
   return _masked_batches(len(source), element, padding, batch_size, num_batches)
