@@ -1,4 +1,4 @@
-"""Refined Weak Slices: the three-stage pipeline in rounds (paper 000, METHODS.md RWS 1-10).
+"""Refined Weak Slices: the three-stage pipeline in rounds (paper 000, docs/methods.md RWS 1-10).
 
 Stage 1 trains the global model. Each round then (a) scores every sliding window of the
 training images with the global model's Seg-Grad-CAM attention and IoU, derives the threshold
@@ -40,7 +40,7 @@ from rwsjax.progress import MetricWriter, Progress, cached_json, median_seconds,
 
 
 def default_config():
-  """config.rws: every RWS setting and ablation switch (METHODS.md RWS), with its default."""
+  """config.rws: every RWS setting and ablation switch (docs/methods.md RWS), with its default."""
   c = ml_collections.ConfigDict()
   c.stage1_steps = 600          # global model (stage 1)
   c.stage2_steps = 300          # local model on weak slices, per round
@@ -184,7 +184,7 @@ def check_config(config):
 
 
 def local_size(rws_cfg):
-  """Side of the slices as the local model sees them (METHODS.md RWS 5)."""
+  """Side of the slices as the local model sees them (docs/methods.md RWS 5)."""
   return rws_cfg.local_size or int(round(rws_cfg.slice_size * rws_cfg.local_scale))
 
 
@@ -209,7 +209,7 @@ class Attention(NamedTuple):
 
 def attention_maps(model, variables, images, *, num_classes, max_classes, labels=None,
                    valid=None):
-  """A_i and Gamma of a batch (eq. 1-3, METHODS.md RWS 2).
+  """A_i and Gamma of a batch (eq. 1-3, docs/methods.md RWS 2).
 
   Without `labels` (switch `attention_region: prediction`, and always at test time) the
   slots hold the classes present in the prediction and H_i^c is kept where c is predicted;
@@ -240,7 +240,7 @@ def taking_part(result, num_classes, rws_cfg, background_class):
 
   A class without a Seg-Grad-CAM slot has unknown attention, not low attention, so it takes
   no part; nor does the background class (`config.dataset.background_class`) unless
-  `weak_classes='all'` (METHODS.md RWS 4).
+  `weak_classes='all'` (docs/methods.md RWS 4).
   """
   slotted = jnp.any((result.class_ids[..., None] == jnp.arange(num_classes))
                     & result.class_mask[..., None], axis=1)
@@ -250,7 +250,7 @@ def taking_part(result, num_classes, rws_cfg, background_class):
 
 
 def window_scores(attention, rws_cfg, num_classes, background_class, labels=None):
-  """Window scores (METHODS.md RWS 3) where only the classes that take part are present.
+  """Window scores (docs/methods.md RWS 3) where only the classes that take part are present.
 
   Windows are scored with A of the last stage or with Gamma (switch `attention`) over each
   class's region; the IoU against `labels` is computed when they are given.
@@ -274,7 +274,7 @@ def choose_slices(scores, threshold, rws_cfg, rng):
 
 
 def fusion_plans(model, frozen, images, config, rng, labels=None, valid=None):
-  """Everything the RWS network adds to a forward pass (METHODS.md RWS 6, 7, 11).
+  """Everything the RWS network adds to a forward pass (docs/methods.md RWS 6, 7, 11).
 
   The frozen global model's attention on `images`, the weak windows under T, the frozen local
   model's features and attention on those windows (resized by `local_scale`, then brought
@@ -342,7 +342,7 @@ def fusion_plans(model, frozen, images, config, rng, labels=None, valid=None):
 
 
 def rws_logits(model, variables, images, config, valid=None):
-  """The RWS network at inference (METHODS.md RWS 11): the refined model with the selected
+  """The RWS network at inference (docs/methods.md RWS 11): the refined model with the selected
   local features fused into its stage outputs.
 
   `variables` = {'model': the refined model, 'global', 'local', 'threshold'} (`frozen` of
@@ -389,7 +389,7 @@ def make_predict_fn(model, config, inference):
 
 
 def fusion_loss(model, config):
-  """Stage-3 loss (METHODS.md RWS 7): cross-entropy of the network with `fusion_plans` applied
+  """Stage-3 loss (docs/methods.md RWS 7): cross-entropy of the network with `fusion_plans` applied
   to the augmented batch. `extra` is `fusion_plans`' `frozen`."""
   labelled = config.rws.attention_region == "ground_truth"
 
@@ -410,7 +410,7 @@ def fusion_loss(model, config):
 
 def make_scorer(model, config):
   """Jitted (variables, images, labels, valid) -> window attention, IoU and presence (N, W, K)
-  over the whole image (METHODS.md RWS 3)."""
+  over the whole image (docs/methods.md RWS 3)."""
   rws, k = config.rws, config.dataset.num_classes
   background = config.dataset.get("background_class")
 
@@ -425,7 +425,7 @@ def make_scorer(model, config):
 
 
 def threshold(counts, sums, rws_cfg):
-  """T, per-class T_c and the curves from the dataset's histogram (METHODS.md RWS 4); with
+  """T, per-class T_c and the curves from the dataset's histogram (docs/methods.md RWS 4); with
   `weak_rule: fixed` T is `t_fixed` and the curve is still reported."""
   t, per_class, curves = slices.threshold_from_histogram(
       counts, sums, rule=rws_cfg.t_rule, slope=rws_cfg.t_slope,
@@ -439,7 +439,7 @@ def threshold(counts, sums, rws_cfg):
 def weak_windows(entries, num_images, num_windows, threshold_value, num_classes):
   """Weak windows from the scored (image, window, class, attention) entries of a split.
 
-  A window is weak when a class that takes part in it has attention below T (METHODS.md RWS
+  A window is weak when a class that takes part in it has attention below T (docs/methods.md RWS
   4). Returns the (num_images, num_windows) weak mask and, per class, the windows where it
   takes part and those where it is weak.
   """
@@ -523,7 +523,7 @@ def load_weak_boxes(directory):
 
 
 def should_stop(counts, min_weak_delta):
-  """Round stop rule (METHODS.md RWS 8): no weak slices, or the count changed by < delta."""
+  """Round stop rule (docs/methods.md RWS 8): no weak slices, or the count changed by < delta."""
   if counts[-1] == 0:
     return True
   return len(counts) > 1 and abs(counts[-1] - counts[-2]) < min_weak_delta
@@ -598,7 +598,7 @@ def schedule_config(config, round_index, stage3_init):
 
   `stage1` continues the previous model's optimizer, whose step count goes on: the schedule
   is shifted by the steps before it and warms up linearly from the previous rate to
-  `stage3_lr`, then decays (METHODS.md RWS 7). `fresh` restarts with a full poly schedule.
+  `stage3_lr`, then decays (docs/methods.md RWS 7). `fresh` restarts with a full poly schedule.
   """
   rws = config.rws
   if stage3_init == "fresh":

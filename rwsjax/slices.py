@@ -1,4 +1,4 @@
-"""Sliding-window slices: scores, the weak-slice threshold T and selection (METHODS.md RWS 3-4).
+"""Sliding-window slices: scores, the weak-slice threshold T and selection (docs/methods.md RWS 3-4).
 
 Windows of `size` x `size` pixels start every `stride` pixels; the last row and column of
 windows are snapped to the image edge so every pixel is covered. They form a grid of row bands
@@ -36,7 +36,7 @@ def _check(height, width, size, stride):
 
 
 def window_boxes(height, width, size, stride):
-  """Sliding windows (METHODS.md RWS 3) as an int32 (W, 4) array of (y0, x0, y1, x1), row-major."""
+  """Sliding windows (docs/methods.md RWS 3) as an int32 (W, 4) array of (y0, x0, y1, x1), row-major."""
   _check(height, width, size, stride)
   y0, x0 = np.meshgrid(window_starts(height, size, stride), window_starts(width, size, stride),
                        indexing='ij')
@@ -107,10 +107,10 @@ class WindowScores(NamedTuple):
 @functools.partial(jax.jit, static_argnames=('num_classes', 'size', 'stride', 'min_pixels'))
 def score_windows(attention, regions, labels=None, preds=None, *, num_classes, size, stride,
                   min_pixels=1):
-  """Window attention per class region, and window IoU per class (METHODS.md RWS 3).
+  """Window attention per class region, and window IoU per class (docs/methods.md RWS 3).
 
   Args:
-    attention: (N, H, W) per-pixel attention, A_last or Gamma (METHODS.md RWS 2).
+    attention: (N, H, W) per-pixel attention, A_last or Gamma (docs/methods.md RWS 2).
     regions: (N, H, W) the class map that defines c's region: the prediction (switch
       `attention_region: prediction`, needs no ground truth) or the ground truth. Values
       outside [0, num_classes), such as the ignore label 255, belong to no region.
@@ -232,7 +232,7 @@ def last_flat(mean_iou, kept, slope, unit):
 
 def threshold_from_histogram(counts, iou_sums, *, rule='first_flat', slope=0.02,
                              slope_unit='attention', min_share=0.01, min_windows=10):
-  """Weak-slice threshold T from the IoU vs attention curve (paper Fig. 2, METHODS.md RWS 4).
+  """Weak-slice threshold T from the IoU vs attention curve (paper Fig. 2, docs/methods.md RWS 4).
 
   Per class the curve is the mean IoU per kept bin at the bin centres; a bin is kept when it
   holds at least `min_share` of the class's windows (and at least one), and slopes join
@@ -280,7 +280,7 @@ def threshold_from_curve(attention, iou, present, *, bins=20, **kwargs):
 
 
 def weak_mask(attention, present, threshold):
-  """(N, W, K) weak windows per class: present and mean attention < T (METHODS.md RWS 4).
+  """(N, W, K) weak windows per class: present and mean attention < T (docs/methods.md RWS 4).
 
   With `weak_rule: fixed` the threshold is `t_fixed` instead of the curve's T.
   """
@@ -305,7 +305,7 @@ def select_windows(priority, max_slices):
 
 
 def select_top_weak(attention, weak, max_slices):
-  """Up to `max_slices` weak windows per image, weakest first (METHODS.md RWS 7).
+  """Up to `max_slices` weak windows per image, weakest first (docs/methods.md RWS 7).
 
   A window's weakness is its lowest attention over the classes that are weak in it.
 

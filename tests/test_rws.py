@@ -145,7 +145,7 @@ def _window_entries(result, regions, per_pixel, boxes, num_classes, background, 
 
 
 def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
-  """rws_logits against the steps of METHODS.md RWS 11 composed by hand: prediction-region
+  """rws_logits against the steps of docs/methods.md RWS 11 composed by hand: prediction-region
   attention, weak windows under T (weakest first), the local model on the enlarged slices,
   eq. 5-7 per pixel (test_fusion's loop reference) and the fused forward pass."""
   config, model, batch, glob, local = tiny
@@ -221,7 +221,7 @@ def test_rws_network_pads_any_image_size(tiny):
 
 
 def _naive_threshold(attention_by_class, iou_by_class, bins, slope, min_share, min_windows):
-  """first_flat T (METHODS.md RWS 4) with loops over classes and bins."""
+  """first_flat T (docs/methods.md RWS 4) with loops over classes and bins."""
   per_class = []
   for att, iou in zip(attention_by_class, iou_by_class):
     index = [min(int(a * bins), bins - 1) for a in att]
