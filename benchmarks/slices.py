@@ -1,7 +1,7 @@
 """Window scoring: jitted `rwsjax.slices.score_windows` vs Python loops over windows.
 
 All compute, per image, window and class, the mean attention over the class's ground-truth
-pixels and the window IoU (METHODS.md RWS 3). Two numpy baselines: the naive loop over
+pixels and the window IoU (docs/methods.md RWS 3). Two numpy baselines: the naive loop over
 windows and classes (boolean masks per class), and a loop over windows only, vectorised over
 classes with bincount. Prints medians after a warm-up and the ratios, for a VOC-like and a
 small geometry by default.

@@ -1,4 +1,4 @@
-"""Pixel-pair affinities of PSA (METHODS.md, ISIM step 9).
+"""Pixel-pair affinities of PSA (docs/methods.md, ISIM step 9).
 
 Pair convention (PSA, Ahn & Kwak 2018). `pair_offsets(r)` lists the (dy, dx) with
 0 < dy^2 + dx^2 < r^2 in one half-plane (dy > 0, or dy == 0 and dx > 0), so each unordered
@@ -84,7 +84,7 @@ def _pairs(x, offsets):
 
 
 def pair_affinities(features, offsets):
-  """a_ij = exp(-mean_c |f_i - f_j|) for every pair (METHODS.md ISIM step 9).
+  """a_ij = exp(-mean_c |f_i - f_j|) for every pair (docs/methods.md ISIM step 9).
 
   Args:
     features: (N, h, w, C) AffinityNet features at stride 8.
@@ -151,7 +151,7 @@ def _confident_labels(cams, image_labels, bg_score, crf_fn, image):
 
 def affinity_labels_from_cams(cams, image_labels, *, fg_threshold=0.3, bg_threshold=0.1,
                               crf_fn=None, image=None, stride=8):
-  """Affinity labels from normalised CAMs (METHODS.md ISIM step 9, PSA's la/ha rule).
+  """Affinity labels from normalised CAMs (docs/methods.md ISIM step 9, PSA's la/ha rule).
 
   Two label maps are made with a constant background score: `la` with `fg_threshold`
   (foreground only where a CAM exceeds it: confident foreground) and `lb` with
@@ -192,7 +192,7 @@ def affinity_labels_from_cams(cams, image_labels, *, fg_threshold=0.3, bg_thresh
 
 
 def pair_labels(labels, offsets):
-  """Pair masks (bg_pos, fg_pos, neg), each (N, P, h', w') bool (METHODS.md ISIM step 9).
+  """Pair masks (bg_pos, fg_pos, neg), each (N, P, h', w') bool (docs/methods.md ISIM step 9).
 
   bg_pos: both pixels background; fg_pos: both the same foreground class; neg: two different
   classes. A pair with an ignored (255) pixel is in none of the three.
@@ -210,7 +210,7 @@ def pair_labels(labels, offsets):
 
 
 def affinity_loss(aff, bg_pos, fg_pos, neg):
-  """PSA's loss bg/4 + fg/4 + neg/2 over all pairs of the batch (METHODS.md ISIM step 9).
+  """PSA's loss bg/4 + fg/4 + neg/2 over all pairs of the batch (docs/methods.md ISIM step 9).
 
   bg = -sum(bg_pos * log(aff + 1e-5)) / (count + 1e-5), fg likewise, and
   neg = -sum(neg * log(1 + 1e-5 - aff)) / (count + 1e-5).
@@ -226,7 +226,7 @@ def affinity_loss(aff, bg_pos, fg_pos, neg):
 
 
 class AffinityHead(nn.Module):
-  """PSA's embedding (METHODS.md ISIM step 9): 1x1 convs without bias on layer2/3/4 to
+  """PSA's embedding (docs/methods.md ISIM step 9): 1x1 convs without bias on layer2/3/4 to
   `channels[:3]` with ELU, concatenated, then a 1x1 conv to `channels[3]` with ELU.
 
   Initialisation as PSA: He normal for the three projections, Xavier uniform with gain 4

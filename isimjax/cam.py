@@ -1,4 +1,4 @@
-"""Multi-scale class activation maps (METHODS.md, ISIM step 2).
+"""Multi-scale class activation maps (docs/methods.md, ISIM step 2).
 
 For each scale s in 1.0, 0.5, 1.5, 2.0 the image is resized by s, the model's CAMs
 ReLU(conv1x1(layer4)) are computed for it and for its horizontal flip (flipped back), each is
@@ -64,7 +64,7 @@ def scaled_size(size, scale):
 
 
 def multi_scale_cams(class_maps_fn, images, sizes, image_labels, *, scales, flip, stride):
-  """Normalised multi-scale CAMs of a padded batch (METHODS.md, ISIM step 2).
+  """Normalised multi-scale CAMs of a padded batch (docs/methods.md, ISIM step 2).
 
   Args:
     class_maps_fn: images (B, h, w, 3) -> per-pixel class scores (B, ceil(h/stride),

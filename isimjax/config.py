@@ -1,4 +1,4 @@
-"""ISIM defaults: `rwsjax.config.base_config()` plus config.isim (METHODS.md, ISIM steps 1-8).
+"""ISIM defaults: `rwsjax.config.base_config()` plus config.isim (docs/methods.md, ISIM steps 1-8).
 
 Fields set or added here, with the paper's values unless noted:
 
@@ -6,7 +6,7 @@ Fields set or added here, with the paper's values unless noted:
   model.name: 'deeplabv3' or 'deeplabv3plus' (DeepLabCAM, switch `decoder: v3|v3plus`) or
     'unet' (UNetCAM; model.upsample 'bilinear' | 'learnable').
   input.scale_mode: 'long_side' (step 7: long side resized into [crop, 2 * crop], flip, crop).
-  train.optimizer: 'sgd' (METHODS.md step 5; 'adamw' only for small CPU runs from scratch).
+  train.optimizer: 'sgd' (docs/methods.md step 5; 'adamw' only for small CPU runs from scratch).
   train.momentum: SGD momentum, 0.9 (paper; the authors' code effectively runs 1e-4: set it
     here to follow the code).
   train.weight_decay: 1e-4. train.poly_power: 0.9, poly decay over the whole run.
@@ -37,7 +37,7 @@ Fields set or added here, with the paper's values unless noted:
   isim.baseline: also train the classification-only model (same architecture and epochs,
     soft-margin loss only) whose CAMs are the reference column of the final table.
 
-PSA stages (METHODS.md, ISIM steps 9-11; isimjax.psa), config.psa:
+PSA stages (docs/methods.md, ISIM steps 9-11; isimjax.psa), config.psa:
 
   psa.enabled: run the PSA stages after the ISIM ones (affinity labels, AffinityNet, random
     walk, final segmentation model), True.
@@ -46,7 +46,7 @@ PSA stages (METHODS.md, ISIM steps 9-11; isimjax.psa), config.psa:
     confident-background label maps, 0.3 and 0.1 (paper Sec. 4.1.6).
   psa.label_crf: the dense CRF of the affinity labels. 'isim' (default): the ISIM code's
     (IRNet's cam_to_ir_label): each thresholded argmax map refined with a label unary
-    (gt_prob 0.7) and the pseudo-label CRF of METHODS.md step 3 (Gaussian sxy 3 compat 3,
+    (gt_prob 0.7) and the pseudo-label CRF of docs/methods.md step 3 (Gaussian sxy 3 compat 3,
     bilateral sxy 50 srgb 5 compat 10, 10 iterations). 'psa': PSA's own: a unary from the
     scores [constant background, CAMs] with bilateral sxy 80 srgb 13. The random walk's CRF
     uses the same pairwise terms with `rw_crf_iterations`.

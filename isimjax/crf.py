@@ -1,4 +1,4 @@
-"""Dense CRF refinement on the host with pydensecrf (METHODS.md, ISIM steps 3, 9 and 10).
+"""Dense CRF refinement on the host with pydensecrf (docs/methods.md, ISIM steps 3, 9 and 10).
 
 Plain numpy and pydensecrf, no JAX: these functions run in worker processes of a pool.
 """
@@ -11,7 +11,7 @@ from pydensecrf.utils import unary_from_labels, unary_from_softmax
 
 @dataclasses.dataclass(frozen=True)
 class CrfParams:
-  """Pairwise terms and iteration count; the defaults are METHODS.md ISIM step 3."""
+  """Pairwise terms and iteration count; the defaults are docs/methods.md ISIM step 3."""
   gaussian_sxy: float = 3.0
   gaussian_compat: float = 3.0
   bilateral_sxy: float = 50.0
@@ -61,7 +61,7 @@ def _compact_ids(labels, n_labels, class_ids):
 
 def crf_refine_labels(image, labels, n_labels, *, class_ids=None, gt_prob=0.7,
                       params=CrfParams()):
-  """Dense CRF on a hard label map (METHODS.md ISIM step 3), returns a (H, W) uint8 map.
+  """Dense CRF on a hard label map (docs/methods.md ISIM step 3), returns a (H, W) uint8 map.
 
   The CRF runs over the class ids in `class_ids` only (default: the ids present in `labels`),
   so an image labelled {0, 5, 12} uses a 3-label CRF: the label map is re-indexed to 0, 1, 2,
@@ -99,7 +99,7 @@ def crf_refine_labels(image, labels, n_labels, *, class_ids=None, gt_prob=0.7,
 
 
 def crf_refine_probs(image, probs, *, params=CrfParams()):
-  """Dense CRF on per-class scores (METHODS.md ISIM steps 9-10), returns Q (C, H, W) float32.
+  """Dense CRF on per-class scores (docs/methods.md ISIM steps 9-10), returns Q (C, H, W) float32.
 
   The unary is -log(max(probs, 1e-5)); scores need not sum to one (PSA feeds CAMs with a
   background channel), and the returned marginals do.

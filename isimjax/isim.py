@@ -1,4 +1,4 @@
-"""The ISIM pipeline (METHODS.md, ISIM steps 1-11): `run(config, workdir)`.
+"""The ISIM pipeline (docs/methods.md, ISIM steps 1-11): `run(config, workdir)`.
 
 The pipeline is the list `STAGES` of named stages. Each stage returns a JSON-ready dict that is
 written to <workdir>/stages/<name>.json; a rerun with the same workdir skips the stages whose

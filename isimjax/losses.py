@@ -1,4 +1,4 @@
-"""ISIM training losses (METHODS.md, ISIM step 4; paper eq. 2-3)."""
+"""ISIM training losses (docs/methods.md, ISIM step 4; paper eq. 2-3)."""
 import jax
 import jax.numpy as jnp
 
@@ -42,7 +42,7 @@ def foreground_indicator(pseudo_labels, ignore_label=IGNORE_LABEL):
 
 
 def modified_cross_entropy(logits, pseudo_labels, ignore_label=IGNORE_LABEL):
-  """Modified cross-entropy CE(logits * r_y, y) (paper eq. 2-3, METHODS.md ISIM step 4).
+  """Modified cross-entropy CE(logits * r_y, y) (paper eq. 2-3, docs/methods.md ISIM step 4).
 
   Images whose (augmented) pseudo label has no foreground pixel get zero logits: each of
   their non-ignored pixels contributes the constant log K to the mean and no gradient flows
@@ -63,7 +63,7 @@ def modified_cross_entropy(logits, pseudo_labels, ignore_label=IGNORE_LABEL):
 
 
 def isim_loss(class_logits, targets, seg_logits, pseudo_labels, *, seg_weight=1.0):
-  """ISIM objective: soft margin + seg_weight * modified CE (METHODS.md ISIM steps 4 and 6).
+  """ISIM objective: soft margin + seg_weight * modified CE (docs/methods.md ISIM steps 4 and 6).
 
   `seg_weight` is 1 once pseudo labels exist (summed 1:1) and 0 in the classification-only
   epochs; it may be a traced scalar.

@@ -1,5 +1,5 @@
 """DeepLabCAM and UNetCAM: a segmentation network plus a classification branch on layer4
-(METHODS.md, ISIM step 1; paper Sec. 3.2, Figs. 2-3).
+(docs/methods.md, ISIM step 1; paper Sec. 3.2, Figs. 2-3).
 
 The parameter tree has three top-level parts, one per learning-rate group of ISIM step 5:
 'backbone' (the encoder), 'head' (the decoder) and 'classifier' (the branch's 1x1 conv).
@@ -20,7 +20,7 @@ class CamSegmenter(nn.Module):
 
   The branch's 1x1 conv is linear, so pooling then convolving equals convolving every layer4
   pixel then pooling: `class_maps` gives the per-pixel scores whose ReLU is the CAM
-  (METHODS.md, ISIM step 2) and whose spatial mean is the class logits.
+  (docs/methods.md, ISIM step 2) and whose spatial mean is the class logits.
 
   Attributes:
     backbone: a module returning the ResNet feature dict ('layer4' at least).

@@ -1,4 +1,4 @@
-"""The PSA half of the ISIM pipeline (METHODS.md, ISIM steps 9-11; paper Sec. 4.1.6-4.1.7).
+"""The PSA half of the ISIM pipeline (docs/methods.md, ISIM steps 9-11; paper Sec. 4.1.6-4.1.7).
 
 The trained DeepLabCAM's multi-scale CAMs of the training split give affinity labels,
 AffinityNet learns pixel affinities from them, the random walk propagates the CAMs on those
@@ -189,7 +189,7 @@ def _with_backbone(variables, donor):
 
 
 def train_affinity(ctx, isim_variables):
-  """Stage psa_affinity_train: AffinityNet trained on the affinity labels (METHODS.md ISIM
+  """Stage psa_affinity_train: AffinityNet trained on the affinity labels (docs/methods.md ISIM
   step 9) from the psa.init weights; checkpoints in <workdir>/psa_affinity."""
   psa_cfg = ctx.config.psa
   sub, model, tx, total = _affinity_setup(ctx)
@@ -219,7 +219,7 @@ def trained_affinity(ctx):
 
 def random_walk_labels(ctx, isim_variables):
   """Stage psa_random_walk: every training image's CAMs walked on its AffinityNet affinities
-  (METHODS.md ISIM step 10). The argmax goes to the store 'rw' at once, the CRF-refined
+  (docs/methods.md ISIM step 10). The argmax goes to the store 'rw' at once, the CRF-refined
   argmax to 'rw_crf' from config.isim.crf_workers processes. Returns {name: store}."""
   psa_cfg = ctx.config.psa
   stores = {name: label_store(ctx, name) for name in WALK_LABELS}
@@ -264,7 +264,7 @@ def final_title(config):
 
 def train_final(ctx):
   """Stage psa_final: the final segmentation model trained fully supervised on the
-  psa.final_labels pseudo labels (METHODS.md ISIM step 11; checkpoints in <workdir>/psa_final)
+  psa.final_labels pseudo labels (docs/methods.md ISIM step 11; checkpoints in <workdir>/psa_final)
   and its confusion-matrix mIoU on the eval split (paper Tables 8-11)."""
   config = ctx.config
   sub = stage_config(config, 'final')

@@ -1,4 +1,4 @@
-"""Pseudo labels from CAMs (METHODS.md, ISIM step 3), streamed to a label store on disk.
+"""Pseudo labels from CAMs (docs/methods.md, ISIM step 3), streamed to a label store on disk.
 
 The main process computes CAMs (accelerator) batch by batch while a process pool thresholds
 and CRF-refines earlier images on the host CPUs; finished labels are written one PNG per
@@ -39,7 +39,7 @@ def _check_cams(cams, image_labels):
 
 
 def labels_from_cams(cams, image_labels, threshold=0.3):
-  """Thresholded CAM labels (METHODS.md ISIM step 3, before the CRF).
+  """Thresholded CAM labels (docs/methods.md ISIM step 3, before the CRF).
 
   The background score is the constant `threshold`; each pixel takes the argmax over
   [background, classes in the image]. Classes not in the image never win.
@@ -68,7 +68,7 @@ def _pseudo_label(image, cams, class_ids, threshold, use_crf, num_classes):
 
 
 def pseudo_label(image, cams, image_labels, *, threshold=0.3, crf=True):
-  """Pseudo label of one image (METHODS.md ISIM step 3): threshold, then the dense CRF.
+  """Pseudo label of one image (docs/methods.md ISIM step 3): threshold, then the dense CRF.
 
   As in the ISIM and IRNet code, the CRF runs over background plus the image's classes (a
   class whose CAM never passed the threshold still takes part), with the defaults of
@@ -245,7 +245,7 @@ def stream_to_store(tasks, store, *, num_workers, total, progress=None):
 
 def generate_pseudo_labels(examples, cam_fn, store, *, threshold=0.3, crf=True, num_workers=0,
                            progress=None):
-  """Computes and stores the pseudo labels missing from `store` (METHODS.md ISIM step 3).
+  """Computes and stores the pseudo labels missing from `store` (docs/methods.md ISIM step 3).
 
   The main process calls `cam_fn` batch by batch (the accelerator) while `num_workers`
   processes threshold and CRF-refine earlier images (`pseudo_label`); each finished label is
@@ -258,7 +258,7 @@ def generate_pseudo_labels(examples, cam_fn, store, *, threshold=0.3, crf=True, 
     examples: iterable of (index, image (H, W, 3) uint8, image labels (K-1,)), or of batches
       (indices (B,), images (B, H, W, 3), image labels (B, K-1)), e.g. from a data pipeline.
     cam_fn: callable(images (B, H, W, 3) uint8, image labels (B, K-1)) -> numpy CAMs
-      (B, K-1, H, W) normalised to [0, 1] (METHODS.md ISIM step 2).
+      (B, K-1, H, W) normalised to [0, 1] (docs/methods.md ISIM step 2).
     store: a `LabelStore`.
     threshold: background score of the thresholding.
     crf: whether to refine with the dense CRF.

@@ -1,4 +1,4 @@
-"""PSA random walk of CAMs on the learned affinity graph (METHODS.md, ISIM step 10).
+"""PSA random walk of CAMs on the learned affinity graph (docs/methods.md, ISIM step 10).
 
 Convention. A is the symmetric (n, n) affinity matrix of the n = h * w stride-8 pixels (pair
 affinities within the radius, 0 elsewhere, self loops 1). The transition matrix is
@@ -126,7 +126,7 @@ def feature_grid(shape, stride=8):
 
 def walk_scores(cams, image_labels, affinities, *, radius=5, alpha=16.0, beta=8.0, logt=8,
                 stride=8, dense_max_nodes=4096):
-  """Random-walked scores of one image before the argmax (METHODS.md ISIM step 10, PSA's
+  """Random-walked scores of one image before the argmax (docs/methods.md ISIM step 10, PSA's
   infer_aff).
 
   The CAMs of the image's classes get the background channel at image size, are zero-padded
@@ -183,7 +183,7 @@ def walk_scores(cams, image_labels, affinities, *, radius=5, alpha=16.0, beta=8.
 
 
 def propagate(cams, image_labels, affinities, *, crf_fn=None, image=None, **walk_options):
-  """Random-walk pseudo label of one image (METHODS.md ISIM step 10, PSA's infer_aff): the
+  """Random-walk pseudo label of one image (docs/methods.md ISIM step 10, PSA's infer_aff): the
   argmax of `walk_scores` over background and the image's classes, after `crf_fn` when given.
 
   Args:

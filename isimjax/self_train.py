@@ -1,4 +1,4 @@
-"""ISIM iterative self-training (METHODS.md, ISIM steps 3-6; paper Algorithm 1).
+"""ISIM iterative self-training (docs/methods.md, ISIM steps 3-6; paper Algorithm 1).
 
 Training runs in chunks of `rwsjax.train.fit` that end where pseudo labels may be
 regenerated. Classification-only epochs come first; at the end of a regeneration epoch the
@@ -29,7 +29,7 @@ REGEN_MODES = ('fixed', 'converge')
 
 
 def param_groups(params):
-  """The learning-rate group of every parameter (METHODS.md, ISIM step 5): the top-level
+  """The learning-rate group of every parameter (docs/methods.md, ISIM step 5): the top-level
   'backbone', 'head' and 'classifier' parts are 'encoder', 'decoder' and 'classifier'."""
   unknown = sorted(set(params) - set(GROUPS))
   if unknown:
@@ -40,7 +40,7 @@ def param_groups(params):
 
 def make_optimizer(config, total_steps):
   """SGD with per-group poly learning rates config.isim.lr_{encoder,decoder,classifier}
-  (METHODS.md, ISIM step 5), momentum and weight decay from config.train."""
+  (docs/methods.md, ISIM step 5), momentum and weight decay from config.train."""
   group_lrs = {'encoder': config.isim.lr_encoder, 'decoder': config.isim.lr_decoder,
                'classifier': config.isim.lr_classifier}
   return train.make_optimizer(config.train, total_steps, group_lrs=group_lrs,
@@ -186,7 +186,7 @@ def example_batches(source, indices, batch_size, num_threads=2):
 
 def generate_labels(cam_fn, source, store, config, *, crf, sizes=None):
   """Writes the labels missing from `store`: thresholded CAMs, CRF-refined when `crf`, the
-  CRF in config.isim.crf_workers processes while `cam_fn` runs (METHODS.md, ISIM step 3).
+  CRF in config.isim.crf_workers processes while `cam_fn` runs (docs/methods.md, ISIM step 3).
 
   With the images' `sizes` ((len(source), 2), see `image_sizes`) examples go in size order,
   so that datasets of many image sizes still fill the CAM batches; without, in index order.

@@ -1,4 +1,4 @@
-"""Confusion-matrix mIoU (METHODS.md, shared building blocks)."""
+"""Confusion-matrix mIoU (docs/methods.md, shared building blocks)."""
 import numpy as np
 import jax.numpy as jnp
 

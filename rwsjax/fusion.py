@@ -1,4 +1,4 @@
-"""Selection and integration of weak-slice features (paper eq. 5-7, METHODS.md RWS 6-7).
+"""Selection and integration of weak-slice features (paper eq. 5-7, docs/methods.md RWS 6-7).
 
 Split in two for stage 3: `fusion_plan` runs once per batch on the frozen models' outputs and
 gives, per layer, the weight n and the local features F^s placed on the global feature grid;

@@ -1,4 +1,4 @@
-"""Refined Weak Slices: the three-stage pipeline in rounds (paper 000, METHODS.md RWS 1-10).
+"""Refined Weak Slices: the three-stage pipeline in rounds (paper 000, docs/methods.md RWS 1-10).
 
 Stage 1 trains the global model. Each round then (a) scores every sliding window of the
 training images with the global model's Seg-Grad-CAM attention and IoU, derives the threshold
@@ -39,7 +39,7 @@ from rwsjax.progress import MetricWriter, Progress, cached_json, write_json
 
 
 def default_config():
-  """config.rws: every RWS setting and ablation switch (METHODS.md RWS), with its default."""
+  """config.rws: every RWS setting and ablation switch (docs/methods.md RWS), with its default."""
   c = ml_collections.ConfigDict()
   c.stage1_steps = 600          # global model (stage 1)
   c.stage2_steps = 300          # local model on weak slices, per round
@@ -194,7 +194,7 @@ def scored_classes(scores, result, num_classes, weak_classes="all"):
 
 
 def make_scorer(model, config):
-  """Jitted (variables, images, labels) -> window scores over the whole image (METHODS.md 3)."""
+  """Jitted (variables, images, labels) -> window scores over the whole image (docs/methods.md 3)."""
   rws, k = config.rws, config.dataset.num_classes
 
   @jax.jit
@@ -276,7 +276,7 @@ def load_weak_boxes(directory):
 
 
 def fusion_loss(model, config):
-  """Stage-3 loss (METHODS.md RWS 6-7): per batch, weak slices of the augmented crop under T,
+  """Stage-3 loss (docs/methods.md RWS 6-7): per batch, weak slices of the augmented crop under T,
   local features, selection and lambda (eq. 5-7), then cross-entropy of the fused network.
 
   `extra` = {'global': frozen global variables, 'local': frozen local variables,
@@ -346,7 +346,7 @@ def fusion_loss(model, config):
 
 
 def should_stop(counts, min_weak_delta):
-  """Round stop rule (METHODS.md RWS 8): no weak slices, or the count changed by < delta."""
+  """Round stop rule (docs/methods.md RWS 8): no weak slices, or the count changed by < delta."""
   if counts[-1] == 0:
     return True
   return len(counts) > 1 and abs(counts[-1] - counts[-2]) < min_weak_delta

@@ -1,4 +1,4 @@
-"""Seg-Grad-CAM heatmaps and the attention maps of RWS (paper eq. 1-4, METHODS.md RWS step 2).
+"""Seg-Grad-CAM heatmaps and the attention maps of RWS (paper eq. 1-4, docs/methods.md RWS step 2).
 
 Model convention: `model.apply(variables, images, train=False)` returns logits (N, H, W, K) at
 input resolution, and after each backbone stage `name` ('layer1'..'layer4') the model calls
@@ -61,7 +61,7 @@ def present_classes(label_map, num_classes, max_classes):
 
 
 def normalize_heatmaps(raw, size):
-  """ReLU, then min-max to [0, 1] per map, then bilinear resize (eq. 1, METHODS.md RWS 2).
+  """ReLU, then min-max to [0, 1] per map, then bilinear resize (eq. 1, docs/methods.md RWS 2).
 
   The order is fixed: normalising before the resize keeps the stage's own extremes at 0 and 1
   (a peak between output pixels stays below 1 after the resize). A constant map becomes zeros.
@@ -145,7 +145,7 @@ def _seg_grad_cam(model, variables, images, classes, *, max_classes, layers, cla
 
 def seg_grad_cam(model, variables, images, *, max_classes=None, layers=LAYERS, classes=None,
                  class_chunk=None):
-  """Seg-Grad-CAM of every stage and every class of a batch (paper eq. 1, METHODS.md RWS 2).
+  """Seg-Grad-CAM of every stage and every class of a batch (paper eq. 1, docs/methods.md RWS 2).
 
   For class c: S_c = sum of logit_c over the pixels predicted as c, alpha_i^k = mean_{h,w}
   dS_c/dF_i^k, H_i^c = ReLU(sum_k alpha_i^k F_i^k), min-max normalised per image, stage and

@@ -1,4 +1,4 @@
-"""Sliding-window slices: scores, the weak-slice threshold T and selection (METHODS.md RWS 3-4).
+"""Sliding-window slices: scores, the weak-slice threshold T and selection (docs/methods.md RWS 3-4).
 
 Windows of `size` x `size` pixels start every `stride` pixels; the last row and column of
 windows are snapped to the image edge so every pixel is covered. They form a grid of row bands
@@ -36,7 +36,7 @@ def _check(height, width, size, stride):
 
 
 def window_boxes(height, width, size, stride):
-  """Sliding windows (METHODS.md RWS 3) as an int32 (W, 4) array of (y0, x0, y1, x1), row-major."""
+  """Sliding windows (docs/methods.md RWS 3) as an int32 (W, 4) array of (y0, x0, y1, x1), row-major."""
   _check(height, width, size, stride)
   y0, x0 = np.meshgrid(window_starts(height, size, stride), window_starts(width, size, stride),
                        indexing='ij')
@@ -106,10 +106,10 @@ class WindowScores(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'size', 'stride', 'min_pixels'))
 def score_windows(attention, labels, preds=None, *, num_classes, size, stride, min_pixels=1):
-  """Window attention and window IoU per class (METHODS.md RWS 3).
+  """Window attention and window IoU per class (docs/methods.md RWS 3).
 
   Args:
-    attention: (N, H, W) per-pixel attention, A_last or Gamma (METHODS.md RWS 2).
+    attention: (N, H, W) per-pixel attention, A_last or Gamma (docs/methods.md RWS 2).
     labels: (N, H, W) ground truth; ignored pixels (255) count nowhere, not even in the
       prediction's pixel counts.
     preds: optional (N, H, W) predicted classes for the IoU.
@@ -163,7 +163,7 @@ def curve_histogram(attention, iou, present, *, bins=20):
 
 
 def threshold_from_histogram(counts, iou_sums, *, slope=0.02, min_windows=10):
-  """Weak-slice threshold T from the IoU vs attention curve (paper Fig. 2, METHODS.md RWS 4).
+  """Weak-slice threshold T from the IoU vs attention curve (paper Fig. 2, docs/methods.md RWS 4).
 
   Per class the curve is the mean IoU per non-empty bin at the bin centres; empty bins are
   skipped, so a slope joins consecutive non-empty bins. T_c is the lowest non-empty bin centre
@@ -211,7 +211,7 @@ def threshold_from_curve(attention, iou, present, *, bins=20, slope=0.02, min_wi
 
 
 def weak_mask(attention, present, threshold):
-  """(N, W, K) weak windows per class: present and mean attention < T (METHODS.md RWS 4).
+  """(N, W, K) weak windows per class: present and mean attention < T (docs/methods.md RWS 4).
 
   With `weak_rule: fixed` the threshold is `t_fixed` instead of the curve's T.
   """
@@ -236,7 +236,7 @@ def select_windows(priority, max_slices):
 
 
 def select_top_weak(attention, weak, max_slices):
-  """Up to `max_slices` weak windows per image, weakest first (METHODS.md RWS 7).
+  """Up to `max_slices` weak windows per image, weakest first (docs/methods.md RWS 7).
 
   A window's weakness is its lowest attention over the classes that are weak in it.
 

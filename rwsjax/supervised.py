@@ -39,7 +39,7 @@ def eval_batches(source, config, mesh):
   """(batches, count): the whole split in order, hosts padded to the same number of batches.
 
   `source` is this process's part of the split; the count comes from the global example count
-  (the sum of all parts), so hosts with uneven parts step together (DESIGN.md, multi-host).
+  (the sum of all parts), so hosts with uneven parts step together (docs/design.md, multi-host).
   """
   batch_size = train.local_batch_size(config.input.eval_batch_size, mesh)
   split_size = int(np.sum(multihost_utils.process_allgather(np.int32(len(source)))))

@@ -48,7 +48,7 @@ class ToyCam(nn.Module):
 
 
 def loop_cams(maps_fn, image, labels, scales, flip):
-  """METHODS.md ISIM step 2 for one unpadded image, written as a plain loop."""
+  """docs/methods.md ISIM step 2 for one unpadded image, written as a plain loop."""
   height, width = image.shape[:2]
   total = np.zeros((height, width, len(labels)), np.float32)
   for scale in scales:

@@ -30,7 +30,7 @@ def test_noisy_labels_are_cleaned_to_colour_regions():
 
 
 def _direct_crf(image, compact, n):
-  """METHODS.md step 3 CRF written directly against pydensecrf, labels unary by hand."""
+  """docs/methods.md step 3 CRF written directly against pydensecrf, labels unary by hand."""
   direct = dcrf.DenseCRF2D(image.shape[1], image.shape[0], n)
   unary = np.full((n, compact.size), -np.log(0.3 / (n - 1)), np.float32)
   unary[compact.ravel(), np.arange(compact.size)] = -np.log(0.7)

@@ -141,7 +141,7 @@ def test_geometry_checks():
 
 
 def test_stage3_batch_composes_with_segcam_and_slices():
-  """Per-batch stage 3 (METHODS.md RWS 7) on a tiny model; fused layer4 against eq. 6."""
+  """Per-batch stage 3 (docs/methods.md RWS 7) on a tiny model; fused layer4 against eq. 6."""
   model = TinySeg(num_classes=3)
   variables, images = setup_model(model, n=2, size=16, seed=11)
   local_variables, _ = setup_model(model, n=2, size=16, seed=12)

@@ -1,5 +1,5 @@
 """launch.py end to end: a one-step supervised smoke run, and one-sentence errors for bad
-command lines (DESIGN.md: errors a user can cause)."""
+command lines (docs/design.md: errors a user can cause)."""
 import json
 import os
 import subprocess

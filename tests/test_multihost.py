@@ -1,6 +1,6 @@
 """Two processes over loopback (jax.distributed, CPU collectives over gloo) against one process
 with the same number of devices: per-host data parts, global batch assembly, training losses
-and evaluation with uneven per-host example counts (DESIGN.md, multi-host).
+and evaluation with uneven per-host example counts (docs/design.md, multi-host).
 
 The processes are in multihost_worker.py; this module starts them and compares their outputs.
 """

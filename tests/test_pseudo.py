@@ -16,7 +16,7 @@ HEIGHT, WIDTH = 24, 32
 
 
 def _loop_labels(cams, image_labels, threshold):
-  """Per-pixel oracle of METHODS.md ISIM step 3: constant background score, image classes."""
+  """Per-pixel oracle of docs/methods.md ISIM step 3: constant background score, image classes."""
   labels = np.zeros(cams.shape[1:], np.uint8)
   for y in range(cams.shape[1]):
     for x in range(cams.shape[2]):

@@ -77,7 +77,7 @@ def limit_long_side(image, label, max_side):
 
 
 def scale_factor(shape, input_cfg, rng):
-  """Random resize factor of METHODS.md ISIM step 7 ('long_side') or of DeepLab ('ratio')."""
+  """Random resize factor of docs/methods.md ISIM step 7 ('long_side') or of DeepLab ('ratio')."""
   mode = input_cfg.scale_mode
   if mode == 'ratio':
     return rng.uniform(*input_cfg.scale_range)

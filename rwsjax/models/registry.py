@@ -1,4 +1,4 @@
-"""SegmentationModel and the model registry by config string (DESIGN.md: models)."""
+"""SegmentationModel and the model registry by config string (docs/design.md: models)."""
 from typing import Any
 
 import flax.linen as nn
@@ -9,7 +9,7 @@ from rwsjax.models.resnet import RESNET_SPECS, STAGE_GEOMETRY, STAGE_NAMES, STEM
 
 HEAD_NAMES = ('deeplabv3', 'deeplabv3plus', 'fcn', 'unet', 'deeplabv2')
 BACKBONES = {f'resnet{depth}': depth for depth in RESNET_SPECS}
-# Output stride -> DeepLabv3 ASPP rates (METHODS.md).
+# Output stride -> DeepLabv3 ASPP rates (docs/methods.md).
 ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 

@@ -1,4 +1,4 @@
-"""Dilated ResNet backbones, torchvision layout (METHODS.md, shared building blocks: backbone).
+"""Dilated ResNet backbones, torchvision layout (docs/methods.md, shared building blocks: backbone).
 
 Parameter names mirror torchvision's so that its ImageNet weights map one to one
 (`rwsjax.models.pretrained`): `conv1`, `bn1`, block `layer{s}.{b}` is the submodule
@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 STAGE_NAMES = ('layer1', 'layer2', 'layer3', 'layer4')
-# Output stride -> (strides, dilations) of stages 1-4 (METHODS.md).
+# Output stride -> (strides, dilations) of stages 1-4 (docs/methods.md).
 STAGE_GEOMETRY = {
     8: ((1, 2, 1, 1), (1, 1, 2, 4)),
     16: ((1, 2, 2, 1), (1, 1, 1, 2)),
@@ -117,7 +117,7 @@ class ResNet(nn.Module):
 
   Attributes:
     depth: 18, 34, 50, 101 or 152.
-    output_stride: 8 or 16 (METHODS.md stage strides and dilations).
+    output_stride: 8 or 16 (docs/methods.md stage strides and dilations).
     width: multiplier of every channel count (base 64); < 1 gives tiny CPU variants.
     frozen_bn: BatchNorm always uses (and never updates) its running statistics; its scale
       and bias stay trainable.
