@@ -57,3 +57,10 @@ def test_bad_config_value_and_missing_file_and_method(tmp_path):
   assert result.returncode != 0 and "Traceback" not in result.stderr
   assert "config.method='xyz'; expected one of ['isim', 'rws', 'supervised']" in result.stderr
 
+
+def test_help_prints_the_usage_and_exits_0():
+  for flag in ("--help", "--helpfull"):
+    result = launch(flag)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("Runs one experiment") and "--workdir" in result.stdout
+  assert launch().returncode != 0  # without --help, the required flags are still required
