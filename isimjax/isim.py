@@ -369,8 +369,7 @@ def _save_figure(ctx, results):
   final CAM and CAM + CRF of ISIM and of the baseline."""
   indices = _figure_indices(ctx)
   examples = [ctx.train_source[int(i)] for i in indices]
-  columns = [[e['image'] for e in examples],
-             [figures.colorize(e['segmentation'][..., 0]) for e in examples]]
+  columns = [[e['image'] for e in examples], [e['segmentation'][..., 0] for e in examples]]
   titles = ['image', 'ground truth']
   size = len(ctx.train_source)
   panels = [(f'round {r["round"]} (epoch {r["epoch"]})', 'isim', f'round_{r["round"]:02d}',
@@ -389,9 +388,10 @@ def _save_figure(ctx, results):
     if maps is not None:
       columns.append(maps)
       titles.append(f'{title} CAM')
-    columns.append([figures.colorize(store[int(i)]) for i in indices])
+    columns.append([store[int(i)] for i in indices])
     titles.append(f'{title} label')
-  figures.save_grid(os.path.join(ctx.workdir, 'isim_pseudo_labels.png'), columns, titles)
+  figures.save_grid(os.path.join(ctx.workdir, 'isim_pseudo_labels.png'), columns, titles,
+                    data.class_names(ctx.config.dataset), value_label='CAM, max over classes')
 
 
 def _report(ctx, results):

@@ -71,9 +71,10 @@ def predict_examples(model, variables, source, indices, config):
 
 
 def save_prediction_figure(path, model, variables, source, config):
+  """Image, ground truth and prediction of the first examples of `source`, with a legend."""
   count = min(config.figures.num_examples, len(source))
   images, labels, preds = predict_examples(model, variables, source, range(count), config)
-  figures.save_predictions(path, images, labels, preds)
+  figures.save_predictions(path, images, labels, preds, data.class_names(config.dataset))
 
 
 def run(config, workdir):
