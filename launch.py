@@ -2,7 +2,8 @@
 
 `config.method` picks the pipeline. Rerunning the same command with the same --workdir resumes
 where a killed run stopped. Override any config field on the command line, e.g.
-`--config.train.steps=200`; `--config=configs/voc_rws.py:smoke` runs a seconds-long variant.
+`--config.train.steps=200`; `--config=configs/voc_rws.py:smoke` runs a small variant. The
+methods and their config switches are described in docs/methods.md.
 """
 import ast
 import importlib
@@ -19,6 +20,7 @@ PIPELINES = {
     "rws": "rwsjax.rws",
     "isim": "isimjax.isim",
 }
+HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -33,10 +35,22 @@ _LIBRARY_LOGS = flags.DEFINE_bool("library_logs", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def asked_for_help(argv):
+  """Whether the command line asks for absl's usage text (--help, -?, --helpfull, ...)."""
+  return any(arg.lstrip("-").split("=")[0] in HELP_FLAGS
+             for arg in argv[1:] if arg.startswith("-"))
+
+
 def parse_flags(argv):
-  """absl flag parsing, with a one-sentence error for a config override that does not apply."""
+  """absl flag parsing, with a one-sentence error for a config override that does not apply.
+
+  A help request prints the usage and exits with status 0 (absl's own exit status is 1)."""
   try:
     return flags.FLAGS(argv)
+  except SystemExit:
+    if asked_for_help(argv):
+      sys.exit(0)
+    raise
   except flags.Error as error:
     sys.exit(f"launch.py: {error}")
   except (AttributeError, KeyError, TypeError, ValueError) as error:

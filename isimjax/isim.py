@@ -16,7 +16,7 @@ The PSA stages (isimjax.psa) reach the trained DeepLabCAM through
   psa_random_walk      ISIM + RW and ISIM + RW + dCRF pseudo labels and their mIoU
   psa_final            the final segmentation model on those labels; eval-split mIoU
   report               the tables of paper Tables 1-5, 7 and 11, summary.json,
-                       isim_table.md, figures
+                       results.md, figures
 
 Training reads images and image-level labels only; ground-truth pixel labels are read by the
 evaluation stages alone. Multi-host runs need a workdir shared by all processes.
@@ -44,6 +44,7 @@ from rwsjax import supervised
 from rwsjax import train
 from rwsjax.losses import IGNORE_LABEL
 from rwsjax.progress import MetricWriter, write_json
+from rwsjax.record import write_results
 
 CONFUSION_CHUNK = 1 << 18  # pixels per jitted confusion-matrix call
 MODELS = {'isim': 'isim', 'baseline': 'cls_baseline'}  # table column -> training stage
@@ -368,8 +369,7 @@ def _save_figure(ctx, results):
   final CAM and CAM + CRF of ISIM and of the baseline."""
   indices = _figure_indices(ctx)
   examples = [ctx.train_source[int(i)] for i in indices]
-  columns = [[e['image'] for e in examples],
-             [figures.colorize(e['segmentation'][..., 0]) for e in examples]]
+  columns = [[e['image'] for e in examples], [e['segmentation'][..., 0] for e in examples]]
   titles = ['image', 'ground truth']
   size = len(ctx.train_source)
   panels = [(f'round {r["round"]} (epoch {r["epoch"]})', 'isim', f'round_{r["round"]:02d}',
@@ -388,13 +388,14 @@ def _save_figure(ctx, results):
     if maps is not None:
       columns.append(maps)
       titles.append(f'{title} CAM')
-    columns.append([figures.colorize(store[int(i)]) for i in indices])
+    columns.append([store[int(i)] for i in indices])
     titles.append(f'{title} label')
-  figures.save_grid(os.path.join(ctx.workdir, 'isim_pseudo_labels.png'), columns, titles)
+  figures.save_grid(os.path.join(ctx.workdir, 'isim_pseudo_labels.png'), columns, titles,
+                    data.class_names(ctx.config.dataset), value_label='CAM, max over classes')
 
 
 def _report(ctx, results):
-  """Writes summary.json, isim_table.md and the Fig. 5 grid."""
+  """Writes summary.json, results.md and the Fig. 5 grid."""
   config = ctx.config
   table = results_table(config, results)
   summary = {'method': 'isim', 'model': model_title(config.model),
@@ -402,10 +403,8 @@ def _report(ctx, results):
              'regen': config.isim.regen, 'stages': results}
   if 'psa_final' in results:
     summary['psa'] = psa_numbers(config, results)
-  write_json(os.path.join(ctx.workdir, 'summary.json'), summary)
+  write_results(ctx.workdir, config, summary, table)
   if jax.process_index() == 0:
-    with open(os.path.join(ctx.workdir, 'isim_table.md'), 'w') as f:
-      f.write(table)
     _save_figure(ctx, results)
   return {'table': table}
 

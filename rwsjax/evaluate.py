@@ -52,3 +52,15 @@ def summarize(confusion, class_names=None):
       "pixel_accuracy": float(np.trace(confusion) / total) if total else float("nan"),
       "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
   }
+
+
+def miou_table(split, rows, class_names):
+  """Markdown table of `summarize` results: one row per (title, result), mIoU then the IoU
+  of each class ('-' where the class is absent from ground truth and prediction)."""
+  lines = [f"| {split} | mIoU | " + " | ".join(class_names) + " |",
+           "|---" * (len(class_names) + 2) + "|"]
+  for title, result in rows:
+    per_class = [result["per_class_iou"].get(n) for n in class_names]
+    lines.append(f"| {title} | {result['miou']:.4f} | "
+                 + " | ".join("-" if v is None else f"{v:.3f}" for v in per_class) + " |")
+  return "\n".join(lines)

@@ -4,6 +4,7 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches  # noqa: E402  (after selecting the Agg backend)
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the Agg backend)
 import numpy as np  # noqa: E402
 
@@ -32,31 +33,70 @@ def colorize(labels):
 
 
 def _save(fig, path):
+  """Writes `fig` as a PNG and closes it; returns it for inspection."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100, bbox_inches="tight")
   plt.close(fig)
+  return fig
 
 
-def save_grid(path, columns, titles):
-  """A grid figure: `columns` is a list of equal-length lists of images (rows = examples)."""
+def is_class_map(image):
+  """Whether a grid panel is a class map: a 2-D integer array (a value map is 2-D float)."""
+  return np.ndim(image) == 2 and np.issubdtype(np.asarray(image).dtype, np.integer)
+
+
+def class_legend(fig, class_maps, class_names=None):
+  """A legend below the figure: colour and name of each class in `class_maps` (255: ignore)."""
+  present = np.unique(np.concatenate([np.ravel(m) for m in class_maps]))
+  palette = label_palette() / 255.0
+  names = class_names or [str(k) for k in range(IGNORE_LABEL)]
+  handles = [matplotlib.patches.Patch(facecolor=palette[k], edgecolor="black", linewidth=0.5,
+                                      label="ignore" if k == IGNORE_LABEL else names[k])
+             for k in present]
+  return fig.legend(handles=handles, loc="upper center",
+                    bbox_to_anchor=(0.5, fig.subplotpars.bottom),
+                    ncol=min(len(handles), 6), fontsize=8, frameon=False)
+
+
+def save_grid(path, columns, titles, class_names=None, value_label="value"):
+  """A grid figure: `columns` is a list of equal-length lists of panels (rows = examples).
+
+  A panel is an RGB image (H, W, 3), a class map ((H, W) integers, drawn in `label_palette`
+  colours with a legend naming the classes shown, from `class_names`), or a value map ((H, W)
+  floats in [0, 1], drawn with the jet colour map and a colour bar labelled `value_label`).
+  Returns the saved figure.
+  """
   rows = len(columns[0])
   fig, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), 2.2 * rows),
                            squeeze=False)
+  class_maps, value_image = [], None
   for j, (column, title) in enumerate(zip(columns, titles)):
     for i, image in enumerate(column):
       ax = axes[i, j]
-      ax.imshow(image, cmap="jet" if np.ndim(image) == 2 else None, vmin=0, vmax=1)
+      if is_class_map(image):
+        class_maps.append(np.asarray(image))
+        ax.imshow(colorize(image))
+      elif np.ndim(image) == 2:
+        value_image = ax.imshow(image, cmap="jet", vmin=0, vmax=1)
+      else:
+        ax.imshow(image)
       ax.set_xticks([])
       ax.set_yticks([])
       if i == 0:
         ax.set_title(title, fontsize=9)
-  _save(fig, path)
+  if value_image is not None:
+    fig.colorbar(value_image, ax=axes.ravel().tolist(), label=value_label, shrink=0.8,
+                 fraction=0.03, pad=0.02)
+  if class_maps:
+    class_legend(fig, class_maps, class_names)
+  return _save(fig, path)
 
 
-def save_predictions(path, images, labels, predictions):
-  """Image | ground truth | prediction, one row per example (uint8 images, integer maps)."""
-  save_grid(path, [list(images), [colorize(l) for l in labels], [colorize(p) for p in predictions]],
-            ["image", "ground truth", "prediction"])
+def save_predictions(path, images, labels, predictions, class_names=None):
+  """Image | ground truth | prediction, one row per example (uint8 images, integer maps),
+  with a legend of the classes shown."""
+  return save_grid(path, [list(images), list(labels), list(predictions)],
+                   ["image", "ground truth", "prediction"], class_names)
 
 
 def save_per_class_iou(path, results, class_names):
@@ -75,16 +115,17 @@ def save_per_class_iou(path, results, class_names):
   _save(fig, path)
 
 
-def save_heatmaps(path, images, labels, attention, gamma):
-  """RWS Fig. 5: image | ground truth | A_1 .. A_4 | Gamma, one row per example."""
-  columns = [list(images), [colorize(l) for l in labels]]
+def save_heatmaps(path, images, labels, attention, gamma, class_names=None):
+  """RWS Fig. 5: image | ground truth | A_1 .. A_4 | Gamma, one row per example, with a colour
+  bar of the attention scale and a legend of the ground-truth classes."""
+  columns = [list(images), list(labels)]
   titles = ["image", "ground truth"]
   for name, maps in attention.items():
     columns.append(list(np.asarray(maps)))
     titles.append(f"A {name}")
   columns.append(list(np.asarray(gamma)))
   titles.append("Gamma (eq. 3)")
-  save_grid(path, columns, titles)
+  return save_grid(path, columns, titles, class_names, value_label="attention")
 
 
 def save_slices(path, images, boxes):

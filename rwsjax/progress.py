@@ -125,15 +125,20 @@ class MetricWriter:
       f.write(json.dumps(row) + "\n")
 
 
-def write_json(path, obj):
-  """Writes `obj` as indented JSON atomically (temp file + rename), on process 0 only."""
+def write_text(path, text):
+  """Writes `text` atomically (temp file + rename), on process 0 only."""
   if _process_index() != 0:
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write(text)
   os.replace(tmp, path)
+
+
+def write_json(path, obj):
+  """Writes `obj` as indented JSON atomically (temp file + rename), on process 0 only."""
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def cached_json(path, compute):

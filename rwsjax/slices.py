@@ -1,4 +1,5 @@
-"""Sliding-window slices: scores, the weak-slice threshold T and selection (docs/methods.md RWS 3-4).
+"""Sliding-window slices: scores, the weak-slice threshold T and selection (docs/methods.md
+RWS 3-4).
 
 Windows of `size` x `size` pixels start every `stride` pixels; the last row and column of
 windows are snapped to the image edge so every pixel is covered. They form a grid of row bands
@@ -36,7 +37,7 @@ def _check(height, width, size, stride):
 
 
 def window_boxes(height, width, size, stride):
-  """Sliding windows (docs/methods.md RWS 3) as an int32 (W, 4) array of (y0, x0, y1, x1), row-major."""
+  """Sliding windows (docs/methods.md RWS 3): int32 (W, 4) rows (y0, x0, y1, x1), row-major."""
   _check(height, width, size, stride)
   y0, x0 = np.meshgrid(window_starts(height, size, stride), window_starts(width, size, stride),
                        indexing='ij')

@@ -11,9 +11,10 @@ from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
 from rwsjax import models
+from rwsjax import record
 from rwsjax import train
 from rwsjax.data import pipeline
-from rwsjax.progress import MetricWriter, write_json
+from rwsjax.progress import MetricWriter
 
 
 def initial_variables(model, config, rng, image_shape=None):
@@ -75,15 +76,17 @@ def predict_examples(model, variables, source, indices, config, predict_fn=None)
 
 
 def save_prediction_figure(path, model, variables, source, config, predict_fn=None):
+  """Image, ground truth and prediction of the first examples of `source`, with a legend;
+  `predict_fn` as in `predict_examples`."""
   count = min(config.figures.num_examples, len(source))
   images, labels, preds = predict_examples(model, variables, source, range(count), config,
                                            predict_fn)
-  figures.save_predictions(path, images, labels, preds)
+  figures.save_predictions(path, images, labels, preds, data.class_names(config.dataset))
 
 
 def run(config, workdir):
   """Trains the configured model on the train split, evaluates on the eval split, and writes
-  summary.json, metrics.jsonl and figures into `workdir`. Resumes after a kill."""
+  summary.json, results.md, metrics.jsonl and figures into `workdir`. Resumes after a kill."""
   mesh = train.make_mesh(config.num_devices)
   train_source = data.get_source(config.dataset, config.dataset.train_split)
   eval_source = data.get_source(config.dataset, config.dataset.eval_split)
@@ -97,16 +100,17 @@ def run(config, workdir):
       total_steps=config.train.steps, train_cfg=config.train, mesh=mesh,
       rng=jax.random.fold_in(rng, 1), writer=MetricWriter(os.path.join(workdir, "metrics.jsonl")))
   confusion = evaluate_model(model, state.variables, eval_source, config, mesh)
-  names = data.class_names(config.dataset)
-  summary = {"method": "supervised", "steps": config.train.steps,
-             config.dataset.eval_split: evaluate_lib.summarize(confusion, names)}
-  write_json(os.path.join(workdir, "summary.json"), summary)
+  names, split = data.class_names(config.dataset), config.dataset.eval_split
+  result = evaluate_lib.summarize(confusion, names)
+  table = evaluate_lib.miou_table(split, [(f"supervised ({config.train.steps} steps)", result)],
+                                  names)
+  summary = record.write_results(workdir, config, {"method": "supervised",
+                                                   "steps": config.train.steps, split: result},
+                                 table)
   if jax.process_index() == 0:
     figures.save_per_class_iou(os.path.join(workdir, "per_class_iou.png"),
-                               {"supervised": summary[config.dataset.eval_split]["per_class_iou"]},
-                               names)
+                               {"supervised": result["per_class_iou"]}, names)
     save_prediction_figure(os.path.join(workdir, "predictions.png"), model, state.variables,
                            eval_source, config)
-  split = config.dataset.eval_split
-  logging.info("%s mIoU %.4f", split, summary[split]["miou"])
+  logging.info("Results:\n%s", table)
   return summary

@@ -151,7 +151,7 @@ def test_stage3_batch_composes_with_segcam_and_slices():
 
   def attention_maps(result, label_map):
     attention = segcam.region_attention(result.heatmaps, result.class_ids, result.class_mask,
-                                    label_map)
+                                        label_map)
     gamma, _ = segcam.gamma_and_omega(attention)
     return attention, segcam.feature_attention(attention, gamma, result.features)
 

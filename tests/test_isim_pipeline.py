@@ -76,7 +76,9 @@ def test_every_stage_ran_once_and_reports(voc_run):
   with open(os.path.join(workdir, 'summary.json')) as f:
     summary = json.load(f)
   assert summary['stages']['isim_eval']['rounds'][1]['round'] == 2
-  with open(os.path.join(workdir, 'isim_table.md')) as f:
+  assert summary['run']['config']['isim'] == json.loads(json.dumps(config.isim.to_dict()))
+  assert summary['run']['seed'] == config.seed
+  with open(os.path.join(workdir, 'results.md')) as f:
     table = f.read()
   assert '| CAM + dCRF |' in table and 'DeepLabCAM' in table
   assert table.count('\n| 1 | 1 |') == 1 and table.count('\n| 2 | 2 |') == 1

@@ -24,6 +24,10 @@ def test_one_step_supervised_smoke_run(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.load(open(tmp_path / "run" / "summary.json"))
   assert summary["steps"] == 1 and 0.0 <= summary["validation"]["miou"] <= 1.0
+  assert summary["run"]["config"]["train"]["steps"] == 1
+  assert "--config.train.steps=1" in summary["run"]["command"]
+  with open(tmp_path / "run" / "results.md") as f:
+    assert f"| supervised (1 steps) | {summary['validation']['miou']:.4f} |" in f.read()
   rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1] and rows[0]["stage"] == "supervised"
   assert os.path.exists(tmp_path / "run" / "supervised" / "checkpoints" / "1")
@@ -52,3 +56,11 @@ def test_bad_config_value_and_missing_file_and_method(tmp_path):
                   "--config.method=xyz")
   assert result.returncode != 0 and "Traceback" not in result.stderr
   assert "config.method='xyz'; expected one of ['isim', 'rws', 'supervised']" in result.stderr
+
+
+def test_help_prints_the_usage_and_exits_0():
+  for flag in ("--help", "--helpfull"):
+    result = launch(flag)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("Runs one experiment") and "--workdir" in result.stdout
+  assert launch().returncode != 0  # without --help, the required flags are still required

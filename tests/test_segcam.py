@@ -244,8 +244,8 @@ def test_region_attention_gamma_omega():
   mask = ids >= 0
   mask[1, 2] = False
   labels = rng.choice([0, 1, 2, 3, 255], size=(2, 4, 5))
-  attention = segcam.region_attention({k: jnp.asarray(v) for k, v in heat.items()}, jnp.asarray(ids),
-                                  jnp.asarray(mask), jnp.asarray(labels))
+  attention = segcam.region_attention({k: jnp.asarray(v) for k, v in heat.items()},
+                                     jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(labels))
   for name in heat:
     expected = np.zeros((2, 4, 5), np.float32)
     for n in range(2):

@@ -1,4 +1,5 @@
-"""Segmentation heads on the backbone's feature dict (docs/methods.md, shared building blocks: heads).
+"""Segmentation heads on the backbone's feature dict (docs/methods.md, shared building
+blocks: heads).
 
 Every head is called as `head(features, train=...)` with the dict returned by
 `rwsjax.models.resnet.ResNet` and returns class logits (N, h, w, K) at its own resolution;

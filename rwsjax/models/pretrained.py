@@ -1,4 +1,5 @@
-"""ImageNet weights from a local torchvision ResNet state dict (docs/methods.md: pretrained weights).
+"""ImageNet weights from a local torchvision ResNet state dict (docs/methods.md, shared
+building blocks: pretrained weights).
 
 Nothing is downloaded: the user passes a file holding a torchvision `resnet*` state dict,
 either as `.npz` (keys exactly the state-dict keys, e.g. `layer1.0.downsample.0.weight`) or

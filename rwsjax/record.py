@@ -1,0 +1,81 @@
+"""The run record, and the two files every pipeline ends with.
+
+`run_record` says what produced a run's numbers: the full resolved config, the seed, the
+versions of the packages that decide the numbers, the git commit of the source, the devices
+and the command line. `write_results` writes it with the numbers into summary.json, and the
+results table into results.md (docs/design.md, what a run writes).
+"""
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import jax
+
+from rwsjax.progress import write_json, write_text
+
+SUMMARY_FILE = "summary.json"
+RESULTS_FILE = "results.md"
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+# The directory that holds the rwsjax package: the repository root in a source checkout.
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config_json(config):
+  """`config.to_dict()` as JSON values: field references resolved, tuples as lists."""
+  return json.loads(json.dumps(config.to_dict()))
+
+
+def versions():
+  """{'python': version, package: version or None when not installed} for `PACKAGES`."""
+  found = {"python": platform.python_version()}
+  for name in PACKAGES:
+    try:
+      found[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      found[name] = None
+  return found
+
+
+def git_state(directory=SOURCE_ROOT):
+  """{'commit': HEAD, 'dirty': tracked files changed} of the git work tree whose root is
+  `directory`; None when `directory` is not such a root (an installed copy of the package) or
+  git is missing."""
+  def git(*args):
+    return subprocess.run(["git", "-C", directory, *args], capture_output=True, text=True,
+                          check=True, timeout=30).stdout.strip()
+  try:
+    if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(directory):
+      return None
+    return {"commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def device_info():
+  """Platform and kind of the devices, local and global device counts, process count."""
+  device = jax.devices()[0]
+  return {"platform": device.platform, "device_kind": device.device_kind,
+          "local_devices": jax.local_device_count(), "global_devices": jax.device_count(),
+          "processes": jax.process_count()}
+
+
+def run_record(config, argv=None):
+  """JSON-ready record of what produced a run: 'config' (`config_json`), 'seed', 'versions',
+  'git' (`git_state`, None outside a git checkout), 'devices' (`device_info`) and 'command'
+  (`argv`, default sys.argv)."""
+  return {"config": config_json(config), "seed": config.seed, "versions": versions(),
+          "git": git_state(), "devices": device_info(),
+          "command": list(sys.argv if argv is None else argv)}
+
+
+def write_results(workdir, config, summary, table):
+  """Writes `summary` with the run record under 'run' to summary.json and the Markdown
+  `table` to results.md in `workdir` (process 0); returns the summary as written."""
+  summary = dict(summary, run=run_record(config))
+  write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+  write_text(os.path.join(workdir, RESULTS_FILE), table.rstrip("\n") + "\n")
+  return summary
