@@ -34,6 +34,8 @@ def base_config():
   c.dataset.shapes.image_size = 96
   c.dataset.shapes.num_object_classes = 6
   c.dataset.shapes.seed = 0
+  c.dataset.shapes.fine_classes = 0  # the last n classes carry small markers (fine scale)
+  c.dataset.shapes.fine_marker = 0   # their marker side in pixels; 0 = half the usual side
 
   c.input = ml_collections.ConfigDict()
   c.input.crop_size = (96, 96)      # (h, w) of training crops

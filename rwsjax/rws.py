@@ -31,12 +31,13 @@ from rwsjax import figures
 from rwsjax import fusion
 from rwsjax import losses
 from rwsjax import models
+from rwsjax import record
 from rwsjax import segcam
 from rwsjax import slices
 from rwsjax import supervised
 from rwsjax import train
 from rwsjax.data import pipeline
-from rwsjax.progress import MetricWriter, Progress, cached_json, median_seconds, write_json
+from rwsjax.progress import MetricWriter, Progress, cached_json, median_seconds
 
 
 def default_config():
@@ -541,7 +542,7 @@ def save_round_figures(directory, model, variables, source, analysis, config, na
   attention = jax.device_get(fn(variables, normalized, labels=region_labels(rws, labels),
                                 valid=batch["valid"]))
   figures.save_heatmaps(os.path.join(directory, "heatmaps.png"), images, labels, attention.maps,
-                        attention.gamma)
+                        attention.gamma, names)
   boxes = load_weak_boxes(directory)
   figures.save_slices(os.path.join(directory, "weak_slices.png"), images,
                       [boxes[boxes[:, 0] == i, 1:] for i in range(count)])
@@ -552,20 +553,13 @@ def save_round_figures(directory, model, variables, source, analysis, config, na
 def results_table(summary, names):
   """Markdown: stage 1, baseline and RWS (plain and fused) mIoU and per-class IoU, the
   inference cost, then T, weak slices and their share per round."""
-  eval_split = summary["eval_split"]
   total = summary["total_steps"]
   rows = [("stage 1 only", summary["stage1"]),
           (f"baseline ({total} steps)", summary.get("baseline")),
           (f"RWS plain: refined network alone ({total} steps)", summary["rws_plain"]),
           (f"RWS fused: the RWS network ({total} steps)", summary["rws_fused"])]
-  lines = [f"| {eval_split} | mIoU | " + " | ".join(names) + " |",
-           "|---" * (len(names) + 2) + "|"]
-  for title, result in rows:
-    if result is None:
-      continue
-    per_class = [result["per_class_iou"].get(n) for n in names]
-    lines.append(f"| {title} | {result['miou']:.4f} | "
-                 + " | ".join("-" if v is None else f"{v:.3f}" for v in per_class) + " |")
+  lines = [evaluate_lib.miou_table(summary["eval_split"],
+                                   [(title, r) for title, r in rows if r is not None], names)]
   cost = summary["inference_ms_per_image"]
   lines += ["", f"Inference: {cost['plain']:.1f} ms per image plain, {cost['fused']:.1f} ms "
             f"fused ({cost['fused'] / cost['plain']:.2f}x), batch {cost['batch']}.",
@@ -655,14 +649,14 @@ def run(config, workdir):
     counts.append(analysis["weak_slices"])
     logging.info("Round %d: T = %.3f, %d weak slices (%.1f%% of the windows).", r,
                  analysis["threshold"], counts[-1], 100 * (analysis["weak_share"] or 0))
-    record = {key: analysis[key] for key in ("threshold", "per_class_threshold", "weak_slices",
-                                             "windows", "weak_share", "weak_share_per_class")}
-    record["round"] = r
-    rounds.append(record)
+    row = {key: analysis[key] for key in ("threshold", "per_class_threshold", "weak_slices",
+                                          "windows", "weak_share", "weak_share_per_class")}
+    row["round"] = r
+    rounds.append(row)
     if jax.process_index() == 0 and not os.path.exists(os.path.join(directory, "heatmaps.png")):
       save_round_figures(directory, model, global_variables, train_source, analysis, config, names)
     if should_stop(counts, rws.min_weak_delta) or r > rws.max_rounds:
-      record["trained"] = False
+      row["trained"] = False
       break
     weak_boxes = load_weak_boxes(directory)
     crop_batches = pipeline.crop_dataset(
@@ -688,9 +682,9 @@ def run(config, workdir):
         writer=writer, extra=frozen)
     network = {"model": state.variables, **frozen}
     total_steps += rws.stage2_steps + rws.stage3_steps
-    record["trained"] = True
+    row["trained"] = True
     for name in ("plain", "fused"):
-      record[f"miou_{name}"] = evaluation(f"round_{r}/eval_{name}.json", network,
+      row[f"miou_{name}"] = evaluation(f"round_{r}/eval_{name}.json", network,
                                           predict[name])["miou"]
     global_variables = state.variables
   if network is None:
@@ -703,15 +697,13 @@ def run(config, workdir):
   summary = {"method": "rws", "eval_split": config.dataset.eval_split,
              "total_steps": total_steps, "stage1": stage1_eval, "rws_plain": final["plain"],
              "rws_fused": final["fused"], "rws": final[rws.inference],
-             "inference_ms_per_image": cost, "rounds": rounds, "config": config.rws.to_dict()}
+             "inference_ms_per_image": cost, "rounds": rounds}
   if rws.baseline:
     baseline = train_supervised("baseline", init, batches, total_steps, config.train.lr)
     summary["baseline"] = evaluation("baseline/eval.json", baseline.variables)
   table = results_table(summary, names)
-  write_json(os.path.join(workdir, "summary.json"), summary)
+  summary = record.write_results(workdir, config, summary, table)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-      f.write(table + "\n")
     bars = {"baseline": summary["baseline"]["per_class_iou"]} if rws.baseline else {}
     bars["RWS plain"] = final["plain"]["per_class_iou"]
     bars["RWS fused"] = final["fused"]["per_class_iou"]

@@ -60,7 +60,7 @@ def test_smoke_config_runs_rws_on_a_fake_tree(name, tmp_path):
     assert set(summary[key]["per_class_iou"]) <= set(names), key
   assert [r["round"] for r in summary["rounds"]] == list(range(1, len(summary["rounds"]) + 1))
   assert all(np.isfinite(r["threshold"]) for r in summary["rounds"])
-  assert summary["config"] == json.loads(json.dumps(config.rws.to_dict()))
+  assert summary["run"]["config"]["rws"] == json.loads(json.dumps(config.rws.to_dict()))
   trained = sum(r["trained"] for r in summary["rounds"])
   assert summary["total_steps"] == 2 + 4 * trained
   assert os.path.exists(workdir / "results.md")

@@ -350,7 +350,8 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   for name in ("summary.json", "results.md", "per_class_iou.png", "predictions.png",
                "round_1/heatmaps.png", "round_1/weak_slices.png", "round_1/threshold_curve.png"):
     assert os.path.exists(tmp_path / "full" / name), name
-  assert json.load(open(tmp_path / "full" / "summary.json"))["config"]["slices"] == "weak"
+  saved = json.load(open(tmp_path / "full" / "summary.json"))["run"]["config"]
+  assert saved["rws"]["slices"] == "weak" and saved["seed"] == 0
   assert "RWS fused" in open(tmp_path / "full" / "results.md").read()
   (_, stage1), _ = calls["stage1"]
   (given, stage3), (_, stage3_resumed) = calls["round_1/stage3"]

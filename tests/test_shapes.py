@@ -89,14 +89,31 @@ def test_object_marker_inside_body_and_not_covered():
                                 before[y0 - 1:y1 + 1, x0 - 1:x1 + 1])
 
 
+def test_fine_classes_carry_small_markers():
+  normal, fine = shapes.marker_size(96), shapes.marker_size(96) // 2
+  patterns = shapes.class_markers(96, 6, fine_classes=2)
+  assert [p.shape[0] for p in patterns] == [normal] * 4 + [fine] * 2
+  np.testing.assert_array_equal(patterns[5], shapes.marker_patterns(fine)[5])
+  assert [p.shape[0] for p in shapes.class_markers(96, 6, 1, fine_marker=5)][-2:] == [normal, 5]
+  grid = shapes._grid(96)
+  for cls, side in ((2, normal), (6, fine)):
+    protected = np.zeros((96, 96), bool)
+    assert shapes._draw_object(np.random.default_rng(1), np.zeros((96, 96, 3), np.float32),
+                               np.zeros((96, 96), np.uint8), protected, grid, 96, cls, patterns)
+    assert protected.sum() == (side + 2) ** 2  # the marker and its 1-pixel rim
+  with pytest.raises(ValueError, match='fine_classes must be in'):
+    shapes.shapes_config(fine_classes=7)
+
+
 def test_config_names_separate_parameters():
   base = shapes.shapes_config(**SMALL)
   names = {base.name}
   for key, value in [('num_train', 13), ('num_val', 6), ('image_size', 50),
                      ('num_object_classes', 4), ('max_objects', 2), ('clutter', 3),
-                     ('ignore_border', False), ('seed', 4)]:
+                     ('ignore_border', False), ('seed', 4), ('fine_classes', 2),
+                     ('fine_marker', 5)]:
     names.add(shapes.shapes_config(**dict(SMALL, **{key: value})).name)
-  assert len(names) == 9
+  assert len(names) == 11
 
 
 def test_config_errors():

@@ -148,9 +148,9 @@ def _paint(image, mask, texture):
   image[mask] = texture[mask]
 
 
-def _draw_clutter(rng, image, grid, size, count, patterns):
-  """Background clutter: speckled and striped blobs, lines, marker-like decoys (label 0)."""
-  side = patterns.shape[-1]
+def _draw_clutter(rng, image, grid, size, count, side):
+  """Background clutter: speckled and striped blobs, lines, marker-like decoys (label 0) of
+  `side` pixels."""
   for kind in rng.integers(0, 4, count):
     colour = _random_colour(rng)
     if kind == 0:
@@ -166,8 +166,10 @@ def _draw_clutter(rng, image, grid, size, count, patterns):
 
 
 def _draw_object(rng, image, label, protected, grid, size, cls, patterns, tries=10):
-  """Draws one object of class `cls` without covering earlier markers; False if none fits."""
-  side = patterns.shape[-1]
+  """Draws one object of class `cls` without covering earlier markers; False if none fits.
+
+  `patterns[cls - 1]` is the class's (side, side) marker."""
+  side = patterns[cls - 1].shape[-1]
   for _ in range(tries):
     body, radius = _blob_mask(rng, grid, size, (0.15, 0.3))
     if radius < side or np.any(body & protected):
@@ -194,8 +196,23 @@ def inner_contour(label):
   return differs & (label > 0)
 
 
+def class_markers(image_size, num_object_classes, fine_classes=0, fine_marker=0):
+  """Marker pattern of each object class: (side, side) bool arrays, class 1 first.
+
+  The last `fine_classes` classes carry their marker at `fine_marker` pixels (0: half the
+  usual side, at least 5), so that only a fine-scale view tells them apart.
+  """
+  patterns = list(marker_patterns(marker_size(image_size))[:num_object_classes])
+  if fine_classes:
+    side = fine_marker or max(5, marker_size(image_size) // 2)
+    fine = marker_patterns(side)
+    for k in range(num_object_classes - fine_classes, num_object_classes):
+      patterns[k] = fine[k]
+  return patterns
+
+
 def render(rng, image_size=96, num_object_classes=6, max_objects=4, clutter=4,
-           ignore_border=True):
+           ignore_border=True, fine_classes=0, fine_marker=0):
   """One synthetic example: (image uint8 (S, S, 3), label uint8 (S, S)).
 
   Args:
@@ -205,13 +222,16 @@ def render(rng, image_size=96, num_object_classes=6, max_objects=4, clutter=4,
     max_objects: objects per image are uniform in [1, max_objects].
     clutter: background clutter items are uniform in [clutter // 2, clutter].
     ignore_border: mark the inner contour of every object with IGNORE_LABEL.
+    fine_classes, fine_marker: the last `fine_classes` classes have small markers
+      (`class_markers`); 0 keeps every marker at the usual size.
   """
   size = image_size
   grid = _grid(size)
-  patterns = marker_patterns(marker_size(size))[:num_object_classes]
+  patterns = class_markers(size, num_object_classes, fine_classes, fine_marker)
   image = _smooth_field(rng, size, rng.uniform(15, 40)) + _random_colour(rng)
   image += rng.normal(0, rng.uniform(3, 10), image.shape)
-  _draw_clutter(rng, image, grid, size, int(rng.integers(clutter // 2, clutter + 1)), patterns)
+  _draw_clutter(rng, image, grid, size, int(rng.integers(clutter // 2, clutter + 1)),
+                marker_size(size))
   label = np.zeros((size, size), np.uint8)
   protected = np.zeros((size, size), bool)
   drawn = 0
@@ -253,6 +273,8 @@ class ShapesConfig(tfds.core.BuilderConfig):
   clutter: int = 4
   ignore_border: bool = True
   seed: int = 0
+  fine_classes: int = 0
+  fine_marker: int = 0
 
 
 def shapes_config(**params):
@@ -266,6 +288,9 @@ def shapes_config(**params):
   if not 1 <= values['num_object_classes'] <= len(MARKERS):
     raise ValueError(f'config.dataset.shapes.num_object_classes must be in [1, {len(MARKERS)}], '
                      f'got {values["num_object_classes"]}.')
+  if not 0 <= values['fine_classes'] <= values['num_object_classes']:
+    raise ValueError('config.dataset.shapes.fine_classes must be in [0, num_object_classes], '
+                     f'got {values["fine_classes"]}.')
   if values['image_size'] < MIN_IMAGE_SIZE:
     raise ValueError(f'config.dataset.shapes.image_size must be at least {MIN_IMAGE_SIZE}, '
                      f'got {values["image_size"]}.')
@@ -310,7 +335,7 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
     for index in range(count):
       image, label = render(example_rng(cfg.seed, split, index), cfg.image_size,
                             cfg.num_object_classes, cfg.max_objects, cfg.clutter,
-                            cfg.ignore_border)
+                            cfg.ignore_border, cfg.fine_classes, cfg.fine_marker)
       yield index, {
           'image': _png(image),
           'segmentation': _png(label),
