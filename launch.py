@@ -32,6 +32,10 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (optional).")
 _LIBRARY_LOGS = flags.DEFINE_bool("library_logs", False,
                                   "Show the INFO logs of orbax, grain and TFDS too.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", os.path.join("~", ".cache", "rwsjax", "xla"),
+    "Directory of JAX's persistent compilation cache, so that a rerun or a run of a related "
+    "config skips compiling what an earlier run compiled; empty to disable.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -70,6 +74,9 @@ def main(argv):
   from rwsjax import progress  # pylint: disable=g-import-not-at-top
   if not _LIBRARY_LOGS.value:
     progress.quiet_library_logs()
+  if _COMPILATION_CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILATION_CACHE.value))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,

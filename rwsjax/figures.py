@@ -165,7 +165,8 @@ def save_threshold_curve(path, curve, threshold, per_class_threshold, class_name
     sparse = (counts[k] > 0) & ~kept[k]
     ax.plot(centres[sparse], mean_iou[k, sparse], linestyle="none", marker="o", markersize=3,
             markerfacecolor="none", color=line.get_color())
-    bottom.plot(centres, counts[k], color=line.get_color(), linewidth=1)
+    bottom.plot(centres, np.where(counts[k] > 0, counts[k], np.nan), color=line.get_color(),
+                linewidth=1)
     if t_class is not None:
       ax.axvline(t_class, color=line.get_color(), linestyle=":", linewidth=0.8)
   for axis in (ax, bottom):
@@ -176,7 +177,7 @@ def save_threshold_curve(path, curve, threshold, per_class_threshold, class_name
   ax.set_ylim(0, 1)
   ax.legend(fontsize=7, ncol=2)
   ax.set_title("filled: bins on the curve; hollow: too few windows", fontsize=8)
-  bottom.set_yscale("symlog")
+  bottom.set_yscale("log")
   bottom.set_ylabel("windows")
   bottom.set_xlabel("window mean attention")
   _save(fig, path)

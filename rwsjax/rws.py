@@ -375,6 +375,13 @@ def pad_for_windows(x, config):
   return jnp.pad(x, pads + [(0, 0)] * (x.ndim - 3))
 
 
+def plain_network(variables):
+  """The network dict of `rws_logits` for a model without RWS: no window is weak under T = 0,
+  so the fused and the plain prediction are both the model's own."""
+  return {"model": variables, "global": variables, "local": variables,
+          "threshold": jnp.float32(0.0)}
+
+
 def plain_logits(model, variables, images):
   """The refined network alone (switch `inference: plain`)."""
   return model.apply(variables["model"], images, train=False)
@@ -574,17 +581,14 @@ def results_table(summary, names):
   return "\n".join(lines)
 
 
-def inference_cost(predict_fns, variables, batch, mesh, repeats=3):
-  """Milliseconds per image of each jitted predict function on one batch, median of
-  `repeats` timed calls after a warm-up call, all measured in this process one after another."""
-  device = train.to_device({key: batch[key] for key in ("image", "valid")}, mesh)
-  cost = {}
-  for name, fn in predict_fns.items():
-    jitted = jax.jit(fn)
-    seconds = median_seconds(lambda: jitted(variables, device), repeats)
-    cost[name] = 1000 * seconds / batch["image"].shape[0]
-  cost["batch"] = int(batch["image"].shape[0])
-  return cost
+def inference_cost(eval_steps, network, batch, mesh, repeats=3):
+  """Milliseconds per image of each jitted eval step (plain and fused network) on one eval
+  batch: median of `repeats` timed calls after a warm-up call, measured one after another in
+  this process."""
+  device = train.to_device(batch, mesh)
+  cost = {name: 1000 * median_seconds(lambda step=step: step(network, device), repeats)
+          / len(batch["image"]) for name, step in eval_steps.items()}
+  return dict(cost, batch=len(batch["image"]))
 
 
 def schedule_config(config, round_index, stage3_init):
@@ -622,6 +626,8 @@ def run(config, workdir):
   writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"))
   step_rng = jax.random.fold_in(rng, 1)
   predict = {name: make_predict_fn(model, config, name) for name in ("plain", "fused")}
+  eval_steps = {name: train.make_eval_step(model, config.dataset.num_classes, mesh, fn)
+                for name, fn in predict.items()}
 
   def train_supervised(stage, variables, batches, steps, lr):
     tx = train.make_optimizer(_with(config.train, lr=lr), steps)
@@ -629,18 +635,21 @@ def run(config, workdir):
                              tx=tx, variables=variables, batches=batches, total_steps=steps,
                              train_cfg=config.train, mesh=mesh, rng=step_rng, writer=writer)
 
-  def evaluation(name, variables, predict_fn=None):
+  def evaluation(path, network, inference="plain"):
+    """The eval split's IoU of `network` (an RWS network dict), cached at workdir/path."""
     def compute():
-      confusion = supervised.evaluate_model(model, variables, eval_source, config, mesh,
-                                            predict_fn)
+      batches, count = supervised.eval_batches(eval_source, config, mesh)
+      confusion = train.evaluate(eval_steps[inference], network, batches, mesh, count)
       return evaluate_lib.summarize(confusion, names)
-    return cached_json(os.path.join(workdir, name), compute)
+    return cached_json(os.path.join(workdir, path), compute)
 
   batches = supervised.train_batches(train_source, config, mesh, seed=config.seed)
   state = train_supervised("stage1", init, batches, rws.stage1_steps, config.train.lr)
   global_variables = state.variables
-  stage1_eval = evaluation("stage1/eval.json", global_variables)
-  total_steps, rounds, counts, network = rws.stage1_steps, [], [], None
+  network = plain_network(global_variables)
+  stage1_eval = evaluation("stage1/eval.json", network)
+  final = {"plain": stage1_eval, "fused": stage1_eval}
+  total_steps, rounds, counts = rws.stage1_steps, [], []
   for r in range(1, rws.max_rounds + 2):
     directory = os.path.join(workdir, f"round_{r}")
     analysis = cached_json(
@@ -683,24 +692,19 @@ def run(config, workdir):
     network = {"model": state.variables, **frozen}
     total_steps += rws.stage2_steps + rws.stage3_steps
     row["trained"] = True
-    for name in ("plain", "fused"):
-      row[f"miou_{name}"] = evaluation(f"round_{r}/eval_{name}.json", network,
-                                          predict[name])["miou"]
+    final = {name: evaluation(f"round_{r}/eval_{name}.json", network, name)
+             for name in ("plain", "fused")}
+    row.update(miou_plain=final["plain"]["miou"], miou_fused=final["fused"]["miou"])
     global_variables = state.variables
-  if network is None:
-    network = {"model": global_variables, "global": global_variables,
-               "local": global_variables, "threshold": jnp.float32(0.0)}
-  final = {name: evaluation(f"rws/eval_{name}.json", network, predict[name])
-           for name in ("plain", "fused")}
-  cost = cached_json(os.path.join(workdir, "rws", "inference_cost.json"), lambda: inference_cost(
-      predict, network, supervised.eval_batches(eval_source, config, mesh)[0][0], mesh))
+  cost = cached_json(os.path.join(workdir, "inference_cost.json"), lambda: inference_cost(
+      eval_steps, network, supervised.eval_batches(eval_source, config, mesh)[0][0], mesh))
   summary = {"method": "rws", "eval_split": config.dataset.eval_split,
              "total_steps": total_steps, "stage1": stage1_eval, "rws_plain": final["plain"],
              "rws_fused": final["fused"], "rws": final[rws.inference],
              "inference_ms_per_image": cost, "rounds": rounds}
   if rws.baseline:
     baseline = train_supervised("baseline", init, batches, total_steps, config.train.lr)
-    summary["baseline"] = evaluation("baseline/eval.json", baseline.variables)
+    summary["baseline"] = evaluation("baseline/eval.json", plain_network(baseline.variables))
   table = results_table(summary, names)
   summary = record.write_results(workdir, config, summary, table)
   if jax.process_index() == 0:

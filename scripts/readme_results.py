@@ -1,0 +1,149 @@
+"""Reruns the result rows of README.md and prints their tables (mean and sd over seeds).
+
+Every row is a `launch.py` command; runs whose summary.json exists are read back, so a
+killed run of this script resumes where it stopped. The RWS controls reuse the stage-1
+model, the analysis or the local model of their seed's main run (copied into their own
+workdir, so every control is also an ordinary run directory) and skip the baseline.
+
+  python scripts/readme_results.py --out=runs/readme                     # everything
+  python scripts/readme_results.py --out=runs/readme --only=shapes_rws --seeds=0
+  python scripts/readme_results.py --out=runs/readme --list              # the commands
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (name, what it copies from the main run, extra overrides). What a control shares with the
+# main run decides what it may copy: 'stage1' (the global model), 'analysis' (also T and the
+# weak slices) or 'stage2' (also the local model).
+RWS_CONTROLS = (
+    ("arbitrary slices (slices=arbitrary)", "stage1", ("--config.rws.slices=arbitrary",)),
+    ("no omega selection (select_omega=False)", "stage2", ("--config.rws.select_omega=False",)),
+    ("no fusion: stage 3 as plain fine-tuning (fuse_layers=())", "stage2",
+     ("--config.rws.fuse_layers=()",)),
+    ("attention on the ground truth (attention_region=ground_truth)", "stage1",
+     ("--config.rws.attention_region=ground_truth",)),
+    ("T at the last flat run (t_rule=last_flat, t_min_share=0)", "stage1",
+     ("--config.rws.t_rule=last_flat", "--config.rws.t_min_share=0")),
+    ("local model at the global scale (local_scale=1)", "analysis",
+     ("--config.rws.local_scale=1",)),
+    ("stage 3 from the initial weights (stage3_init=fresh)", "stage2",
+     ("--config.rws.stage3_init=fresh",)),
+)
+RWS_EXPERIMENTS = {"shapes_rws": "configs/shapes_rws.py",
+                   "shapes_fine_rws": "configs/shapes_fine_rws.py"}
+SHARED = {"stage1": ("stage1",),
+          "analysis": ("stage1", "round_1/analysis.json", "round_1/slices_process0.npz"),
+          "stage2": ("stage1", "round_1/analysis.json", "round_1/slices_process0.npz",
+                     "round_1/stage2")}
+
+
+def launch_command(config, workdir, seed, overrides=()):
+  return [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={config}",
+          f"--workdir={workdir}", f"--config.seed={seed}", *overrides]
+
+
+def run(command, workdir, dry):
+  """Runs `command` unless `workdir` already holds its summary.json; returns the summary."""
+  summary = os.path.join(workdir, "summary.json")
+  print(" ".join(command[1:]), flush=True)
+  if dry:
+    return None
+  if not os.path.exists(summary):
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "launch.log"), "a") as log:
+      subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+  with open(summary) as f:
+    return json.load(f)
+
+
+def copy_shared(source, target, level):
+  """Copies what a control shares with its main run into the control's fresh workdir."""
+  if os.path.exists(os.path.join(target, "stage1")):
+    return
+  for part in SHARED[level]:
+    src, dst = os.path.join(source, part), os.path.join(target, part)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if os.path.isdir(src):
+      shutil.copytree(src, dst)
+    else:
+      shutil.copy2(src, dst)
+
+
+def mean_sd(values):
+  values = [v for v in values if v is not None]
+  if not values:
+    return "-"
+  if len(values) == 1:
+    return f"{values[0]:.3f}"
+  return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(title, rows, seeds):
+  """Markdown table: one row per (label, values per seed)."""
+  lines = [f"| {title} | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+           "|---" * (len(seeds) + 2) + "|"]
+  for label, values in rows:
+    cells = ["-" if v is None else f"{v:.3f}" for v in values]
+    lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean_sd(values)} |")
+  return "\n".join(lines)
+
+
+def rws_experiment(name, config, out, seeds, dry):
+  """The main run and every control of one RWS config, per seed; the table and T lines."""
+  main, controls = [], {label: [] for label, _, _ in RWS_CONTROLS}
+  for seed in seeds:
+    main_dir = os.path.join(out, name, f"seed{seed}", "rws")
+    main.append(run(launch_command(config, main_dir, seed), main_dir, dry))
+    for label, level, overrides in RWS_CONTROLS:
+      workdir = os.path.join(out, name, f"seed{seed}", overrides[0].split(".")[-1])
+      if not dry:
+        copy_shared(main_dir, workdir, level)
+      controls[label].append(run(launch_command(config, workdir, seed,
+                                                (*overrides, "--config.rws.baseline=False")),
+                                 workdir, dry))
+  if dry:
+    return ""
+
+  def miou(summaries, key):
+    return [s[key]["miou"] for s in summaries]
+
+  rows = [("stage 1 only", miou(main, "stage1")),
+          (f"baseline, same total steps ({main[0]['total_steps']})", miou(main, "baseline")),
+          ("RWS plain (the refined network alone)", miou(main, "rws_plain")),
+          ("**RWS fused (the RWS network)**", miou(main, "rws_fused"))]
+  rows += [(f"RWS fused, {label}", miou(controls[label], "rws_fused"))
+           for label, _, _ in RWS_CONTROLS]
+  rows += [(f"RWS plain, {label}", miou(controls[label], "rws_plain"))
+           for label, _, _ in RWS_CONTROLS]
+  first = [s["rounds"][0] for s in main]
+  notes = [f"T: {' / '.join(f'{r['threshold']:.3f}' for r in first)}; weak windows: "
+           f"{' / '.join(f'{r['weak_share']:.1%}' for r in first)}; inference ms per image "
+           "plain / fused: " + ", ".join(
+               f"{s['inference_ms_per_image']['plain']:.1f} / "
+               f"{s['inference_ms_per_image']['fused']:.1f}" for s in main)]
+  return table(f"{name}, validation mIoU", rows, seeds) + "\n\n" + "\n".join(notes)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", required=True, help="directory for all run directories")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--only", default=",".join(RWS_EXPERIMENTS),
+                      help="comma-separated experiments: " + ", ".join(RWS_EXPERIMENTS))
+  parser.add_argument("--list", action="store_true", help="print the commands, run nothing")
+  args = parser.parse_args()
+  seeds = [int(s) for s in args.seeds.split(",")]
+  for name in args.only.split(","):
+    print(rws_experiment(name, RWS_EXPERIMENTS[name], os.path.abspath(args.out), seeds,
+                         args.list), flush=True)
+
+
+if __name__ == "__main__":
+  main()
