@@ -14,6 +14,7 @@ Every stage checkpoints; rerunning the command resumes at the stage and step whe
 stopped, and finished stages and analyses are read back from the workdir.
 """
 import functools
+import json
 import os
 from typing import NamedTuple
 
@@ -716,6 +717,35 @@ def run(config, workdir):
                                       eval_source, config, predict[rws.inference])
   print(table)
   return summary
+
+
+def finished_network(config, workdir, model, mesh):
+  """The RWS network of a finished run in `workdir` (`rws_logits`' variables): the refined
+  model of the last trained round, the model whose attention that round used, its local
+  model and its T; a run whose first round trained nothing gives `plain_network` of stage 1.
+  Raises ValueError when stage 1 has not finished."""
+  rws = config.rws
+  shape = (1, *pipeline.pair(config.input.crop_size), 3)
+  rng = jax.random.key(config.seed)
+
+  def restore(stage, steps):
+    return train.finished_variables(workdir=workdir, stage=stage, model=model,
+                                    tx=train.make_optimizer(config.train, steps),
+                                    total_steps=steps, image_shape=shape, rng=rng, mesh=mesh)
+
+  global_variables, network = restore("stage1", rws.stage1_steps), None
+  for r in range(1, rws.max_rounds + 1):
+    stage3 = os.path.join(workdir, f"round_{r}", "stage3", "checkpoints")
+    if not os.path.isdir(stage3):
+      break
+    with open(os.path.join(workdir, f"round_{r}", "analysis.json")) as f:
+      threshold = json.load(f)["threshold"]
+    network = {"model": restore(f"round_{r}/stage3", rws.stage3_steps),
+               "global": global_variables,
+               "local": restore(f"round_{r}/stage2", rws.stage2_steps),
+               "threshold": jnp.float32(threshold)}
+    global_variables = network["model"]
+  return network or plain_network(global_variables)
 
 
 def _with(train_cfg, **fields):

@@ -353,6 +353,15 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   saved = json.load(open(tmp_path / "full" / "summary.json"))["run"]["config"]
   assert saved["rws"]["slices"] == "weak" and saved["seed"] == 0
   assert "RWS fused" in open(tmp_path / "full" / "results.md").read()
+  network = rws.finished_network(load_config("shapes_rws", "smoke"), str(tmp_path / "full"),
+                                 models.build_model(load_config("shapes_rws", "smoke").model, 7),
+                                 train.make_mesh())
+  (_, stage3_full), _ = calls["round_1/stage3"]
+  for key, state in (("model", stage3_full), ("global", calls["stage1"][0][1]),
+                     ("local", calls["round_1/stage2"][0][1])):
+    for a, b in zip(jax.tree.leaves(network[key]), jax.tree.leaves(state.variables)):
+      np.testing.assert_array_equal(a, b)
+  assert float(network["threshold"]) == pytest.approx(full["rounds"][0]["threshold"])
   (_, stage1), _ = calls["stage1"]
   (given, stage3), (_, stage3_resumed) = calls["round_1/stage3"]
   assert _adam_count(given) == _adam_count(stage1.opt_state) == 2
