@@ -17,7 +17,7 @@ Switches (each lands in summary.json under "config"; docs in rwsjax/rws.py defau
   --config.rws.weak_classes=all            the background takes part in T and weak slices
   --config.rws.local_scale=1               the local model sees slices at the global scale
   --config.rws.stage3_init=fresh           stage 3 from the initial weights, full schedule
-  --config.rws.local_init=global           local model fine-tuned from the trained global one
+  --config.rws.local_init=init             local model trained from the initial weights
   --config.rws.inference=plain             report the refined network alone as "RWS"
 """
 from rwsjax import config as config_lib

@@ -57,8 +57,9 @@ def default_config():
   c.local_scale = 2.0           # slices are resized by this factor for the local model
   c.local_size = 0              # side the slice crops are resized to; 0 = local_scale * size
   c.local_batch_size = 16       # global batch of stage 2
-  c.local_init = "init"         # local model starts from the global model's initialisation
-                                # (init) or from the current trained global model (global)
+  c.local_init = "global"       # local model fine-tuned from the current global model, so
+                                # its features share the global model's channels (global) |
+                                # trained from the global model's initialisation (init)
   c.attention_region = "prediction"  # A_i^c restricted to the predicted (eq. 2) or the
                                      # ground-truth region of c (training only)
   c.attention = "last"          # window attention from A_layer4 (last) or Gamma (gamma)
@@ -149,7 +150,7 @@ def shrink_for_smoke(config):
   return config
 
 
-CHOICES = {"stage3_init": ("stage1", "fresh"), "local_init": ("init", "global"),
+CHOICES = {"stage3_init": ("stage1", "fresh"), "local_init": ("global", "init"),
            "attention_region": ("prediction", "ground_truth"), "attention": ("last", "gamma"),
            "weak_rule": ("curve", "fixed"), "t_rule": slices.T_RULES,
            "t_slope_unit": slices.SLOPE_UNITS, "slices": ("weak", "arbitrary"),
