@@ -403,9 +403,9 @@ def _report(ctx, results):
              'regen': config.isim.regen, 'stages': results}
   if 'psa_final' in results:
     summary['psa'] = psa_numbers(config, results)
-  write_results(ctx.workdir, config, summary, table)
   if jax.process_index() == 0:
     _save_figure(ctx, results)
+  write_results(ctx.workdir, config, summary, table)
   return {'table': table}
 
 

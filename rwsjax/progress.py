@@ -11,6 +11,8 @@ import time
 
 from absl import logging
 
+from rwsjax import eventlog
+
 _CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/",
                      "/jax/_src/xla_bridge.py")  # the last: "Unable to initialize backend"
 # Library warnings that ask for nothing a user of this package can act on: TFDS decodes with
@@ -113,17 +115,23 @@ def median_seconds(fn, repeats):
 
 
 class MetricWriter:
-  """Appends one JSON object per logged step to `path` (metrics.jsonl) on process 0."""
+  """Appends one JSON object per logged step to `path` (metrics.jsonl) on process 0, and the
+  same scalars to the TensorBoard run of the stage beside it (`rwsjax.eventlog`)."""
 
   def __init__(self, path):
     self.path = path
     self.enabled = _process_index() == 0
+    self.events = None
     if self.enabled:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      self.events = eventlog.EventLog(os.path.dirname(os.path.abspath(path)))
 
   def truncate_after(self, step, stage=None):
     """Drops lines of `stage` logged after `step`: a resumed run logs those steps again."""
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled:
+      return
+    self.events.resume(stage or "train", step)
+    if not os.path.exists(self.path):
       return
     with open(self.path) as f:
       rows = [json.loads(line) for line in f if line.strip()]
@@ -139,6 +147,7 @@ class MetricWriter:
     row.update({k: float(v) for k, v in scalars.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
+    self.events.scalars(stage or "train", step, scalars)
 
 
 def write_text(path, text):

@@ -707,7 +707,6 @@ def run(config, workdir):
     baseline = train_supervised("baseline", init, batches, total_steps, config.train.lr)
     summary["baseline"] = evaluation("baseline/eval.json", plain_network(baseline.variables))
   table = results_table(summary, names)
-  summary = record.write_results(workdir, config, summary, table)
   if jax.process_index() == 0:
     bars = {"baseline": summary["baseline"]["per_class_iou"]} if rws.baseline else {}
     bars["RWS plain"] = final["plain"]["per_class_iou"]
@@ -715,6 +714,7 @@ def run(config, workdir):
     figures.save_per_class_iou(os.path.join(workdir, "per_class_iou.png"), bars, names)
     supervised.save_prediction_figure(os.path.join(workdir, "predictions.png"), model, network,
                                       eval_source, config, predict[rws.inference])
+  summary = record.write_results(workdir, config, summary, table)
   print(table)
   return summary
 

@@ -104,13 +104,13 @@ def run(config, workdir):
   result = evaluate_lib.summarize(confusion, names)
   table = evaluate_lib.miou_table(split, [(f"supervised ({config.train.steps} steps)", result)],
                                   names)
-  summary = record.write_results(workdir, config, {"method": "supervised",
-                                                   "steps": config.train.steps, split: result},
-                                 table)
   if jax.process_index() == 0:
     figures.save_per_class_iou(os.path.join(workdir, "per_class_iou.png"),
                                {"supervised": result["per_class_iou"]}, names)
     save_prediction_figure(os.path.join(workdir, "predictions.png"), model, state.variables,
                            eval_source, config)
+  summary = record.write_results(workdir, config, {"method": "supervised",
+                                                   "steps": config.train.steps, split: result},
+                                 table)
   logging.info("Results:\n%s", table)
   return summary
