@@ -32,6 +32,7 @@ from rwsjax import figures
 from rwsjax import fusion
 from rwsjax import losses
 from rwsjax import models
+from rwsjax import preflight
 from rwsjax import record
 from rwsjax import segcam
 from rwsjax import slices
@@ -558,14 +559,18 @@ def save_round_figures(directory, model, variables, source, analysis, config, na
                                analysis["threshold"], analysis["per_class_threshold"], names)
 
 
+NETWORK_TITLES = {"plain": "RWS plain: refined network alone",
+                  "fused": "RWS fused: the RWS network"}  # config.rws.inference -> title
+
+
 def results_table(summary, names):
   """Markdown: stage 1, baseline and RWS (plain and fused) mIoU and per-class IoU, the
   inference cost, then T, weak slices and their share per round."""
   total = summary["total_steps"]
   rows = [("stage 1 only", summary["stage1"]),
           (f"baseline ({total} steps)", summary.get("baseline")),
-          (f"RWS plain: refined network alone ({total} steps)", summary["rws_plain"]),
-          (f"RWS fused: the RWS network ({total} steps)", summary["rws_fused"])]
+          (f"{NETWORK_TITLES['plain']} ({total} steps)", summary["rws_plain"]),
+          (f"{NETWORK_TITLES['fused']} ({total} steps)", summary["rws_fused"])]
   lines = [evaluate_lib.miou_table(summary["eval_split"],
                                    [(title, r) for title, r in rows if r is not None], names)]
   cost = summary["inference_ms_per_image"]
@@ -615,7 +620,7 @@ def schedule_config(config, round_index, stage3_init):
 
 def run(config, workdir):
   """All RWS stages and rounds, the equal-budget baseline, the table, summary.json, figures."""
-  check_config(config)
+  preflight.for_training(config, workdir, check_config)
   rws = config.rws
   mesh = train.make_mesh(config.num_devices)
   train_source = data.get_source(config.dataset, config.dataset.train_split)
@@ -746,6 +751,17 @@ def finished_network(config, workdir, model, mesh):
                "threshold": jnp.float32(threshold)}
     global_variables = network["model"]
   return network or plain_network(global_variables)
+
+
+def trained_predictor(config, workdir, mesh):
+  """The `supervised.Predictor` of the finished run in `workdir`: the network of
+  config.rws.inference, the RWS network (`finished_network`, default) or the refined network
+  alone."""
+  model = models.build_model(config.model, config.dataset.num_classes)
+  inference = config.rws.inference
+  return supervised.Predictor(make_predict_fn(model, config, inference),
+                              finished_network(config, workdir, model, mesh),
+                              NETWORK_TITLES[inference], config)
 
 
 def _with(train_cfg, **fields):

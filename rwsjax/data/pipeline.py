@@ -69,11 +69,19 @@ def image_labels(label, num_labels):
   return np.bincount(label.ravel(), minlength=256)[1:num_labels + 1] > 0
 
 
+def long_side_size(shape, max_side):
+  """(h, w) of `shape` shrunk, aspect kept, so that the long side is at most `max_side`
+  (None: no limit)."""
+  if max_side is None or max(shape) <= max_side:
+    return tuple(shape)
+  return tuple(max(1, round(n * max_side / max(shape))) for n in shape)
+
+
 def limit_long_side(image, label, max_side):
   """Image (bilinear) and label (nearest) shrunk so the long side is at most `max_side`."""
-  if max_side is None or max(label.shape) <= max_side:
+  size = long_side_size(label.shape, max_side)
+  if size == label.shape:
     return image, label
-  size = tuple(max(1, round(n * max_side / max(label.shape))) for n in label.shape)
   return resize(image, size, PIL.Image.BILINEAR), resize(label, size, PIL.Image.NEAREST)
 
 
