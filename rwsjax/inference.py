@@ -98,7 +98,7 @@ def evaluate_run(config, workdir, pipeline_module, split=None):
                                         mesh, with_tta(predictor.predict_fn, config.eval))
   names = data.class_names(config.dataset)
   result = evaluate_lib.summarize(confusion, names)
-  name = f"eval_{split}{'_tta' if config.eval.tta else ''}"
+  name = record.EVAL_NAME.format(split=split, tta="_tta" if config.eval.tta else "")
   table = evaluate_lib.miou_table(split, [(predictor.title + tta_title(config.eval), result)],
                                   names)
   tta = ({"scales": list(config.eval.scales), "flip": bool(config.eval.flip)}

@@ -8,9 +8,7 @@ it alone, without a traceback.
 """
 import functools
 import os
-import pickle
 import tempfile
-import zipfile
 
 import jax
 
@@ -73,11 +71,7 @@ def check_pretrained(model_cfg):
   backbone = models.build_backbone(model_cfg)
   abstract = jax.eval_shape(functools.partial(train.init_variables, backbone, (1, 64, 64, 3)),
                             jax.random.key(0))
-  try:
-    models.load_pretrained_backbone(abstract, path, model_cfg, scope=())
-  except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError) as error:
-    raise UserInputError(f"Pretrained weights file {path} (config.model.pretrained) cannot be "
-                         f"read: {error}.") from None
+  models.load_pretrained_backbone(abstract, path, model_cfg, scope=())
 
 
 def check_writable_dir(path, what):
@@ -131,6 +125,8 @@ def for_evaluation(config, workdir, check_config, split):
 def for_prediction(config, workdir, check_config, images, out):
   """Before predicting with the run in `workdir`: the config, the image folder `images`
   (a directory holding files) and the output folder `out`."""
+  if jax.process_count() > 1:
+    raise UserInputError("--mode=predict runs in one process; start it without --distributed.")
   user_input(check_common_config, config)
   user_input(check_config, config)
   check_finished_workdir(workdir)

@@ -19,6 +19,9 @@ from rwsjax.progress import write_json, write_text
 
 SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.md"
+# launch.py --mode=evaluate writes <EVAL_NAME>.json and <EVAL_NAME>.md.
+EVAL_NAME = "eval_{split}{tta}"
+TABLE_FILES = (RESULTS_FILE, "eval_*.md")  # the Markdown tables that runs write
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 # The directory that holds the rwsjax package: the repository root in a source checkout.
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
