@@ -15,9 +15,7 @@ import jax
 from rwsjax import data
 from rwsjax import models
 from rwsjax import train
-
-SCALE_MODES = ("ratio", "long_side")
-
+from rwsjax.data import pipeline
 
 class UserInputError(ValueError):
   """A config value, file or directory given by the user that cannot work."""
@@ -40,9 +38,9 @@ def check_common_config(config):
   data.num_classes(config.dataset)
   models.build_model(config.model, config.dataset.num_classes)
   train.make_optimizer(config.train, 1)
-  if config.input.scale_mode not in SCALE_MODES:
+  if config.input.scale_mode not in pipeline.SCALE_MODES:
     raise ValueError(f"config.input.scale_mode={config.input.scale_mode!r}; expected one of "
-                     f"{SCALE_MODES}.")
+                     f"{pipeline.SCALE_MODES}.")
   check_eval_config(config.eval)
   mesh = train.make_mesh(config.num_devices)
   train.local_batch_size(config.input.batch_size, mesh)

@@ -98,7 +98,7 @@ def test_evaluate_restores_the_final_model_or_without_psa_the_isim_model(voc_run
   config, workdir, _, _, results, _ = voc_run
   evaluated = inference.evaluate_run(config, workdir, isim)
   assert evaluated['eval_validation'] == results['psa_final']['validation']
-  assert evaluated['network'] == 'DeepLabv3 (resnet18) on the DeepLabCAM + PSA labels'
+  assert evaluated['network'] == f'{psa.final_title(config)} on the DeepLabCAM + PSA labels'
   config = config.copy_and_resolve_references()
   config.psa.enabled = False
   evaluated = inference.evaluate_run(config, workdir, isim)

@@ -33,6 +33,8 @@ import PIL.Image
 
 from rwsjax.losses import IGNORE_LABEL
 
+SCALE_MODES = ('ratio', 'long_side')  # config.input.scale_mode (scale_factor)
+
 
 def pair(size):
   """(h, w) from an int or a pair."""
@@ -93,7 +95,7 @@ def scale_factor(shape, input_cfg, rng):
   if mode == 'long_side':
     crop = max(pair(input_cfg.crop_size))
     return rng.integers(crop, 2 * crop + 1) / max(shape)
-  raise ValueError(f"config.input.scale_mode must be 'ratio' or 'long_side', got {mode!r}.")
+  raise ValueError(f'config.input.scale_mode must be one of {SCALE_MODES}, got {mode!r}.')
 
 
 def random_scale(image, label, input_cfg, rng):
