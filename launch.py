@@ -4,6 +4,10 @@
 where a killed run stopped. Override any config field on the command line, e.g.
 `--config.train.steps=200`; `--config=configs/voc_rws.py:smoke` runs a small variant. The
 methods and their config switches are described in docs/methods.md.
+
+After training, with the same --config and --workdir:
+  --mode=evaluate [--split=NAME] [--config.eval.tta=True]   evaluate the run again
+  --mode=predict --images=DIR --out=OUT                      segment a folder of images
 """
 import ast
 import importlib
@@ -21,6 +25,8 @@ PIPELINES = {
     "isim": "isimjax.isim",
 }
 HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
+MODES = ("train", "evaluate", "predict")
+MODE_FLAGS = {"split": "evaluate", "images": "predict", "out": "predict"}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -32,6 +38,16 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (optional).")
 _LIBRARY_LOGS = flags.DEFINE_bool("library_logs", False,
                                   "Show the INFO logs of orbax, grain and TFDS too.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", MODES,
+    "train: run the pipeline (resuming a killed run); evaluate: evaluate the finished run in "
+    "--workdir on --split, writing eval_<split>.json; predict: segment the images in --images "
+    "into --out with it.")
+_SPLIT = flags.DEFINE_string("split", None,
+                             "--mode=evaluate: the split (default config.dataset.eval_split).")
+_IMAGES = flags.DEFINE_string("images", None, "--mode=predict: a folder of JPEG or PNG images.")
+_OUT = flags.DEFINE_string("out", None,
+                           "--mode=predict: the folder the masks and overlays are written to.")
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", os.path.join("~", ".cache", "rwsjax", "xla"),
     "Directory of JAX's persistent compilation cache, so that a rerun or a run of a related "
@@ -67,9 +83,28 @@ def parse_flags(argv):
              f"no such field or wrong type ({reason}).")
 
 
+def check_mode_flags():
+  """Each of --split, --images and --out is given only with its mode."""
+  for name, mode in MODE_FLAGS.items():
+    if flags.FLAGS[name].value is not None and _MODE.value != mode:
+      sys.exit(f"launch.py: --{name} goes with --mode={mode}, not --mode={_MODE.value}.")
+
+
+def run_mode(pipeline, config, workdir):
+  """Trains, evaluates or predicts (--mode) with `pipeline`'s run or its trained predictor."""
+  from rwsjax import inference  # pylint: disable=g-import-not-at-top  (after absl parsed the flags)
+  if _MODE.value == "train":
+    return pipeline.run(config, workdir)
+  if _MODE.value == "evaluate":
+    return inference.evaluate_run(config, workdir, pipeline, _SPLIT.value)
+  return inference.predict_folder(config, workdir, pipeline, _IMAGES.value,
+                                  _OUT.value and os.path.abspath(_OUT.value))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  check_mode_flags()
   import jax  # pylint: disable=g-import-not-at-top  (after absl parsed the flags)
   from rwsjax import progress  # pylint: disable=g-import-not-at-top
   if not _LIBRARY_LOGS.value:
@@ -93,7 +128,11 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
   pipeline = importlib.import_module(PIPELINES[method])
-  pipeline.run(config, os.path.abspath(_WORKDIR.value))
+  from rwsjax import preflight  # pylint: disable=g-import-not-at-top  (after absl parsed the flags)
+  try:
+    run_mode(pipeline, config, os.path.abspath(_WORKDIR.value))
+  except preflight.UserInputError as error:
+    sys.exit(f"launch.py: {error}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ Seg-Grad-CAM gets 12 class slots per image (rws.max_classes; set 19 for all of t
 backward pass per slot): the less frequent predicted classes beyond them get no attention and
 take no part in T or the weak decision; every class is a real class (no background class).
 A 512x1024 crop has twice the windows of a 512x512 one, hence 8 weak slices per image in
-stage 3 and at inference (rws.max_slices).
+stage 3 and at inference (rws.max_slices). `--mode=predict` keeps 2048-pixel frames whole
+(eval.max_side).
 `:smoke` shrinks everything to seconds on CPU (the tests run it on a fake Cityscapes tree of
 32x64 images).
 """
@@ -25,6 +26,7 @@ def get_config(arg=None):
                             batch_size=8, eval_pad_size=(1024, 2048), lr=0.01,
                             weight_decay=5e-4, iterations=80000, max_classes=12, max_slices=8,
                             background_class=None)
+  config.eval.max_side = 2048
   if arg == "smoke":
     rws.shrink_for_smoke(config)
     config.input.crop_size = (32, 64)

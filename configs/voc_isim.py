@@ -29,6 +29,8 @@ The PSA stages (paper Sec. 4.1.6-4.1.7) keep the backbone in common, as the pape
     ISIM + RW + dCRF labels; evaluated on the 1,449 val images padded to 512 x 512. For the
     paper's DeepLabv2 (Tables 10-11) set psa.final.model.name=deeplabv2 and
     psa.final.model.output_stride=8.
+`--mode=evaluate` pads the val images to 512 x 512 too (input.eval_pad_size), for the final
+model and, with psa.enabled=False, for DeepLabCAM's segmentation output.
 `:smoke` shrinks everything to seconds on CPU (the tests run it on a fake VOC tree).
 """
 from isimjax import config as isim_config
@@ -41,6 +43,8 @@ def get_config(arg=None):
   config.input.crop_size = (320, 320)
   config.input.batch_size = 16
   config.input.scale_mode = 'long_side'
+  config.input.eval_pad_size = (512, 512)
+  config.input.eval_batch_size = 16
   config.model.name = 'deeplabv3'
   config.model.backbone = 'resnet101'
   config.model.output_stride = 16
@@ -79,6 +83,7 @@ def get_config(arg=None):
     isim_config.shrink_for_smoke(config)
     config.model.backbone = 'resnet18'
     config.psa.final.model.name = 'deeplabv2'
+    config.input.eval_pad_size = (32, 32)
     config.psa.final.input.eval_pad_size = (32, 32)
     config.psa.final.input.eval_batch_size = 4
   return config

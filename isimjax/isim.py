@@ -40,6 +40,8 @@ from isimjax import self_train
 from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
+from rwsjax import models
+from rwsjax import preflight
 from rwsjax import supervised
 from rwsjax import train
 from rwsjax.losses import IGNORE_LABEL
@@ -86,12 +88,31 @@ class Context:
     return supervised.initial_variables(self.model, self.config, self.rng)
 
 
-def make_context(config, workdir):
-  """Mesh, sources, DeepLabCAM/UNetCAM and CAM extractor of `config` (checked first)."""
-  mesh = train.make_mesh(config.num_devices)
-  model = cam_models.build_cam_model(config.model, config.dataset.num_classes)
+def check_config(config):
+  """Stops before any work on ISIM or PSA settings that a stage would reject: the CAM model,
+  the regeneration rule and, when the PSA stages run, `psa.check_config`."""
+  cam_models.build_cam_model(config.model, config.dataset.num_classes)
+  if config.isim.regen not in self_train.REGEN_MODES:
+    raise ValueError(f'config.isim.regen={config.isim.regen!r}; expected one of '
+                     f'{self_train.REGEN_MODES}.')
   if config.psa.enabled:
     psa.check_config(config)
+
+
+def model_configs(config):
+  """The model configs whose config.model.pretrained files the run reads: the ISIM model's
+  and, with the PSA stages, AffinityNet's (psa.init 'imagenet') and the final model's."""
+  configs = [config.model]
+  if config.psa.enabled:
+    parts = ('affinity', 'final') if config.psa.init == 'imagenet' else ('final',)
+    configs += [psa.stage_config(config, part).model for part in parts]
+  return configs
+
+
+def make_context(config, workdir):
+  """Mesh, sources, DeepLabCAM/UNetCAM and CAM extractor of `config`."""
+  mesh = train.make_mesh(config.num_devices)
+  model = cam_models.build_cam_model(config.model, config.dataset.num_classes)
   isim_cfg = config.isim
   extractor = cam.CamExtractor(model, config.input, scales=tuple(isim_cfg.cam_scales),
                                flip=isim_cfg.cam_flip, stride=self_train.cam_stride(config),
@@ -403,9 +424,9 @@ def _report(ctx, results):
              'regen': config.isim.regen, 'stages': results}
   if 'psa_final' in results:
     summary['psa'] = psa_numbers(config, results)
-  write_results(ctx.workdir, config, summary, table)
   if jax.process_index() == 0:
     _save_figure(ctx, results)
+  write_results(ctx.workdir, config, summary, table)
   return {'table': table}
 
 
@@ -430,9 +451,45 @@ def _stage_path(workdir, name):
   return os.path.join(workdir, 'stages', f'{name}.json')
 
 
+def finished_steps(workdir, stage):
+  """The step count that the finished stage `stage` of the run in `workdir` recorded."""
+  path = _stage_path(workdir, stage)
+  if not os.path.exists(path):
+    raise ValueError(f'{workdir} holds no finished {stage} stage ({path} is missing); rerun the '
+                     'pipeline with this workdir to finish training.')
+  with open(path) as f:
+    return json.load(f)['steps']
+
+
+def trained_predictor(config, workdir, mesh):
+  """The `supervised.Predictor` of the finished run in `workdir`: the final segmentation model
+  trained on the random-walk labels when the PSA stages run, else the ISIM model's
+  segmentation output."""
+  k = config.dataset.num_classes
+  if config.psa.enabled:
+    sub = psa.stage_config(config, 'final')
+    model = models.build_model(sub.model, k)
+    stage, steps = psa.FINAL_STAGE, finished_steps(workdir, 'psa_final')
+    tx = train.make_optimizer(sub.train, steps)
+    title = f'{psa.final_title(config)} on the {model_title(config.model)} + PSA labels'
+    predict_fn = supervised.model_predict_fn(model)
+  else:
+    sub = config
+    model = cam_models.build_cam_model(config.model, k)
+    stage, steps = MODELS['isim'], finished_steps(workdir, 'isim_train')
+    tx = self_train.make_optimizer(config, steps)
+    title = model_title(config.model)
+    predict_fn = lambda variables, batch: model.apply(variables, batch['image'])[0]
+  variables = train.finished_variables(
+      workdir=workdir, stage=stage, model=model, tx=tx, total_steps=steps,
+      image_shape=(1, *sub.input.crop_size, 3), rng=jax.random.key(config.seed), mesh=mesh)
+  return supervised.Predictor(predict_fn, variables, title, sub)
+
+
 def run(config, workdir, stages=None):
   """Runs `stages` (default `STAGES`) in order, skipping finished ones; returns
   {stage name: result}."""
+  preflight.for_training(config, workdir, check_config, model_configs(config))
   ctx = make_context(config, workdir)
   results = {}
   for name, stage_fn in stages or STAGES:

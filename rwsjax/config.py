@@ -71,6 +71,17 @@ def base_config():
   c.train.checkpoint_every = 500
   c.train.max_to_keep = 2
 
+  # launch.py --mode=evaluate | predict (rwsjax.inference): test-time augmentation averages the
+  # softmax over the image resized by each scale, and its horizontal flip (DeepLab's
+  # evaluation); predict shrinks images whose long side exceeds max_side and pads them to
+  # multiples of pad_multiple (fewer compilations; padding is not predicted on).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.tta = False
+  c.eval.scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+  c.eval.flip = True
+  c.eval.max_side = 1024
+  c.eval.pad_multiple = 64
+
   c.figures = ml_collections.ConfigDict()
   c.figures.num_examples = 4        # images shown in prediction / heatmap figures
   return c

@@ -1,6 +1,6 @@
 """Progress lines with ETA, and the JSONL metric writer (process 0 only).
 
-JAX is imported only where a process index is needed, so CPU worker processes (the CRF pool)
+JAX (and TFDS) is imported only where it is needed, so CPU worker processes (the CRF pool)
 can use `Progress` without starting JAX.
 """
 import json
@@ -11,10 +11,14 @@ import time
 
 from absl import logging
 
+from rwsjax import eventlog
+
 _CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/",
                      "/jax/_src/xla_bridge.py")  # the last: "Unable to initialize backend"
-# Library warnings that ask for nothing a user of this package can act on.
-_IDLE_WARNINGS = ("OpenCV is not installed",)  # TFDS decodes with PIL, as intended here
+# Library warnings that ask for nothing a user of this package can act on: TFDS decodes with
+# PIL, as intended here, and every dataset setting is a builder config of its own (TFDS's
+# warning prints the whole config, which the run record already holds).
+_IDLE_WARNINGS = ("OpenCV is not installed", "Using custom data configuration")
 
 
 class _LibraryInfoFilter(py_logging.Filter):
@@ -29,10 +33,13 @@ class _LibraryInfoFilter(py_logging.Filter):
 
 
 def quiet_library_logs():
-  """Keeps the run's own progress lines readable: library INFO chatter is not shown."""
+  """Keeps the run's own progress lines readable: library INFO chatter is not shown, nor are
+  TFDS's progress bars while it prepares a dataset (their lines name every temporary file)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (module docstring)
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
     handler.addFilter(_LibraryInfoFilter())
+  tfds.display_progress_bar(False)
 
 
 def _process_index():
@@ -84,6 +91,17 @@ class Progress:
     logging.info("%s", self.line(done, **values))
 
 
+def logged(items, name, total, lines=4):
+  """Yields `items` (`total` of them), logging `lines` progress lines along the way: dataset
+  preparation reports its progress this way, TFDS's own bars being off."""
+  progress = Progress(name, total)
+  every = max(1, total // lines)
+  for done, item in enumerate(items, 1):
+    yield item
+    if done % every == 0 or done == total:
+      progress.log(done)
+
+
 def median_seconds(fn, repeats):
   """Median wall time of `fn()`, result blocked on, over `repeats` calls after one untimed call."""
   import jax  # pylint: disable=g-import-not-at-top  (see the module docstring)
@@ -97,17 +115,23 @@ def median_seconds(fn, repeats):
 
 
 class MetricWriter:
-  """Appends one JSON object per logged step to `path` (metrics.jsonl) on process 0."""
+  """Appends one JSON object per logged step to `path` (metrics.jsonl) on process 0, and the
+  same scalars to the TensorBoard run of the stage beside it (`rwsjax.eventlog`)."""
 
   def __init__(self, path):
     self.path = path
     self.enabled = _process_index() == 0
+    self.events = None
     if self.enabled:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      self.events = eventlog.EventLog(os.path.dirname(os.path.abspath(path)))
 
   def truncate_after(self, step, stage=None):
     """Drops lines of `stage` logged after `step`: a resumed run logs those steps again."""
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled:
+      return
+    self.events.resume(stage or "train", step)
+    if not os.path.exists(self.path):
       return
     with open(self.path) as f:
       rows = [json.loads(line) for line in f if line.strip()]
@@ -123,6 +147,7 @@ class MetricWriter:
     row.update({k: float(v) for k, v in scalars.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
+    self.events.scalars(stage or "train", step, scalars)
 
 
 def write_text(path, text):

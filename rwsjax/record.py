@@ -14,10 +14,14 @@ import sys
 
 import jax
 
+from rwsjax import eventlog
 from rwsjax.progress import write_json, write_text
 
 SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.md"
+# launch.py --mode=evaluate writes <EVAL_NAME>.json and <EVAL_NAME>.md.
+EVAL_NAME = "eval_{split}{tta}"
+TABLE_FILES = (RESULTS_FILE, "eval_*.md")  # the Markdown tables that runs write
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 # The directory that holds the rwsjax package: the repository root in a source checkout.
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,10 +76,15 @@ def run_record(config, argv=None):
           "command": list(sys.argv if argv is None else argv)}
 
 
-def write_results(workdir, config, summary, table):
-  """Writes `summary` with the run record under 'run' to summary.json and the Markdown
-  `table` to results.md in `workdir` (process 0); returns the summary as written."""
+def write_results(workdir, config, summary, table, *, name=SUMMARY_FILE,
+                  table_name=RESULTS_FILE, figures=True):
+  """Writes `summary` with the run record under 'run' to summary.json (or `name`) and the
+  Markdown `table` to results.md (or `table_name`) in `workdir` (process 0), and its mIoU
+  values and, with `figures`, the workdir's figures to TensorBoard (`eventlog.log_results`);
+  returns the summary as written. Pipelines write their figures first."""
   summary = dict(summary, run=run_record(config))
-  write_json(os.path.join(workdir, SUMMARY_FILE), summary)
-  write_text(os.path.join(workdir, RESULTS_FILE), table.rstrip("\n") + "\n")
+  write_json(os.path.join(workdir, name), summary)
+  write_text(os.path.join(workdir, table_name), table.rstrip("\n") + "\n")
+  if jax.process_index() == 0:
+    eventlog.log_results(workdir, summary, figures=figures)
   return summary

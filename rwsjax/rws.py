@@ -32,6 +32,7 @@ from rwsjax import figures
 from rwsjax import fusion
 from rwsjax import losses
 from rwsjax import models
+from rwsjax import preflight
 from rwsjax import record
 from rwsjax import segcam
 from rwsjax import slices
@@ -559,14 +560,18 @@ def save_round_figures(directory, model, variables, source, analysis, config, na
                                analysis["threshold"], analysis["per_class_threshold"], names)
 
 
+NETWORK_TITLES = {"plain": "RWS plain: refined network alone",
+                  "fused": "RWS fused: the RWS network"}  # config.rws.inference -> title
+
+
 def results_table(summary, names):
   """Markdown: stage 1, baseline and RWS (plain and fused) mIoU and per-class IoU, the
   inference cost, then T, weak slices and their share per round."""
   total = summary["total_steps"]
   rows = [("stage 1 only", summary["stage1"]),
           (f"baseline ({total} steps)", summary.get("baseline")),
-          (f"RWS plain: refined network alone ({total} steps)", summary["rws_plain"]),
-          (f"RWS fused: the RWS network ({total} steps)", summary["rws_fused"])]
+          (f"{NETWORK_TITLES['plain']} ({total} steps)", summary["rws_plain"]),
+          (f"{NETWORK_TITLES['fused']} ({total} steps)", summary["rws_fused"])]
   lines = [evaluate_lib.miou_table(summary["eval_split"],
                                    [(title, r) for title, r in rows if r is not None], names)]
   cost = summary["inference_ms_per_image"]
@@ -616,7 +621,7 @@ def schedule_config(config, round_index, stage3_init):
 
 def run(config, workdir):
   """All RWS stages and rounds, the equal-budget baseline, the table, summary.json, figures."""
-  check_config(config)
+  preflight.for_training(config, workdir, check_config)
   rws = config.rws
   mesh = train.make_mesh(config.num_devices)
   train_source = data.get_source(config.dataset, config.dataset.train_split)
@@ -708,7 +713,6 @@ def run(config, workdir):
     baseline = train_supervised("baseline", init, batches, total_steps, config.train.lr)
     summary["baseline"] = evaluation("baseline/eval.json", plain_network(baseline.variables))
   table = results_table(summary, names)
-  summary = record.write_results(workdir, config, summary, table)
   if jax.process_index() == 0:
     bars = {"baseline": summary["baseline"]["per_class_iou"]} if rws.baseline else {}
     bars["RWS plain"] = final["plain"]["per_class_iou"]
@@ -716,6 +720,7 @@ def run(config, workdir):
     figures.save_per_class_iou(os.path.join(workdir, "per_class_iou.png"), bars, names)
     supervised.save_prediction_figure(os.path.join(workdir, "predictions.png"), model, network,
                                       eval_source, config, predict[rws.inference])
+  summary = record.write_results(workdir, config, summary, table)
   print(table)
   return summary
 
@@ -747,6 +752,17 @@ def finished_network(config, workdir, model, mesh):
                "threshold": jnp.float32(threshold)}
     global_variables = network["model"]
   return network or plain_network(global_variables)
+
+
+def trained_predictor(config, workdir, mesh):
+  """The `supervised.Predictor` of the finished run in `workdir`: the network of
+  config.rws.inference, the RWS network (`finished_network`, default) or the refined network
+  alone."""
+  model = models.build_model(config.model, config.dataset.num_classes)
+  inference = config.rws.inference
+  return supervised.Predictor(make_predict_fn(model, config, inference),
+                              finished_network(config, workdir, model, mesh),
+                              NETWORK_TITLES[inference], config)
 
 
 def _with(train_cfg, **fields):

@@ -1,6 +1,13 @@
 """Supervised segmentation: the baseline pipeline and the building blocks every pipeline reuses
-(model and variables from the config, train/eval batches, evaluation with figures)."""
+(model and variables from the config, train/eval batches, evaluation with figures, the trained
+predictor of a finished run).
+
+Every pipeline module has `run(config, workdir)`, `check_config(config)` (its own settings,
+checked before any work by `rwsjax.preflight`) and `trained_predictor(config, workdir, mesh)`
+(the `Predictor` of a finished run, for `rwsjax.inference`).
+"""
 import os
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import jax
@@ -11,10 +18,22 @@ from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
 from rwsjax import models
+from rwsjax import preflight
 from rwsjax import record
 from rwsjax import train
 from rwsjax.data import pipeline
 from rwsjax.progress import MetricWriter
+
+
+class Predictor(NamedTuple):
+  """The final product of a finished run: `predict_fn(variables, batch) -> logits` (N, H, W,
+  K) for batches with 'image' (normalised, any size) and optionally 'valid'; its
+  `variables`; a `title` for tables; the `config` whose input settings (normalisation, eval
+  batch size and padding) it is evaluated with."""
+  predict_fn: Callable
+  variables: Any
+  title: str
+  config: Any
 
 
 def initial_variables(model, config, rng, image_shape=None):
@@ -61,8 +80,7 @@ def predict_examples(model, variables, source, indices, config, predict_fn=None)
   """(images uint8, labels, predictions) of a few examples, for figures (process 0).
 
   `predict_fn(variables, batch) -> logits` defaults to the model."""
-  if predict_fn is None:
-    predict_fn = lambda v, batch: model.apply(v, batch["image"], train=False)
+  predict_fn = predict_fn or model_predict_fn(model)
   images, labels, preds = [], [], []
   apply = jax.jit(lambda v, x: predict_fn(v, {"image": x}).argmax(-1))
   for i in indices:
@@ -84,9 +102,33 @@ def save_prediction_figure(path, model, variables, source, config, predict_fn=No
   figures.save_predictions(path, images, labels, preds, data.class_names(config.dataset))
 
 
+def check_config(config):
+  """The supervised pipeline reads only the fields that `preflight` checks for every
+  pipeline."""
+  del config
+
+
+def model_predict_fn(model):
+  """`Predictor.predict_fn` of a segmentation model: its logits of batch['image']."""
+  return lambda variables, batch: model.apply(variables, batch["image"], train=False)
+
+
+def trained_predictor(config, workdir, mesh):
+  """The `Predictor` of the finished run in `workdir`: the trained model."""
+  model = models.build_model(config.model, config.dataset.num_classes)
+  steps = config.train.steps
+  variables = train.finished_variables(
+      workdir=workdir, stage="supervised", model=model,
+      tx=train.make_optimizer(config.train, steps), total_steps=steps,
+      image_shape=(1, *pipeline.pair(config.input.crop_size), 3),
+      rng=jax.random.key(config.seed), mesh=mesh)
+  return Predictor(model_predict_fn(model), variables, f"supervised ({steps} steps)", config)
+
+
 def run(config, workdir):
   """Trains the configured model on the train split, evaluates on the eval split, and writes
   summary.json, results.md, metrics.jsonl and figures into `workdir`. Resumes after a kill."""
+  preflight.for_training(config, workdir, check_config)
   mesh = train.make_mesh(config.num_devices)
   train_source = data.get_source(config.dataset, config.dataset.train_split)
   eval_source = data.get_source(config.dataset, config.dataset.eval_split)
@@ -104,13 +146,13 @@ def run(config, workdir):
   result = evaluate_lib.summarize(confusion, names)
   table = evaluate_lib.miou_table(split, [(f"supervised ({config.train.steps} steps)", result)],
                                   names)
-  summary = record.write_results(workdir, config, {"method": "supervised",
-                                                   "steps": config.train.steps, split: result},
-                                 table)
   if jax.process_index() == 0:
     figures.save_per_class_iou(os.path.join(workdir, "per_class_iou.png"),
                                {"supervised": result["per_class_iou"]}, names)
     save_prediction_figure(os.path.join(workdir, "predictions.png"), model, state.variables,
                            eval_source, config)
+  summary = record.write_results(workdir, config, {"method": "supervised",
+                                                   "steps": config.train.steps, split: result},
+                                 table)
   logging.info("Results:\n%s", table)
   return summary

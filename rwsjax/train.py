@@ -13,7 +13,7 @@ number of devices (up to float reduction order).
 import functools
 import math
 import os
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import flax
@@ -110,14 +110,12 @@ def learning_rate_schedule(lr, train_cfg, total_steps, *, warmup_from=0.0, offse
   return poly if not offset else (lambda count: poly(count - offset))
 
 
-def base_optimizer(lr, train_cfg, total_steps, *, warmup_from=0.0, offset=0):
-  """The configured optimizer with a `learning_rate_schedule` starting at `lr`.
+def base_optimizer(schedule, train_cfg):
+  """The configured optimizer with the learning rate `schedule`.
 
   sgd (the papers'): momentum and coupled weight decay, g + wd * w, as torch.optim.SGD.
   adamw: Adam with decoupled weight decay; converges in fewer steps on small CPU runs.
   """
-  schedule = learning_rate_schedule(lr, train_cfg, total_steps, warmup_from=warmup_from,
-                                    offset=offset)
   name = train_cfg.get("optimizer", "sgd")
   if name == "sgd":
     return optax.chain(optax.add_decayed_weights(train_cfg.weight_decay),
@@ -127,9 +125,17 @@ def base_optimizer(lr, train_cfg, total_steps, *, warmup_from=0.0, offset=0):
   raise ValueError(f"config.train.optimizer={name!r}; expected one of {OPTIMIZERS}.")
 
 
+class Optimizer(NamedTuple):
+  """An optax transformation (`init`, `update`) and the learning-rate schedules it applies:
+  {metric name: schedule of the optimizer's step count}, 'lr' or 'lr_<group>' per group."""
+  init: Callable
+  update: Callable
+  learning_rates: dict
+
+
 def make_optimizer(train_cfg, total_steps, group_lrs=None, label_fn=None, *, warmup_from=0.0,
                    offset=0):
-  """The training optimizer.
+  """The training optimizer, an `Optimizer`.
 
   Args:
     train_cfg: config.train (optimizer, lr, momentum, weight_decay, poly_power, warmup_steps).
@@ -138,15 +144,27 @@ def make_optimizer(train_cfg, total_steps, group_lrs=None, label_fn=None, *, war
     label_fn: with group_lrs, maps the params pytree to a pytree of group names
       (`optax.multi_transform`).
     warmup_from: the rate the warm-up starts from.
-    offset: optimizer steps taken before this schedule starts (`base_optimizer`).
+    offset: optimizer steps taken before this schedule starts (`learning_rate_schedule`).
   """
+  def schedule(lr):
+    return learning_rate_schedule(lr, train_cfg, total_steps, warmup_from=warmup_from,
+                                  offset=offset)
+
   if group_lrs is None:
-    return base_optimizer(train_cfg.lr, train_cfg, total_steps, warmup_from=warmup_from,
-                          offset=offset)
-  transforms = {name: base_optimizer(lr, train_cfg, total_steps, warmup_from=warmup_from,
-                                     offset=offset)
-                for name, lr in group_lrs.items()}
-  return optax.multi_transform(transforms, label_fn)
+    schedules = {"lr": schedule(train_cfg.lr)}
+    tx = base_optimizer(schedules["lr"], train_cfg)
+  else:
+    schedules = {f"lr_{name}": schedule(lr) for name, lr in group_lrs.items()}
+    tx = optax.multi_transform({name: base_optimizer(schedules[f"lr_{name}"], train_cfg)
+                                for name in group_lrs}, label_fn)
+  return Optimizer(tx.init, tx.update, schedules)
+
+
+def schedule_count(opt_state):
+  """The step count that the learning-rate schedules of `opt_state` read (the count of its
+  first `ScaleByScheduleState`; every group's is the same)."""
+  return next(value for path, value in optax.tree.get_all_with_path(opt_state, "count")
+              if path[-1].tuple_name == "ScaleByScheduleState")
 
 
 def init_variables(model, image_shape, rng):
@@ -185,8 +203,12 @@ def make_train_step(loss_fn, tx, mesh):
 
   `loss_fn(params, batch_stats, batch, rng, extra) -> (loss, (batch_stats, metrics))`;
   `extra` is any replicated pytree the loss needs (frozen models, thresholds). The step number
-  is folded into `rng`, so a resumed run draws the same dropout masks.
+  is folded into `rng`, so a resumed run draws the same dropout masks. The metrics are the
+  loss, the gradient norm, the loss function's own and, for an `Optimizer`, the learning
+  rates of this step.
   """
+  learning_rates = getattr(tx, "learning_rates", {})
+
   def step(state, batch, rng, extra):
     rng = jax.random.fold_in(rng, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -194,7 +216,9 @@ def make_train_step(loss_fn, tx, mesh):
                                                     extra)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
+    count = schedule_count(state.opt_state) if learning_rates else None
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics,
+               **{name: schedule(count) for name, schedule in learning_rates.items()}}
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
     return new_state, metrics

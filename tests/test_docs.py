@@ -32,14 +32,16 @@ def text_files(root):
 
 def missing_references(root):
   """(file, line number, reference) for each cited document that exists neither relative to
-  the citing file nor to `root`. The results file a run writes is not a document."""
+  the citing file nor to `root`. The tables a run writes (results.md, eval_<split>.md) are
+  not documents."""
   missing = []
   for path in text_files(root):
     with open(path, encoding="utf-8") as f:
       lines = f.read().splitlines()
     for number, line in enumerate(lines, 1):
       for reference in REFERENCE.findall(line):
-        if os.path.basename(reference) == record.RESULTS_FILE:
+        if any(fnmatch.fnmatch(os.path.basename(reference), table)
+               for table in record.TABLE_FILES):
           continue
         if not any(os.path.exists(os.path.join(base, reference))
                    for base in (os.path.dirname(path), root)):

@@ -14,6 +14,7 @@ from isimjax import isim
 from isimjax import psa
 from isimjax import self_train
 from rwsjax import data
+from rwsjax import inference
 
 
 def voc_smoke_config(tmp_path):
@@ -91,6 +92,18 @@ def test_every_stage_ran_once_and_reports(voc_run):
   assert results['psa_final']['steps'] == 1 and results['psa_affinity_train']['steps'] == 1
   assert 0.0 < results['psa_affinity_labels']['coverage'] <= 1.0
   assert os.path.getsize(os.path.join(workdir, 'psa_final_predictions.png')) > 0
+
+
+def test_evaluate_restores_the_final_model_or_without_psa_the_isim_model(voc_run):
+  config, workdir, _, _, results, _ = voc_run
+  evaluated = inference.evaluate_run(config, workdir, isim)
+  assert evaluated['eval_validation'] == results['psa_final']['validation']
+  assert evaluated['network'] == f'{psa.final_title(config)} on the DeepLabCAM + PSA labels'
+  config = config.copy_and_resolve_references()
+  config.psa.enabled = False
+  evaluated = inference.evaluate_run(config, workdir, isim)
+  assert evaluated['network'] == 'DeepLabCAM'
+  assert 0.0 <= evaluated['eval_validation']['miou'] <= 1.0
 
 
 def test_a_killed_random_walk_redoes_only_its_missing_labels(voc_run):

@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from configs_util import ROOT
+from rwsjax import eventlog
+from test_eventlog import read_events, scalars
 
 
 def launch(*args, timeout=300):
@@ -32,6 +36,15 @@ def test_one_step_supervised_smoke_run(tmp_path):
   assert [r["step"] for r in rows] == [1] and rows[0]["stage"] == "supervised"
   assert os.path.exists(tmp_path / "run" / "supervised" / "checkpoints" / "1")
   assert os.path.exists(tmp_path / "run" / "predictions.png")
+  events = tmp_path / "run" / eventlog.EVENTS_DIR
+  logged = {tag: value for tag, step, value in scalars(events / "supervised") if step == 1}
+  assert logged == pytest.approx({k: rows[0][k] for k in ("loss", "grad_norm", "lr")})
+  assert logged["lr"] == pytest.approx(summary["run"]["config"]["train"]["lr"])
+  assert scalars(events / eventlog.RESULTS_RUN) == [
+      ("validation/miou", 0, pytest.approx(summary["validation"]["miou"]))]
+  images = [v.tag for e in read_events(events / eventlog.RESULTS_RUN) for v in e.summary.value
+            if v.HasField("image")]
+  assert images == ["per_class_iou", "predictions"]
 
 
 def test_bad_config_key_is_one_sentence(tmp_path):

@@ -49,6 +49,10 @@ def _record(pathname, level, message):
      "Unable to initialize backend 'tpu'", False),
     ("/site-packages/tensorflow_datasets/core/features/image_feature.py", py_logging.WARNING,
      "OpenCV is not installed. We recommend using OpenCV", False),
+    ("/site-packages/tensorflow_datasets/core/dataset_builder.py", py_logging.WARNING,
+     "Using custom data configuration: ShapesConfig(name='train16-val8', num_train=16)", False),
+    ("/site-packages/tensorflow_datasets/core/dataset_builder.py", py_logging.WARNING,
+     "Dataset is corrupt", True),
     ("/repo/rwsjax/progress.py", py_logging.INFO, "stage 1/2", True),
     ("/repo/rwsjax/rws.py", py_logging.WARNING, "OpenCV is not installed", True),
 ])

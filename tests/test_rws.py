@@ -7,15 +7,18 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 import pytest
 
 from configs_util import load_config
+from rwsjax import inference
 from rwsjax import losses
 from rwsjax import models
 from rwsjax import rws
 from rwsjax import segcam
 from rwsjax import slices
 from rwsjax import train
+from rwsjax.data import pipeline
 from test_fusion import _reference as fusion_reference
 
 
@@ -370,6 +373,31 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   assert _adam_count(stage3.opt_state) == _adam_count(stage3_resumed.opt_state) == 4
   for a, b in zip(jax.tree.leaves(stage3_resumed), jax.tree.leaves(stage3)):
     np.testing.assert_allclose(a, b, atol=1e-6)
+  config = load_config("shapes_rws", "smoke")
+  config.dataset.data_dir = str(data_dir)
+  for kind, key in (("fused", "rws_fused"), ("plain", "rws_plain")):
+    config.rws.inference = kind
+    evaluated = inference.evaluate_run(config, str(tmp_path / "full"), rws)
+    assert evaluated["eval_validation"] == full[key], kind
+    assert evaluated["network"] == rws.NETWORK_TITLES[kind]
+  rows = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
+  stage3_rates = [r["lr"] for r in rows if r["stage"] == "round_1/stage3"]
+  cfg, offset, warmup_from = rws.schedule_config(config, 1, "stage1")
+  schedule = train.learning_rate_schedule(cfg.lr, cfg, 2, warmup_from=warmup_from,
+                                          offset=offset)
+  assert stage3_rates == pytest.approx([float(schedule(offset + t)) for t in range(2)])
+  # predict uses the RWS network by default: a 40 x 24 image needs no padding at
+  # pad_multiple 8, so its mask is the argmax of rws_logits on it.
+  image = np.random.default_rng(0).integers(0, 255, (40, 24, 3), dtype=np.uint8)
+  (tmp_path / "images").mkdir()
+  PIL.Image.fromarray(image).save(tmp_path / "images" / "x.png")
+  config = load_config("shapes_rws", "smoke")
+  config.eval.pad_multiple = 8
+  [mask] = inference.predict_folder(config, str(tmp_path / "full"), rws,
+                                    str(tmp_path / "images"), str(tmp_path / "masks"))
+  model = models.build_model(config.model, 7)
+  logits = rws.rws_logits(model, network, pipeline.normalize(image, config.input)[None], config)
+  np.testing.assert_array_equal(np.asarray(PIL.Image.open(mask)), np.argmax(logits[0], -1))
 
 
 def test_stage3_schedule_warms_up_from_stage1s_final_rate():

@@ -143,3 +143,33 @@ def test_adamw_option_and_unknown_optimizer():
   cfg.optimizer = "lamb"
   with pytest.raises(ValueError, match="config.train.optimizer='lamb'"):
     train.make_optimizer(cfg, 10)
+
+
+def _logged_rates(tx, opt_state, steps):
+  """The learning-rate metrics of `steps` train steps of TinySeg from `opt_state`."""
+  mesh = train.make_mesh(1)
+  variables = train.init_variables(TinySeg(), (1, 6, 6, 3), jax.random.key(0))
+  state = train.create_train_state(tx, variables, mesh, opt_state)
+  step = train.make_train_step(train.supervised_loss(TinySeg()), tx, mesh)
+  rates, iterator = [], batches()(0)
+  for _ in range(steps):
+    state, metrics = step(state, train.to_device(next(iterator), mesh), jax.random.key(1), None)
+    rates.append({k: float(v) for k, v in metrics.items() if k.startswith("lr")})
+  return state, rates
+
+
+def test_train_steps_log_the_learning_rate_they_apply():
+  cfg = train_cfg(lr=0.1, warmup_steps=0)
+  tx = train.make_optimizer(cfg, 4)
+  state, rates = _logged_rates(tx, None, 3)
+  assert [r["lr"] for r in rates] == pytest.approx([0.1 * (1 - t / 4) ** 0.9 for t in range(3)])
+  # A stage continuing that optimizer state (count 3) with its own shifted warm-up schedule,
+  # as RWS stage 3 does: its step t applies the schedule at count 3 + t, i.e. its own step t.
+  continued = train.make_optimizer(train_cfg(lr=0.05, warmup_steps=1), 4, warmup_from=0.02,
+                                   offset=3)
+  _, rates = _logged_rates(continued, state.opt_state, 2)
+  assert [r["lr"] for r in rates] == pytest.approx([0.02, 0.05])
+  grouped = train.make_optimizer(cfg, 4, group_lrs={"slow": 0.1, "fast": 1.0},
+                                 label_fn=lambda p: jax.tree.map(lambda _: "fast", p))
+  _, rates = _logged_rates(grouped, None, 2)
+  assert rates[1] == pytest.approx({"lr_slow": 0.1 * 0.75 ** 0.9, "lr_fast": 0.75 ** 0.9})

@@ -54,7 +54,7 @@ def class_names(dataset_cfg):
   return shapes.class_names(num_classes(dataset_cfg) - 1)
 
 
-def _builder_and_download_config(dataset_cfg):
+def builder_and_download_config(dataset_cfg):
   """(unprepared builder, DownloadConfig or None); checks the config before any work."""
   expected = num_classes(dataset_cfg)
   given = dataset_cfg.get('num_classes')
@@ -80,7 +80,7 @@ def _builder_and_download_config(dataset_cfg):
 
 def get_builder(dataset_cfg):
   """The TFDS builder of config.dataset, prepared on first use (process 0 first)."""
-  builder, download_config = _builder_and_download_config(dataset_cfg)
+  builder, download_config = builder_and_download_config(dataset_cfg)
   if jax.process_count() > 1:
     if jax.process_index() == 0:
       builder.download_and_prepare(download_config=download_config)

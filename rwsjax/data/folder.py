@@ -17,6 +17,7 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from rwsjax import progress
 from rwsjax.data.pipeline import image_labels
 
 
@@ -152,7 +153,8 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             for split, (examples, lmap) in self.split_examples(dl_manager.manual_dir).items()}
 
   def _generate_examples(self, examples, lmap):
-    for image_id, image_path, label_path in examples:
+    for image_id, image_path, label_path in progress.logged(examples, f'preparing {self.name}',
+                                                            len(examples)):
       example = read_example(image_id, image_path, label_path, lmap, self.NUM_CLASSES)
       label = PIL.Image.fromarray(example['segmentation'][..., 0])
       yield image_id, dict(example, segmentation=label)

@@ -33,6 +33,8 @@ import PIL.Image
 
 from rwsjax.losses import IGNORE_LABEL
 
+SCALE_MODES = ('ratio', 'long_side')  # config.input.scale_mode (scale_factor)
+
 
 def pair(size):
   """(h, w) from an int or a pair."""
@@ -69,11 +71,19 @@ def image_labels(label, num_labels):
   return np.bincount(label.ravel(), minlength=256)[1:num_labels + 1] > 0
 
 
+def long_side_size(shape, max_side):
+  """(h, w) of `shape` shrunk, aspect kept, so that the long side is at most `max_side`
+  (None: no limit)."""
+  if max_side is None or max(shape) <= max_side:
+    return tuple(shape)
+  return tuple(max(1, round(n * max_side / max(shape))) for n in shape)
+
+
 def limit_long_side(image, label, max_side):
   """Image (bilinear) and label (nearest) shrunk so the long side is at most `max_side`."""
-  if max_side is None or max(label.shape) <= max_side:
+  size = long_side_size(label.shape, max_side)
+  if size == label.shape:
     return image, label
-  size = tuple(max(1, round(n * max_side / max(label.shape))) for n in label.shape)
   return resize(image, size, PIL.Image.BILINEAR), resize(label, size, PIL.Image.NEAREST)
 
 
@@ -85,7 +95,7 @@ def scale_factor(shape, input_cfg, rng):
   if mode == 'long_side':
     crop = max(pair(input_cfg.crop_size))
     return rng.integers(crop, 2 * crop + 1) / max(shape)
-  raise ValueError(f"config.input.scale_mode must be 'ratio' or 'long_side', got {mode!r}.")
+  raise ValueError(f'config.input.scale_mode must be one of {SCALE_MODES}, got {mode!r}.')
 
 
 def random_scale(image, label, input_cfg, rng):

@@ -23,6 +23,7 @@ import PIL.Image
 import tensorflow_datasets as tfds
 
 from rwsjax import figures
+from rwsjax import progress
 from rwsjax.data.pipeline import image_labels
 from rwsjax.losses import IGNORE_LABEL
 
@@ -332,7 +333,7 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split, count):
     cfg = self.builder_config
-    for index in range(count):
+    for index in progress.logged(range(count), f'preparing shapes {split}', count):
       image, label = render(example_rng(cfg.seed, split, index), cfg.image_size,
                             cfg.num_object_classes, cfg.max_objects, cfg.clutter,
                             cfg.ignore_border, cfg.fine_classes, cfg.fine_marker)

@@ -12,6 +12,7 @@ import PIL.Image
 import scipy.io
 import tensorflow_datasets as tfds
 
+from rwsjax import progress
 from rwsjax.data import folder
 from rwsjax.data.pipeline import image_labels
 from rwsjax.losses import IGNORE_LABEL
@@ -146,7 +147,7 @@ class VocAug(tfds.core.GeneratorBasedBuilder):
             for split, ids in split_ids(paths).items()}
 
   def _generate_examples(self, paths, ids):
-    for image_id in ids:
+    for image_id in progress.logged(ids, 'preparing voc_aug', len(ids)):
       example = read_example(paths, image_id)
       label = PIL.Image.fromarray(example['segmentation'][..., 0])
       yield image_id, dict(example, segmentation=label)

@@ -8,7 +8,9 @@ weight/bias/running_mean/running_var become scale/bias (params) and mean/var (ba
 `fc.*` and `num_batches_tracked` are ignored; any other difference is an error.
 """
 import os
+import pickle
 import re
+import zipfile
 
 import flax
 import jax.numpy as jnp
@@ -48,8 +50,13 @@ def read_state_dict(path):
     raise FileNotFoundError(f'Pretrained weights file {path} (config.model.pretrained) '
                             'does not exist.')
   if path.endswith('.npz'):
-    with np.load(path) as data:
-      return {k: np.asarray(data[k], np.float32) for k in data.files if not _IGNORED.search(k)}
+    try:
+      with np.load(path) as data:
+        return {k: np.asarray(data[k], np.float32) for k in data.files
+                if not _IGNORED.search(k)}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+      raise ValueError(f'Pretrained weights file {path} (config.model.pretrained) is not a '
+                       f'readable .npz archive of arrays ({e}).') from None
   if not path.endswith(('.pth', '.pt')):
     raise ValueError(f'Pretrained weights file {path} (config.model.pretrained) must end in '
                      '.npz, .pth or .pt.')
@@ -58,7 +65,11 @@ def read_state_dict(path):
   except ImportError as e:
     raise ImportError(f'Reading {path} needs PyTorch, which is not installed: install torch, '
                       'or convert the state dict to .npz with numpy.savez where torch is.') from e
-  state = torch.load(path, map_location='cpu', weights_only=True)
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+    raise ValueError(f'Pretrained weights file {path} (config.model.pretrained) cannot be read '
+                     f'by torch.load ({e}).') from None
   if not isinstance(state, dict) or not all(hasattr(v, 'numpy') for v in state.values()):
     raise ValueError(f'Pretrained weights file {path} does not hold a state dict of tensors.')
   return {k: v.detach().cpu().float().numpy() for k, v in state.items()

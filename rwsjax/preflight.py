@@ -1,0 +1,138 @@
+"""Checks of everything a user gives, run before any data preparation or compute
+(docs/design.md: errors a user can cause).
+
+Each pipeline's `run` calls `for_training` first; `launch.py --mode=evaluate|predict` calls
+`for_evaluation` and `for_prediction`. A failed check raises `UserInputError`, whose message is
+one sentence naming the config key, file or directory and what was expected; launch.py prints
+it alone, without a traceback.
+"""
+import functools
+import os
+import tempfile
+
+import jax
+
+from rwsjax import data
+from rwsjax import models
+from rwsjax import train
+from rwsjax.data import pipeline
+
+class UserInputError(ValueError):
+  """A config value, file or directory given by the user that cannot work."""
+
+
+def user_input(fn, *args, **kwargs):
+  """`fn(*args, **kwargs)`, its ValueError, OSError or ImportError turned into a
+  UserInputError with the same message: for checks, and steps such as reading a finished run,
+  whose errors are worded for users."""
+  try:
+    return fn(*args, **kwargs)
+  except UserInputError:
+    raise
+  except (ValueError, OSError, ImportError) as error:
+    raise UserInputError(" ".join(str(error).split())) from None
+
+
+def check_common_config(config):
+  """config values every pipeline reads: dataset, model, optimizer, input, eval, devices."""
+  data.num_classes(config.dataset)
+  models.build_model(config.model, config.dataset.num_classes)
+  train.make_optimizer(config.train, 1)
+  if config.input.scale_mode not in pipeline.SCALE_MODES:
+    raise ValueError(f"config.input.scale_mode={config.input.scale_mode!r}; expected one of "
+                     f"{pipeline.SCALE_MODES}.")
+  check_eval_config(config.eval)
+  mesh = train.make_mesh(config.num_devices)
+  train.local_batch_size(config.input.batch_size, mesh)
+  train.local_batch_size(config.input.eval_batch_size, mesh)
+
+
+def check_eval_config(eval_cfg):
+  """config.eval: positive TTA scales, a positive max_side, a non-negative pad_multiple."""
+  scales = tuple(eval_cfg.scales)
+  if not scales or any(not s > 0 for s in scales):
+    raise ValueError(f"config.eval.scales={scales}; expected one or more positive scales.")
+  if not eval_cfg.max_side or eval_cfg.max_side < 1:
+    raise ValueError(f"config.eval.max_side={eval_cfg.max_side}; expected a positive number "
+                     "of pixels.")
+  if eval_cfg.pad_multiple < 0:
+    raise ValueError(f"config.eval.pad_multiple={eval_cfg.pad_multiple}; expected 0 (no "
+                     "padding) or a positive number of pixels.")
+
+
+def check_pretrained(model_cfg):
+  """The file of model_cfg.pretrained, if any, exists and holds the backbone's weights, every
+  key with its shape (read once; nothing is initialised)."""
+  path = model_cfg.get("pretrained")
+  if not path:
+    return
+  backbone = models.build_backbone(model_cfg)
+  abstract = jax.eval_shape(functools.partial(train.init_variables, backbone, (1, 64, 64, 3)),
+                            jax.random.key(0))
+  models.load_pretrained_backbone(abstract, path, model_cfg, scope=())
+
+
+def check_writable_dir(path, what):
+  """`path` is, or can be made, a directory this process can write files in."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as error:
+    raise UserInputError(f"{what} {path} is not a directory that can be written "
+                         f"({error.strerror or error}).") from None
+
+
+def check_finished_workdir(workdir):
+  """`workdir` is a directory: a finished run of this config is looked for there."""
+  if not os.path.isdir(workdir):
+    raise UserInputError(f"--workdir {workdir} does not exist; evaluate and predict read a "
+                         "run that `--mode=train` finished there.")
+
+
+def check_split(dataset_cfg, split):
+  """`split` is a split of the dataset, when it is prepared (else it is checked once it is)."""
+  builder, _ = data.builder_and_download_config(dataset_cfg)
+  if builder.is_prepared() and split not in builder.info.splits:
+    raise UserInputError(f"--split={split} is not a split of dataset {dataset_cfg.name}; "
+                         f"expected one of {sorted(builder.info.splits)}.")
+
+
+def for_training(config, workdir, check_config, model_configs=None):
+  """Before training: the config (common fields and the pipeline's `check_config`), the
+  pretrained files of `model_configs` (default [config.model]), the dataset (the
+  manual_dir layout when it is not prepared yet) and the workdir."""
+  user_input(check_common_config, config)
+  user_input(check_config, config)
+  for model_cfg in model_configs or [config.model]:
+    user_input(check_pretrained, model_cfg)
+  user_input(data.builder_and_download_config, config.dataset)
+  check_writable_dir(workdir, "--workdir")
+
+
+def for_evaluation(config, workdir, check_config, split):
+  """Before evaluating the run in `workdir` on `split`: the config, the dataset, the split."""
+  user_input(check_common_config, config)
+  user_input(check_config, config)
+  check_finished_workdir(workdir)
+  user_input(data.builder_and_download_config, config.dataset)
+  check_split(config.dataset, split)
+  check_writable_dir(workdir, "--workdir")
+
+
+def for_prediction(config, workdir, check_config, images, out):
+  """Before predicting with the run in `workdir`: the config, the image folder `images`
+  (a directory holding files) and the output folder `out`."""
+  if jax.process_count() > 1:
+    raise UserInputError("--mode=predict runs in one process; start it without --distributed.")
+  user_input(check_common_config, config)
+  user_input(check_config, config)
+  check_finished_workdir(workdir)
+  if not images or not os.path.isdir(images):
+    raise UserInputError(f"--images={images} is not a directory; expected a folder of JPEG or "
+                         "PNG images.")
+  if not any(os.path.isfile(os.path.join(images, name)) for name in os.listdir(images)):
+    raise UserInputError(f"--images={images} holds no files; expected JPEG or PNG images.")
+  if not out:
+    raise UserInputError("--out is not set; expected the folder the masks and overlays go to.")
+  check_writable_dir(out, "--out")
