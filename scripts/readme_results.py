@@ -33,8 +33,8 @@ RWS_CONTROLS = (
      ("--config.rws.t_rule=last_flat", "--config.rws.t_min_share=0")),
     ("local model at the global scale (local_scale=1)", "analysis",
      ("--config.rws.local_scale=1",)),
-    ("stage 3 from the initial weights (stage3_init=fresh)", "stage2",
-     ("--config.rws.stage3_init=fresh",)),
+    ("local model from the initial weights (local_init=init)", "analysis",
+     ("--config.rws.local_init=init",)),
 )
 RWS_EXPERIMENTS = {"shapes_rws": "configs/shapes_rws.py",
                    "shapes_fine_rws": "configs/shapes_fine_rws.py"}
@@ -42,6 +42,12 @@ SHARED = {"stage1": ("stage1",),
           "analysis": ("stage1", "round_1/analysis.json", "round_1/slices_process0.npz"),
           "stage2": ("stage1", "round_1/analysis.json", "round_1/slices_process0.npz",
                      "round_1/stage2")}
+
+
+def control_name(overrides):
+  """A directory name for a control: its first override, e.g. 'select_omega-False'."""
+  field, value = overrides[0].removeprefix("--config.rws.").split("=")
+  return f"{field}-{value.replace('()', 'none')}"
 
 
 def launch_command(config, workdir, seed, overrides=()):
@@ -102,7 +108,7 @@ def rws_experiment(name, config, out, seeds, dry):
     main_dir = os.path.join(out, name, f"seed{seed}", "rws")
     main.append(run(launch_command(config, main_dir, seed), main_dir, dry))
     for label, level, overrides in RWS_CONTROLS:
-      workdir = os.path.join(out, name, f"seed{seed}", overrides[0].split(".")[-1])
+      workdir = os.path.join(out, name, f"seed{seed}", control_name(overrides))
       if not dry:
         copy_shared(main_dir, workdir, level)
       controls[label].append(run(launch_command(config, workdir, seed,
