@@ -35,6 +35,9 @@ def get_config(arg=None):
   config.rws.stage3_warmup = 15
   config.rws.slice_size = 32
   config.rws.slice_stride = 16
+  # A class counts in a window when it fills at least 1/16 of it: the attention and IoU of a
+  # region that only grazes the window's border say little about the window.
+  config.rws.min_pixels = 32 * 32 // 16
   config.rws.local_batch_size = 32
   config.rws.max_classes = 5
   config.rws.max_slices = 4

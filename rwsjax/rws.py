@@ -73,7 +73,7 @@ def default_config():
   c.t_slope_unit = "attention"  # slope per unit of attention | per bin step
   c.t_min_share = 0.01          # share of a class's windows a bin needs to be on the curve
   c.t_min_windows = 10          # windows a class needs to take part in T
-  c.min_pixels = 1              # region pixels of a class for it to be present in a window
+  c.min_pixels = 1              # region pixels of a class for it to count in a window
   c.slices = "weak"             # weak | arbitrary (ablation: random windows, same count)
   c.weak_classes = "foreground"  # foreground: config.dataset.background_class takes no part
                                  # in T or the weak decision | all
@@ -128,6 +128,7 @@ def paper_config(*, dataset, num_classes, crop_size, batch_size, eval_pad_size, 
   config.rws.stage3_warmup = iterations // 30
   config.rws.slice_size = 128
   config.rws.slice_stride = 64
+  config.rws.min_pixels = 128 * 128 // 16
   config.rws.local_batch_size = 16
   config.rws.max_classes = max_classes
   config.rws.max_slices = max_slices
@@ -145,6 +146,7 @@ def shrink_for_smoke(config):
   config.rws.stage3_warmup = 1
   config.rws.slice_size = 16
   config.rws.slice_stride = 8
+  config.rws.min_pixels = 16 * 16 // 16
   config.rws.local_batch_size = 4
   config.rws.t_min_windows = 1
   config.rws.max_rounds = 1
@@ -657,7 +659,7 @@ def run(config, workdir):
   stage1_eval = evaluation("stage1/eval.json", network)
   final = {"plain": stage1_eval, "fused": stage1_eval}
   total_steps, rounds, counts = rws.stage1_steps, [], []
-  for r in range(1, rws.max_rounds + 2):
+  for r in range(1, rws.max_rounds + 1):
     directory = os.path.join(workdir, f"round_{r}")
     analysis = cached_json(
         os.path.join(directory, "analysis.json"),
@@ -671,7 +673,7 @@ def run(config, workdir):
     rounds.append(row)
     if jax.process_index() == 0 and not os.path.exists(os.path.join(directory, "heatmaps.png")):
       save_round_figures(directory, model, global_variables, train_source, analysis, config, names)
-    if should_stop(counts, rws.min_weak_delta) or r > rws.max_rounds:
+    if should_stop(counts, rws.min_weak_delta):
       row["trained"] = False
       break
     weak_boxes = load_weak_boxes(directory)

@@ -161,7 +161,7 @@ def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
   preds = np.asarray(jnp.argmax(glob_cam.logits, -1))
   maps, gamma = _attention_by_hand(glob_cam, preds)
   boxes = slices.window_boxes(32, 32, rws_cfg.slice_size, rws_cfg.slice_stride)
-  entries = _window_entries(glob_cam, preds, maps["layer4"], boxes, k, 0)
+  entries = _window_entries(glob_cam, preds, maps["layer4"], boxes, k, 0, rws_cfg.min_pixels)
   values = sorted(v for e in entries.values() for v in e.values())
   threshold = values[len(values) // 5]
   chosen, valid = np.zeros((n, rws_cfg.max_slices), np.int32), np.zeros((n, 4), bool)
@@ -264,7 +264,7 @@ def test_analyze_matches_a_naive_loop(tiny, tmp_path):
   cam = segcam.seg_grad_cam(model, glob, jnp.asarray(images), max_classes=config.rws.max_classes)
   preds = np.asarray(jnp.argmax(cam.logits, -1))
   maps, _ = _attention_by_hand(cam, preds)
-  entries = _window_entries(cam, preds, maps["layer4"], boxes, 7, 0)
+  entries = _window_entries(cam, preds, maps["layer4"], boxes, 7, 0, config.rws.min_pixels)
   by_class = {c: ([], []) for c in range(7)}
   for (i, w), per in entries.items():
     y0, x0, y1, x1 = boxes[w]
