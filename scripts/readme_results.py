@@ -129,9 +129,10 @@ def rws_experiment(name, config, out, seeds, dry):
   rows += [(f"RWS plain, {label}", miou(controls[label], "rws_plain"))
            for label, _, _ in RWS_CONTROLS]
   first = [s["rounds"][0] for s in main]
-  notes = [f"T: {' / '.join(f'{r['threshold']:.3f}' for r in first)}; weak windows: "
-           f"{' / '.join(f'{r['weak_share']:.1%}' for r in first)}; inference ms per image "
-           "plain / fused: " + ", ".join(
+  thresholds = " / ".join(f"{r['threshold']:.3f}" for r in first)
+  shares = " / ".join(f"{r['weak_share']:.1%}" for r in first)
+  notes = [f"T: {thresholds}; weak windows: {shares}; inference ms per image plain / fused: "
+           + ", ".join(
                f"{s['inference_ms_per_image']['plain']:.1f} / "
                f"{s['inference_ms_per_image']['fused']:.1f}" for s in main)]
   return table(f"{name}, validation mIoU", rows, seeds) + "\n\n" + "\n".join(notes)
