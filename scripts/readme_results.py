@@ -3,11 +3,14 @@
 Every row is a `launch.py` command; runs whose summary.json exists are read back, so a
 killed run of this script resumes where it stopped. The RWS controls reuse the stage-1
 model, the analysis or the local model of their seed's main run (copied into their own
-workdir, so every control is also an ordinary run directory) and skip the baseline.
+workdir, so every control is also an ordinary run directory) and skip the baseline. The ISIM
+runs and their supervised upper bounds are seed 0 only; their tables are the runs' own
+results.md.
 
   python scripts/readme_results.py --out=runs/readme                     # everything
   python scripts/readme_results.py --out=runs/readme --only=shapes_rws --seeds=0
   python scripts/readme_results.py --out=runs/readme --list              # the commands
+  python scripts/readme_results.py --out=runs/readme --report            # tables so far
 """
 import argparse
 import json
@@ -38,6 +41,17 @@ RWS_CONTROLS = (
 )
 RWS_EXPERIMENTS = {"shapes_rws": "configs/shapes_rws.py",
                    "shapes_fine_rws": "configs/shapes_fine_rws.py"}
+# README's ISIM rows: (name, config, overrides); seed 0.
+SINGLE_RUNS = (
+    ("shapes_isim", "configs/shapes_isim.py", ()),
+    ("shapes_isim_upper_bound", "configs/shapes_baseline.py",
+     ("--config.dataset.shapes.num_train=400", "--config.dataset.shapes.num_val=100",
+      "--config.train.steps=600")),
+    ("shapes_isim_1000", "configs/shapes_isim.py", ("--config.dataset.shapes.num_train=1000",)),
+    ("shapes_isim_1000_upper_bound", "configs/shapes_baseline.py",
+     ("--config.dataset.shapes.num_train=1000", "--config.dataset.shapes.num_val=100",
+      "--config.train.steps=1488")),
+)
 SHARED = {"stage1": ("stage1",),
           "analysis": ("stage1", "round_1/analysis.json", "round_1/slices_process0.npz"),
           "stage2": ("stage1", "round_1/analysis.json", "round_1/slices_process0.npz",
@@ -55,11 +69,13 @@ def launch_command(config, workdir, seed, overrides=()):
           f"--workdir={workdir}", f"--config.seed={seed}", *overrides]
 
 
-def run(command, workdir, dry):
-  """Runs `command` unless `workdir` already holds its summary.json; returns the summary."""
+def run(command, workdir, mode):
+  """Runs `command` unless `workdir` already holds its summary.json; returns the summary, or
+  None when `mode` is 'list' (print the command only) or 'report' and the run is missing."""
   summary = os.path.join(workdir, "summary.json")
-  print(" ".join(command[1:]), flush=True)
-  if dry:
+  if mode != "report":
+    print(" ".join(command[1:]), flush=True)
+  if mode == "list" or (mode == "report" and not os.path.exists(summary)):
     return None
   if not os.path.exists(summary):
     os.makedirs(workdir, exist_ok=True)
@@ -101,55 +117,78 @@ def table(title, rows, seeds):
   return "\n".join(lines)
 
 
-def rws_experiment(name, config, out, seeds, dry):
+def rws_experiment(name, config, out, seeds, mode):
   """The main run and every control of one RWS config, per seed; the table and T lines."""
   main, controls = [], {label: [] for label, _, _ in RWS_CONTROLS}
   for seed in seeds:
     main_dir = os.path.join(out, name, f"seed{seed}", "rws")
-    main.append(run(launch_command(config, main_dir, seed), main_dir, dry))
+    main.append(run(launch_command(config, main_dir, seed), main_dir, mode))
     for label, level, overrides in RWS_CONTROLS:
       workdir = os.path.join(out, name, f"seed{seed}", control_name(overrides))
-      if not dry:
+      if mode == "run":
         copy_shared(main_dir, workdir, level)
       controls[label].append(run(launch_command(config, workdir, seed,
                                                 (*overrides, "--config.rws.baseline=False")),
-                                 workdir, dry))
-  if dry:
+                                 workdir, mode))
+  main_runs = [s for s in main if s is not None]
+  if not main_runs:
     return ""
 
   def miou(summaries, key):
-    return [s[key]["miou"] for s in summaries]
+    return [None if s is None else s[key]["miou"] for s in summaries]
 
   rows = [("stage 1 only", miou(main, "stage1")),
-          (f"baseline, same total steps ({main[0]['total_steps']})", miou(main, "baseline")),
+          (f"baseline, same total steps ({main_runs[0]['total_steps']})",
+           miou(main, "baseline")),
           ("RWS plain (the refined network alone)", miou(main, "rws_plain")),
           ("**RWS fused (the RWS network)**", miou(main, "rws_fused"))]
   rows += [(f"RWS fused, {label}", miou(controls[label], "rws_fused"))
            for label, _, _ in RWS_CONTROLS]
   rows += [(f"RWS plain, {label}", miou(controls[label], "rws_plain"))
            for label, _, _ in RWS_CONTROLS]
-  first = [s["rounds"][0] for s in main]
+  first = [s["rounds"][0] for s in main_runs]
   thresholds = " / ".join(f"{r['threshold']:.3f}" for r in first)
   shares = " / ".join(f"{r['weak_share']:.1%}" for r in first)
   notes = [f"T: {thresholds}; weak windows: {shares}; inference ms per image plain / fused: "
            + ", ".join(
                f"{s['inference_ms_per_image']['plain']:.1f} / "
-               f"{s['inference_ms_per_image']['fused']:.1f}" for s in main)]
+               f"{s['inference_ms_per_image']['fused']:.1f}" for s in main_runs)]
   return table(f"{name}, validation mIoU", rows, seeds) + "\n\n" + "\n".join(notes)
+
+
+def single_run(name, config, overrides, out, mode):
+  """One seed-0 run; its results.md, headed by its name."""
+  workdir = os.path.join(out, name)
+  if run(launch_command(config, workdir, 0, overrides), workdir, mode) is None:
+    return ""
+  with open(os.path.join(workdir, "results.md")) as f:
+    return f"{name}:\n\n{f.read()}"
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True, help="directory for all run directories")
   parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--only", default=",".join(RWS_EXPERIMENTS),
-                      help="comma-separated experiments: " + ", ".join(RWS_EXPERIMENTS))
+  names = [*RWS_EXPERIMENTS, *(name for name, _, _ in SINGLE_RUNS)]
+  parser.add_argument("--only", default=",".join(names),
+                      help="comma-separated experiments: " + ", ".join(names))
   parser.add_argument("--list", action="store_true", help="print the commands, run nothing")
+  parser.add_argument("--report", action="store_true",
+                      help="print the tables of the runs that exist, run nothing")
   args = parser.parse_args()
+  mode = "list" if args.list else "report" if args.report else "run"
   seeds = [int(s) for s in args.seeds.split(",")]
+  out = os.path.abspath(args.out)
+  single = {name: (config, overrides) for name, config, overrides in SINGLE_RUNS}
   for name in args.only.split(","):
-    print(rws_experiment(name, RWS_EXPERIMENTS[name], os.path.abspath(args.out), seeds,
-                         args.list), flush=True)
+    if name in RWS_EXPERIMENTS:
+      text = rws_experiment(name, RWS_EXPERIMENTS[name], out, seeds, mode)
+    elif name in single:
+      text = single_run(name, *single[name], out, mode)
+    else:
+      parser.error(f"unknown experiment {name!r}; choose from {', '.join(names)}")
+    if text:
+      print(text, flush=True)
 
 
 if __name__ == "__main__":
