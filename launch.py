@@ -1,7 +1,7 @@
 """Runs one experiment: `python launch.py --config=configs/shapes_rws.py --workdir=runs/demo`.
 
 `config.method` picks the pipeline. Rerunning the same command with the same --workdir resumes
-where a killed run stopped. Override any config field on the command line, e.g.
+where a killed run stopped; a finished run (its summary.json exists) is left as it is. Override any config field on the command line, e.g.
 `--config.train.steps=200`; `--config=configs/voc_rws.py:smoke` runs a small variant. The
 methods and their config switches are described in docs/methods.md.
 
@@ -92,8 +92,18 @@ def check_mode_flags():
 
 def run_mode(pipeline, config, workdir):
   """Trains, evaluates or predicts (--mode) with `pipeline`'s run or its trained predictor."""
-  from rwsjax import inference  # pylint: disable=g-import-not-at-top  (after absl parsed the flags)
+  # pylint: disable-next=g-import-not-at-top  (after absl parsed the flags)
+  from rwsjax import inference, preflight, record
   if _MODE.value == "train":
+    differences = record.finished_run(workdir, config)
+    if differences:
+      raise preflight.UserInputError(
+          f"{workdir} holds a run that finished with another config ({'; '.join(differences)})"
+          "; pass another --workdir to train with this one.")
+    if differences is not None:
+      logging.info("%s holds this run, finished (summary.json); nothing to do. --mode=evaluate "
+                   "and --mode=predict use it.", workdir)
+      return None
     return pipeline.run(config, workdir)
   if _MODE.value == "evaluate":
     return inference.evaluate_run(config, workdir, pipeline, _SPLIT.value)

@@ -76,6 +76,29 @@ def run_record(config, argv=None):
           "command": list(sys.argv if argv is None else argv)}
 
 
+def _flatten(value, prefix=""):
+  """{'a.b': leaf} of nested dicts."""
+  if not isinstance(value, dict):
+    return {prefix: value}
+  return {k: v for key, item in value.items()
+          for k, v in _flatten(item, f"{prefix}.{key}" if prefix else key).items()}
+
+
+def finished_run(workdir, config):
+  """None when `workdir` holds no summary.json; otherwise the dotted config fields whose
+  values differ from those the finished run recorded, as ['field: old -> new', ...] (empty
+  when the run finished with this config)."""
+  path = os.path.join(workdir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    recorded = _flatten(json.load(f).get("run", {}).get("config", {}))
+  current = _flatten(config_json(config))
+  return [f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}"
+          for key in sorted(set(recorded) | set(current))
+          if recorded.get(key) != current.get(key)]
+
+
 def write_results(workdir, config, summary, table, *, name=SUMMARY_FILE,
                   table_name=RESULTS_FILE, figures=True):
   """Writes `summary` with the run record under 'run' to summary.json (or `name`) and the

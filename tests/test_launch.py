@@ -46,6 +46,21 @@ def test_one_step_supervised_smoke_run(tmp_path):
             if v.HasField("image")]
   assert images == ["per_class_iou", "predictions"]
 
+  def files():
+    return {os.path.join(d, n): os.stat(os.path.join(d, n)).st_mtime_ns
+            for d, _, names in os.walk(tmp_path / "run") for n in names}
+  before = files()
+  again = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path / 'run'}",
+                 f"--config.dataset.data_dir={tmp_path / 'tfds'}", "--config.train.steps=1")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "holds this run, finished (summary.json); nothing to do" in last_line(again.stderr)
+  assert files() == before
+  other = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path / 'run'}",
+                 f"--config.dataset.data_dir={tmp_path / 'tfds'}", "--config.train.steps=2")
+  assert other.returncode != 0 and "Traceback" not in other.stderr
+  assert "finished with another config (train.steps: 1 -> 2)" in last_line(other.stderr)
+  assert files() == before
+
 
 def test_bad_config_key_is_one_sentence(tmp_path):
   result = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path}",
