@@ -6,7 +6,10 @@ model's multi-scale CAMs are thresholded and CRF-refined into a `LabelStore` (on
 streamed to disk), and the following epochs train the classification branch and the decoder
 on those labels. Everything is resumable: the model is checkpointed at every chunk end, the
 rounds decided so far are recorded in `<workdir>/<stage>/rounds.json`, and a round whose
-store is incomplete resumes its generation. Ground-truth pixel labels are never read here.
+store is incomplete resumes its generation. No ground-truth pixel label enters a loss or a
+pseudo label: the loader reads each example's mask with its image, the classification-only
+epochs use only the image-level labels, and from the first round on the round's pseudo labels
+replace the mask in the batches (`label_source`).
 """
 import json
 import os
