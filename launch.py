@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 PIPELINES = {
     "supervised": "rwsjax.supervised",
-    "rws": "rwsjax.rws",
+    "rws": "rwsjax.rws.pipeline",
     "isim": "isimjax.isim",
 }
 HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")

@@ -1,4 +1,4 @@
-"""Seg-Grad-CAM: all classes at once (rwsjax.segcam) vs one jax.grad call per image and class.
+"""Seg-Grad-CAM: all classes at once (rwsjax.rws.segcam) vs one jax.grad call per image and class.
 
 Both produce the four stages' heatmaps for the same (N, C) class ids (drawn at random, the
 same for both, so the work does not depend on what a randomly initialised model predicts).
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rwsjax import segcam
+from rwsjax.rws import segcam
 from rwsjax.models import build_model
 from timing import median_seconds
 

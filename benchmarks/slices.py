@@ -1,4 +1,4 @@
-"""Window scoring: jitted `rwsjax.slices.score_windows` vs Python loops over windows.
+"""Window scoring: jitted `rwsjax.rws.slices.score_windows` vs Python loops over windows.
 
 All compute, per image, window and class, the mean attention over the class's ground-truth
 pixels and the window IoU (docs/methods.md RWS 3). Two numpy baselines: the naive loop over
@@ -14,7 +14,7 @@ import argparse
 import jax
 import numpy as np
 
-from rwsjax import slices
+from rwsjax.rws import slices
 from rwsjax.losses import IGNORE_LABEL
 from timing import median_seconds
 

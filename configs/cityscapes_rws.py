@@ -18,17 +18,17 @@ stage 3 and at inference (rws.max_slices). `--mode=predict` keeps 2048-pixel fra
 `:smoke` shrinks everything to seconds on CPU (the tests run it on a fake Cityscapes tree of
 32x64 images).
 """
-from rwsjax import rws
+from rwsjax.rws import config as rws_config
 
 
 def get_config(arg=None):
-  config = rws.paper_config(dataset="cityscapes", num_classes=19, crop_size=(512, 1024),
+  config = rws_config.paper_config(dataset="cityscapes", num_classes=19, crop_size=(512, 1024),
                             batch_size=8, eval_pad_size=(1024, 2048), lr=0.01,
                             weight_decay=5e-4, iterations=80000, max_classes=12, max_slices=8,
                             background_class=None)
   config.eval.max_side = 2048
   if arg == "smoke":
-    rws.shrink_for_smoke(config)
+    rws_config.shrink_for_smoke(config)
     config.input.crop_size = (32, 64)
     config.input.eval_pad_size = (32, 64)
   return config

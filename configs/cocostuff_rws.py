@@ -15,15 +15,15 @@ no part in T or the weak decision; each slot costs one backward pass in the anal
 stage-3 step and at inference. Class 0 is a real class: there is no background class.
 `:smoke` shrinks everything to seconds on CPU (the tests run it on a fake COCO-Stuff tree).
 """
-from rwsjax import rws
+from rwsjax.rws import config as rws_config
 
 
 def get_config(arg=None):
-  config = rws.paper_config(dataset="cocostuff", num_classes=171, crop_size=(512, 512),
+  config = rws_config.paper_config(dataset="cocostuff", num_classes=171, crop_size=(512, 512),
                             batch_size=16, eval_pad_size=(640, 640), lr=0.001,
                             weight_decay=1e-4, iterations=60000, max_classes=12,
                             background_class=None)
   if arg == "smoke":
-    rws.shrink_for_smoke(config)
+    rws_config.shrink_for_smoke(config)
     config.input.eval_pad_size = (64, 64)
   return config

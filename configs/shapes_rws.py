@@ -4,7 +4,7 @@ refined retraining, and the supervised baseline trained for the same total numbe
   python launch.py --config=configs/shapes_rws.py --workdir=runs/shapes_rws
   python launch.py --config=configs/shapes_rws.py:smoke --workdir=/tmp/rws_smoke
 
-Switches (each lands in summary.json under "config"; docs in rwsjax/rws.py default_config):
+Switches (each lands in summary.json under "config"; docs in rwsjax/rws/config.py default_config):
   --config.rws.slices=arbitrary            random windows instead of weak ones (Table I)
   --config.rws.select_omega=False          no eq. 5 selection (Table I/II)
   --config.rws.weighted_lambda=False       n = 0.5 instead of eq. 7 (Table II)
@@ -21,13 +21,13 @@ Switches (each lands in summary.json under "config"; docs in rwsjax/rws.py defau
   --config.rws.inference=plain             report the refined network alone as "RWS"
 """
 from rwsjax import config as config_lib
-from rwsjax import rws
+from rwsjax.rws import config as rws_config
 
 
 def get_config(arg=None):
   config = config_lib.base_config()
   config.method = "rws"
-  config.rws = rws.default_config()
+  config.rws = rws_config.default_config()
   config.rws.stage1_steps = 600
   config.rws.stage2_steps = 200
   config.rws.stage3_steps = 150
@@ -43,5 +43,5 @@ def get_config(arg=None):
   config.rws.max_slices = 4
   config.rws.max_rounds = 1
   if arg == "smoke":
-    rws.shrink_for_smoke(config)
+    rws_config.shrink_for_smoke(config)
   return config

@@ -11,15 +11,15 @@ The paper gives one iteration count for its three training stages; here it is st
 stages 2 and 3 of each round run a third of it each (set rws.stage2_steps / stage3_steps).
 `:smoke` shrinks everything to seconds on CPU (the tests run it on a fake VOC tree).
 """
-from rwsjax import rws
+from rwsjax.rws import config as rws_config
 
 
 def get_config(arg=None):
-  config = rws.paper_config(dataset="voc_aug", num_classes=21, crop_size=(512, 512),
+  config = rws_config.paper_config(dataset="voc_aug", num_classes=21, crop_size=(512, 512),
                             batch_size=16, eval_pad_size=(512, 512), lr=0.01,
                             weight_decay=5e-4, iterations=30000, max_classes=6,
                             background_class=0)
   if arg == "smoke":
-    rws.shrink_for_smoke(config)
+    rws_config.shrink_for_smoke(config)
     config.input.eval_pad_size = (64, 64)
   return config

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rwsjax import fusion, segcam, slices
+from rwsjax.rws import fusion, segcam, slices
 from test_segcam import TinySeg, setup_model
 
 LEVELS = np.array([0.0, 0.25, 0.5, 0.75, 1.0], np.float32)

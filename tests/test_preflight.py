@@ -9,7 +9,7 @@ from isimjax import isim
 from rwsjax import data
 from rwsjax import inference
 from rwsjax import preflight
-from rwsjax import rws
+from rwsjax.rws import pipeline as rws_pipeline
 from rwsjax import supervised
 from test_launch import launch, last_line
 from test_pretrained import WIDTH, fake_state_dict, save_npz
@@ -31,7 +31,7 @@ def training_error(config, workdir, check_config=supervised.check_config):
 def test_pretrained_files_are_checked_key_by_key(tmp_path):
   config = smoke("shapes_rws", tmp_path)
   config.model.pretrained = str(tmp_path / "absent.npz")
-  assert training_error(config, tmp_path / "run", rws.check_config) == (
+  assert training_error(config, tmp_path / "run", rws_pipeline.check_config) == (
       f"Pretrained weights file {tmp_path / 'absent.npz'} (config.model.pretrained) does not "
       "exist.")
   (tmp_path / "notes.npz").write_text("not an archive\n")
@@ -42,14 +42,14 @@ def test_pretrained_files_are_checked_key_by_key(tmp_path):
   assert "that config.model.backbone='resnet18', width=0.125 does not have" in training_error(
       config, tmp_path / "run")
   config.model.pretrained = save_npz(tmp_path, fake_state_dict(18, WIDTH))
-  preflight.for_training(config, str(tmp_path / "run"), rws.check_config)
+  preflight.for_training(config, str(tmp_path / "run"), rws_pipeline.check_config)
 
 
 def test_config_values_are_checked(tmp_path):
   config = smoke("shapes_rws", tmp_path)
   config.rws.slice_size = 48
   assert "config.rws.slice_size = 48 is larger than the crop" in training_error(
-      config, tmp_path / "run", rws.check_config)
+      config, tmp_path / "run", rws_pipeline.check_config)
   for key, value, match in (("scales", (1.0, 0.0), "config.eval.scales=(1.0, 0.0)"),
                             ("max_side", 0, "config.eval.max_side=0"),
                             ("pad_multiple", -1, "config.eval.pad_multiple=-1")):
@@ -74,11 +74,11 @@ def test_config_values_are_checked(tmp_path):
 def test_dataset_layout_and_workdir_are_checked(tmp_path):
   config = smoke("voc_rws", tmp_path)
   config.dataset.manual_dir = None
-  assert training_error(config, tmp_path / "run", rws.check_config).startswith(
+  assert training_error(config, tmp_path / "run", rws_pipeline.check_config).startswith(
       "config.dataset.manual_dir is not set; voc_aug needs the directory holding")
   config.dataset.manual_dir = str(tmp_path / "empty")
   assert "voc_aug expects VOCdevkit" in training_error(config, tmp_path / "run",
-                                                       rws.check_config)
+                                                       rws_pipeline.check_config)
   (tmp_path / "file").write_text("")
   config = smoke("shapes_baseline", tmp_path)
   assert training_error(config, tmp_path / "file" / "run").startswith(

@@ -54,7 +54,7 @@ def _record(pathname, level, message):
     ("/site-packages/tensorflow_datasets/core/dataset_builder.py", py_logging.WARNING,
      "Dataset is corrupt", True),
     ("/repo/rwsjax/progress.py", py_logging.INFO, "stage 1/2", True),
-    ("/repo/rwsjax/rws.py", py_logging.WARNING, "OpenCV is not installed", True),
+    ("/repo/rwsjax/rws/pipeline.py", py_logging.WARNING, "OpenCV is not installed", True),
 ])
 def test_library_filter(pathname, level, message, shown):
   assert progress._LibraryInfoFilter().filter(_record(pathname, level, message)) is shown

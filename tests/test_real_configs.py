@@ -10,7 +10,7 @@ import fake_datasets
 import fake_voc
 from configs_util import load_config
 from rwsjax import data
-from rwsjax import rws
+from rwsjax.rws import pipeline as rws_pipeline
 
 # Paper section V: (lr, weight decay, crop (h, w), batch, iterations) and the class count.
 PAPER = {
@@ -41,7 +41,7 @@ def test_full_config_has_the_paper_settings(name):
           config.model.width, config.model.head_channels) == ("deeplabv3", "resnet101", 8, 1.0,
                                                               256)
   assert config.method == "rws"
-  rws.check_config(config)
+  rws_pipeline.check_config(config)
 
 
 @pytest.mark.parametrize("name", sorted(FAKE_TREES))
@@ -51,7 +51,7 @@ def test_smoke_config_runs_rws_on_a_fake_tree(name, tmp_path):
   config.dataset.manual_dir = str(tmp_path / "manual")
   config.dataset.data_dir = str(tmp_path / "tfds")
   workdir = tmp_path / "run"
-  rws.run(config, str(workdir))
+  rws_pipeline.run(config, str(workdir))
   with open(workdir / "summary.json") as f:
     summary = json.load(f)
   names = data.class_names(config.dataset)

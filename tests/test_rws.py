@@ -14,53 +14,55 @@ from configs_util import load_config
 from rwsjax import inference
 from rwsjax import losses
 from rwsjax import models
-from rwsjax import rws
-from rwsjax import segcam
-from rwsjax import slices
+from rwsjax.rws import analysis as rws_analysis
+from rwsjax.rws import network as rws_network
+from rwsjax.rws import pipeline as rws_pipeline
+from rwsjax.rws import segcam
+from rwsjax.rws import slices
 from rwsjax import train
 from rwsjax.data import pipeline
 from test_fusion import _reference as fusion_reference
 
 
 def test_should_stop():
-  assert rws.should_stop([0], 20)
-  assert not rws.should_stop([100], 20)
-  assert rws.should_stop([100, 85], 20)
-  assert not rws.should_stop([100, 79], 20)
-  assert not rws.should_stop([100, 121], 20)
-  assert rws.should_stop([100, 50, 0], 20)
+  assert rws_analysis.should_stop([0], 20)
+  assert not rws_analysis.should_stop([100], 20)
+  assert rws_analysis.should_stop([100, 85], 20)
+  assert not rws_analysis.should_stop([100, 79], 20)
+  assert not rws_analysis.should_stop([100, 121], 20)
+  assert rws_analysis.should_stop([100, 50, 0], 20)
 
 
 def test_config_errors():
   config = load_config("shapes_rws", "smoke")
-  rws.check_config(config)
+  rws_pipeline.check_config(config)
   config.rws.slice_size = 48
   with pytest.raises(ValueError, match="config.rws.slice_size = 48 is larger than the crop"):
-    rws.check_config(config)
+    rws_pipeline.check_config(config)
   for key, value in (("slices", "random"), ("attention_region", "image"), ("t_rule", "middle"),
                      ("inference", "both"), ("stage3_init", "warm")):
     config = load_config("shapes_rws", "smoke")
     config.rws[key] = value
     with pytest.raises(ValueError, match=f"config.rws.{key}='{value}'; expected one of"):
-      rws.check_config(config)
+      rws_pipeline.check_config(config)
   config = load_config("shapes_rws", "smoke")
   config.rws.fuse_layers = (0, 4)
   with pytest.raises(ValueError, match="config.rws.fuse_layers"):
-    rws.check_config(config)
+    rws_pipeline.check_config(config)
   config = load_config("shapes_rws", "smoke")
   config.rws.slice_stride = 4
   with pytest.raises(ValueError, match="multiples of the layer2 feature stride 8"):
-    rws.check_config(config)
+    rws_pipeline.check_config(config)
   config = load_config("shapes_rws", "smoke")
   config.rws.local_scale = 1.25
   with pytest.raises(ValueError, match="local model's input side 20"):
-    rws.check_config(config)
+    rws_pipeline.check_config(config)
   config = load_config("shapes_rws", "smoke")
   config.dataset.background_class = 7
   with pytest.raises(ValueError, match="background_class=7"):
-    rws.check_config(config)
+    rws_pipeline.check_config(config)
   config.dataset.background_class = None
-  rws.check_config(config)
+  rws_pipeline.check_config(config)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,7 @@ def plain_loss(model, params, batch_stats, batch, rng):
 
 def test_fused_loss_is_the_plain_loss_without_weak_slices(tiny):
   config, model, batch, glob, local = tiny
-  loss_fn = rws.fusion_loss(model, config)
+  loss_fn = rws_pipeline.fusion_loss(model, config)
   rng = jax.random.key(3)
   _, drop_rng = jax.random.split(rng)
   extra = {"global": glob, "local": local, "threshold": jnp.float32(0.0)}
@@ -106,7 +108,7 @@ def test_fused_loss_mixes_local_features_into_weak_slices(tiny):
   config.rws.fuse_layers = (4,)
   rng = jax.random.key(3)
   extra = {"global": glob, "local": local, "threshold": jnp.float32(1.01)}
-  loss, (_, stats) = rws.fusion_loss(model, config)(glob["params"], glob["batch_stats"], batch,
+  loss, (_, stats) = rws_pipeline.fusion_loss(model, config)(glob["params"], glob["batch_stats"], batch,
                                                    rng, extra)
   assert float(stats["weak_slices"]) == config.rws.max_slices
   assert 0 < float(stats["selected"]) <= 1
@@ -114,7 +116,7 @@ def test_fused_loss_mixes_local_features_into_weak_slices(tiny):
   assert not np.isclose(loss, plain_loss(model, glob["params"], glob["batch_stats"], batch,
                                          drop_rng))
   with_same_local = {"global": glob, "local": glob, "threshold": jnp.float32(1.01)}
-  same, _ = rws.fusion_loss(model, config)(glob["params"], glob["batch_stats"], batch, rng,
+  same, _ = rws_pipeline.fusion_loss(model, config)(glob["params"], glob["batch_stats"], batch, rng,
                                             with_same_local)
   assert np.isfinite(same)
 
@@ -172,7 +174,7 @@ def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
     for s, (_, w) in enumerate(weak[:rws_cfg.max_slices]):
       chosen[i, s], valid[i, s] = w, True
   assert 0 < valid.sum() < valid.size
-  size, side = rws_cfg.slice_size, rws.local_size(rws_cfg)
+  size, side = rws_cfg.slice_size, rws_network.local_size(rws_cfg)
   box = boxes[chosen]
   crops = np.stack([np.asarray(images)[i, y0:y1, x0:x1] for i in range(n)
                     for y0, x0, y1, x1 in box[i]])
@@ -205,22 +207,22 @@ def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
   expected = model.apply(refined, images, train=False, stage_hook=hook)
   network = {"model": refined, "global": glob, "local": local,
              "threshold": jnp.float32(threshold)}
-  got = jax.jit(lambda v, x: rws.rws_logits(model, v, x, config))(network, images)
+  got = jax.jit(lambda v, x: rws_network.rws_logits(model, v, x, config))(network, images)
   np.testing.assert_allclose(got, expected, atol=2e-4, rtol=1e-4)
-  plain = rws.plain_logits(model, network, images)
+  plain = rws_network.plain_logits(model, network, images)
   assert not np.allclose(got, plain, atol=1e-3)
   network["threshold"] = jnp.float32(0.0)
-  np.testing.assert_allclose(rws.rws_logits(model, network, images, config), plain, atol=1e-5)
+  np.testing.assert_allclose(rws_network.rws_logits(model, network, images, config), plain, atol=1e-5)
 
 
 def test_rws_network_pads_any_image_size(tiny):
   config, model, batch, glob, local = tiny
   network = {"model": glob, "global": glob, "local": local, "threshold": jnp.float32(1.01)}
   images = batch["image"][:, :27, :13]
-  logits = rws.rws_logits(model, network, images, config)
+  logits = rws_network.rws_logits(model, network, images, config)
   assert logits.shape == (2, 27, 13, config.dataset.num_classes)
-  assert rws.pad_for_windows(images, config).shape == (2, 32, 16, 3)
-  assert rws.pad_for_windows(batch["image"], config).shape == (2, 32, 32, 3)
+  assert rws_network.pad_for_windows(images, config).shape == (2, 32, 16, 3)
+  assert rws_network.pad_for_windows(batch["image"], config).shape == (2, 32, 32, 3)
 
 
 def _naive_threshold(attention_by_class, iou_by_class, bins, slope, min_share, min_windows):
@@ -256,7 +258,7 @@ def test_analyze_matches_a_naive_loop(tiny, tmp_path):
                    "labels": np.bincount(label.ravel(), minlength=256)[1:7] > 0})
   names = [f"c{i}" for i in range(7)]
   mesh = train.make_mesh()
-  analysis = rws.analyze(model, glob, source, config, mesh, str(tmp_path), names)
+  analysis = rws_analysis.analyze(model, glob, source, config, mesh, str(tmp_path), names)
   boxes = slices.window_boxes(32, 32, config.rws.slice_size, config.rws.slice_stride)
   images = np.stack([(s["image"] - np.float32(config.input.mean)) / np.float32(config.input.std)
                      for s in source]).astype(np.float32)
@@ -282,7 +284,7 @@ def test_analyze_matches_a_naive_loop(tiny, tmp_path):
                               for v in analysis["per_class_threshold"]], per_class, atol=1e-6)
   weak = sorted((i, *boxes[w]) for (i, w), per in entries.items()
                 if any(a < t for a in per.values()))
-  assert sorted(map(tuple, rws.load_weak_boxes(str(tmp_path)).tolist())) == weak
+  assert sorted(map(tuple, rws_analysis.load_weak_boxes(str(tmp_path)).tolist())) == weak
   assert analysis["weak_slices"] == len(weak) and analysis["windows"] == 6 * len(boxes)
   assert analysis["weak_share"] == pytest.approx(len(weak) / (6 * len(boxes)))
   for c in range(1, 7):
@@ -306,10 +308,10 @@ def run_smoke(workdir, data_dir, monkeypatch=None, fail_stage=None):
 
     monkeypatch.setattr(train.Checkpointer, "save", save_then_fail)
     with pytest.raises(KeyboardInterrupt):
-      rws.run(config, str(workdir))
+      rws_pipeline.run(config, str(workdir))
     monkeypatch.undo()
     return None
-  return rws.run(config, str(workdir))
+  return rws_pipeline.run(config, str(workdir))
 
 
 def metric_rows(workdir):
@@ -356,7 +358,7 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   saved = json.load(open(tmp_path / "full" / "summary.json"))["run"]["config"]
   assert saved["rws"]["slices"] == "weak" and saved["seed"] == 0
   assert "RWS fused" in open(tmp_path / "full" / "results.md").read()
-  network = rws.finished_network(load_config("shapes_rws", "smoke"), str(tmp_path / "full"),
+  network = rws_pipeline.finished_network(load_config("shapes_rws", "smoke"), str(tmp_path / "full"),
                                  models.build_model(load_config("shapes_rws", "smoke").model, 7),
                                  train.make_mesh())
   (_, stage3_full), _ = calls["round_1/stage3"]
@@ -377,12 +379,12 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   config.dataset.data_dir = str(data_dir)
   for kind, key in (("fused", "rws_fused"), ("plain", "rws_plain")):
     config.rws.inference = kind
-    evaluated = inference.evaluate_run(config, str(tmp_path / "full"), rws)
+    evaluated = inference.evaluate_run(config, str(tmp_path / "full"), rws_pipeline)
     assert evaluated["eval_validation"] == full[key], kind
-    assert evaluated["network"] == rws.NETWORK_TITLES[kind]
+    assert evaluated["network"] == rws_pipeline.NETWORK_TITLES[kind]
   rows = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
   stage3_rates = [r["lr"] for r in rows if r["stage"] == "round_1/stage3"]
-  cfg, offset, warmup_from = rws.schedule_config(config, 1, "stage1")
+  cfg, offset, warmup_from = rws_pipeline.schedule_config(config, 1, "stage1")
   schedule = train.learning_rate_schedule(cfg.lr, cfg, 2, warmup_from=warmup_from,
                                           offset=offset)
   assert stage3_rates == pytest.approx([float(schedule(offset + t)) for t in range(2)])
@@ -393,23 +395,23 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   PIL.Image.fromarray(image).save(tmp_path / "images" / "x.png")
   config = load_config("shapes_rws", "smoke")
   config.eval.pad_multiple = 8
-  [mask] = inference.predict_folder(config, str(tmp_path / "full"), rws,
+  [mask] = inference.predict_folder(config, str(tmp_path / "full"), rws_pipeline,
                                     str(tmp_path / "images"), str(tmp_path / "masks"))
   model = models.build_model(config.model, 7)
-  logits = rws.rws_logits(model, network, pipeline.normalize(image, config.input)[None], config)
+  logits = rws_network.rws_logits(model, network, pipeline.normalize(image, config.input)[None], config)
   np.testing.assert_array_equal(np.asarray(PIL.Image.open(mask)), np.argmax(logits[0], -1))
 
 
 def test_stage3_schedule_warms_up_from_stage1s_final_rate():
   config = load_config("shapes_rws", "smoke")
-  cfg, offset, warmup_from = rws.schedule_config(config, 1, "stage1")
+  cfg, offset, warmup_from = rws_pipeline.schedule_config(config, 1, "stage1")
   assert offset == 2 and cfg.lr == config.rws.stage3_lr and cfg.warmup_steps == 1
   assert warmup_from == pytest.approx(float(train.poly_schedule(config.train.lr, 2)(1)))
   schedule = train.learning_rate_schedule(cfg.lr, cfg, 2, warmup_from=warmup_from,
                                           offset=offset)
   assert float(schedule(2)) == pytest.approx(warmup_from)  # stage 3's first step, count 2
   assert float(schedule(3)) == pytest.approx(cfg.lr)  # after the one-step warm-up
-  fresh, offset, warmup_from = rws.schedule_config(config, 1, "fresh")
+  fresh, offset, warmup_from = rws_pipeline.schedule_config(config, 1, "fresh")
   assert offset == 0 and warmup_from == 0.0 and fresh.lr == config.rws.stage3_lr
 
 
@@ -422,21 +424,21 @@ def test_classes_without_a_segcam_slot_take_no_part():
   expected[0, [0, 2]] = True
   expected[1, 3] = True
   cfg.weak_classes = "all"
-  np.testing.assert_array_equal(rws.taking_part(result, 4, cfg, 0), expected)
+  np.testing.assert_array_equal(rws_network.taking_part(result, 4, cfg, 0), expected)
   cfg.weak_classes = "foreground"
-  np.testing.assert_array_equal(rws.taking_part(result, 4, cfg, None), expected)
+  np.testing.assert_array_equal(rws_network.taking_part(result, 4, cfg, None), expected)
   expected[:, 0] = False
-  np.testing.assert_array_equal(rws.taking_part(result, 4, cfg, 0), expected)
+  np.testing.assert_array_equal(rws_network.taking_part(result, 4, cfg, 0), expected)
 
 
 def test_no_fused_layers_is_plain_fine_tuning(tiny):
   config, model, batch, glob, local = tiny
   config = config.copy_and_resolve_references()
   config.rws.fuse_layers = ()
-  rws.check_config(config)
+  rws_pipeline.check_config(config)
   rng = jax.random.key(3)
   extra = {"global": glob, "local": local, "threshold": jnp.float32(1.01)}
-  loss, _ = rws.fusion_loss(model, config)(glob["params"], glob["batch_stats"], batch, rng, extra)
+  loss, _ = rws_pipeline.fusion_loss(model, config)(glob["params"], glob["batch_stats"], batch, rng, extra)
   _, drop_rng = jax.random.split(rng)
   np.testing.assert_allclose(loss, plain_loss(model, glob["params"], glob["batch_stats"], batch,
                                               drop_rng), rtol=1e-6)

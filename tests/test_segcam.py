@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rwsjax import segcam
+from rwsjax.rws import segcam
 from rwsjax.models import build_model
 
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rwsjax import slices
+from rwsjax.rws import slices
 
 
 def test_window_boxes_cover_and_snap():

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rwsjax.slices import window_boxes
+from rwsjax.rws.slices import window_boxes
 
 
 class FusionPlan(NamedTuple):

@@ -1,0 +1,161 @@
+"""The weak-slice analysis of a round (docs/methods.md RWS 3-4, 8): every window of the
+training split scored by the global model, the threshold T from the IoU-vs-attention curve,
+the weak boxes written for stage 2, and the round's figures.
+"""
+import functools
+import os
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from rwsjax import figures
+from rwsjax import supervised
+from rwsjax import train
+from rwsjax.data import pipeline as input_pipeline
+from rwsjax.progress import Progress
+from rwsjax.rws import network
+from rwsjax.rws import slices
+
+
+def make_scorer(model, config):
+  """Jitted (variables, images, labels, valid) -> window attention, IoU and presence (N, W, K)
+  over the whole image (docs/methods.md RWS 3)."""
+  rws, k = config.rws, config.dataset.num_classes
+  background = config.dataset.get("background_class")
+
+  @jax.jit
+  def score(variables, images, labels, valid):
+    attention = network.attention_maps(
+        model, variables, images, num_classes=k, max_classes=rws.max_classes,
+        labels=network.region_labels(rws, labels), valid=valid)
+    scores = network.window_scores(attention, rws, k, background, labels=labels)
+    return scores.attention, scores.iou, scores.present
+  return score
+
+
+def threshold(counts, sums, rws_cfg):
+  """T, per-class T_c and the curves from the dataset's histogram (docs/methods.md RWS 4); with
+  `weak_rule: fixed` T is `t_fixed` and the curve is still reported."""
+  t, per_class, curves = slices.threshold_from_histogram(
+      counts, sums, rule=rws_cfg.t_rule, slope=rws_cfg.t_slope,
+      slope_unit=rws_cfg.t_slope_unit, min_share=rws_cfg.t_min_share,
+      min_windows=rws_cfg.t_min_windows)
+  if rws_cfg.weak_rule == "fixed":
+    t = float(rws_cfg.t_fixed)
+  return t, per_class, curves
+
+
+def weak_windows(entries, num_images, num_windows, threshold_value, num_classes):
+  """Weak windows from the scored (image, window, class, attention) entries of a split.
+
+  A window is weak when a class that takes part in it has attention below T (docs/methods.md RWS
+  4). Returns the (num_images, num_windows) weak mask and, per class, the windows where it
+  takes part and those where it is weak.
+  """
+  image, window, cls, attention = entries
+  weak_entry = attention < threshold_value
+  weak = np.zeros((num_images, num_windows), bool)
+  weak[image[weak_entry], window[weak_entry]] = True
+  scored = np.bincount(cls, minlength=num_classes)
+  weak_per_class = np.bincount(cls[weak_entry], minlength=num_classes)
+  return weak, scored, weak_per_class
+
+
+def _share(part, whole):
+  return float(part / whole) if whole else None
+
+
+def analyze(model, variables, source, config, mesh, directory, names):
+  """Scores every window of the training split, computes T and lists the weak slices.
+
+  Writes `directory/slices_process<i>.npz` (boxes (M, 5) rows (example index, y0, x0, y1, x1)
+  of this process's part of the split) and returns a JSON-ready dict: T, per-class T, the
+  curve, the weak-slice count over all processes and the share of weak windows per class and
+  overall. Only the scored (window, class) entries are kept, never a (images, windows,
+  classes) array.
+  """
+  rws, k = config.rws, config.dataset.num_classes
+  score = make_scorer(model, config)
+  batches, count = supervised.eval_batches(source, config, mesh)
+  height, width = batches[0]["label"].shape[1:3]
+  boxes = slices.window_boxes(height, width, rws.slice_size, rws.slice_stride)
+  hist, entries, indices = None, [], []
+  progress = Progress("analysis", count)
+  for i in range(count):
+    batch = batches[i]
+    device = train.to_device({key: batch[key] for key in ("image", "label", "valid")}, mesh)
+    attention, iou, present = (train.to_host(x, mesh) for x in score(
+        variables, device["image"], device["label"], device["valid"]))
+    keep = batch["mask"]
+    present = present & keep[:, None, None]
+    counts, sums = slices.curve_histogram(attention, iou, present, bins=rws.t_bins)
+    hist = (counts, sums) if hist is None else (hist[0] + counts, hist[1] + sums)
+    image, window, cls = np.nonzero(present[keep])
+    entries.append((image + sum(len(x) for x in indices), window, cls,
+                    attention[keep][image, window, cls]))
+    indices.append(batch["index"][keep])
+    if (i + 1) % max(1, count // 4) == 0:
+      progress.log(i + 1)
+  counts, sums = (multihost_utils.process_allgather(x).sum(0) if jax.process_count() > 1 else x
+                  for x in hist)
+  t, per_class, curves = threshold(counts, sums, rws)
+  example = np.concatenate(indices)
+  entries = tuple(np.concatenate(column) for column in zip(*entries))
+  weak, scored, weak_per_class = weak_windows(entries, len(example), len(boxes), t, k)
+  if rws.slices == "arbitrary":
+    weak = np.asarray(slices.arbitrary_windows(
+        jax.random.fold_in(jax.random.key(config.seed), jax.process_index()), weak))
+  image, window = np.nonzero(weak)
+  weak_boxes = np.concatenate([example[image, None], boxes[window]], axis=1).astype(np.int32)
+  os.makedirs(directory, exist_ok=True)
+  np.savez(os.path.join(directory, f"slices_process{jax.process_index()}.npz"), boxes=weak_boxes)
+  totals = np.array([len(weak_boxes), weak.size, *scored, *weak_per_class], np.int64)
+  if jax.process_count() > 1:
+    totals = multihost_utils.process_allgather(totals).sum(0)
+  num_weak, num_windows = int(totals[0]), int(totals[1])
+  scored, weak_per_class = totals[2:2 + k], totals[2 + k:]
+  return {"threshold": t,
+          "per_class_threshold": [None if np.isnan(v) else float(v) for v in per_class],
+          "weak_slices": num_weak, "windows": num_windows,
+          "weak_share": _share(num_weak, num_windows),
+          "weak_share_per_class": {name: _share(weak_per_class[c], scored[c])
+                                   for c, name in enumerate(names)},
+          "curve": {"centres": curves["centres"].tolist(),
+                    "mean_iou": np.where(np.isnan(curves["mean_iou"]), -1.0,
+                                         curves["mean_iou"]).tolist(),
+                    "counts": curves["counts"].tolist(),
+                    "kept": curves["kept"].tolist()}}
+
+
+def load_weak_boxes(directory):
+  return np.load(os.path.join(directory, f"slices_process{jax.process_index()}.npz"))["boxes"]
+
+
+def should_stop(counts, min_weak_delta):
+  """Round stop rule (docs/methods.md RWS 8): no weak slices, or the count changed by < delta."""
+  if counts[-1] == 0:
+    return True
+  return len(counts) > 1 and abs(counts[-1] - counts[-2]) < min_weak_delta
+
+
+def save_round_figures(directory, model, variables, source, analysis, config, names):
+  """Heatmaps per layer (Fig. 5), this round's weak slices on images, and the T curve (Fig. 2)."""
+  rws, count = config.rws, min(config.figures.num_examples, len(source))
+  batch = input_pipeline.eval_dataset(source, config.input, batch_size=count)[0]
+  normalized, labels = batch["image"], batch["label"]
+  images = np.clip(np.round(input_pipeline.denormalize(normalized, config.input)), 0,
+                   255).astype(np.uint8)
+  fn = jax.jit(functools.partial(network.attention_maps, model,
+                                 num_classes=config.dataset.num_classes,
+                                 max_classes=rws.max_classes))
+  attention = jax.device_get(fn(variables, normalized,
+                                labels=network.region_labels(rws, labels),
+                                valid=batch["valid"]))
+  figures.save_heatmaps(os.path.join(directory, "heatmaps.png"), images, labels, attention.maps,
+                        attention.gamma, names)
+  boxes = load_weak_boxes(directory)
+  figures.save_slices(os.path.join(directory, "weak_slices.png"), images,
+                      [boxes[boxes[:, 0] == i, 1:] for i in range(count)])
+  figures.save_threshold_curve(os.path.join(directory, "threshold_curve.png"), analysis["curve"],
+                               analysis["threshold"], analysis["per_class_threshold"], names)

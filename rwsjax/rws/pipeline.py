@@ -1,0 +1,313 @@
+"""Refined Weak Slices: the three-stage pipeline in rounds (paper 000, docs/methods.md RWS 1-10).
+
+Stage 1 trains the global model. Each round then (a) scores every sliding window of the
+training images with the global model's Seg-Grad-CAM attention and IoU, derives the threshold
+T from the IoU-vs-attention curve and lists the weak slices (`rwsjax.rws.analysis`), (b)
+trains a local model of the same architecture on the weak-slice crops (stage 2), and (c)
+retrains the global model with the selected local features fused into its stage outputs
+(stage 3). Stage 3 computes everything per batch inside one jitted step with
+`rwsjax.rws.network.fusion_plans`: the frozen global model's attention on the augmented crop,
+that crop's weak windows under the saved T, the frozen local model's features and attention on
+them, selection, and the fused forward pass. Nothing per image is stored but the (example,
+window) pairs of stage 2.
+
+Every stage checkpoints; rerunning the command resumes at the stage and step where a killed run
+stopped, and finished stages and analyses are read back from the workdir.
+"""
+import json
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from rwsjax import data
+from rwsjax import evaluate as evaluate_lib
+from rwsjax import figures
+from rwsjax import losses
+from rwsjax import models
+from rwsjax import preflight
+from rwsjax import record
+from rwsjax import supervised
+from rwsjax import train
+from rwsjax.data import pipeline as input_pipeline
+from rwsjax.progress import MetricWriter, cached_json, median_seconds
+from rwsjax.rws import analysis
+from rwsjax.rws import fusion
+from rwsjax.rws import network
+from rwsjax.rws import slices
+
+
+CHOICES = {"stage3_init": ("stage1", "fresh"), "local_init": ("global", "init"),
+           "attention_region": ("prediction", "ground_truth"), "attention": ("last", "gamma"),
+           "weak_rule": ("curve", "fixed"), "t_rule": slices.T_RULES,
+           "t_slope_unit": slices.SLOPE_UNITS, "slices": ("weak", "arbitrary"),
+           "weak_classes": ("foreground", "all"), "inference": ("fused", "plain")}
+
+
+def check_config(config):
+  """Raises one clear ValueError for an RWS setting no stage could use."""
+  rws = config.rws
+  for key, choices in CHOICES.items():
+    if rws[key] not in choices:
+      raise ValueError(f"config.rws.{key}={rws[key]!r}; expected one of {tuple(choices)}.")
+  if any(i not in (1, 2, 3, 4) for i in rws.fuse_layers):
+    raise ValueError(f"config.rws.fuse_layers={tuple(rws.fuse_layers)}; expected a subset of "
+                     "(1, 2, 3, 4).")
+  background = config.dataset.get("background_class")
+  if background is not None and not 0 <= background < config.dataset.num_classes:
+    raise ValueError(f"config.dataset.background_class={background} is not a class of the "
+                     f"{config.dataset.num_classes} classes; use None when there is none.")
+  if not 0 <= rws.t_min_share < 1:
+    raise ValueError(f"config.rws.t_min_share={rws.t_min_share}; expected a share in [0, 1).")
+  if rws.local_scale <= 0:
+    raise ValueError(f"config.rws.local_scale={rws.local_scale} must be positive.")
+  strides = models.feature_strides(config.model)
+  sizes = [input_pipeline.pair(config.input.crop_size)]
+  if config.input.get("eval_pad_size") is not None:
+    sizes.append(input_pipeline.pair(config.input.eval_pad_size))
+  for height, width in sizes:
+    fusion.check_geometry(height, width, rws.slice_size, rws.slice_stride, strides)
+  if network.local_size(rws) % max(strides.values()):
+    raise ValueError(f"The local model's input side {network.local_size(rws)} "
+                     "(config.rws.local_scale x slice_size, or local_size) must be a multiple "
+                     f"of the largest feature stride {max(strides.values())}.")
+
+
+def fusion_loss(model, config):
+  """Stage-3 loss (docs/methods.md RWS 7): cross-entropy of the network with `fusion_plans` applied
+  to the augmented batch. `extra` is `fusion_plans`' `frozen`."""
+  labelled = config.rws.attention_region == "ground_truth"
+
+  def loss_fn(params, batch_stats, batch, rng, extra):
+    plan_rng, dropout_rng = jax.random.split(rng)
+    plans, stats = network.fusion_plans(model, extra, batch["image"], config, plan_rng,
+                                        labels=batch["label"] if labelled else None,
+                                        valid=batch.get("valid"))
+    logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
+                                  train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": dropout_rng},
+                                  stage_hook=fusion.stage_hook(plans))
+    loss = losses.cross_entropy(logits, batch["label"])
+    return loss, (updates.get("batch_stats", batch_stats), stats)
+
+  return loss_fn
+
+
+NETWORK_TITLES = {"plain": "RWS plain: refined network alone",
+                  "fused": "RWS fused: the RWS network"}  # config.rws.inference -> title
+
+
+def results_table(summary, names):
+  """Markdown: stage 1, baseline and RWS (plain and fused) mIoU and per-class IoU, the
+  inference cost, then T, weak slices and their share per round."""
+  total = summary["total_steps"]
+  rows = [("stage 1 only", summary["stage1"]),
+          (f"baseline ({total} steps)", summary.get("baseline")),
+          (f"{NETWORK_TITLES['plain']} ({total} steps)", summary["rws_plain"]),
+          (f"{NETWORK_TITLES['fused']} ({total} steps)", summary["rws_fused"])]
+  lines = [evaluate_lib.miou_table(summary["eval_split"],
+                                   [(title, r) for title, r in rows if r is not None], names)]
+  cost = summary["inference_ms_per_image"]
+  lines += ["", f"Inference: {cost['plain']:.1f} ms per image plain, {cost['fused']:.1f} ms "
+            f"fused ({cost['fused'] / cost['plain']:.2f}x), batch {cost['batch']}.",
+            "", "| round | T | weak slices | weak share | mIoU after round (plain / fused) |",
+            "|---|---|---|---|---|"]
+  for r in summary["rounds"]:
+    after = ("-" if "miou_plain" not in r
+             else f"{r['miou_plain']:.4f} / {r['miou_fused']:.4f}")
+    share = "-" if r["weak_share"] is None else f"{r['weak_share']:.1%}"
+    lines.append(f"| {r['round']} | {r['threshold']:.3f} | {r['weak_slices']} | {share} | "
+                 f"{after} |")
+  return "\n".join(lines)
+
+
+def inference_cost(eval_steps, net, batch, mesh, repeats=3):
+  """Milliseconds per image of each jitted eval step (plain and fused network) on one eval
+  batch: median of `repeats` timed calls after a warm-up call, measured one after another in
+  this process."""
+  device = train.to_device(batch, mesh)
+  cost = {name: 1000 * median_seconds(lambda step=step: step(net, device), repeats)
+          / len(batch["image"]) for name, step in eval_steps.items()}
+  return dict(cost, batch=len(batch["image"]))
+
+
+def schedule_config(config, round_index, stage3_init):
+  """(train config, optimizer offset, warm-up start rate) of round `round_index`'s stage 3.
+
+  `stage1` continues the previous model's optimizer, whose step count goes on: the schedule
+  is shifted by the steps before it and warms up linearly from the previous rate to
+  `stage3_lr`, then decays (docs/methods.md RWS 7). `fresh` restarts with a full poly schedule.
+  """
+  rws = config.rws
+  if stage3_init == "fresh":
+    return _with(config.train, lr=rws.stage3_lr), 0, 0.0
+  offset = rws.stage1_steps + (round_index - 1) * rws.stage3_steps
+  if round_index == 1:
+    previous = train.poly_schedule(config.train.lr, rws.stage1_steps, config.train.poly_power,
+                                   config.train.warmup_steps)(rws.stage1_steps - 1)
+  else:
+    previous = train.poly_schedule(rws.stage3_lr, rws.stage3_steps, config.train.poly_power,
+                                   rws.stage3_warmup)(rws.stage3_steps - 1)
+  cfg = _with(config.train, lr=rws.stage3_lr, warmup_steps=rws.stage3_warmup)
+  return cfg, offset, float(previous)
+
+
+def run(config, workdir):
+  """All RWS stages and rounds, the equal-budget baseline, the table, summary.json, figures."""
+  preflight.for_training(config, workdir, check_config)
+  rws = config.rws
+  mesh = train.make_mesh(config.num_devices)
+  train_source = data.get_source(config.dataset, config.dataset.train_split)
+  eval_source = data.get_source(config.dataset, config.dataset.eval_split)
+  names = data.class_names(config.dataset)
+  model = models.build_model(config.model, config.dataset.num_classes)
+  rng = jax.random.key(config.seed)
+  init = supervised.initial_variables(model, config, rng)
+  writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"))
+  step_rng = jax.random.fold_in(rng, 1)
+  predict = {name: network.make_predict_fn(model, config, name) for name in ("plain", "fused")}
+  eval_steps = {name: train.make_eval_step(model, config.dataset.num_classes, mesh, fn)
+                for name, fn in predict.items()}
+
+  def train_supervised(stage, variables, batches, steps, lr):
+    tx = train.make_optimizer(_with(config.train, lr=lr), steps)
+    return train.train_stage(workdir=workdir, stage=stage, loss_fn=train.supervised_loss(model),
+                             tx=tx, variables=variables, batches=batches, total_steps=steps,
+                             train_cfg=config.train, mesh=mesh, rng=step_rng, writer=writer)
+
+  def evaluation(path, net, inference="plain"):
+    """The eval split's IoU of `net` (an RWS network dict), cached at workdir/path."""
+    def compute():
+      batches, count = supervised.eval_batches(eval_source, config, mesh)
+      confusion = train.evaluate(eval_steps[inference], net, batches, mesh, count)
+      return evaluate_lib.summarize(confusion, names)
+    return cached_json(os.path.join(workdir, path), compute)
+
+  batches = supervised.train_batches(train_source, config, mesh, seed=config.seed)
+  state = train_supervised("stage1", init, batches, rws.stage1_steps, config.train.lr)
+  global_variables = state.variables
+  net = network.plain_network(global_variables)
+  stage1_eval = evaluation("stage1/eval.json", net)
+  final = {"plain": stage1_eval, "fused": stage1_eval}
+  total_steps, rounds, counts = rws.stage1_steps, [], []
+  for r in range(1, rws.max_rounds + 1):
+    directory = os.path.join(workdir, f"round_{r}")
+    found = cached_json(
+        os.path.join(directory, "analysis.json"),
+        lambda: analysis.analyze(model, global_variables, train_source, config, mesh,
+                                 directory, names))
+    counts.append(found["weak_slices"])
+    logging.info("Round %d: T = %.3f, %d weak slices (%.1f%% of the windows).", r,
+                 found["threshold"], counts[-1], 100 * (found["weak_share"] or 0))
+    row = {key: found[key] for key in ("threshold", "per_class_threshold", "weak_slices",
+                                          "windows", "weak_share", "weak_share_per_class")}
+    row["round"] = r
+    rounds.append(row)
+    if jax.process_index() == 0 and not os.path.exists(os.path.join(directory, "heatmaps.png")):
+      analysis.save_round_figures(directory, model, global_variables, train_source, found, config,
+                                   names)
+    if analysis.should_stop(counts, rws.min_weak_delta):
+      row["trained"] = False
+      break
+    weak_boxes = analysis.load_weak_boxes(directory)
+    crop_batches = input_pipeline.crop_dataset(
+        train_source, weak_boxes, config.input, seed=config.seed + r,
+        batch_size=train.local_batch_size(rws.local_batch_size, mesh),
+        out_size=network.local_size(rws))
+    local_start = init if rws.local_init == "init" else global_variables
+    local_state = train_supervised(
+        f"round_{r}/stage2", local_start,
+        lambda start, ds=crop_batches: input_pipeline.prefetch(ds, start), rws.stage2_steps,
+        config.train.lr)
+    stage3_cfg, offset, warmup_from = schedule_config(config, r, rws.stage3_init)
+    tx = train.make_optimizer(stage3_cfg, rws.stage3_steps, offset=offset,
+                              warmup_from=warmup_from)
+    continued = rws.stage3_init == "stage1"
+    frozen = {"global": global_variables, "local": local_state.variables,
+              "threshold": jnp.float32(found["threshold"])}
+    state = train.train_stage(
+        workdir=workdir, stage=f"round_{r}/stage3", loss_fn=fusion_loss(model, config), tx=tx,
+        variables=global_variables if continued else init,
+        opt_state=state.opt_state if continued else None,
+        batches=supervised.train_batches(train_source, config, mesh,
+                                         seed=config.seed + 1000 * r),
+        total_steps=rws.stage3_steps, train_cfg=config.train, mesh=mesh, rng=step_rng,
+        writer=writer, extra=frozen)
+    net = {"model": state.variables, **frozen}
+    total_steps += rws.stage2_steps + rws.stage3_steps
+    row["trained"] = True
+    final = {name: evaluation(f"round_{r}/eval_{name}.json", net, name)
+             for name in ("plain", "fused")}
+    row.update(miou_plain=final["plain"]["miou"], miou_fused=final["fused"]["miou"])
+    global_variables = state.variables
+  cost = cached_json(os.path.join(workdir, "inference_cost.json"), lambda: inference_cost(
+      eval_steps, net, supervised.eval_batches(eval_source, config, mesh)[0][0], mesh))
+  summary = {"method": "rws", "eval_split": config.dataset.eval_split,
+             "total_steps": total_steps, "stage1": stage1_eval, "rws_plain": final["plain"],
+             "rws_fused": final["fused"], "rws": final[rws.inference],
+             "inference_ms_per_image": cost, "rounds": rounds}
+  if rws.baseline:
+    baseline = train_supervised("baseline", init, batches, total_steps, config.train.lr)
+    summary["baseline"] = evaluation("baseline/eval.json",
+                                     network.plain_network(baseline.variables))
+  table = results_table(summary, names)
+  if jax.process_index() == 0:
+    bars = {"baseline": summary["baseline"]["per_class_iou"]} if rws.baseline else {}
+    bars["RWS plain"] = final["plain"]["per_class_iou"]
+    bars["RWS fused"] = final["fused"]["per_class_iou"]
+    figures.save_per_class_iou(os.path.join(workdir, "per_class_iou.png"), bars, names)
+    supervised.save_prediction_figure(os.path.join(workdir, "predictions.png"), model, net,
+                                      eval_source, config, predict[rws.inference])
+  summary = record.write_results(workdir, config, summary, table)
+  print(table)
+  return summary
+
+
+def finished_network(config, workdir, model, mesh):
+  """The RWS network of a finished run in `workdir` (`rws_logits`' variables): the refined
+  model of the last trained round, the model whose attention that round used, its local
+  model and its T; a run whose first round trained nothing gives `plain_network` of stage 1.
+  Raises ValueError when stage 1 has not finished."""
+  rws = config.rws
+  shape = (1, *input_pipeline.pair(config.input.crop_size), 3)
+  rng = jax.random.key(config.seed)
+
+  def restore(stage, steps):
+    return train.finished_variables(workdir=workdir, stage=stage, model=model,
+                                    tx=train.make_optimizer(config.train, steps),
+                                    total_steps=steps, image_shape=shape, rng=rng, mesh=mesh)
+
+  global_variables, net = restore("stage1", rws.stage1_steps), None
+  for r in range(1, rws.max_rounds + 1):
+    stage3 = os.path.join(workdir, f"round_{r}", "stage3", "checkpoints")
+    if not os.path.isdir(stage3):
+      break
+    with open(os.path.join(workdir, f"round_{r}", "analysis.json")) as f:
+      threshold = json.load(f)["threshold"]
+    net = {"model": restore(f"round_{r}/stage3", rws.stage3_steps),
+               "global": global_variables,
+               "local": restore(f"round_{r}/stage2", rws.stage2_steps),
+               "threshold": jnp.float32(threshold)}
+    global_variables = net["model"]
+  return net or network.plain_network(global_variables)
+
+
+def trained_predictor(config, workdir, mesh):
+  """The `supervised.Predictor` of the finished run in `workdir`: the network of
+  config.rws.inference, the RWS network (`finished_network`, default) or the refined network
+  alone."""
+  model = models.build_model(config.model, config.dataset.num_classes)
+  inference = config.rws.inference
+  return supervised.Predictor(network.make_predict_fn(model, config, inference),
+                              finished_network(config, workdir, model, mesh),
+                              NETWORK_TITLES[inference], config)
+
+
+def _with(train_cfg, **fields):
+  """A copy of config.train with some fields replaced."""
+  cfg = ml_collections.ConfigDict(train_cfg.to_dict())
+  for key, value in fields.items():
+    cfg[key] = value
+  return cfg
