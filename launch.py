@@ -1,9 +1,10 @@
 """Runs one experiment: `python launch.py --config=configs/shapes_rws.py --workdir=runs/demo`.
 
 `config.method` picks the pipeline. Rerunning the same command with the same --workdir resumes
-where a killed run stopped; a finished run (its summary.json exists) is left as it is. Override any config field on the command line, e.g.
-`--config.train.steps=200`; `--config=configs/voc_rws.py:smoke` runs a small variant. The
-methods and their config switches are described in docs/methods.md.
+where a killed run stopped; a finished run (its summary.json exists) is left as it is.
+Override any config field on the command line, e.g. `--config.train.steps=200`;
+`--config=configs/voc_rws.py:smoke` runs a small variant. The methods and their config switches
+are described in docs/methods.md.
 
 After training, with the same --config and --workdir:
   --mode=evaluate [--split=NAME] [--config.eval.tta=True]   evaluate the run again

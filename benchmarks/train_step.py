@@ -22,6 +22,7 @@ JAX for CUDA installed (`pip install -U "jax[cuda12]"`) and `pip install -e .[be
       --size 513 --batch 16 --vs-torch
 """
 import argparse
+import importlib.util
 import os
 import time
 
@@ -143,10 +144,7 @@ def check_torch_args(parser, args):
   if wrong:
     parser.error(f'--vs-torch times torchvision\'s DeepLabv3, which has no counterpart for '
                  f'{", ".join(wrong)}.')
-  try:
-    import torch  # pylint: disable=g-import-not-at-top,unused-import
-    import torchvision  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
+  if not all(importlib.util.find_spec(name) for name in ('torch', 'torchvision')):
     parser.error('--vs-torch needs torch and torchvision: pip install -e .[bench]')
 
 

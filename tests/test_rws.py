@@ -108,16 +108,16 @@ def test_fused_loss_mixes_local_features_into_weak_slices(tiny):
   config.rws.fuse_layers = (4,)
   rng = jax.random.key(3)
   extra = {"global": glob, "local": local, "threshold": jnp.float32(1.01)}
-  loss, (_, stats) = rws_pipeline.fusion_loss(model, config)(glob["params"], glob["batch_stats"], batch,
-                                                   rng, extra)
+  loss_fn = rws_pipeline.fusion_loss(model, config)
+  loss, (_, stats) = loss_fn(glob["params"], glob["batch_stats"], batch, rng, extra)
   assert float(stats["weak_slices"]) == config.rws.max_slices
   assert 0 < float(stats["selected"]) <= 1
   _, drop_rng = jax.random.split(rng)
   assert not np.isclose(loss, plain_loss(model, glob["params"], glob["batch_stats"], batch,
                                          drop_rng))
   with_same_local = {"global": glob, "local": glob, "threshold": jnp.float32(1.01)}
-  same, _ = rws_pipeline.fusion_loss(model, config)(glob["params"], glob["batch_stats"], batch, rng,
-                                            with_same_local)
+  same, _ = rws_pipeline.fusion_loss(model, config)(glob["params"], glob["batch_stats"], batch,
+                                                    rng, with_same_local)
   assert np.isfinite(same)
 
 
@@ -212,7 +212,8 @@ def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
   plain = rws_network.plain_logits(model, network, images)
   assert not np.allclose(got, plain, atol=1e-3)
   network["threshold"] = jnp.float32(0.0)
-  np.testing.assert_allclose(rws_network.rws_logits(model, network, images, config), plain, atol=1e-5)
+  np.testing.assert_allclose(rws_network.rws_logits(model, network, images, config), plain,
+                             atol=1e-5)
 
 
 def test_rws_network_pads_any_image_size(tiny):
@@ -358,9 +359,9 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   saved = json.load(open(tmp_path / "full" / "summary.json"))["run"]["config"]
   assert saved["rws"]["slices"] == "weak" and saved["seed"] == 0
   assert "RWS fused" in open(tmp_path / "full" / "results.md").read()
-  network = rws_pipeline.finished_network(load_config("shapes_rws", "smoke"), str(tmp_path / "full"),
-                                 models.build_model(load_config("shapes_rws", "smoke").model, 7),
-                                 train.make_mesh())
+  smoke = load_config("shapes_rws", "smoke")
+  network = rws_pipeline.finished_network(smoke, str(tmp_path / "full"),
+                                          models.build_model(smoke.model, 7), train.make_mesh())
   (_, stage3_full), _ = calls["round_1/stage3"]
   for key, state in (("model", stage3_full), ("global", calls["stage1"][0][1]),
                      ("local", calls["round_1/stage2"][0][1])):
@@ -398,7 +399,8 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   [mask] = inference.predict_folder(config, str(tmp_path / "full"), rws_pipeline,
                                     str(tmp_path / "images"), str(tmp_path / "masks"))
   model = models.build_model(config.model, 7)
-  logits = rws_network.rws_logits(model, network, pipeline.normalize(image, config.input)[None], config)
+  logits = rws_network.rws_logits(model, network,
+                                  pipeline.normalize(image, config.input)[None], config)
   np.testing.assert_array_equal(np.asarray(PIL.Image.open(mask)), np.argmax(logits[0], -1))
 
 
@@ -438,7 +440,8 @@ def test_no_fused_layers_is_plain_fine_tuning(tiny):
   rws_pipeline.check_config(config)
   rng = jax.random.key(3)
   extra = {"global": glob, "local": local, "threshold": jnp.float32(1.01)}
-  loss, _ = rws_pipeline.fusion_loss(model, config)(glob["params"], glob["batch_stats"], batch, rng, extra)
+  loss_fn = rws_pipeline.fusion_loss(model, config)
+  loss, _ = loss_fn(glob["params"], glob["batch_stats"], batch, rng, extra)
   _, drop_rng = jax.random.split(rng)
   np.testing.assert_allclose(loss, plain_loss(model, glob["params"], glob["batch_stats"], batch,
                                               drop_rng), rtol=1e-6)
