@@ -141,6 +141,8 @@ def main(argv):
   pipeline = importlib.import_module(PIPELINES[method])
   from rwsjax import preflight  # pylint: disable=g-import-not-at-top  (after absl parsed the flags)
   try:
+    preflight.check_overrides(preflight.config_overrides(sys.argv[1:]),
+                              getattr(pipeline, "UNREAD_FIELDS", {}), method)
     run_mode(pipeline, config, os.path.abspath(_WORKDIR.value))
   except preflight.UserInputError as error:
     sys.exit(f"launch.py: {error}")

@@ -10,7 +10,8 @@ Fields set or added here, with the paper's values unless noted:
   train.momentum: SGD momentum, 0.9 (paper; the authors' code effectively runs 1e-4: set it
     here to follow the code).
   train.weight_decay: 1e-4. train.poly_power: 0.9, poly decay over the whole run.
-  train.lr, train.steps: not read by ISIM (see isim.lr_* and isim.epochs).
+  train.lr, train.steps: not read by ISIM (see isim.lr_* and isim.epochs); launch.py refuses
+    overrides of them (isimjax.isim.UNREAD_FIELDS).
 
   isim.epochs: training epochs, 50.
   isim.steps_per_epoch: 0 = training-split size // input.batch_size; n > 0 sets it (tiny runs).

@@ -48,6 +48,12 @@ from rwsjax.losses import IGNORE_LABEL
 from rwsjax.progress import MetricWriter, write_json
 from rwsjax.record import write_results
 
+# Generic fields ISIM never reads (`preflight.check_overrides`), and what it reads instead.
+UNREAD_FIELDS = {
+    'train.steps': 'config.isim.epochs, psa.affinity.epochs and psa.final.epochs',
+    'train.lr': ('config.isim.lr_encoder, lr_decoder and lr_classifier, '
+                 'psa.affinity.train.lr and psa.final.train.lr'),
+}
 CONFUSION_CHUNK = 1 << 18  # pixels per jitted confusion-matrix call
 MODELS = {'isim': 'isim', 'baseline': 'cls_baseline'}  # table column -> training stage
 

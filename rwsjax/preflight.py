@@ -47,6 +47,25 @@ def check_common_config(config):
   train.local_batch_size(config.input.eval_batch_size, mesh)
 
 
+def config_overrides(argv):
+  """The dotted config fields a command line overrides: 'train.steps' for
+  `--config.train.steps=3` or `--config.train.steps 3`."""
+  return [arg[len("--config."):].split("=")[0] for arg in argv
+          if arg.startswith("--config.")]
+
+
+def check_overrides(fields, unread, method):
+  """Refuses an override of a field that the `method` pipeline never reads.
+
+  `unread` maps such fields to what the pipeline reads instead (the pipeline module's
+  UNREAD_FIELDS); an override of the field or of anything below it is refused."""
+  for field in fields:
+    for name, instead in unread.items():
+      if field == name or field.startswith(name + "."):
+        raise UserInputError(f"--config.{field} is not read by the {method} pipeline: set "
+                             f"{instead} instead.")
+
+
 def check_eval_config(eval_cfg):
   """config.eval: positive TTA scales, a positive max_side, a non-negative pad_multiple."""
   scales = tuple(eval_cfg.scales)

@@ -137,3 +137,23 @@ def test_launch_stops_at_a_missing_pretrained_file_before_preparing_data(tmp_pat
   assert last_line(result.stderr) == ("launch.py: --images goes with --mode=predict, not "
                                       "--mode=train.")
   assert result.returncode != 0
+
+
+def test_overrides_of_fields_a_pipeline_never_reads_are_refused(tmp_path):
+  assert preflight.config_overrides(["--config=c.py", "--config.train.steps=3", "--workdir=w",
+                                     "--config.rws.t_fixed", "0.2"]) == ["train.steps",
+                                                                         "rws.t_fixed"]
+  unread = {"train.steps": "x", "psa": "y"}
+  preflight.check_overrides(["train.steps_per_epoch", "train.lr", "psa_x"], unread, "m")
+  for field in ("train.steps", "psa.final.epochs"):
+    with pytest.raises(preflight.UserInputError, match=rf"^--config.{field} is not read by the "
+                                                       r"m pipeline: set [xy] instead.$"):
+      preflight.check_overrides(["train.lr", field], unread, "m")
+  result = launch("--config=configs/shapes_rws.py:smoke", f"--workdir={tmp_path / 'run'}",
+                  f"--config.dataset.data_dir={tmp_path / 'tfds'}", "--config.train.steps=200",
+                  timeout=120)
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert last_line(result.stderr) == (
+      "launch.py: --config.train.steps is not read by the rws pipeline: set "
+      "config.rws.stage1_steps, stage2_steps and stage3_steps instead.")
+  assert not os.path.exists(tmp_path / "tfds") and not os.path.exists(tmp_path / "run")

@@ -39,6 +39,8 @@ from rwsjax.rws import network
 from rwsjax.rws import slices
 
 
+# Generic fields RWS never reads (`preflight.check_overrides`), and what it reads instead.
+UNREAD_FIELDS = {"train.steps": "config.rws.stage1_steps, stage2_steps and stage3_steps"}
 CHOICES = {"stage3_init": ("stage1", "fresh"), "local_init": ("global", "init"),
            "attention_region": ("prediction", "ground_truth"), "attention": ("last", "gamma"),
            "weak_rule": ("curve", "fixed"), "t_rule": slices.T_RULES,
