@@ -69,7 +69,7 @@ def _matmul(x, w, precision, preferred_element_type):
                          preferred_element_type=preferred_element_type)
 
 
-def _tap_sum(lhs, rhs, padding, dilation, precision, preferred_element_type):
+def tap_sum(lhs, rhs, padding, dilation, precision=None, preferred_element_type=None):
   """Stride-1 NHWC/HWIO convolution as a sum of per-tap matrix products (module docstring)."""
   rows = tap_windows(lhs.shape[1], rhs.shape[0], dilation[0], padding[0])
   cols = tap_windows(lhs.shape[2], rhs.shape[1], dilation[1], padding[1])
@@ -85,7 +85,7 @@ def _tap_sum(lhs, rhs, padding, dilation, precision, preferred_element_type):
   return total
 
 
-def _rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+def rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
              feature_group_count, batch_group_count):
   """'pointwise', 'taps' or None: which rewrite applies to this convolution."""
   if (lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1
@@ -108,15 +108,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          batch_group_count=1, precision=None, preferred_element_type=None, *,
                          impl='auto'):
   """`lax.conv_general_dilated`, or its matrix-product rewrite (module docstring)."""
-  rewrite = None
+  path = None
   if resolve_impl(impl) == 'matmul':
-    rewrite = _rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                       dimension_numbers, feature_group_count, batch_group_count)
-  if rewrite == 'pointwise':
+    path = rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                   dimension_numbers, feature_group_count, batch_group_count)
+  if path == 'pointwise':
     sy, sx = window_strides
     return _matmul(lhs[:, ::sy, ::sx], rhs[0, 0], precision, preferred_element_type)
-  if rewrite == 'taps':
-    return _tap_sum(lhs, rhs, tuple(tuple(p) for p in padding), tuple(rhs_dilation or (1, 1)),
+  if path == 'taps':
+    return tap_sum(lhs, rhs, tuple(tuple(p) for p in padding), tuple(rhs_dilation or (1, 1)),
                     precision, preferred_element_type)
   return lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
