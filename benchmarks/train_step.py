@@ -52,7 +52,7 @@ def random_batch(args):
 class JaxRunner:
   """The rwsjax train and eval steps on one resident batch; `train` updates the state."""
 
-  def __init__(self, args, batch, conv_impl=None):
+  def __init__(self, args, batch, conv_impl=None, compiler_options=None):
     model = build_model({'name': args.name, 'backbone': args.backbone,
                          'output_stride': args.output_stride, 'width': args.width,
                          'head_channels': args.head_channels, 'dtype': args.dtype,
@@ -69,6 +69,11 @@ class JaxRunner:
     self.model = model
     self.train_step = train.make_train_step(train.supervised_loss(model), tx, mesh)
     self.eval_step = train.make_eval_step(model, args.num_classes, mesh)
+    if compiler_options:  # XLA options for these two programs only (compiled here)
+      self.train_step = self.train_step.lower(self.state, self.batch, self.rng, None).compile(
+          compiler_options=compiler_options)
+      self.eval_step = self.eval_step.lower(self.state.variables, self.batch).compile(
+          compiler_options=compiler_options)
 
   def train(self):
     self.state, metrics = self.train_step(self.state, self.batch, self.rng, None)
@@ -199,6 +204,10 @@ def main():
                       help='also time torchvision deeplabv3 (needs torch and torchvision)')
   parser.add_argument('--vs-conv-impl', choices=CONV_IMPLS,
                       help='also time the rwsjax model with this conv_impl, as "jax[IMPL]"')
+  parser.add_argument('--vs-xla-option', action='append', default=[], metavar='NAME=VALUE',
+                      help='also time the rwsjax steps compiled with these XLA options '
+                      '(repeatable; e.g. xla_cpu_experimental_ynn_fusion_type='
+                      'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT), as "jax[xla]"')
   args = parse_model_args(parser)
   if args.vs_torch:
     check_torch_args(parser, args)
@@ -208,6 +217,10 @@ def main():
   runners = {'jax': JaxRunner(args, batch)}
   if args.vs_conv_impl:
     runners[f'jax[{args.vs_conv_impl}]'] = JaxRunner(args, batch, args.vs_conv_impl)
+  if args.vs_xla_option:
+    options = dict(option.split('=', 1) for option in args.vs_xla_option)
+    runners['jax[xla]'] = JaxRunner(args, batch, compiler_options=options)
+    print(f'jax[xla]: compiled with {options} (its first call excludes compilation)')
   if args.vs_torch:
     runners['torch'] = TorchRunner(args, batch)
   first = {name: {'train': seconds(r.train), 'eval': seconds(r.eval)}
