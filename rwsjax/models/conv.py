@@ -86,7 +86,7 @@ def tap_sum(lhs, rhs, padding, dilation, precision=None, preferred_element_type=
 
 
 def rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-             feature_group_count, batch_group_count):
+            feature_group_count, batch_group_count):
   """'pointwise', 'taps' or None: which rewrite applies to this convolution."""
   if (lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1
       or isinstance(padding, str) or any(d != 1 for d in lhs_dilation or (1, 1))
@@ -117,7 +117,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     return _matmul(lhs[:, ::sy, ::sx], rhs[0, 0], precision, preferred_element_type)
   if path == 'taps':
     return tap_sum(lhs, rhs, tuple(tuple(p) for p in padding), tuple(rhs_dilation or (1, 1)),
-                    precision, preferred_element_type)
+                   precision, preferred_element_type)
   return lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
