@@ -5,7 +5,9 @@ One row per kind of convolution in the model at the realistic size (batch 4, 256
 64x64 maps in layer1, 32x32 from layer2 on). Columns: `lax`; `matmul` (what
 `conv_impl='matmul'` computes: a matrix product for 1x1, the tap sum where at most
 MAX_TAP_FRACTION of the products read the input, else lax); `taps` (the tap sum forced, for
-every stride-1 3x3, to show where the threshold lies); with --vs-torch, torch.nn.functional.conv2d
+every stride-1 3x3, to show where the threshold lies); `s2b` (the classic atrous trick for
+dilations up to 12: space-to-batch by the dilation, after zero-padding the map to a multiple
+of it, a dense 3x3 convolution, batch-to-space); with --vs-torch, torch.nn.functional.conv2d
 with autograd. The paths' repeats are interleaved; medians (ms) and the fraction of tap
 products that read the input are printed. Outputs and gradients are checked against lax.
 
@@ -41,14 +43,31 @@ CASES = {
     'head3x3': (32, 256, 256, 3, 1, 1),
 }
 BATCH = 4
+S2B_MAX_DILATION = 12  # beyond, the padded map is mostly zeros (72x72 cells for 32x32 by 36)
+
+
+def space_to_batch_conv(x, w, dilation):
+  """3x3 stride-1 convolution with dilation d and padding d as space-to-batch by d, a dense
+  3x3 convolution with padding 1 on each of the d*d sub-maps, and batch-to-space."""
+  n, h, w_, c = x.shape
+  hp, wp = -(-h // dilation) * dilation, -(-w_ // dilation) * dilation
+  x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w_), (0, 0)))
+  x = x.reshape(n, hp // dilation, dilation, wp // dilation, dilation, c)
+  x = x.transpose(2, 4, 0, 1, 3, 5).reshape(dilation**2 * n, hp // dilation, wp // dilation, c)
+  y = lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y = y.reshape(dilation, dilation, n, hp // dilation, wp // dilation, -1)
+  return y.transpose(2, 3, 0, 4, 1, 5).reshape(n, hp, wp, -1)[:, :h, :w_]
 
 
 def conv_fn(path, stride, dilation, kernel):
-  """(x, w) -> y for one path: 'lax', 'matmul' or 'taps'."""
+  """(x, w) -> y for one path: 'lax', 'matmul', 'taps' or 's2b'."""
   pad = dilation * (kernel - 1) // 2
   padding = ((pad, pad), (pad, pad))
   if path == 'taps':
     return lambda x, w: conv.tap_sum(x, w, padding, (dilation, dilation))
+  if path == 's2b':
+    return lambda x, w: space_to_batch_conv(x, w, dilation)
   numbers = ('NHWC', 'HWIO', 'NHWC')
 
   def fn(x, w):
@@ -109,6 +128,8 @@ def main():
     y = conv_fn('lax', stride, dilation, kernel)(x, w)
     g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
     paths = ['lax', 'matmul'] + (['taps'] if kernel > 1 and stride == 1 else [])
+    if kernel == 3 and stride == 1 and 1 < dilation <= S2B_MAX_DILATION:
+      paths.append('s2b')
     calls = {}
     for path in paths:
       calls[path, 'forward'], calls[path, 'both'] = jax_calls(path, case, x, w, g)

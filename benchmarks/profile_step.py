@@ -4,12 +4,16 @@ Traces a few calls of the rwsjax train step, eval step or all-class Seg-Grad-CAM
 compilation and a warm-up), reads the trace's per-thunk events and maps each to its HLO
 instruction in the compiled program, then to an op family by the instruction's source
 (`op_name` metadata: the flax module path, forward `jvp(...)` or backward `transpose(...)`)
-and, for convolutions, its window: forward / input gradient / kernel gradient, each dense,
-strided or dilated. Prints per family the seconds per call and the share of all thunk time.
-Thunk time is summed over threads, so it can exceed wall time when thunks run concurrently.
+and, for convolutions, their window. Convolutions fall in four groups (1x1; the head's atrous
+3x3, ASPP; the backbone's atrous 3x3 in layer3-4; the rest: the 7x7 stem, dense and strided
+3x3), each split into forward, input gradient and kernel gradient, or forward and backward
+for the matrix products of `rwsjax.models.conv` (counted as 1x1 unless in the head's atrous
+modules). Prints per family and per group the seconds per call and the share of all thunk
+time. Thunk time is summed over threads, so it can exceed wall time when thunks run
+concurrently.
 
   python benchmarks/profile_step.py                       # train step, realistic case
-  python benchmarks/profile_step.py --step eval
+  python benchmarks/profile_step.py --step eval --conv-impl lax
   python benchmarks/profile_step.py --step segcam --batch 1 --classes 3
   python benchmarks/profile_step.py --top 20              # also the 20 slowest instructions
 """
@@ -35,11 +39,16 @@ OP_NAME = re.compile(r'op_name="([^"]*)"')
 CALLS = re.compile(r'calls=%([\w.\-]+)')
 WINDOW = re.compile(r'window=\{([^}]*)\}')
 # An op inside a convolution module of rwsjax.models that is not a convolution: its
-# `rwsjax.models.conv` rewrite as matrix products.
+# `rwsjax.models.conv` rewrite as matrix products; the head's atrous convolutions by module.
 CONV_MODULE = re.compile(r'/(Conv_\d+|conv\d|downsample_conv|classifier|branch\d+)/[^/]+$')
+HEAD_ATROUS_MODULE = re.compile(r'/(aspp/atrous\d+|branch\d+)/')
+SHAPE = re.compile(r'= \w+\[([\d,]*)\]')
+DIM_LABELS = re.compile(r'dim_labels=\w+_\w+->(\w+)')
 # A kernel-gradient convolution slides the output gradient over the input: its window is
 # the feature map (at least this large), a forward or input-gradient one is the kernel (<= 7).
 KERNEL_GRAD_MIN_WINDOW = 8
+# Dilation from which a 3x3 convolution without module path is counted as the head's ASPP.
+HEAD_MIN_DILATION = 6
 
 
 def parse_hlo(text):
@@ -59,24 +68,35 @@ def parse_hlo(text):
           for name, line in lines.items()}
 
 
-def conv_family(direction, window):
-  """'conv <forward|input grad|kernel grad> <dense|strided|dilated>' from an HLO window.
+def conv_group(kernel, dilation, op_name):
+  """Which convolutions of the model: 1x1, the head's atrous ones, the backbone's, others."""
+  if kernel == 1:
+    return '1x1 convs'
+  if HEAD_ATROUS_MODULE.search(op_name) or (not op_name and dilation >= HEAD_MIN_DILATION):
+    return 'head atrous 3x3 convs (ASPP)'
+  if dilation > 1:
+    return 'backbone atrous 3x3 convs (layer3-4)'
+  return 'other convs (7x7 stem, dense and strided 3x3)'
 
-  `direction` ('forward' or 'backward') comes from the op_name; kernel-gradient fusions often
-  carry none, and are told by their window instead.
+
+def conv_family(line, op_name):
+  """'<conv group>: <forward|input grad|kernel grad>' of an HLO convolution instruction.
+
+  Kernel-gradient convolutions often carry no op_name and are told by their window (the
+  feature map); their kernel size is their output's spatial size, their dilation the window
+  stride.
   """
+  window = WINDOW.search(line).group(1)
   sizes = [int(s) for s in re.search(r'size=([\dx]+)', window).group(1).split('x')]
-  stride = 'stride=' in window
-  lhs, rhs = 'lhs_dilate=' in window, 'rhs_dilate=' in window
+  setting = lambda key: int(re.search(key + r'=(\d+)', window).group(1)) if key + '=' in window else 1
   if max(sizes) >= KERNEL_GRAD_MIN_WINDOW:
-    direction = 'kernel grad'  # the forward dilation is this window's stride, and vice versa
-    kind = 'dilated' if stride else 'strided' if rhs else 'dense'
-  elif direction == 'forward':
-    kind = 'dilated' if rhs else 'strided' if stride else 'dense'
+    dims = [int(d) for d in SHAPE.search(line).group(1).split(',')]
+    labels = DIM_LABELS.search(line).group(1)
+    kernel, dilation, direction = dims[labels.index('0')], setting('stride'), 'kernel grad'
   else:
-    direction = 'input grad'
-    kind = 'dilated' if rhs else 'strided' if lhs else 'dense'
-  return f'conv {direction} {kind}'
+    kernel, dilation = max(sizes), setting('rhs_dilate')
+    direction = 'input grad' if 'transpose(' in op_name else 'forward'
+  return f'{conv_group(kernel, dilation, op_name)}: {direction}'
 
 
 def family(name, hlo):
@@ -87,22 +107,22 @@ def family(name, hlo):
   names = [m.group(1) for m in map(OP_NAME.search, [line] + called) if m]
   op_name = names[0] if names else ''
   direction = 'backward' if 'transpose(' in op_name else 'forward'
-  windows = [WINDOW.search(l) for l in [line] + called if ' convolution(' in l]
-  windows = [w.group(1) for w in windows if w]
-  if windows:
-    return conv_family(direction, windows[0])
+  convolutions = [l for l in [line] + called if ' convolution(' in l and WINDOW.search(l)]
+  if convolutions:
+    return conv_family(convolutions[0], op_name)
   if CONV_MODULE.search(op_name):
-    return f'conv as matmuls (dots, slices, pads, sums) {direction}'
+    group = conv_group(3 if HEAD_ATROUS_MODULE.search(op_name) else 1, 1, op_name)
+    return f'{group}: {direction}, as matmuls'
   if 'BatchNorm' in op_name or re.search(r'/(downsample_)?bn\d?/', op_name):
-    return f'batchnorm {direction}'
+    return f'batchnorm: {direction}'
   if '_resize' in op_name:
-    return f'bilinear resize {direction}'
+    return f'bilinear resize: {direction}'
   if 'reduce_window' in op_name or 'select_and_scatter' in ' '.join([line] + called):
-    return f'max pool {direction}'
+    return f'max pool: {direction}'
   if 'Dropout' in op_name or 'threefry' in op_name:
     return 'dropout and rng'
   if 'SegmentationModel' in op_name:
-    return f'other model ops (relu, add, concat, mean) {direction}'
+    return f'other model ops (relu, add, concat, mean): {direction}'
   if 'jvp(' in op_name or 'transpose(' in op_name:
     return 'loss'
   return 'optimizer and other' if op_name else 'unattributed'
@@ -178,12 +198,17 @@ def main():
         f'{args.head_channels} OS{args.output_stride}, conv_impl {args.conv_impl}, batch {args.batch} x '
         f'{args.size}x{args.size}, K={args.num_classes}; thunk seconds per call, summed over '
         f'threads, mean of {args.calls} calls: {total / args.calls:.2f} s (wall {wall:.2f} s)')
-  for name, value in families.most_common():
-    print(f'  {name:45s} {value / args.calls:8.3f} s  {100 * value / total:5.1f}%')
+  groups = collections.Counter()
+  for name, value in families.items():
+    groups[name.split(':')[0]] += value
+  for title, table in (('by family', families), ('by group', groups)):
+    print(f' {title}:')
+    for name, value in table.most_common():
+      print(f'  {name:62s} {value / args.calls:8.3f} s  {100 * value / total:5.1f}%')
   for name, value in seconds.most_common(args.top):
     line = hlo.get(name, ('', []))[0]
     window = WINDOW.search(' '.join([line] + hlo.get(name, ('', []))[1]))
-    print(f'  {value / args.calls:7.3f} s  {name:28s} {family(name, hlo):32s} '
+    print(f'  {value / args.calls:7.3f} s  {name:28s} {family(name, hlo):50s} '
           f'{line.split(" = ")[1].split(" ")[0] if " = " in line else ""} '
           f'{window.group(1) if window else ""}')
 

@@ -77,8 +77,25 @@ CASES = [
 ]
 
 
+@pytest.fixture
+def small_taps(monkeypatch):
+  """Lets the tap sum replace convolutions of any size (the default skips small ones)."""
+  monkeypatch.setattr(conv, 'MIN_SAVED_MACS', 0)
+
+
+def test_use_tap_sum():
+  aspp = ((4, 32, 32, 2048), (3, 3, 2048, 256))
+  for rate in (12, 24, 36):
+    assert conv.use_tap_sum(*aspp, (rate, rate), ((rate, rate),) * 2)
+  # layer4 (dilation 4, 84% of the products read the input) keeps the plain convolution.
+  assert not conv.use_tap_sum((4, 32, 32, 512), (3, 3, 512, 512), (4, 4), ((4, 4),) * 2)
+  # A small map: the saving is too small, unless only one tap is left.
+  assert not conv.use_tap_sum((2, 4, 4, 8), (3, 3, 8, 8), (2, 2), ((2, 2),) * 2)
+  assert conv.use_tap_sum((2, 4, 4, 8), (3, 3, 8, 8), (4, 4), ((4, 4),) * 2)
+
+
 @pytest.mark.parametrize('h,w,kernel,stride,dilation,path', CASES)
-def test_matmul_path_equals_lax(h, w, kernel, stride, dilation, path):
+def test_matmul_path_equals_lax(h, w, kernel, stride, dilation, path, small_taps):
   x, k = inputs(h, w, kernel)
   pad = dilation * (kernel - 1) // 2
   padding = ((pad, pad), (pad, pad))
@@ -92,7 +109,7 @@ def test_matmul_path_equals_lax(h, w, kernel, stride, dilation, path):
 
 
 @pytest.mark.parametrize('padding', [((1, 5), (6, 0)), ((2, 3), (3, 3)), ((7, 2), (2, 7))])
-def test_tap_sum_with_asymmetric_padding(padding):
+def test_tap_sum_with_asymmetric_padding(padding, small_taps):
   x, k = inputs(6, 5, 3)
   fast = convolve('matmul', 1, padding, 5)
   assert 'conv_general_dilated' not in str(jax.make_jaxpr(fast)(x, k))
@@ -101,7 +118,7 @@ def test_tap_sum_with_asymmetric_padding(padding):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-def test_padding_only_convolution_is_zero():
+def test_padding_only_convolution_is_zero(small_taps):
   x, k = inputs(3, 3, 3)
   y = convolve('matmul', 1, ((9, 9), (9, 9)), 10)(x, k)
   np.testing.assert_array_equal(y[:, 3:-3, 3:-3], 0.0)
@@ -142,7 +159,7 @@ def test_config_rejects_unknown_conv_impl():
 @pytest.mark.parametrize('name,backbone,size', [
     ('deeplabv3', 'resnet50', (37, 45)), ('deeplabv3plus', 'resnet18', (40, 33)),
     ('deeplabv2', 'resnet18', (33, 40))])
-def test_models_agree_across_conv_impls(name, backbone, size):
+def test_models_agree_across_conv_impls(name, backbone, size, small_taps):
   """Same parameters, and the same logits and parameter gradients of the cross-entropy (train
   mode) with either path. Computed in float64: in float32 the paths' rounding differs by
   about 1e-7 per convolution, which train-mode BatchNorm on these tiny maps amplifies to 1e-2

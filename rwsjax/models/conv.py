@@ -9,20 +9,27 @@ step profile):
 - a stride-1 convolution whose kernel taps mostly read zero padding (atrous convolutions with
   a dilation near or above the feature map size: DeepLabv3's ASPP rates 12, 24, 36 on 32x32
   maps) is a sum over its taps of matrix products, each on the part of the input the tap
-  reaches: taps that reach only padding are skipped, and no product with padding is computed.
+  reaches: taps that reach only padding are skipped, and no product with padding is computed
+  (`use_tap_sum` says when: one tap left, or a large enough saving).
 
 `impl` picks the path: 'lax' always `lax.conv_general_dilated`; 'matmul' the rewrites wherever
 they apply; 'auto' (the default) 'matmul' when JAX's default backend is the CPU, 'lax'
 otherwise, so GPU and TPU programs are unchanged.
 """
+import math
+
 import jax
 from jax import lax
 import jax.numpy as jnp
 
 CONV_IMPLS = ('auto', 'lax', 'matmul')
-# Tap products that read the input, as a fraction of a plain convolution's, at and below
-# which the tap sum replaces it (measured: 0.56 is faster, 0.84 slower; BENCHMARKS.md).
+# The tap sum replaces a convolution that has a single tap left (then it is one matrix
+# product), or where at most this fraction of the plain convolution's products read the input
+# (measured: 0.56 is faster, 0.84 slower; BENCHMARKS.md) ...
 MAX_TAP_FRACTION = 0.7
+# ... and that saves at least this many multiply-adds per call: on small maps the several
+# small products cost more in compile time and per-op overhead than the padding they skip.
+MIN_SAVED_MACS = 10**9
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -63,6 +70,19 @@ def tap_fraction(spatial, kernel_shape, dilation, padding):
   return taps / plain
 
 
+def use_tap_sum(lhs_shape, rhs_shape, dilation, padding):
+  """Whether the tap sum replaces a stride-1 NHWC/HWIO convolution (see MAX_TAP_FRACTION)."""
+  kept = [len(tap_windows(size, kernel, d, pad)) for size, kernel, d, pad
+          in zip(lhs_shape[1:3], rhs_shape[:2], dilation, padding)]
+  if kept[0] * kept[1] == 1:
+    return True
+  fraction = tap_fraction(lhs_shape[1:3], rhs_shape[:2], dilation, padding)
+  outputs = [size + pad[0] + pad[1] - d * (kernel - 1)
+             for size, kernel, d, pad in zip(lhs_shape[1:3], rhs_shape[:2], dilation, padding)]
+  plain_macs = lhs_shape[0] * outputs[0] * outputs[1] * math.prod(rhs_shape)
+  return fraction <= MAX_TAP_FRACTION and (1 - fraction) * plain_macs >= MIN_SAVED_MACS
+
+
 def _matmul(x, w, precision, preferred_element_type):
   """Channel product (..., C) x (C, D) -> (..., D)."""
   return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
@@ -97,8 +117,7 @@ def rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimen
   dilation = tuple(rhs_dilation or (1, 1))
   if rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
     return 'pointwise'
-  if (tuple(window_strides) == (1, 1)
-      and tap_fraction(lhs.shape[1:3], rhs.shape[:2], dilation, padding) <= MAX_TAP_FRACTION):
+  if tuple(window_strides) == (1, 1) and use_tap_sum(lhs.shape, rhs.shape, dilation, padding):
     return 'taps'
   return None
 
