@@ -3,7 +3,7 @@
 Every head is called as `head(features, train=...)` with the dict returned by
 `rwsjax.models.resnet.ResNet` and returns class logits (N, h, w, K) at its own resolution;
 `SegmentationModel` upsamples them to the input size. Dropout needs the rng 'dropout' when
-`train=True`.
+`train=True`. `conv_impl` picks how their convolutions are computed (`rwsjax.models.conv`).
 """
 import functools
 from typing import Any, Sequence

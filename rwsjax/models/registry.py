@@ -77,7 +77,8 @@ def build_backbone(model_cfg):
 
 
 def build_head(model_cfg, num_classes):
-  """The head named by config.model.name, with `head_channels` channels (default 256)."""
+  """The head named by config.model.name, with `head_channels` channels (default 256), in
+  config.model.dtype, convolutions by config.model.conv_impl."""
   name = _choice(model_cfg, 'name', HEAD_NAMES)
   output_stride = _choice(model_cfg, 'output_stride', STAGE_GEOMETRY)
   channels = _positive(model_cfg, 'head_channels', 256, integer=True)
