@@ -33,6 +33,7 @@ import numpy as np
 from rwsjax import train
 from rwsjax.losses import IGNORE_LABEL
 from rwsjax.models import build_model
+from rwsjax.models.conv import CONV_IMPLS
 
 TORCH_BACKBONES = ('resnet50', 'resnet101')
 MOMENTUM, WEIGHT_DECAY, LR, POLY_POWER = 0.9, 1e-4, 0.01, 0.9
@@ -52,11 +53,11 @@ def random_batch(args):
 class JaxRunner:
   """The rwsjax train and eval steps on one resident batch; `train` updates the state."""
 
-  def __init__(self, args, batch):
+  def __init__(self, args, batch, conv_impl=None, compiler_options=None):
     model = build_model({'name': args.name, 'backbone': args.backbone,
                          'output_stride': args.output_stride, 'width': args.width,
-                         'head_channels': args.head_channels, 'dtype': args.dtype},
-                        args.num_classes)
+                         'head_channels': args.head_channels, 'dtype': args.dtype,
+                         'conv_impl': conv_impl or args.conv_impl}, args.num_classes)
     cfg = ml_collections.ConfigDict(dict(lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
                                          poly_power=POLY_POWER, warmup_steps=0))
     tx = train.make_optimizer(cfg, SCHEDULE_STEPS)
@@ -66,8 +67,14 @@ class JaxRunner:
     self.state = train.create_train_state(tx, variables, mesh)
     self.batch = train.to_device(batch, mesh)
     self.rng = jax.random.key(1)
+    self.model = model
     self.train_step = train.make_train_step(train.supervised_loss(model), tx, mesh)
     self.eval_step = train.make_eval_step(model, args.num_classes, mesh)
+    if compiler_options:  # XLA options for these two programs only (compiled here)
+      self.train_step = self.train_step.lower(self.state, self.batch, self.rng, None).compile(
+          compiler_options=compiler_options)
+      self.eval_step = self.eval_step.lower(self.state.variables, self.batch).compile(
+          compiler_options=compiler_options)
 
   def train(self):
     self.state, metrics = self.train_step(self.state, self.batch, self.rng, None)
@@ -148,26 +155,70 @@ def check_torch_args(parser, args):
     parser.error('--vs-torch needs torch and torchvision: pip install -e .[bench]')
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+QUICK = {'width': 0.25, 'head_channels': 64, 'size': 128, 'batch': 8}
+
+
+def add_model_args(parser):
+  """The model and batch flags, defaulting to the realistic case (torchvision's DeepLabv3)."""
   parser.add_argument('--name', default='deeplabv3')
   parser.add_argument('--backbone', default='resnet50')
   parser.add_argument('--output-stride', type=int, default=8)
-  parser.add_argument('--width', type=float, default=0.25)
-  parser.add_argument('--head-channels', type=int, default=64)
+  parser.add_argument('--width', type=float, default=1.0)
+  parser.add_argument('--head-channels', type=int, default=256)
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
-  parser.add_argument('--size', type=int, default=128)
-  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--size', type=int, default=256)
+  parser.add_argument('--batch', type=int, default=4)
   parser.add_argument('--num-classes', type=int, default=21)
+  parser.add_argument('--conv-impl', default='lax', choices=CONV_IMPLS,
+                      help='how the model computes convolutions (rwsjax.models.conv)')
+  parser.add_argument('--quick', action='store_true',
+                      help='the small case for a quick look: ' + ', '.join(
+                          f'--{k.replace("_", "-")} {v}' for k, v in QUICK.items()))
+
+
+def parse_model_args(parser):
+  """`parser.parse_args()` with --quick applied (it overrides the model and batch flags)."""
+  args = parser.parse_args()
+  if args.quick:
+    vars(args).update(QUICK)
+  return args
+
+
+def machine():
+  """CPU model, core count and the 1-minute load average, for the printed header."""
+  model = 'unknown CPU'
+  if os.path.exists('/proc/cpuinfo'):
+    with open('/proc/cpuinfo') as f:
+      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    model = names[0] if names else model
+  return f'{model}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}'
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_model_args(parser)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--vs-torch', action='store_true',
                       help='also time torchvision deeplabv3 (needs torch and torchvision)')
-  args = parser.parse_args()
+  parser.add_argument('--vs-conv-impl', choices=CONV_IMPLS,
+                      help='also time the rwsjax model with this conv_impl, as "jax[IMPL]"')
+  parser.add_argument('--vs-xla-option', action='append', default=[], metavar='NAME=VALUE',
+                      help='also time the rwsjax steps compiled with these XLA options '
+                      '(repeatable; e.g. xla_cpu_experimental_ynn_fusion_type='
+                      'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT), as "jax[xla]"')
+  args = parse_model_args(parser)
   if args.vs_torch:
     check_torch_args(parser, args)
 
+  print(f'start: {machine()}', flush=True)
   batch = random_batch(args)
   runners = {'jax': JaxRunner(args, batch)}
+  if args.vs_conv_impl:
+    runners[f'jax[{args.vs_conv_impl}]'] = JaxRunner(args, batch, args.vs_conv_impl)
+  if args.vs_xla_option:
+    options = dict(option.split('=', 1) for option in args.vs_xla_option)
+    runners['jax[xla]'] = JaxRunner(args, batch, compiler_options=options)
+    print(f'jax[xla]: compiled with {options} (its first call excludes compilation)')
   if args.vs_torch:
     runners['torch'] = TorchRunner(args, batch)
   first = {name: {'train': seconds(r.train), 'eval': seconds(r.eval)}
@@ -181,26 +232,29 @@ def main():
       for name, r in runners.items():
         times[name][kind].append(seconds(getattr(r, kind)))
 
-  print(f'jax {jax.__version__} on {jax.devices()}, {os.cpu_count()} CPU cores visible')
+  print(f'end: {machine()}')
+  print(f'jax {jax.__version__} on {jax.devices()}, XLA_FLAGS='
+        f'{os.environ.get("XLA_FLAGS", "")!r}')
   if args.vs_torch:
     torch = runners['torch'].torch
     print(f'torch {torch.__version__} on {runners["torch"].device}, '
           f'{torch.get_num_threads()} threads')
-  print(f'{args.name}/{args.backbone} width {args.width} head {args.head_channels} '
-        f'OS{args.output_stride} {args.dtype}, batch {args.batch} x {args.size}x{args.size}, '
-        f'K={args.num_classes}, median of {args.repeats}')
+  print(f'{"quick case: " if args.quick else ""}{args.name}/{args.backbone} width {args.width} '
+        f'head {args.head_channels} OS{args.output_stride} {args.dtype}, batch {args.batch} x '
+        f'{args.size}x{args.size}, K={args.num_classes}, jax conv_impl {args.conv_impl}, '
+        f'median of {args.repeats}')
   rate = {}
   for name in runners:
     for kind in ('train', 'eval'):
       median, fastest = np.median(times[name][kind]), np.min(times[name][kind])
       rate[name, kind] = args.batch / median, args.batch / fastest
-      print(f'{name:5s} {kind:5s}: median {median * 1e3:9.1f} ms/step '
+      print(f'{name:10s} {kind:5s}: median {median * 1e3:9.1f} ms/step '
             f'{rate[name, kind][0]:8.2f} images/s; fastest {fastest * 1e3:9.1f} ms/step; '
             f'first call {first[name][kind]:.1f} s')
-  if args.vs_torch:
+  for other in [name for name in runners if name != 'jax']:
     for i, statistic in enumerate(('median', 'fastest')):
-      print(f'ratio jax/torch of images/s ({statistic}): ' + ', '.join(
-          f'{kind} {rate["jax", kind][i] / rate["torch", kind][i]:.2f}'
+      print(f'ratio jax/{other} of images/s ({statistic}): ' + ', '.join(
+          f'{kind} {rate["jax", kind][i] / rate[other, kind][i]:.2f}'
           for kind in ('train', 'eval')))
 
 

@@ -70,7 +70,7 @@ PSA stages (docs/methods.md, ISIM steps 9-11; isimjax.psa), config.psa:
   psa.affinity defaults, PSA's code: 8 epochs, crop 448 x 448, batch 8, crops and flips only
     (scale_mode 'ratio' with scale_range (1, 1)), SGD lr 0.1, momentum 0.9, weight decay
     5e-4; psa.affinity.model follows config.model (backbone, width, frozen_bn, dtype,
-    pretrained) at output_stride 8, where layer2-4 are all at stride 8.
+    conv_impl, pretrained) at output_stride 8, where layer2-4 are all at stride 8.
   psa.final defaults: 50 epochs and 512 x 512 crops (paper Sec. 4.1.7), batch 16, random
     scaling 0.5-2 and flips, SGD lr 0.01, momentum 0.9, weight decay 1e-4; psa.final.model
     follows config.model (also output_stride, head_channels) with name 'deeplabv3' (or
@@ -131,7 +131,7 @@ def psa_config(model):
   psa.rw_crf_iterations = 1
   psa.dense_max_nodes = 4096
   psa.final_labels = 'rw_crf'
-  follow = ('backbone', 'width', 'frozen_bn', 'dtype', 'pretrained')
+  follow = ('backbone', 'width', 'frozen_bn', 'dtype', 'conv_impl', 'pretrained')
   psa.affinity = ml_collections.ConfigDict()
   psa.affinity.epochs = 8
   psa.affinity.model = ml_collections.ConfigDict({k: model.get_ref(k) for k in follow})

@@ -4,7 +4,7 @@ blocks: heads).
 Every head is called as `head(features, train=...)` with the dict returned by
 `rwsjax.models.resnet.ResNet` and returns class logits (N, h, w, K) at its own resolution;
 `SegmentationModel` upsamples them to the input size. Dropout needs the rng 'dropout' when
-`train=True`.
+`train=True`. `conv_impl` picks how their convolutions are computed (`rwsjax.models.conv`).
 """
 import functools
 from typing import Any, Sequence
@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rwsjax.models import conv as conv_lib
 from rwsjax.models.resnet import BN_EPSILON, BN_MOMENTUM, conv2d
 
 UNET_SKIPS = ('layer3', 'layer2', 'layer1', 'stem')
@@ -28,9 +29,11 @@ def resize_bilinear(x, size):
   return jax.image.resize(x, (x.shape[0], *size, x.shape[-1]), 'bilinear')
 
 
-def classifier(num_classes, dtype, name='classifier'):
+def classifier(num_classes, dtype, conv_impl='lax', name='classifier'):
   """1x1 convolution with bias to class logits."""
-  return nn.Conv(num_classes, (1, 1), dtype=dtype, name=name)
+  return nn.Conv(num_classes, (1, 1), dtype=dtype, name=name,
+                 conv_general_dilated=functools.partial(conv_lib.conv_general_dilated,
+                                                        impl=conv_impl))
 
 
 class ConvBNReLU(nn.Module):
@@ -39,10 +42,12 @@ class ConvBNReLU(nn.Module):
   kernel: int = 3
   dilation: int = 1
   dtype: Any = jnp.float32
+  conv_impl: str = 'lax'
 
   @nn.compact
   def __call__(self, x, train):
-    x = conv2d(self.features, self.kernel, dilation=self.dilation, dtype=self.dtype)(x)
+    x = conv2d(self.features, self.kernel, dilation=self.dilation, dtype=self.dtype,
+               conv_impl=self.conv_impl)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                      dtype=self.dtype)(x)
     return nn.relu(x)
@@ -57,10 +62,12 @@ class ASPP(nn.Module):
   rates: Sequence[int]
   channels: int = 256
   dtype: Any = jnp.float32
+  conv_impl: str = 'lax'
 
   @nn.compact
   def __call__(self, x, train):
-    branch = functools.partial(ConvBNReLU, self.channels, dtype=self.dtype)
+    branch = functools.partial(ConvBNReLU, self.channels, dtype=self.dtype,
+                               conv_impl=self.conv_impl)
     outs = [branch(1, name='conv1x1')(x, train)]
     outs += [branch(3, rate, name=f'atrous{i}')(x, train) for i, rate in enumerate(self.rates)]
     pooled = branch(1, name='pool')(jnp.mean(x, axis=(1, 2), keepdims=True), train)
@@ -75,12 +82,15 @@ class DeepLabV3Head(nn.Module):
   rates: Sequence[int]
   channels: int = 256
   dtype: Any = jnp.float32
+  conv_impl: str = 'lax'
 
   @nn.compact
   def __call__(self, features, *, train=False):
-    x = ASPP(self.rates, self.channels, self.dtype, name='aspp')(features['layer4'], train)
-    x = ConvBNReLU(self.channels, 3, dtype=self.dtype, name='conv')(x, train)
-    return classifier(self.num_classes, self.dtype)(x)
+    x = ASPP(self.rates, self.channels, self.dtype, self.conv_impl, name='aspp')(
+        features['layer4'], train)
+    x = ConvBNReLU(self.channels, 3, dtype=self.dtype, conv_impl=self.conv_impl, name='conv')(
+        x, train)
+    return classifier(self.num_classes, self.dtype, self.conv_impl)(x)
 
 
 class DeepLabV3PlusHead(nn.Module):
@@ -91,16 +101,18 @@ class DeepLabV3PlusHead(nn.Module):
   channels: int = 256
   low_level_channels: int = 48
   dtype: Any = jnp.float32
+  conv_impl: str = 'lax'
 
   @nn.compact
   def __call__(self, features, *, train=False):
-    x = ASPP(self.rates, self.channels, self.dtype, name='aspp')(features['layer4'], train)
-    low = ConvBNReLU(self.low_level_channels, 1, dtype=self.dtype, name='low_level')(
-        features['layer1'], train)
+    x = ASPP(self.rates, self.channels, self.dtype, self.conv_impl, name='aspp')(
+        features['layer4'], train)
+    block = functools.partial(ConvBNReLU, dtype=self.dtype, conv_impl=self.conv_impl)
+    low = block(self.low_level_channels, 1, name='low_level')(features['layer1'], train)
     x = jnp.concatenate([resize_bilinear(x, low.shape[1:3]), low], axis=-1)
-    x = ConvBNReLU(self.channels, 3, dtype=self.dtype, name='fuse1')(x, train)
-    x = ConvBNReLU(self.channels, 3, dtype=self.dtype, name='fuse2')(x, train)
-    return classifier(self.num_classes, self.dtype)(x)
+    x = block(self.channels, 3, name='fuse1')(x, train)
+    x = block(self.channels, 3, name='fuse2')(x, train)
+    return classifier(self.num_classes, self.dtype, self.conv_impl)(x)
 
 
 class FCNHead(nn.Module):
@@ -108,13 +120,15 @@ class FCNHead(nn.Module):
   1x1 classifier (the RWS Table II baseline)."""
   num_classes: int
   dtype: Any = jnp.float32
+  conv_impl: str = 'lax'
 
   @nn.compact
   def __call__(self, features, *, train=False):
     x = features['layer4']
-    x = ConvBNReLU(max(1, x.shape[-1] // 4), 3, dtype=self.dtype, name='conv')(x, train)
+    x = ConvBNReLU(max(1, x.shape[-1] // 4), 3, dtype=self.dtype, conv_impl=self.conv_impl,
+                   name='conv')(x, train)
     x = nn.Dropout(0.1, deterministic=not train)(x)
-    return classifier(self.num_classes, self.dtype)(x)
+    return classifier(self.num_classes, self.dtype, self.conv_impl)(x)
 
 
 class UNetHead(nn.Module):
@@ -129,12 +143,14 @@ class UNetHead(nn.Module):
   channels: Sequence[int] = (256, 128, 64, 32)
   upsample: str = 'bilinear'
   dtype: Any = jnp.float32
+  conv_impl: str = 'lax'
 
   @nn.compact
   def __call__(self, features, *, train=False):
     if self.upsample not in UPSAMPLE_MODES:
       raise ValueError(f'UNet upsample {self.upsample!r} is not one of {UPSAMPLE_MODES}.')
     x = features['layer4']
+    block = functools.partial(ConvBNReLU, dtype=self.dtype, conv_impl=self.conv_impl)
     for i, (skip_name, channels) in enumerate(zip(UNET_SKIPS, self.channels)):
       skip = features[skip_name]
       factor = max(1, round(skip.shape[1] / x.shape[1]))
@@ -142,9 +158,9 @@ class UNetHead(nn.Module):
         x = nn.ConvTranspose(channels, (factor, factor), strides=(factor, factor),
                              padding='VALID', dtype=self.dtype, name=f'up{i}')(x)
       x = jnp.concatenate([resize_bilinear(x, skip.shape[1:3]), skip], axis=-1)
-      x = ConvBNReLU(channels, 3, dtype=self.dtype, name=f'decode{i}_conv1')(x, train)
-      x = ConvBNReLU(channels, 3, dtype=self.dtype, name=f'decode{i}_conv2')(x, train)
-    return classifier(self.num_classes, self.dtype)(x)
+      x = block(channels, 3, name=f'decode{i}_conv1')(x, train)
+      x = block(channels, 3, name=f'decode{i}_conv2')(x, train)
+    return classifier(self.num_classes, self.dtype, self.conv_impl)(x)
 
 
 class DeepLabV2Head(nn.Module):
@@ -153,11 +169,12 @@ class DeepLabV2Head(nn.Module):
   num_classes: int
   rates: Sequence[int] = (6, 12, 18, 24)
   dtype: Any = jnp.float32
+  conv_impl: str = 'lax'
 
   @nn.compact
   def __call__(self, features, *, train=False):
     x = features['layer4']
     init = nn.initializers.normal(0.01)
     return sum(conv2d(self.num_classes, 3, dilation=rate, dtype=self.dtype, use_bias=True,
-                      kernel_init=init, name=f'branch{i}')(x)
+                      kernel_init=init, conv_impl=self.conv_impl, name=f'branch{i}')(x)
                for i, rate in enumerate(self.rates))

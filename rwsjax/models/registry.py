@@ -4,6 +4,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rwsjax.models import conv as conv_lib
 from rwsjax.models import heads
 from rwsjax.models.resnet import RESNET_SPECS, STAGE_GEOMETRY, STAGE_NAMES, STEM_STRIDE, ResNet
 
@@ -64,33 +65,37 @@ def feature_strides(model_cfg):
 
 
 def build_backbone(model_cfg):
-  """The ResNet named by config.model (backbone, output_stride, width, frozen_bn, dtype)."""
+  """The ResNet named by config.model (backbone, output_stride, width, frozen_bn, dtype,
+  conv_impl)."""
   return ResNet(
       depth=BACKBONES[_choice(model_cfg, 'backbone', BACKBONES)],
       output_stride=_choice(model_cfg, 'output_stride', STAGE_GEOMETRY),
       width=_positive(model_cfg, 'width', 1.0, integer=False),
       frozen_bn=bool(model_cfg.get('frozen_bn', False)),
-      dtype=DTYPES[_choice(model_cfg, 'dtype', DTYPES, 'float32')])
+      dtype=DTYPES[_choice(model_cfg, 'dtype', DTYPES, 'float32')],
+      conv_impl=_choice(model_cfg, 'conv_impl', conv_lib.CONV_IMPLS, 'lax'))
 
 
 def build_head(model_cfg, num_classes):
-  """The head named by config.model.name, with `head_channels` channels (default 256)."""
+  """The head named by config.model.name, with `head_channels` channels (default 256), in
+  config.model.dtype, convolutions by config.model.conv_impl."""
   name = _choice(model_cfg, 'name', HEAD_NAMES)
   output_stride = _choice(model_cfg, 'output_stride', STAGE_GEOMETRY)
   channels = _positive(model_cfg, 'head_channels', 256, integer=True)
   upsample = _choice(model_cfg, 'upsample', heads.UPSAMPLE_MODES, 'bilinear')
   dtype = DTYPES[_choice(model_cfg, 'dtype', DTYPES, 'float32')]
+  impl = _choice(model_cfg, 'conv_impl', conv_lib.CONV_IMPLS, 'lax')
   if name == 'deeplabv3':
-    return heads.DeepLabV3Head(num_classes, ASPP_RATES[output_stride], channels, dtype)
+    return heads.DeepLabV3Head(num_classes, ASPP_RATES[output_stride], channels, dtype, impl)
   if name == 'deeplabv3plus':
     return heads.DeepLabV3PlusHead(num_classes, ASPP_RATES[output_stride], channels,
-                                   max(1, channels * 48 // 256), dtype)
+                                   max(1, channels * 48 // 256), dtype, impl)
   if name == 'fcn':
-    return heads.FCNHead(num_classes, dtype)
+    return heads.FCNHead(num_classes, dtype, impl)
   if name == 'unet':
     return heads.UNetHead(num_classes, tuple(max(1, channels >> i) for i in range(4)),
-                          upsample, dtype)
-  return heads.DeepLabV2Head(num_classes, dtype=dtype)
+                          upsample, dtype, impl)
+  return heads.DeepLabV2Head(num_classes, dtype=dtype, conv_impl=impl)
 
 
 def build_model(model_cfg: Any, num_classes: int) -> nn.Module:

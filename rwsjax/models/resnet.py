@@ -10,6 +10,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rwsjax.models import conv as conv_lib
+
 STAGE_NAMES = ('layer1', 'layer2', 'layer3', 'layer4')
 # Output stride -> (strides, dilations) of stages 1-4 (docs/methods.md).
 STAGE_GEOMETRY = {
@@ -50,19 +52,24 @@ def block_plan(output_stride, blocks_per_stage):
 
 
 def conv2d(features, kernel, stride=1, dilation=1, *, dtype=jnp.float32, use_bias=False,
-           kernel_init=CONV_INIT, name=None):
-  """PyTorch-style square convolution: symmetric padding `dilation * (kernel - 1) / 2`."""
+           kernel_init=CONV_INIT, conv_impl='lax', name=None):
+  """PyTorch-style square convolution: symmetric padding `dilation * (kernel - 1) / 2`.
+
+  `conv_impl` picks how it is computed (`rwsjax.models.conv`); the parameters are the same.
+  """
   pad = dilation * (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
                  kernel_dilation=dilation, use_bias=use_bias, dtype=dtype,
-                 kernel_init=kernel_init, name=name)
+                 kernel_init=kernel_init, name=name,
+                 conv_general_dilated=functools.partial(conv_lib.conv_general_dilated,
+                                                        impl=conv_impl))
 
 
-def _shortcut(x, channels, stride, dtype, norm):
+def _shortcut(x, channels, stride, dtype, norm, conv_impl):
   """Identity, or torchvision's `downsample` (1x1 conv + BN) when the shape changes."""
   if stride == 1 and x.shape[-1] == channels:
     return x
-  x = conv2d(channels, 1, stride, dtype=dtype, name='downsample_conv')(x)
+  x = conv2d(channels, 1, stride, dtype=dtype, conv_impl=conv_impl, name='downsample_conv')(x)
   return norm(name='downsample_bn')(x)
 
 
@@ -73,14 +80,17 @@ class BasicBlock(nn.Module):
   dilation: int
   norm: Callable[..., nn.Module]
   dtype: Any = jnp.float32
+  conv_impl: str = 'lax'
   expansion = 1
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(conv2d, self.channels, 3, dilation=self.dilation, dtype=self.dtype)
+    conv = functools.partial(conv2d, self.channels, 3, dilation=self.dilation, dtype=self.dtype,
+                             conv_impl=self.conv_impl)
     y = nn.relu(self.norm(name='bn1')(conv(self.stride, name='conv1')(x)))
     y = self.norm(name='bn2')(conv(1, name='conv2')(y))
-    return nn.relu(y + _shortcut(x, self.channels, self.stride, self.dtype, self.norm))
+    return nn.relu(y + _shortcut(x, self.channels, self.stride, self.dtype, self.norm,
+                                 self.conv_impl))
 
 
 class Bottleneck(nn.Module):
@@ -90,17 +100,18 @@ class Bottleneck(nn.Module):
   dilation: int
   norm: Callable[..., nn.Module]
   dtype: Any = jnp.float32
+  conv_impl: str = 'lax'
   expansion = 4
 
   @nn.compact
   def __call__(self, x):
     out = self.channels * self.expansion
-    y = conv2d(self.channels, 1, dtype=self.dtype, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
-    y = conv2d(self.channels, 3, self.stride, self.dilation, dtype=self.dtype, name='conv2')(y)
+    conv = functools.partial(conv2d, dtype=self.dtype, conv_impl=self.conv_impl)
+    y = nn.relu(self.norm(name='bn1')(conv(self.channels, 1, name='conv1')(x)))
+    y = conv(self.channels, 3, self.stride, self.dilation, name='conv2')(y)
     y = nn.relu(self.norm(name='bn2')(y))
-    y = self.norm(name='bn3')(conv2d(out, 1, dtype=self.dtype, name='conv3')(y))
-    return nn.relu(y + _shortcut(x, out, self.stride, self.dtype, self.norm))
+    y = self.norm(name='bn3')(conv(out, 1, name='conv3')(y))
+    return nn.relu(y + _shortcut(x, out, self.stride, self.dtype, self.norm, self.conv_impl))
 
 
 class ResNet(nn.Module):
@@ -122,12 +133,15 @@ class ResNet(nn.Module):
     frozen_bn: BatchNorm always uses (and never updates) its running statistics; its scale
       and bias stay trainable.
     dtype: computation dtype; parameters stay float32.
+    conv_impl: how convolutions are computed, 'auto', 'lax' or 'matmul'
+      (`rwsjax.models.conv`; the same parameters and, up to float rounding, results).
   """
   depth: int = 50
   output_stride: int = 8
   width: float = 1.0
   frozen_bn: bool = False
   dtype: Any = jnp.float32
+  conv_impl: str = 'lax'
 
   @nn.compact
   def __call__(self, x, *, train=False, stage_hook=None):
@@ -140,8 +154,8 @@ class ResNet(nn.Module):
     block = BasicBlock if kind == 'basic' else Bottleneck
     norm = functools.partial(nn.BatchNorm, use_running_average=self.frozen_bn or not train,
                              momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype)
-    x = conv2d(scaled_channels(64, self.width), 7, 2, dtype=self.dtype, name='conv1')(
-        x.astype(self.dtype))
+    x = conv2d(scaled_channels(64, self.width), 7, 2, dtype=self.dtype,
+               conv_impl=self.conv_impl, name='conv1')(x.astype(self.dtype))
     x = nn.relu(norm(name='bn1')(x))
     features = {'stem': x}
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -149,7 +163,8 @@ class ResNet(nn.Module):
     for stage, (name, plan) in enumerate(zip(STAGE_NAMES, plans)):
       channels = scaled_channels(64 * 2**stage, self.width)
       for index, (stride, dilation) in enumerate(plan):
-        x = block(channels, stride, dilation, norm, self.dtype, name=f'{name}_{index}')(x)
+        x = block(channels, stride, dilation, norm, self.dtype, self.conv_impl,
+                  name=f'{name}_{index}')(x)
       x = stage_hook(name, x) if stage_hook is not None else x
       x = self.perturb(name, x)
       self.sow('intermediates', name, x)

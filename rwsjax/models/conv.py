@@ -1,0 +1,146 @@
+"""Convolutions computed as matrix products where XLA:CPU's convolutions are slow.
+
+A drop-in for `lax.conv_general_dilated` (flax `nn.Conv(conv_general_dilated=...)`, same
+parameters) with two rewrites that change results only by float rounding (BENCHMARKS.md, train
+step profile):
+
+- a 1x1 convolution without padding is a matrix product over channels (after a strided slice
+  when it has a stride);
+- a stride-1 convolution whose kernel taps mostly read zero padding (atrous convolutions with
+  a dilation near or above the feature map size: DeepLabv3's ASPP rates 12, 24, 36 on 32x32
+  maps) is a sum over its taps of matrix products, each on the part of the input the tap
+  reaches: taps that reach only padding are skipped, and no product with padding is computed
+  (`use_tap_sum` says when: one tap left, or a large enough saving).
+
+`impl` picks the path (config.model.conv_impl): 'lax' (the default) always
+`lax.conv_general_dilated`; 'matmul' the rewrites wherever they apply; 'auto' 'matmul' when
+JAX's default backend is the CPU, 'lax' otherwise, so GPU and TPU programs are unchanged.
+'lax' stays the default until BENCHMARKS.md shows the rewrites faster at the sizes the CPU
+configs run.
+"""
+import math
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+CONV_IMPLS = ('auto', 'lax', 'matmul')
+# The tap sum replaces a convolution that has a single tap left (then it is one matrix
+# product), or where at most this fraction of the plain convolution's products read the input
+# (measured: 0.56 is faster, 0.84 slower; BENCHMARKS.md) ...
+MAX_TAP_FRACTION = 0.7
+# ... and that saves at least this many multiply-adds per call: on small maps the several
+# small products cost more in compile time and per-op overhead than the padding they skip.
+MIN_SAVED_MACS = 10**9
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def resolve_impl(impl):
+  """'lax' or 'matmul' for `impl` in CONV_IMPLS ('auto': by JAX's default backend)."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'config.model.conv_impl={impl!r} is not one of {list(CONV_IMPLS)}.')
+  if impl == 'auto':
+    return 'matmul' if jax.default_backend() == 'cpu' else 'lax'
+  return impl
+
+
+def tap_windows(size, kernel, dilation, padding):
+  """Per kernel tap along one axis (stride 1): (tap, first output, end output, first input).
+
+  Output i reads input i - low + tap * dilation; the window holds the outputs whose read lands
+  inside [0, size). Taps whose window is empty (they read padding only) are left out.
+  """
+  low, high = padding
+  outputs = size + low + high - dilation * (kernel - 1)
+  windows = []
+  for tap in range(kernel):
+    offset = tap * dilation - low
+    start, end = max(0, -offset), min(outputs, size - offset)
+    if start < end:
+      windows.append((tap, start, end, start + offset))
+  return windows
+
+
+def tap_fraction(spatial, kernel_shape, dilation, padding):
+  """Products of the tap sum over those of the plain convolution (2-D, stride 1)."""
+  taps, plain = 1, 1
+  for size, kernel, d, pad in zip(spatial, kernel_shape, dilation, padding):
+    windows = tap_windows(size, kernel, d, pad)
+    outputs = size + pad[0] + pad[1] - d * (kernel - 1)
+    taps *= sum(end - start for _, start, end, _ in windows)
+    plain *= kernel * outputs
+  return taps / plain
+
+
+def use_tap_sum(lhs_shape, rhs_shape, dilation, padding):
+  """Whether the tap sum replaces a stride-1 NHWC/HWIO convolution (see MAX_TAP_FRACTION)."""
+  kept = [len(tap_windows(size, kernel, d, pad)) for size, kernel, d, pad
+          in zip(lhs_shape[1:3], rhs_shape[:2], dilation, padding)]
+  if kept[0] * kept[1] == 1:
+    return True
+  fraction = tap_fraction(lhs_shape[1:3], rhs_shape[:2], dilation, padding)
+  outputs = [size + pad[0] + pad[1] - d * (kernel - 1)
+             for size, kernel, d, pad in zip(lhs_shape[1:3], rhs_shape[:2], dilation, padding)]
+  plain_macs = lhs_shape[0] * outputs[0] * outputs[1] * math.prod(rhs_shape)
+  return fraction <= MAX_TAP_FRACTION and (1 - fraction) * plain_macs >= MIN_SAVED_MACS
+
+
+def _matmul(x, w, precision, preferred_element_type):
+  """Channel product (..., C) x (C, D) -> (..., D)."""
+  return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
+                         preferred_element_type=preferred_element_type)
+
+
+def tap_sum(lhs, rhs, padding, dilation, precision=None, preferred_element_type=None):
+  """Stride-1 NHWC/HWIO convolution as a sum of per-tap matrix products (module docstring)."""
+  rows = tap_windows(lhs.shape[1], rhs.shape[0], dilation[0], padding[0])
+  cols = tap_windows(lhs.shape[2], rhs.shape[1], dilation[1], padding[1])
+  out_h = lhs.shape[1] + sum(padding[0]) - dilation[0] * (rhs.shape[0] - 1)
+  out_w = lhs.shape[2] + sum(padding[1]) - dilation[1] * (rhs.shape[1] - 1)
+  dtype = preferred_element_type or lhs.dtype
+  total = jnp.zeros((lhs.shape[0], out_h, out_w, rhs.shape[-1]), dtype)
+  for ty, y0, y1, iy in rows:
+    for tx, x0, x1, ix in cols:
+      window = lhs[:, iy:iy + y1 - y0, ix:ix + x1 - x0]
+      part = _matmul(window, rhs[ty, tx], precision, preferred_element_type)
+      total = total + jnp.pad(part, ((0, 0), (y0, out_h - y1), (x0, out_w - x1), (0, 0)))
+  return total
+
+
+def rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count):
+  """'pointwise', 'taps' or None: which rewrite applies to this convolution."""
+  if (lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1
+      or isinstance(padding, str) or any(d != 1 for d in lhs_dilation or (1, 1))
+      or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+      != lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)):
+    return None
+  padding = tuple(tuple(p) for p in padding)
+  dilation = tuple(rhs_dilation or (1, 1))
+  if rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
+    return 'pointwise'
+  if tuple(window_strides) == (1, 1) and use_tap_sum(lhs.shape, rhs.shape, dilation, padding):
+    return 'taps'
+  return None
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None, *,
+                         impl='lax'):
+  """`lax.conv_general_dilated`, or its matrix-product rewrite (module docstring)."""
+  path = None
+  if resolve_impl(impl) == 'matmul':
+    path = rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                   dimension_numbers, feature_group_count, batch_group_count)
+  if path == 'pointwise':
+    sy, sx = window_strides
+    return _matmul(lhs[:, ::sy, ::sx], rhs[0, 0], precision, preferred_element_type)
+  if path == 'taps':
+    return tap_sum(lhs, rhs, tuple(tuple(p) for p in padding), tuple(rhs_dilation or (1, 1)),
+                   precision, preferred_element_type)
+  return lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type)

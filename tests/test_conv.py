@@ -1,0 +1,194 @@
+"""Tests for rwsjax.models.conv: the matrix-product convolutions equal lax's, forward and
+gradients, and the models built with either give the same outputs and gradients."""
+import itertools
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from rwsjax import losses
+from rwsjax import models
+from rwsjax.models import conv
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def reads(size, kernel, dilation, padding):
+  """Brute force: per tap, the outputs whose input read lands in [0, size), and the first."""
+  low, high = padding
+  outputs = size + low + high - dilation * (kernel - 1)
+  found = []
+  for tap in range(kernel):
+    inside = [i for i in range(outputs) if 0 <= i - low + tap * dilation < size]
+    if inside:
+      found.append((tap, inside[0], inside[-1] + 1, inside[0] - low + tap * dilation))
+      assert inside == list(range(inside[0], inside[-1] + 1))
+  return found
+
+
+@pytest.mark.parametrize('size,kernel,dilation,padding', [
+    (1, 3, 1, (1, 1)), (5, 3, 2, (2, 2)), (7, 3, 6, (6, 6)), (7, 3, 7, (7, 7)),
+    (32, 3, 36, (36, 36)), (9, 5, 3, (6, 6)), (10, 3, 4, (1, 7)), (6, 7, 1, (3, 3)),
+    (4, 3, 2, (0, 0)), (8, 3, 5, (5, 0))])
+def test_tap_windows_match_brute_force(size, kernel, dilation, padding):
+  assert conv.tap_windows(size, kernel, dilation, padding) == reads(size, kernel, dilation,
+                                                                    padding)
+
+
+def test_tap_fraction():
+  # ASPP on a 32x32 map: rate 12 keeps (32 + 20 + 20)^2 of 9 * 32^2 products, rate 36 one tap.
+  assert conv.tap_fraction((32, 32), (3, 3), (12, 12), ((12, 12),) * 2) == pytest.approx(
+      72**2 / (9 * 32**2))
+  assert conv.tap_fraction((32, 32), (3, 3), (36, 36), ((36, 36),) * 2) == pytest.approx(1 / 9)
+  assert conv.tap_fraction((5, 5), (3, 3), (1, 1), ((0, 0),) * 2) == 1.0
+
+
+def convolve(impl, stride, padding, dilation, lhs_dilation=(1, 1), groups=1, dims=NHWC):
+  def fn(x, w):
+    numbers = lax.conv_dimension_numbers(x.shape, w.shape, dims)
+    return conv.conv_general_dilated(x, w, (stride, stride), padding, lhs_dilation,
+                                     (dilation, dilation), numbers, groups, impl=impl)
+  return fn
+
+
+def values_and_grads(fn, x, w):
+  y, vjp = jax.vjp(fn, x, w)
+  cotangent = jax.random.normal(jax.random.key(3), y.shape)
+  return (y,) + vjp(cotangent)
+
+
+def inputs(h, w, kernel, cin=5, cout=4, seed=0):
+  kx, kw = jax.random.split(jax.random.key(seed))
+  return (jax.random.normal(kx, (2, h, w, cin)),
+          jax.random.normal(kw, (kernel, kernel, cin, cout)))
+
+
+# (height, width, kernel, stride, dilation, path): PyTorch-style symmetric padding
+# dilation * (kernel - 1) / 2, odd and even sizes, dilations below, at and above the size.
+CASES = [
+    (9, 6, 1, 1, 1, 'matmul'), (9, 7, 1, 2, 1, 'matmul'), (5, 5, 1, 3, 1, 'matmul'),
+    (7, 5, 3, 1, 6, 'matmul'), (5, 5, 3, 1, 12, 'matmul'), (11, 13, 3, 1, 8, 'matmul'),
+    (4, 4, 3, 1, 3, 'matmul'), (3, 4, 3, 1, 1, 'matmul'), (2, 2, 7, 1, 1, 'matmul'),
+    (9, 11, 3, 1, 2, 'conv'), (12, 12, 3, 1, 1, 'conv'), (13, 9, 3, 2, 1, 'conv'),
+    (10, 10, 3, 2, 4, 'conv'), (16, 16, 7, 2, 1, 'conv'),
+]
+
+
+@pytest.fixture
+def small_taps(monkeypatch):
+  """Lets the tap sum replace convolutions of any size (the default skips small ones)."""
+  monkeypatch.setattr(conv, 'MIN_SAVED_MACS', 0)
+
+
+def test_use_tap_sum():
+  aspp = ((4, 32, 32, 2048), (3, 3, 2048, 256))
+  for rate in (12, 24, 36):
+    assert conv.use_tap_sum(*aspp, (rate, rate), ((rate, rate),) * 2)
+  # layer4 (dilation 4, 84% of the products read the input) keeps the plain convolution.
+  assert not conv.use_tap_sum((4, 32, 32, 512), (3, 3, 512, 512), (4, 4), ((4, 4),) * 2)
+  # A small map: the saving is too small, unless only one tap is left.
+  assert not conv.use_tap_sum((2, 4, 4, 8), (3, 3, 8, 8), (2, 2), ((2, 2),) * 2)
+  assert conv.use_tap_sum((2, 4, 4, 8), (3, 3, 8, 8), (4, 4), ((4, 4),) * 2)
+
+
+@pytest.mark.parametrize('h,w,kernel,stride,dilation,path', CASES)
+def test_matmul_path_equals_lax(h, w, kernel, stride, dilation, path, small_taps):
+  x, k = inputs(h, w, kernel)
+  pad = dilation * (kernel - 1) // 2
+  padding = ((pad, pad), (pad, pad))
+  fast = convolve('matmul', stride, padding, dilation)
+  ops = str(jax.make_jaxpr(fast)(x, k))
+  assert ('conv_general_dilated' in ops) == (path == 'conv')
+  expected = values_and_grads(convolve('lax', stride, padding, dilation), x, k)
+  for got, want in zip(values_and_grads(fast, x, k), expected):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('padding', [((1, 5), (6, 0)), ((2, 3), (3, 3)), ((7, 2), (2, 7))])
+def test_tap_sum_with_asymmetric_padding(padding, small_taps):
+  x, k = inputs(6, 5, 3)
+  fast = convolve('matmul', 1, padding, 5)
+  assert 'conv_general_dilated' not in str(jax.make_jaxpr(fast)(x, k))
+  expected = values_and_grads(convolve('lax', 1, padding, 5), x, k)
+  for got, want in zip(values_and_grads(fast, x, k), expected):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_padding_only_convolution_is_zero(small_taps):
+  x, k = inputs(3, 3, 3)
+  y = convolve('matmul', 1, ((9, 9), (9, 9)), 10)(x, k)
+  np.testing.assert_array_equal(y[:, 3:-3, 3:-3], 0.0)
+  np.testing.assert_allclose(y, convolve('lax', 1, ((9, 9), (9, 9)), 10)(x, k), atol=1e-5)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(lhs_dilation=(2, 2)), dict(groups=5, cout=5), dict(dims=('NCHW', 'OIHW', 'NCHW'))])
+def test_other_convolutions_stay_lax(kwargs):
+  cout = kwargs.pop('cout', 4)
+  groups = kwargs.get('groups', 1)
+  kx, kw = jax.random.split(jax.random.key(1))
+  x = jax.random.normal(kx, (2, 5, 5, 5))
+  w = jax.random.normal(kw, (1, 1, 5 // groups, cout))
+  if 'dims' in kwargs:
+    w = jnp.transpose(w, (3, 2, 0, 1))
+  fast = convolve('matmul', 1, ((0, 0), (0, 0)), 1, **kwargs)
+  assert 'conv_general_dilated' in str(jax.make_jaxpr(fast)(x, w))
+  np.testing.assert_array_equal(fast(x, w), convolve('lax', 1, ((0, 0), (0, 0)), 1, **kwargs)(x, w))
+
+
+def test_auto_follows_the_default_backend(monkeypatch):
+  assert conv.resolve_impl('auto') == 'matmul'  # the tests run on CPU
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert conv.resolve_impl('auto') == 'lax'
+  assert conv.resolve_impl('matmul') == 'matmul'
+  with pytest.raises(ValueError, match='conv_impl'):
+    conv.resolve_impl('fast')
+
+
+def test_config_rejects_unknown_conv_impl():
+  cfg = ml_collections.ConfigDict(dict(name='deeplabv3', backbone='resnet18', output_stride=8,
+                                       width=0.125, head_channels=8, conv_impl='fast'))
+  with pytest.raises(ValueError, match='conv_impl'):
+    models.build_model(cfg, 3)
+
+
+@pytest.mark.parametrize('name,backbone,size', [
+    ('deeplabv3', 'resnet50', (37, 45)), ('deeplabv3plus', 'resnet18', (40, 33)),
+    ('deeplabv2', 'resnet18', (33, 40))])
+def test_models_agree_across_conv_impls(name, backbone, size, small_taps):
+  """Same parameters, and the same logits and parameter gradients of the cross-entropy (train
+  mode) with either path. Computed in float64: in float32 the paths' rounding differs by
+  about 1e-7 per convolution, which train-mode BatchNorm on these tiny maps amplifies to 1e-2
+  in some gradients; in float64 any real difference would still show."""
+  with jax.enable_x64(True):
+    built = {}
+    for impl in ('lax', 'matmul'):
+      model = models.build_model(ml_collections.ConfigDict(dict(
+          name=name, backbone=backbone, output_stride=8, width=0.125, head_channels=8,
+          conv_impl=impl)), 3)
+      built[impl] = model.clone(backbone=model.backbone.clone(dtype=jnp.float64),
+                                head=model.head.clone(dtype=jnp.float64))
+    x = jax.random.normal(jax.random.key(0), (2, *size, 3), jnp.float64)
+    labels = jax.random.randint(jax.random.key(1), (2, *size), 0, 3)
+    variables = jax.jit(built['lax'].init)(jax.random.key(2), x)
+    other = jax.jit(built['matmul'].init)(jax.random.key(2), x)
+    assert jax.tree.structure(variables) == jax.tree.structure(other)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(other)):
+      np.testing.assert_array_equal(a, b)
+    variables = jax.tree.map(lambda v: v.astype(jnp.float64), variables)
+
+    def logits_and_grads(model):
+      def loss(params):
+        logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                                mutable=['batch_stats'], rngs={'dropout': jax.random.key(4)})
+        return losses.cross_entropy(logits.astype(jnp.float64), labels), logits
+      return jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
+
+    got, want = logits_and_grads(built['matmul']), logits_and_grads(built['lax'])
+    for a, b in itertools.zip_longest(jax.tree.leaves(got), jax.tree.leaves(want)):
+      scale = float(jnp.max(jnp.abs(b)))
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8 * max(scale, 1.0))
