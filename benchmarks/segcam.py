@@ -152,7 +152,7 @@ def main():
   parser.add_argument('--classes', type=int, default=6, help='classes per image')
   parser.add_argument('--num-classes', type=int, default=21)
   parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--conv-impl', default='lax', choices=CONV_IMPLS,
+  parser.add_argument('--conv-impl', default='auto', choices=CONV_IMPLS,
                       help='how the model computes convolutions (rwsjax.models.conv)')
   parser.add_argument('--vs-conv-impl', choices=CONV_IMPLS,
                       help='also time the all-class path with this conv_impl')

@@ -169,7 +169,7 @@ def add_model_args(parser):
   parser.add_argument('--size', type=int, default=256)
   parser.add_argument('--batch', type=int, default=4)
   parser.add_argument('--num-classes', type=int, default=21)
-  parser.add_argument('--conv-impl', default='lax', choices=CONV_IMPLS,
+  parser.add_argument('--conv-impl', default='auto', choices=CONV_IMPLS,
                       help='how the model computes convolutions (rwsjax.models.conv)')
   parser.add_argument('--quick', action='store_true',
                       help='the small case for a quick look: ' + ', '.join(

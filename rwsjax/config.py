@@ -57,7 +57,7 @@ def base_config():
   c.model.frozen_bn = False
   c.model.upsample = "bilinear"     # UNet decoder: bilinear | learnable
   c.model.dtype = "float32"         # compute dtype: float32 | bfloat16
-  c.model.conv_impl = "lax"         # lax | matmul | auto (matmul on CPU, lax elsewhere)
+  c.model.conv_impl = "auto"        # auto (matmul on CPU, lax elsewhere) | lax | matmul
   c.model.pretrained = config_dict.placeholder(str)  # torchvision ResNet state dict (.npz/.pth)
 
   c.train = ml_collections.ConfigDict()

@@ -12,11 +12,9 @@ step profile):
   reaches: taps that reach only padding are skipped, and no product with padding is computed
   (`use_tap_sum` says when: one tap left, or a large enough saving).
 
-`impl` picks the path (config.model.conv_impl): 'lax' (the default) always
-`lax.conv_general_dilated`; 'matmul' the rewrites wherever they apply; 'auto' 'matmul' when
-JAX's default backend is the CPU, 'lax' otherwise, so GPU and TPU programs are unchanged.
-'lax' stays the default until BENCHMARKS.md shows the rewrites faster at the sizes the CPU
-configs run.
+`impl` picks the path (config.model.conv_impl): 'lax' always `lax.conv_general_dilated`;
+'matmul' the rewrites wherever they apply; 'auto' (the default) 'matmul' when JAX's default
+backend is the CPU, 'lax' otherwise, so GPU and TPU programs are unchanged.
 """
 import math
 
@@ -127,7 +125,7 @@ def rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimen
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None, *,
-                         impl='lax'):
+                         impl='auto'):
   """`lax.conv_general_dilated`, or its matrix-product rewrite (module docstring)."""
   path = None
   if resolve_impl(impl) == 'matmul':

@@ -29,7 +29,7 @@ def resize_bilinear(x, size):
   return jax.image.resize(x, (x.shape[0], *size, x.shape[-1]), 'bilinear')
 
 
-def classifier(num_classes, dtype, conv_impl='lax', name='classifier'):
+def classifier(num_classes, dtype, conv_impl='auto', name='classifier'):
   """1x1 convolution with bias to class logits."""
   return nn.Conv(num_classes, (1, 1), dtype=dtype, name=name,
                  conv_general_dilated=functools.partial(conv_lib.conv_general_dilated,
@@ -42,7 +42,7 @@ class ConvBNReLU(nn.Module):
   kernel: int = 3
   dilation: int = 1
   dtype: Any = jnp.float32
-  conv_impl: str = 'lax'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train):
@@ -62,7 +62,7 @@ class ASPP(nn.Module):
   rates: Sequence[int]
   channels: int = 256
   dtype: Any = jnp.float32
-  conv_impl: str = 'lax'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train):
@@ -82,7 +82,7 @@ class DeepLabV3Head(nn.Module):
   rates: Sequence[int]
   channels: int = 256
   dtype: Any = jnp.float32
-  conv_impl: str = 'lax'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, features, *, train=False):
@@ -101,7 +101,7 @@ class DeepLabV3PlusHead(nn.Module):
   channels: int = 256
   low_level_channels: int = 48
   dtype: Any = jnp.float32
-  conv_impl: str = 'lax'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, features, *, train=False):
@@ -120,7 +120,7 @@ class FCNHead(nn.Module):
   1x1 classifier (the RWS Table II baseline)."""
   num_classes: int
   dtype: Any = jnp.float32
-  conv_impl: str = 'lax'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, features, *, train=False):
@@ -143,7 +143,7 @@ class UNetHead(nn.Module):
   channels: Sequence[int] = (256, 128, 64, 32)
   upsample: str = 'bilinear'
   dtype: Any = jnp.float32
-  conv_impl: str = 'lax'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, features, *, train=False):
@@ -169,7 +169,7 @@ class DeepLabV2Head(nn.Module):
   num_classes: int
   rates: Sequence[int] = (6, 12, 18, 24)
   dtype: Any = jnp.float32
-  conv_impl: str = 'lax'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, features, *, train=False):

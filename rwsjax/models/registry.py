@@ -73,7 +73,7 @@ def build_backbone(model_cfg):
       width=_positive(model_cfg, 'width', 1.0, integer=False),
       frozen_bn=bool(model_cfg.get('frozen_bn', False)),
       dtype=DTYPES[_choice(model_cfg, 'dtype', DTYPES, 'float32')],
-      conv_impl=_choice(model_cfg, 'conv_impl', conv_lib.CONV_IMPLS, 'lax'))
+      conv_impl=_choice(model_cfg, 'conv_impl', conv_lib.CONV_IMPLS, 'auto'))
 
 
 def build_head(model_cfg, num_classes):
@@ -84,7 +84,7 @@ def build_head(model_cfg, num_classes):
   channels = _positive(model_cfg, 'head_channels', 256, integer=True)
   upsample = _choice(model_cfg, 'upsample', heads.UPSAMPLE_MODES, 'bilinear')
   dtype = DTYPES[_choice(model_cfg, 'dtype', DTYPES, 'float32')]
-  impl = _choice(model_cfg, 'conv_impl', conv_lib.CONV_IMPLS, 'lax')
+  impl = _choice(model_cfg, 'conv_impl', conv_lib.CONV_IMPLS, 'auto')
   if name == 'deeplabv3':
     return heads.DeepLabV3Head(num_classes, ASPP_RATES[output_stride], channels, dtype, impl)
   if name == 'deeplabv3plus':

@@ -52,7 +52,7 @@ def block_plan(output_stride, blocks_per_stage):
 
 
 def conv2d(features, kernel, stride=1, dilation=1, *, dtype=jnp.float32, use_bias=False,
-           kernel_init=CONV_INIT, conv_impl='lax', name=None):
+           kernel_init=CONV_INIT, conv_impl='auto', name=None):
   """PyTorch-style square convolution: symmetric padding `dilation * (kernel - 1) / 2`.
 
   `conv_impl` picks how it is computed (`rwsjax.models.conv`); the parameters are the same.
@@ -80,7 +80,7 @@ class BasicBlock(nn.Module):
   dilation: int
   norm: Callable[..., nn.Module]
   dtype: Any = jnp.float32
-  conv_impl: str = 'lax'
+  conv_impl: str = 'auto'
   expansion = 1
 
   @nn.compact
@@ -100,7 +100,7 @@ class Bottleneck(nn.Module):
   dilation: int
   norm: Callable[..., nn.Module]
   dtype: Any = jnp.float32
-  conv_impl: str = 'lax'
+  conv_impl: str = 'auto'
   expansion = 4
 
   @nn.compact
@@ -141,7 +141,7 @@ class ResNet(nn.Module):
   width: float = 1.0
   frozen_bn: bool = False
   dtype: Any = jnp.float32
-  conv_impl: str = 'lax'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, *, train=False, stage_hook=None):
