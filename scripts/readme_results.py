@@ -117,17 +117,17 @@ def table(title, rows, seeds):
   return "\n".join(lines)
 
 
-def rws_experiment(name, config, out, seeds, mode):
+def rws_experiment(name, config, out, seeds, mode, controls=True):
   """The main run and every control of one RWS config, per seed; the table and T lines."""
-  main, controls = [], {label: [] for label, _, _ in RWS_CONTROLS}
+  main, control_runs = [], {label: [] for label, _, _ in RWS_CONTROLS}
   for seed in seeds:
     main_dir = os.path.join(out, name, f"seed{seed}", "rws")
     main.append(run(launch_command(config, main_dir, seed), main_dir, mode))
-    for label, level, overrides in RWS_CONTROLS:
+    for label, level, overrides in RWS_CONTROLS if controls else ():
       workdir = os.path.join(out, name, f"seed{seed}", control_name(overrides))
       if mode == "run":
         copy_shared(main_dir, workdir, level)
-      controls[label].append(run(launch_command(config, workdir, seed,
+      control_runs[label].append(run(launch_command(config, workdir, seed,
                                                 (*overrides, "--config.rws.baseline=False")),
                                  workdir, mode))
   main_runs = [s for s in main if s is not None]
@@ -142,10 +142,10 @@ def rws_experiment(name, config, out, seeds, mode):
            miou(main, "baseline")),
           ("RWS plain (the refined network alone)", miou(main, "rws_plain")),
           ("**RWS fused (the RWS network)**", miou(main, "rws_fused"))]
-  rows += [(f"RWS fused, {label}", miou(controls[label], "rws_fused"))
-           for label, _, _ in RWS_CONTROLS]
-  rows += [(f"RWS plain, {label}", miou(controls[label], "rws_plain"))
-           for label, _, _ in RWS_CONTROLS]
+  rows += [(f"RWS fused, {label}", miou(control_runs[label], "rws_fused"))
+           for label, _, _ in RWS_CONTROLS if control_runs[label]]
+  rows += [(f"RWS plain, {label}", miou(control_runs[label], "rws_plain"))
+           for label, _, _ in RWS_CONTROLS if control_runs[label]]
   first = [s["rounds"][0] for s in main_runs]
   thresholds = " / ".join(f"{r['threshold']:.3f}" for r in first)
   shares = " / ".join(f"{r['weak_share']:.1%}" for r in first)
@@ -173,6 +173,8 @@ def main():
   parser.add_argument("--only", default=",".join(names),
                       help="comma-separated experiments: " + ", ".join(names))
   parser.add_argument("--list", action="store_true", help="print the commands, run nothing")
+  parser.add_argument("--main-only", action="store_true",
+                      help="the RWS experiments' main runs only, without the controls")
   parser.add_argument("--report", action="store_true",
                       help="print the tables of the runs that exist, run nothing")
   args = parser.parse_args()
@@ -182,7 +184,8 @@ def main():
   single = {name: (config, overrides) for name, config, overrides in SINGLE_RUNS}
   for name in args.only.split(","):
     if name in RWS_EXPERIMENTS:
-      text = rws_experiment(name, RWS_EXPERIMENTS[name], out, seeds, mode)
+      text = rws_experiment(name, RWS_EXPERIMENTS[name], out, seeds, mode,
+                            controls=not args.main_only)
     elif name in single:
       text = single_run(name, *single[name], out, mode)
     else:
