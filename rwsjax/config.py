@@ -47,6 +47,7 @@ def base_config():
   c.input.mean = IMAGENET_MEAN
   c.input.std = IMAGENET_STD
   c.input.eval_pad_size = config_dict.placeholder(tuple)  # pad eval images to (h, w)
+  c.input.eval_max_long_side = config_dict.placeholder(int)  # shrink larger eval images
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "deeplabv3"        # deeplabv3 | deeplabv3plus | fcn | unet | deeplabv2
