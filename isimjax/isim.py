@@ -42,10 +42,10 @@ from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
 from rwsjax import models
 from rwsjax import preflight
-from rwsjax import supervised
+from rwsjax import stages
 from rwsjax import train
 from rwsjax.losses import IGNORE_LABEL
-from rwsjax.progress import MetricWriter, write_json
+from rwsjax.progress import MetricWriter
 from rwsjax.record import write_results
 
 # Generic fields ISIM never reads (`preflight.check_overrides`), and what it reads instead.
@@ -91,7 +91,7 @@ class Context:
   @functools.cached_property
   def initial_variables(self):
     """Initial variables shared by ISIM and the baseline (same seed, same start)."""
-    return supervised.initial_variables(self.model, self.config, self.rng)
+    return stages.initial_variables(self.model, self.config, self.rng)
 
 
 def check_config(config):
@@ -468,7 +468,7 @@ def finished_steps(workdir, stage):
 
 
 def trained_predictor(config, workdir, mesh):
-  """The `supervised.Predictor` of the finished run in `workdir`: the final segmentation model
+  """The `stages.Predictor` of the finished run in `workdir`: the final segmentation model
   trained on the random-walk labels when the PSA stages run, else the ISIM model's
   segmentation output."""
   k = config.dataset.num_classes
@@ -478,7 +478,7 @@ def trained_predictor(config, workdir, mesh):
     stage, steps = psa.FINAL_STAGE, finished_steps(workdir, 'psa_final')
     tx = train.make_optimizer(sub.train, steps)
     title = f'{psa.final_title(config)} on the {model_title(config.model)} + PSA labels'
-    predict_fn = supervised.model_predict_fn(model)
+    predict_fn = stages.model_predict_fn(model)
   else:
     sub = config
     model = cam_models.build_cam_model(config.model, k)
@@ -489,29 +489,28 @@ def trained_predictor(config, workdir, mesh):
   variables = train.finished_variables(
       workdir=workdir, stage=stage, model=model, tx=tx, total_steps=steps,
       image_shape=(1, *sub.input.crop_size, 3), rng=jax.random.key(config.seed), mesh=mesh)
-  return supervised.Predictor(predict_fn, variables, title, sub)
+  return stages.Predictor(predict_fn, variables, title, sub)
 
 
-def run(config, workdir, stages=None):
-  """Runs `stages` (default `STAGES`) in order, skipping finished ones; returns
+def _timed(name, stage_fn, ctx, results):
+  """`stage_fn(ctx, results)` with its wall time under 'seconds'."""
+  start = time.perf_counter()
+  logging.info('Stage %s.', name)
+  return dict(stage_fn(ctx, results), seconds=time.perf_counter() - start)
+
+
+def run(config, workdir, stage_list=None):
+  """Runs `stage_list` (default `STAGES`) in order, skipping finished ones; returns
   {stage name: result}."""
   preflight.for_training(config, workdir, check_config, model_configs(config))
   ctx = make_context(config, workdir)
   results = {}
-  for name, stage_fn in stages or STAGES:
+  for name, stage_fn in stage_list or STAGES:
     if ((name in OPTIONAL and not config.isim.baseline)
         or (name in PSA_STAGES and not config.psa.enabled)):
       continue
-    path = _stage_path(workdir, name)
-    if os.path.exists(path):
-      with open(path) as f:
-        results[name] = json.load(f)
-      logging.info('Stage %s: done in an earlier run (%s).', name, path)
-      continue
-    start = time.perf_counter()
-    logging.info('Stage %s.', name)
-    results[name] = dict(stage_fn(ctx, results), seconds=time.perf_counter() - start)
-    write_json(path, results[name])
+    results[name] = stages.run_stage(f'Stage {name}', _stage_path(workdir, name),
+                                     functools.partial(_timed, name, stage_fn, ctx, results))
   if 'report' in results:
     logging.info('ISIM results:\n%s', results['report']['table'])
   return results

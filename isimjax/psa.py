@@ -34,7 +34,7 @@ from isimjax import self_train
 from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import models
-from rwsjax import supervised
+from rwsjax import stages
 from rwsjax import train
 
 AFFINITY_STAGE = 'psa_affinity'  # checkpoint directory of AffinityNet
@@ -153,7 +153,7 @@ def affinity_labels(ctx, isim_variables):
 def affinity_batches(source, sub, mesh, *, seed, label_source):
   """`batches(start_step)` of augmented images whose affinity labels are scaled, cropped and
   flipped with them at image size, then reduced to stride 8 (`affinity.downsample_labels`)."""
-  batches = supervised.train_batches(source, sub, mesh, seed=seed, label_source=label_source)
+  batches = stages.train_batches(source, sub, mesh, seed=seed, label_source=label_source)
 
   def reduce(batch):
     return dict(batch, label=affinity.downsample_labels(batch['label'], affinity.FEATURE_STRIDE))
@@ -196,7 +196,7 @@ def train_affinity(ctx, isim_variables):
   if psa_cfg.init == 'isim':
     sub.model.pretrained = None
   rng = jax.random.fold_in(ctx.rng, _SEEDS[AFFINITY_STAGE])
-  variables = supervised.initial_variables(model, sub, rng)
+  variables = stages.initial_variables(model, sub, rng)
   if psa_cfg.init == 'isim':
     variables = _with_backbone(variables, isim_variables)
   batches = affinity_batches(ctx.train_source, sub, ctx.mesh, seed=ctx.config.seed,
@@ -271,17 +271,17 @@ def train_final(ctx):
   model = models.build_model(sub.model, ctx.num_classes)
   total = epoch_steps(sub, ctx.train_source, config.psa.final.epochs)
   rng = jax.random.fold_in(ctx.rng, _SEEDS[FINAL_STAGE])
-  batches = supervised.train_batches(ctx.train_source, sub, ctx.mesh, seed=config.seed,
-                                     label_source=label_store(ctx, config.psa.final_labels))
+  batches = stages.train_batches(ctx.train_source, sub, ctx.mesh, seed=config.seed,
+                                 label_source=label_store(ctx, config.psa.final_labels))
   state = train.train_stage(
       workdir=ctx.workdir, stage=FINAL_STAGE, loss_fn=train.supervised_loss(model),
       tx=train.make_optimizer(sub.train, total),
-      variables=supervised.initial_variables(model, sub, rng), batches=batches,
+      variables=stages.initial_variables(model, sub, rng), batches=batches,
       total_steps=total, train_cfg=sub.train, mesh=ctx.mesh, rng=rng, writer=ctx.writer)
-  confusion = supervised.evaluate_model(model, state.variables, ctx.eval_source, sub, ctx.mesh)
+  confusion = stages.evaluate_model(model, state.variables, ctx.eval_source, sub, ctx.mesh)
   if jax.process_index() == 0:
-    supervised.save_prediction_figure(os.path.join(ctx.workdir, 'psa_final_predictions.png'),
-                                      model, state.variables, ctx.eval_source, sub)
+    stages.save_prediction_figure(os.path.join(ctx.workdir, 'psa_final_predictions.png'),
+                                  model, state.variables, ctx.eval_source, sub)
   return {'model': final_title(config), 'labels': config.psa.final_labels,
           'steps': int(state.step),
           config.dataset.eval_split: evaluate_lib.summarize(confusion,

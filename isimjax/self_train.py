@@ -23,7 +23,7 @@ import numpy as np
 from isimjax import losses
 from isimjax import pseudo
 from rwsjax import models
-from rwsjax import supervised
+from rwsjax import stages
 from rwsjax import train
 from rwsjax.progress import write_json
 
@@ -289,8 +289,8 @@ def self_train(config, workdir, *, stage, model, variables, train_source, mesh, 
       if int(state.step) < stop:
         if kind not in steps:
           steps[kind] = train.make_train_step(loss_fns[kind], tx, mesh)
-        batches = supervised.train_batches(train_source, config, mesh, seed=config.seed,
-                                           label_source=store)
+        batches = stages.train_batches(train_source, config, mesh, seed=config.seed,
+                                       label_source=store)
         state = train.fit(state=state, train_step=steps[kind], batches=batches,
                           total_steps=total_steps, rng=rng, checkpointer=checkpointer,
                           writer=writer, stage=stage, log_every=config.train.log_every,

@@ -1,7 +1,7 @@
 """Using a finished run: evaluate it again, or segment a folder of images
 (`launch.py --mode=evaluate | predict`), for every pipeline.
 
-A pipeline module gives its final product as a `supervised.Predictor` (`trained_predictor`):
+A pipeline module gives its final product as a `stages.Predictor` (`trained_predictor`):
 the supervised model, the RWS network (or the refined network alone, config.rws.inference),
 ISIM's final segmentation model. This module evaluates and applies it; nothing here depends on
 the pipeline.
@@ -34,7 +34,7 @@ from rwsjax import figures
 from rwsjax import models
 from rwsjax import preflight
 from rwsjax import record
-from rwsjax import supervised
+from rwsjax import stages
 from rwsjax import train
 from rwsjax.data import pipeline
 from rwsjax.progress import Progress
@@ -94,8 +94,8 @@ def evaluate_run(config, workdir, pipeline_module, split=None):
   mesh = train.make_mesh(config.num_devices)
   predictor = preflight.user_input(pipeline_module.trained_predictor, config, workdir, mesh)
   source = data.get_source(config.dataset, split)
-  confusion = supervised.evaluate_model(None, predictor.variables, source, predictor.config,
-                                        mesh, with_tta(predictor.predict_fn, config.eval))
+  confusion = stages.evaluate_model(None, predictor.variables, source, predictor.config,
+                                    mesh, with_tta(predictor.predict_fn, config.eval))
   names = data.class_names(config.dataset)
   result = evaluate_lib.summarize(confusion, names)
   name = record.EVAL_NAME.format(split=split, tta="_tta" if config.eval.tta else "")

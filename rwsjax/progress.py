@@ -165,12 +165,3 @@ def write_json(path, obj):
   """Writes `obj` as indented JSON atomically (temp file + rename), on process 0 only."""
   write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
-
-def cached_json(path, compute):
-  """The JSON at `path` if a previous run wrote it, else `compute()` written there (resume)."""
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  result = compute()
-  write_json(path, result)
-  return result

@@ -1,18 +1,9 @@
-"""Supervised segmentation: the baseline pipeline and the building blocks every pipeline reuses
-(model and variables from the config, train/eval batches, evaluation with figures, the trained
-predictor of a finished run).
-
-Every pipeline module has `run(config, workdir)`, `check_config(config)` (its own settings,
-checked before any work by `rwsjax.preflight`) and `trained_predictor(config, workdir, mesh)`
-(the `Predictor` of a finished run, for `rwsjax.inference`).
+"""Supervised segmentation: the baseline pipeline (a pipeline module as `rwsjax.stages` describes).
 """
 import os
-from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
-import numpy as np
 
 from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
@@ -20,97 +11,16 @@ from rwsjax import figures
 from rwsjax import models
 from rwsjax import preflight
 from rwsjax import record
+from rwsjax import stages
 from rwsjax import train
 from rwsjax.data import pipeline
 from rwsjax.progress import MetricWriter
-
-
-class Predictor(NamedTuple):
-  """The final product of a finished run: `predict_fn(variables, batch) -> logits` (N, H, W,
-  K) for batches with 'image' (normalised, any size) and optionally 'valid'; its
-  `variables`; a `title` for tables; the `config` whose input settings (normalisation, eval
-  batch size and padding) it is evaluated with."""
-  predict_fn: Callable
-  variables: Any
-  title: str
-  config: Any
-
-
-def initial_variables(model, config, rng, image_shape=None):
-  """Random variables for `model`, with the backbone from config.model.pretrained if given."""
-  shape = image_shape or (1, *config.input.crop_size, 3)
-  variables = jax.jit(lambda r: train.init_variables(model, shape, r))(rng)
-  if config.model.pretrained:
-    logging.info("Backbone weights from %s.", config.model.pretrained)
-    return models.load_pretrained_backbone(variables, config.model.pretrained, config.model)
-  logging.info("No config.model.pretrained file: the backbone starts from random weights.")
-  return variables
-
-
-def train_batches(source, config, mesh, *, seed, label_source=None):
-  """`batches(start_step)` factory of augmented per-process training batches."""
-  batch_size = train.local_batch_size(config.input.batch_size, mesh)
-  dataset = pipeline.train_dataset(source, config.input, seed=seed, batch_size=batch_size,
-                                   label_source=label_source)
-  return lambda start: pipeline.prefetch(dataset, start)
-
-
-def eval_batches(source, config, mesh):
-  """(batches, count): the whole split in order, hosts padded to the same number of batches.
-
-  `source` is this process's part of the split; the count comes from the global example count
-  (the sum of all parts), so hosts with uneven parts step together (docs/design.md, multi-host).
-  """
-  batch_size = train.local_batch_size(config.input.eval_batch_size, mesh)
-  split_size = int(np.sum(multihost_utils.process_allgather(np.int32(len(source)))))
-  count = train.num_eval_batches(split_size, config.input.eval_batch_size)
-  dataset = pipeline.eval_dataset(source, config.input, batch_size=batch_size, num_batches=count)
-  return dataset, count
-
-
-def evaluate_model(model, variables, source, config, mesh, predict_fn=None):
-  """Confusion matrix (K, K) of `model` (or of `predict_fn(variables, batch)`) over every
-  example of `source`."""
-  eval_step = train.make_eval_step(model, config.dataset.num_classes, mesh, predict_fn)
-  batches, count = eval_batches(source, config, mesh)
-  return train.evaluate(eval_step, variables, batches, mesh, num_batches=count)
-
-
-def predict_examples(model, variables, source, indices, config, predict_fn=None):
-  """(images uint8, labels, predictions) of a few examples, for figures (process 0).
-
-  `predict_fn(variables, batch) -> logits` defaults to the model."""
-  predict_fn = predict_fn or model_predict_fn(model)
-  images, labels, preds = [], [], []
-  apply = jax.jit(lambda v, x: predict_fn(v, {"image": x}).argmax(-1))
-  for i in indices:
-    example = source[int(i)]
-    image = example["image"]
-    normalized = pipeline.normalize(image, config.input)[None]
-    preds.append(np.asarray(apply(variables, normalized))[0])
-    images.append(image)
-    labels.append(example["segmentation"][..., 0])
-  return images, labels, preds
-
-
-def save_prediction_figure(path, model, variables, source, config, predict_fn=None):
-  """Image, ground truth and prediction of the first examples of `source`, with a legend;
-  `predict_fn` as in `predict_examples`."""
-  count = min(config.figures.num_examples, len(source))
-  images, labels, preds = predict_examples(model, variables, source, range(count), config,
-                                           predict_fn)
-  figures.save_predictions(path, images, labels, preds, data.class_names(config.dataset))
 
 
 def check_config(config):
   """The supervised pipeline reads only the fields that `preflight` checks for every
   pipeline."""
   del config
-
-
-def model_predict_fn(model):
-  """`Predictor.predict_fn` of a segmentation model: its logits of batch['image']."""
-  return lambda variables, batch: model.apply(variables, batch["image"], train=False)
 
 
 def trained_predictor(config, workdir, mesh):
@@ -122,7 +32,8 @@ def trained_predictor(config, workdir, mesh):
       tx=train.make_optimizer(config.train, steps), total_steps=steps,
       image_shape=(1, *pipeline.pair(config.input.crop_size), 3),
       rng=jax.random.key(config.seed), mesh=mesh)
-  return Predictor(model_predict_fn(model), variables, f"supervised ({steps} steps)", config)
+  return stages.Predictor(stages.model_predict_fn(model), variables,
+                          f"supervised ({steps} steps)", config)
 
 
 def run(config, workdir):
@@ -134,14 +45,15 @@ def run(config, workdir):
   eval_source = data.get_source(config.dataset, config.dataset.eval_split)
   model = models.build_model(config.model, config.dataset.num_classes)
   rng = jax.random.key(config.seed)
-  variables = initial_variables(model, config, rng)
+  variables = stages.initial_variables(model, config, rng)
   tx = train.make_optimizer(config.train, config.train.steps)
   state = train.train_stage(
       workdir=workdir, stage="supervised", loss_fn=train.supervised_loss(model), tx=tx,
-      variables=variables, batches=train_batches(train_source, config, mesh, seed=config.seed),
+      variables=variables,
+      batches=stages.train_batches(train_source, config, mesh, seed=config.seed),
       total_steps=config.train.steps, train_cfg=config.train, mesh=mesh,
       rng=jax.random.fold_in(rng, 1), writer=MetricWriter(os.path.join(workdir, "metrics.jsonl")))
-  confusion = evaluate_model(model, state.variables, eval_source, config, mesh)
+  confusion = stages.evaluate_model(model, state.variables, eval_source, config, mesh)
   names, split = data.class_names(config.dataset), config.dataset.eval_split
   result = evaluate_lib.summarize(confusion, names)
   table = evaluate_lib.miou_table(split, [(f"supervised ({config.train.steps} steps)", result)],
@@ -149,8 +61,8 @@ def run(config, workdir):
   if jax.process_index() == 0:
     figures.save_per_class_iou(os.path.join(workdir, "per_class_iou.png"),
                                {"supervised": result["per_class_iou"]}, names)
-    save_prediction_figure(os.path.join(workdir, "predictions.png"), model, state.variables,
-                           eval_source, config)
+    stages.save_prediction_figure(os.path.join(workdir, "predictions.png"), model,
+                                  state.variables, eval_source, config)
   summary = record.write_results(workdir, config, {"method": "supervised",
                                                    "steps": config.train.steps, split: result},
                                  table)

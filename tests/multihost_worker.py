@@ -22,7 +22,7 @@ import numpy as np
 from rwsjax import config as config_lib
 from rwsjax import data
 from rwsjax import models
-from rwsjax import supervised
+from rwsjax import stages
 from rwsjax import train
 from rwsjax.progress import MetricWriter
 
@@ -48,7 +48,7 @@ def train_tiny(config, mesh, batches, workdir):
   state = train.train_stage(
       workdir=workdir, stage="supervised", loss_fn=train.supervised_loss(model),
       tx=train.make_optimizer(config.train, config.train.steps),
-      variables=supervised.initial_variables(model, config, rng), batches=batches,
+      variables=stages.initial_variables(model, config, rng), batches=batches,
       total_steps=config.train.steps, train_cfg=config.train, mesh=mesh,
       rng=jax.random.fold_in(rng, 1), writer=MetricWriter(os.path.join(workdir, "metrics.jsonl")))
   return model, state
@@ -80,10 +80,10 @@ def worker(process_id, port, data_dir, out_dir):
   eval_source = data.get_source(config.dataset, "validation", per_process=True)
 
   record = []
-  batches = supervised.train_batches(train_source, config, mesh, seed=config.seed)
+  batches = stages.train_batches(train_source, config, mesh, seed=config.seed)
   model, state = train_tiny(config, mesh, recording(batches, record), out_dir)
   first = multihost_utils.process_allgather(train.to_device(record[0], mesh), tiled=True)
-  confusion = supervised.evaluate_model(model, state.variables, eval_source, config, mesh)
+  confusion = stages.evaluate_model(model, state.variables, eval_source, config, mesh)
 
   np.savez(os.path.join(out_dir, f"process_{process_id}.npz"),
            train_ids=example_ids(train_source), eval_ids=example_ids(eval_source),
@@ -111,7 +111,7 @@ def reference(data_dir, out_dir):
   with open(os.path.join(out_dir, "variables.msgpack"), "rb") as f:
     variables = flax.serialization.msgpack_restore(f.read())
   whole = data.get_source(config.dataset, "validation", per_process=False)
-  confusion = supervised.evaluate_model(model, variables, whole, config, mesh)
+  confusion = stages.evaluate_model(model, variables, whole, config, mesh)
   np.savez(os.path.join(out_dir, "single.npz"), confusion=confusion)
 
 

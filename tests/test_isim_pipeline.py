@@ -54,10 +54,10 @@ def voc_run(tmp_path_factory):
   fake_voc.write_tree(tmp_path / 'manual')
   config = voc_smoke_config(tmp_path)
   workdir = str(tmp_path / 'run')
-  first = isim.run(config, workdir, stages=isim.STAGES[:1])
+  first = isim.run(config, workdir, stage_list=isim.STAGES[:1])
   train_mtime = os.path.getmtime(os.path.join(workdir, 'stages', 'isim_train.json'))
   walked = isim.run(config, workdir,
-                    stages=isim.STAGES[:STAGE_NAMES.index('psa_random_walk') + 1])
+                    stage_list=isim.STAGES[:STAGE_NAMES.index('psa_random_walk') + 1])
   removed, kept = _kill_random_walk(workdir)
   results = isim.run(config, workdir)
   return config, workdir, first, train_mtime, results, (walked, removed, kept)

@@ -12,7 +12,7 @@ from isimjax import crf
 from isimjax import isim
 from isimjax import psa
 from rwsjax import models
-from rwsjax import supervised
+from rwsjax import stages
 from rwsjax import train
 
 
@@ -111,7 +111,7 @@ def test_affinity_batches_are_the_training_batches_with_labels_at_stride_8():
   sub.input.scale_range = (0.8, 1.2)
   mesh = train.make_mesh(1)
   got = next(psa.affinity_batches(source, sub, mesh, seed=3, label_source=labels)(5))
-  full = next(supervised.train_batches(source, sub, mesh, seed=3, label_source=labels)(5))
+  full = next(stages.train_batches(source, sub, mesh, seed=3, label_source=labels)(5))
   np.testing.assert_array_equal(got['image'], full['image'])
   assert got['label'].shape == (4, 3, 3)
   np.testing.assert_array_equal(got['label'], full['label'][:, 4::8, 4::8])

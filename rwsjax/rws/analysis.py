@@ -10,7 +10,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from rwsjax import figures
-from rwsjax import supervised
+from rwsjax import stages
 from rwsjax import train
 from rwsjax.data import pipeline as input_pipeline
 from rwsjax.progress import Progress
@@ -77,7 +77,7 @@ def analyze(model, variables, source, config, mesh, directory, names):
   """
   rws, k = config.rws, config.dataset.num_classes
   score = make_scorer(model, config)
-  batches, count = supervised.eval_batches(source, config, mesh)
+  batches, count = stages.eval_batches(source, config, mesh)
   height, width = batches[0]["label"].shape[1:3]
   boxes = slices.window_boxes(height, width, rws.slice_size, rws.slice_stride)
   hist, entries, indices = None, [], []
@@ -140,7 +140,8 @@ def should_stop(counts, min_weak_delta):
 
 
 def save_round_figures(directory, model, variables, source, analysis, config, names):
-  """Heatmaps per layer (Fig. 5), this round's weak slices on images, and the T curve (Fig. 2)."""
+  """Heatmaps per layer (Fig. 5), this round's weak slices on images, and the T curve (Fig. 2)
+  in `directory`; returns {'figures': their file names}."""
   rws, count = config.rws, min(config.figures.num_examples, len(source))
   batch = input_pipeline.eval_dataset(source, config.input, batch_size=count)[0]
   normalized, labels = batch["image"], batch["label"]
@@ -159,3 +160,4 @@ def save_round_figures(directory, model, variables, source, analysis, config, na
                       [boxes[boxes[:, 0] == i, 1:] for i in range(count)])
   figures.save_threshold_curve(os.path.join(directory, "threshold_curve.png"), analysis["curve"],
                                analysis["threshold"], analysis["per_class_threshold"], names)
+  return {"figures": ["heatmaps.png", "weak_slices.png", "threshold_curve.png"]}

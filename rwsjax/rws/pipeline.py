@@ -29,10 +29,10 @@ from rwsjax import losses
 from rwsjax import models
 from rwsjax import preflight
 from rwsjax import record
-from rwsjax import supervised
+from rwsjax import stages
 from rwsjax import train
 from rwsjax.data import pipeline as input_pipeline
-from rwsjax.progress import MetricWriter, cached_json, median_seconds
+from rwsjax.progress import MetricWriter, median_seconds
 from rwsjax.rws import analysis
 from rwsjax.rws import fusion
 from rwsjax.rws import network
@@ -166,7 +166,7 @@ def run(config, workdir):
   names = data.class_names(config.dataset)
   model = models.build_model(config.model, config.dataset.num_classes)
   rng = jax.random.key(config.seed)
-  init = supervised.initial_variables(model, config, rng)
+  init = stages.initial_variables(model, config, rng)
   writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"))
   step_rng = jax.random.fold_in(rng, 1)
   predict = {name: network.make_predict_fn(model, config, name) for name in ("plain", "fused")}
@@ -182,12 +182,12 @@ def run(config, workdir):
   def evaluation(path, net, inference="plain"):
     """The eval split's IoU of `net` (an RWS network dict), cached at workdir/path."""
     def compute():
-      batches, count = supervised.eval_batches(eval_source, config, mesh)
+      batches, count = stages.eval_batches(eval_source, config, mesh)
       confusion = train.evaluate(eval_steps[inference], net, batches, mesh, count)
       return evaluate_lib.summarize(confusion, names)
-    return cached_json(os.path.join(workdir, path), compute)
+    return stages.run_stage(path, os.path.join(workdir, path), compute)
 
-  batches = supervised.train_batches(train_source, config, mesh, seed=config.seed)
+  batches = stages.train_batches(train_source, config, mesh, seed=config.seed)
   state = train_supervised("stage1", init, batches, rws.stage1_steps, config.train.lr)
   global_variables = state.variables
   net = network.plain_network(global_variables)
@@ -196,8 +196,8 @@ def run(config, workdir):
   total_steps, rounds, counts = rws.stage1_steps, [], []
   for r in range(1, rws.max_rounds + 1):
     directory = os.path.join(workdir, f"round_{r}")
-    found = cached_json(
-        os.path.join(directory, "analysis.json"),
+    found = stages.run_stage(
+        f"round_{r}/analysis", os.path.join(directory, "analysis.json"),
         lambda: analysis.analyze(model, global_variables, train_source, config, mesh,
                                  directory, names))
     counts.append(found["weak_slices"])
@@ -207,9 +207,11 @@ def run(config, workdir):
                                           "windows", "weak_share", "weak_share_per_class")}
     row["round"] = r
     rounds.append(row)
-    if jax.process_index() == 0 and not os.path.exists(os.path.join(directory, "heatmaps.png")):
-      analysis.save_round_figures(directory, model, global_variables, train_source, found, config,
-                                   names)
+    if jax.process_index() == 0:
+      stages.run_stage(
+          f"round_{r}/figures", os.path.join(directory, "figures.json"),
+          lambda: analysis.save_round_figures(directory, model, global_variables, train_source,
+                                              found, config, names))
     if analysis.should_stop(counts, rws.min_weak_delta):
       row["trained"] = False
       break
@@ -233,8 +235,8 @@ def run(config, workdir):
         workdir=workdir, stage=f"round_{r}/stage3", loss_fn=fusion_loss(model, config), tx=tx,
         variables=global_variables if continued else init,
         opt_state=state.opt_state if continued else None,
-        batches=supervised.train_batches(train_source, config, mesh,
-                                         seed=config.seed + 1000 * r),
+        batches=stages.train_batches(train_source, config, mesh,
+                                     seed=config.seed + 1000 * r),
         total_steps=rws.stage3_steps, train_cfg=config.train, mesh=mesh, rng=step_rng,
         writer=writer, extra=frozen)
     net = {"model": state.variables, **frozen}
@@ -244,8 +246,9 @@ def run(config, workdir):
              for name in ("plain", "fused")}
     row.update(miou_plain=final["plain"]["miou"], miou_fused=final["fused"]["miou"])
     global_variables = state.variables
-  cost = cached_json(os.path.join(workdir, "inference_cost.json"), lambda: inference_cost(
-      eval_steps, net, supervised.eval_batches(eval_source, config, mesh)[0][0], mesh))
+  cost = stages.run_stage(
+      "inference cost", os.path.join(workdir, "inference_cost.json"), lambda: inference_cost(
+          eval_steps, net, stages.eval_batches(eval_source, config, mesh)[0][0], mesh))
   summary = {"method": "rws", "eval_split": config.dataset.eval_split,
              "total_steps": total_steps, "stage1": stage1_eval, "rws_plain": final["plain"],
              "rws_fused": final["fused"], "rws": final[rws.inference],
@@ -260,8 +263,8 @@ def run(config, workdir):
     bars["RWS plain"] = final["plain"]["per_class_iou"]
     bars["RWS fused"] = final["fused"]["per_class_iou"]
     figures.save_per_class_iou(os.path.join(workdir, "per_class_iou.png"), bars, names)
-    supervised.save_prediction_figure(os.path.join(workdir, "predictions.png"), model, net,
-                                      eval_source, config, predict[rws.inference])
+    stages.save_prediction_figure(os.path.join(workdir, "predictions.png"), model, net,
+                                  eval_source, config, predict[rws.inference])
   summary = record.write_results(workdir, config, summary, table)
   print(table)
   return summary
@@ -297,14 +300,14 @@ def finished_network(config, workdir, model, mesh):
 
 
 def trained_predictor(config, workdir, mesh):
-  """The `supervised.Predictor` of the finished run in `workdir`: the network of
+  """The `stages.Predictor` of the finished run in `workdir`: the network of
   config.rws.inference, the RWS network (`finished_network`, default) or the refined network
   alone."""
   model = models.build_model(config.model, config.dataset.num_classes)
   inference = config.rws.inference
-  return supervised.Predictor(network.make_predict_fn(model, config, inference),
-                              finished_network(config, workdir, model, mesh),
-                              NETWORK_TITLES[inference], config)
+  return stages.Predictor(network.make_predict_fn(model, config, inference),
+                          finished_network(config, workdir, model, mesh),
+                          NETWORK_TITLES[inference], config)
 
 
 def _with(train_cfg, **fields):
