@@ -7,7 +7,7 @@ random walk, and a DeepLabv3 trained on the random-walk labels. Runs on a 2-core
   python launch.py --config=configs/shapes_isim.py --workdir=runs/isim
   python launch.py --config=configs/shapes_isim.py:smoke --workdir=/tmp/isim_smoke
   python launch.py --config=configs/shapes_isim.py --workdir=runs/isim_1000 \
-    --config.dataset.shapes.num_train=1000     (16.5 minutes; README compares both sizes)
+    --config.dataset.shapes.num_train=1000     (the same chain on 1000 training images)
 
 Departures from the paper's VOC settings (configs/voc_isim.py), for a model trained from
 scratch in a few hundred steps:
@@ -24,7 +24,8 @@ scratch in a few hundred steps:
   - random-walk background power alpha 4 instead of PSA's 16: (1 - max cam)^alpha beats a
     class score c when c is below about 0.13 for alpha 16 (VOC CAMs are peaked) and 0.24 for
     alpha 4, near the 0.3 background score of the ISIM labels; this model's CAMs are diffuse
-    (isim_pseudo_labels.png), and with alpha 16 the walk spreads them over the background:
+    (isim_pseudo_labels.png), and with alpha 16 the walk spreads them over the background (an
+    earlier version of the code, with lax convolutions):
     ISIM + RW + dCRF 25.0% mIoU on the 400 training images against 28.7% with alpha 4 (27.5%
     with alpha 8), final model 13.9% against 18.6% on the validation split;
   - the final DeepLabv3 trains 24 epochs (600 steps) with AdamW 3e-3, as
