@@ -38,7 +38,12 @@ RWS_CONTROLS = (
      ("--config.rws.local_scale=1",)),
     ("local model from the initial weights (local_init=init)", "analysis",
      ("--config.rws.local_init=init",)),
+    ("stage 3 from the initial weights, full schedule (stage3_init=fresh)", "stage2",
+     ("--config.rws.stage3_init=fresh", "--config.rws.stage3_steps=600",
+      "--config.rws.stage3_lr=3e-3")),
 )
+# Controls whose total steps differ from the main run's train their own baseline.
+OWN_BASELINE = ("stage3_init-fresh",)
 RWS_EXPERIMENTS = {"shapes_rws": "configs/shapes_rws.py",
                    "shapes_fine_rws": "configs/shapes_fine_rws.py"}
 # README's ISIM rows: (name, config, overrides); seed 0.
@@ -127,9 +132,10 @@ def rws_experiment(name, config, out, seeds, mode, controls=True):
       workdir = os.path.join(out, name, f"seed{seed}", control_name(overrides))
       if mode == "run":
         copy_shared(main_dir, workdir, level)
+      baseline = () if control_name(overrides) in OWN_BASELINE else (
+          "--config.rws.baseline=False",)
       control_runs[label].append(run(launch_command(config, workdir, seed,
-                                                (*overrides, "--config.rws.baseline=False")),
-                                 workdir, mode))
+                                                    (*overrides, *baseline)), workdir, mode))
   main_runs = [s for s in main if s is not None]
   if not main_runs:
     return ""
@@ -146,6 +152,9 @@ def rws_experiment(name, config, out, seeds, mode, controls=True):
            for label, _, _ in RWS_CONTROLS if control_runs[label]]
   rows += [(f"RWS plain, {label}", miou(control_runs[label], "rws_plain"))
            for label, _, _ in RWS_CONTROLS if control_runs[label]]
+  rows += [(f"its own baseline, {label}", miou(control_runs[label], "baseline"))
+           for label, _, overrides in RWS_CONTROLS
+           if control_runs[label] and control_name(overrides) in OWN_BASELINE]
   first = [s["rounds"][0] for s in main_runs]
   thresholds = " / ".join(f"{r['threshold']:.3f}" for r in first)
   shares = " / ".join(f"{r['weak_share']:.1%}" for r in first)
