@@ -17,7 +17,7 @@ import numpy as np
 
 from isimjax import affinity
 from isimjax import random_walk
-from timing import median_seconds
+from rwsjax.progress import median_seconds
 
 
 def numpy_dense_walk(cams, aff, source, partner, beta, logt):

@@ -16,7 +16,7 @@ import numpy as np
 
 from rwsjax.rws import slices
 from rwsjax.losses import IGNORE_LABEL
-from timing import median_seconds
+from rwsjax.progress import median_seconds
 
 
 def naive_scores(attention, labels, preds, boxes, num_classes):
