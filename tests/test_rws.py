@@ -45,22 +45,15 @@ def test_config_errors():
     config.rws[key] = value
     with pytest.raises(ValueError, match=f"config.rws.{key}='{value}'; expected one of"):
       rws_pipeline.check_config(config)
-  config = load_config("shapes_rws", "smoke")
-  config.rws.fuse_layers = (0, 4)
-  with pytest.raises(ValueError, match="config.rws.fuse_layers"):
-    rws_pipeline.check_config(config)
-  config = load_config("shapes_rws", "smoke")
-  config.rws.slice_stride = 4
-  with pytest.raises(ValueError, match="multiples of the layer2 feature stride 8"):
-    rws_pipeline.check_config(config)
-  config = load_config("shapes_rws", "smoke")
-  config.rws.local_scale = 1.25
-  with pytest.raises(ValueError, match="local model's input side 20"):
-    rws_pipeline.check_config(config)
-  config = load_config("shapes_rws", "smoke")
-  config.dataset.background_class = 7
-  with pytest.raises(ValueError, match="background_class=7"):
-    rws_pipeline.check_config(config)
+  for section, key, value, match in (
+      ("rws", "fuse_layers", (0, 4), "config.rws.fuse_layers"),
+      ("rws", "slice_stride", 4, "multiples of the layer2 feature stride 8"),
+      ("rws", "local_scale", 1.25, "local model's input side 20"),
+      ("dataset", "background_class", 7, "background_class=7")):
+    config = load_config("shapes_rws", "smoke")
+    config[section][key] = value
+    with pytest.raises(ValueError, match=match):
+      rws_pipeline.check_config(config)
   config.dataset.background_class = None
   rws_pipeline.check_config(config)
 
