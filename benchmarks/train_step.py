@@ -58,8 +58,9 @@ class JaxRunner:
                          'output_stride': args.output_stride, 'width': args.width,
                          'head_channels': args.head_channels, 'dtype': args.dtype,
                          'conv_impl': conv_impl or args.conv_impl}, args.num_classes)
-    cfg = ml_collections.ConfigDict(dict(lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
-                                         poly_power=POLY_POWER, warmup_steps=0))
+    cfg = ml_collections.ConfigDict(dict(optimizer='sgd', lr=LR, momentum=MOMENTUM,
+                                         weight_decay=WEIGHT_DECAY, poly_power=POLY_POWER,
+                                         warmup_steps=0))
     tx = train.make_optimizer(cfg, SCHEDULE_STEPS)
     mesh = train.make_mesh()
     variables = jax.jit(lambda r: train.init_variables(model, (1, args.size, args.size, 3), r))(

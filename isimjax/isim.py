@@ -315,7 +315,7 @@ def model_title(model_cfg):
   """'DeepLabCAM' / 'UNetCAM (learnable)', the paper's column names."""
   title = cam_models.CAM_HEADS[model_cfg.name]
   if model_cfg.name == 'unet':
-    title += f' ({model_cfg.get("upsample", "bilinear")})'
+    title += f' ({model_cfg.upsample})'
   return title
 
 

@@ -277,7 +277,7 @@ def self_train(config, workdir, *, stage, model, variables, train_source, mesh, 
   losses_fn = lambda first, last: epoch_mean_losses(writer.path, stage, per_epoch, first, last)
   checkpointer = train.Checkpointer(os.path.join(workdir, stage, 'checkpoints'),
                                     every=config.train.checkpoint_every,
-                                    max_to_keep=config.train.get('max_to_keep', 2))
+                                    max_to_keep=config.train.max_to_keep)
   try:
     state = train.restore_or_init(checkpointer, tx, variables, mesh)
     writer.truncate_after(int(state.step), stage=stage)

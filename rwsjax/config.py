@@ -2,8 +2,11 @@
 
 Each config file calls `base_config()`, overrides what its experiment needs and, for the
 `:smoke` argument, calls `shrink_for_smoke` so the same file drives a seconds-long CPU run and
-the full run.
+the full run. `field` gives code that receives a partial config section (a test's dict, a
+benchmark's) the same defaults, so each default is declared once, in `base_config`.
 """
+import functools
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -87,6 +90,19 @@ def base_config():
   c.figures = ml_collections.ConfigDict()
   c.figures.num_examples = 4        # images shown in prediction / heatmap figures
   return c
+
+
+@functools.cache
+def _defaults():
+  return base_config().lock()
+
+
+def field(section_cfg, section, key):
+  """config.<section>.<key> of `section_cfg` (that section, a ConfigDict or a dict); where a
+  partial section leaves the key out, its default in `base_config`."""
+  if key in section_cfg:
+    return section_cfg[key]
+  return _defaults()[section][key]
 
 
 def shrink_for_smoke(c):

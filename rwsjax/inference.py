@@ -190,7 +190,7 @@ def predict_folder(config, workdir, pipeline_module, images, out):
   predict_fn = with_tta(predictor.predict_fn, config.eval)
   apply = jax.jit(lambda variables, image, valid: predict_fn(
       variables, {"image": image, "valid": valid})[0])
-  background = config.dataset.get("background_class")
+  background = config.dataset.background_class
   files = sorted(f for f in os.listdir(images) if os.path.isfile(os.path.join(images, f)))
   os.makedirs(os.path.join(out, OVERLAY_DIR), exist_ok=True)
   progress, written = Progress("predict", len(files)), {}

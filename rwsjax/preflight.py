@@ -12,6 +12,7 @@ import tempfile
 
 import jax
 
+from rwsjax import config as config_lib
 from rwsjax import data
 from rwsjax import models
 from rwsjax import train
@@ -82,7 +83,7 @@ def check_eval_config(eval_cfg):
 def check_pretrained(model_cfg):
   """The file of model_cfg.pretrained, if any, exists and holds the backbone's weights, every
   key with its shape (read once; nothing is initialised)."""
-  path = model_cfg.get("pretrained")
+  path = config_lib.field(model_cfg, "model", "pretrained")
   if not path:
     return
   backbone = models.build_backbone(model_cfg)

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from rwsjax import config as config_lib
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import losses
 from rwsjax.progress import Progress
@@ -105,8 +106,8 @@ def learning_rate_schedule(lr, train_cfg, total_steps, *, warmup_from=0.0, offse
   `offset` shifts it for a run that continues another run's optimizer state, whose step
   count does not restart: the schedule's step 0 is the optimizer's step `offset`.
   """
-  poly = poly_schedule(lr, total_steps, train_cfg.poly_power, train_cfg.get("warmup_steps", 0),
-                       warmup_from)
+  warmup = config_lib.field(train_cfg, "train", "warmup_steps")
+  poly = poly_schedule(lr, total_steps, train_cfg.poly_power, warmup, warmup_from)
   return poly if not offset else (lambda count: poly(count - offset))
 
 
@@ -116,7 +117,7 @@ def base_optimizer(schedule, train_cfg):
   sgd (the papers'): momentum and coupled weight decay, g + wd * w, as torch.optim.SGD.
   adamw: Adam with decoupled weight decay; converges in fewer steps on small CPU runs.
   """
-  name = train_cfg.get("optimizer", "sgd")
+  name = config_lib.field(train_cfg, "train", "optimizer")
   if name == "sgd":
     return optax.chain(optax.add_decayed_weights(train_cfg.weight_decay),
                        optax.sgd(schedule, momentum=train_cfg.momentum or None))
@@ -400,7 +401,7 @@ def train_stage(*, workdir, stage, loss_fn, tx, variables, batches, total_steps,
   """
   checkpointer = Checkpointer(os.path.join(workdir, stage, "checkpoints"),
                               every=train_cfg.checkpoint_every,
-                              max_to_keep=train_cfg.get("max_to_keep", 2))
+                              max_to_keep=config_lib.field(train_cfg, "train", "max_to_keep"))
   try:
     state = restore_or_init(checkpointer, tx, variables, mesh, opt_state)
     if writer is not None:

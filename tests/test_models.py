@@ -100,7 +100,8 @@ def head_count(name, c1, c4, ch, k):
 
 def test_deeplabv3_resnet50_matches_torchvision_count():
   for output_stride in (8, 16):
-    cfg = dict(name='deeplabv3', backbone='resnet50', output_stride=output_stride)
+    cfg = dict(name='deeplabv3', backbone='resnet50', output_stride=output_stride, width=1.0,
+               head_channels=256)  # torchvision's deeplabv3_resnet50
     variables = abstract_init(models.build_model(cfg, 21), (1, 64, 64, 3))
     assert count(variables['params']) == 39_638_869
     assert count(variables['params']['backbone']) == 23_508_032

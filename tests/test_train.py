@@ -23,9 +23,9 @@ class TinySeg(nn.Module):
 
 
 def train_cfg(**overrides):
-  cfg = ml_collections.ConfigDict(dict(lr=0.1, momentum=0.9, weight_decay=1e-4, poly_power=0.9,
-                                       warmup_steps=0, log_every=1, checkpoint_every=2,
-                                       max_to_keep=2))
+  cfg = ml_collections.ConfigDict(dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
+                                       poly_power=0.9, warmup_steps=0, log_every=1,
+                                       checkpoint_every=2, max_to_keep=2))
   cfg.update(overrides)
   return cfg
 

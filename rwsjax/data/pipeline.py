@@ -31,6 +31,7 @@ import grain
 import numpy as np
 import PIL.Image
 
+from rwsjax import config as config_lib
 from rwsjax.losses import IGNORE_LABEL
 
 SCALE_MODES = ('ratio', 'long_side')  # config.input.scale_mode (scale_factor)
@@ -243,14 +244,14 @@ def eval_dataset(source, input_cfg, *, batch_size, num_batches=None):
   if not len(source):
     raise ValueError('eval_dataset needs a non-empty source.')
   first = source[0]
-  pad_size = input_cfg.get('eval_pad_size')
+  pad_size = config_lib.field(input_cfg, 'input', 'eval_pad_size')
+  max_long_side = config_lib.field(input_cfg, 'input', 'eval_max_long_side')
   size = pair(pad_size) if pad_size is not None else first['image'].shape[:2]
   read = reader(source)
 
   def element(i):
     example = read(i)
-    image, label = limit_long_side(example['image'], example['label'],
-                                   input_cfg.get('eval_max_long_side'))
+    image, label = limit_long_side(example['image'], example['label'], max_long_side)
     shape = label.shape
     if pad_size is None and shape != size:
       raise ValueError(f'Example {i} has size {shape} but example 0 has {size}; set '
@@ -290,12 +291,13 @@ def crop_dataset(source, boxes, input_cfg, *, seed, batch_size, out_size, augmen
                      '(example_index, y0, x0, y1, x1).')
   out_size = pair(out_size)
   num_labels = len(source[0]['labels'])
+  max_long_side = config_lib.field(input_cfg, 'input', 'eval_max_long_side')
 
   def element(j):
     index, y0, x0, y1, x1 = (int(v) for v in boxes[j])
     example = source[index]
     full_image, full_label = limit_long_side(example['image'], example['segmentation'][..., 0],
-                                             input_cfg.get('eval_max_long_side'))
+                                             max_long_side)
     height, width = full_label.shape
     if not (0 <= y0 < min(y1, height) and 0 <= x0 < min(x1, width)):
       raise ValueError(f'boxes[{j}] = {boxes[j].tolist()} does not start inside example {index} '

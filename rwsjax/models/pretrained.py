@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from rwsjax import config as config_lib
 from rwsjax.models.registry import BACKBONES
 
 _IGNORED = re.compile(r'(^fc\.)|(num_batches_tracked$)')
@@ -91,10 +92,10 @@ def load_pretrained_backbone(variables, path, model_cfg, *, scope=('backbone',))
   Returns:
     A new (unfrozen) variables dict; the head is untouched.
   """
-  backbone = model_cfg.get('backbone')
+  backbone, width = (config_lib.field(model_cfg, 'model', key) for key in ('backbone', 'width'))
   if backbone not in BACKBONES:
     raise ValueError(f'config.model.backbone={backbone!r} is not one of {list(BACKBONES)}.')
-  arch = f'config.model.backbone={backbone!r}, width={model_cfg.get("width", 1.0)}'
+  arch = f'config.model.backbone={backbone!r}, width={width}'
   flat = traverse_util.flatten_dict(flax.core.unfreeze(variables))
   scope = tuple(scope)
   targets = {torch_key(key[0], key[1 + len(scope):]): key for key in flat

@@ -1,15 +1,21 @@
-"""SegmentationModel and the model registry by config string (docs/design.md: models)."""
-from typing import Any
+"""SegmentationModel, the backbones registered by name and the heads, built from config.model
+(docs/design.md: models).
+
+Fields a partial config.model (a dict in a test or a benchmark) leaves out take their
+`rwsjax.config.base_config` defaults (`rwsjax.config.field`).
+"""
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rwsjax import config as config_lib
 from rwsjax.models import conv as conv_lib
 from rwsjax.models import heads
-from rwsjax.models.resnet import RESNET_SPECS, STAGE_GEOMETRY, STAGE_NAMES, STEM_STRIDE, ResNet
+from rwsjax.models.backbone import STAGE_NAMES
+from rwsjax.models.resnet import RESNET_SPECS, STAGE_GEOMETRY, STEM_STRIDE, ResNet
 
 HEAD_NAMES = ('deeplabv3', 'deeplabv3plus', 'fcn', 'unet', 'deeplabv2')
-BACKBONES = {f'resnet{depth}': depth for depth in RESNET_SPECS}
 # Output stride -> DeepLabv3 ASPP rates (docs/methods.md).
 ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -36,17 +42,39 @@ class SegmentationModel(nn.Module):
     return (logits, features) if return_features else logits
 
 
-def _choice(model_cfg, key, choices, default=None):
-  """`model_cfg[key]` (or `default`), checked against `choices`."""
-  value = model_cfg.get(key, default)
+class Backbone(NamedTuple):
+  """A registered backbone: `build(model_cfg)` returns the module (`rwsjax.models.backbone`
+  says what it returns); `strides(model_cfg)` maps 'layer1'..'layer4' to their strides with
+  respect to the input under that config."""
+  build: Callable[[Any], nn.Module]
+  strides: Callable[[Any], dict]
+
+
+BACKBONES = {}  # config.model.backbone -> Backbone
+
+
+def register_backbone(name, build, strides):
+  """Makes config.model.backbone=`name` build `build(model_cfg)` with stage strides
+  `strides(model_cfg)` (a dict over `STAGE_NAMES`); a later registration of `name` replaces
+  the earlier one."""
+  BACKBONES[name] = Backbone(build, strides)
+
+
+def _field(model_cfg, key):
+  return config_lib.field(model_cfg, 'model', key)
+
+
+def _choice(model_cfg, key, choices):
+  """config.model.<key>, checked against `choices`."""
+  value = _field(model_cfg, key)
   if value not in choices:
     raise ValueError(f'config.model.{key}={value!r} is not one of {list(choices)}.')
   return value
 
 
-def _positive(model_cfg, key, default, integer):
-  """`model_cfg[key]` (or `default`), checked to be a positive number (an int if `integer`)."""
-  value = model_cfg.get(key, default)
+def _positive(model_cfg, key, integer):
+  """config.model.<key>, checked to be a positive number (an int if `integer`)."""
+  value = _field(model_cfg, key)
   kind = int if integer else (int, float)
   if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
     expected = 'positive integer' if integer else 'positive number'
@@ -55,7 +83,22 @@ def _positive(model_cfg, key, default, integer):
 
 
 def feature_strides(model_cfg):
-  """Stride of 'layer1'..'layer4' w.r.t. the input: 4, 8, then 8/8 (OS 8) or 16/16 (OS 16)."""
+  """Stride of 'layer1'..'layer4' w.r.t. the input under config.model (backbone,
+  output_stride); for the ResNets 4, 8, then 8/8 (OS 8) or 16/16 (OS 16)."""
+  return dict(BACKBONES[_choice(model_cfg, 'backbone', BACKBONES)].strides(model_cfg))
+
+
+def build_backbone(model_cfg):
+  """The backbone registered as config.model.backbone, built from config.model."""
+  return BACKBONES[_choice(model_cfg, 'backbone', BACKBONES)].build(model_cfg)
+
+
+def compute_dtype(model_cfg):
+  """The computation dtype of config.model.dtype ('float32' or 'bfloat16')."""
+  return DTYPES[_choice(model_cfg, 'dtype', DTYPES)]
+
+
+def _resnet_strides(model_cfg):
   strides, _ = STAGE_GEOMETRY[_choice(model_cfg, 'output_stride', STAGE_GEOMETRY)]
   out, total = {}, STEM_STRIDE
   for name, stride in zip(STAGE_NAMES, strides):
@@ -64,27 +107,31 @@ def feature_strides(model_cfg):
   return out
 
 
-def build_backbone(model_cfg):
-  """The ResNet named by config.model (backbone, output_stride, width, frozen_bn, dtype,
+def _resnet_builder(depth):
+  """`Backbone.build` of ResNet-`depth` (config.model: output_stride, width, frozen_bn, dtype,
   conv_impl)."""
-  return ResNet(
-      depth=BACKBONES[_choice(model_cfg, 'backbone', BACKBONES)],
-      output_stride=_choice(model_cfg, 'output_stride', STAGE_GEOMETRY),
-      width=_positive(model_cfg, 'width', 1.0, integer=False),
-      frozen_bn=bool(model_cfg.get('frozen_bn', False)),
-      dtype=DTYPES[_choice(model_cfg, 'dtype', DTYPES, 'float32')],
-      conv_impl=_choice(model_cfg, 'conv_impl', conv_lib.CONV_IMPLS, 'auto'))
+  def build(model_cfg):
+    return ResNet(depth=depth,
+                  output_stride=_choice(model_cfg, 'output_stride', STAGE_GEOMETRY),
+                  width=_positive(model_cfg, 'width', integer=False),
+                  frozen_bn=bool(_field(model_cfg, 'frozen_bn')), dtype=compute_dtype(model_cfg),
+                  conv_impl=_choice(model_cfg, 'conv_impl', conv_lib.CONV_IMPLS))
+  return build
+
+
+for _depth in RESNET_SPECS:
+  register_backbone(f'resnet{_depth}', _resnet_builder(_depth), _resnet_strides)
 
 
 def build_head(model_cfg, num_classes):
-  """The head named by config.model.name, with `head_channels` channels (default 256), in
-  config.model.dtype, convolutions by config.model.conv_impl."""
+  """The head named by config.model.name, with `head_channels` channels, in config.model.dtype,
+  convolutions by config.model.conv_impl; DeepLab's ASPP rates follow output_stride."""
   name = _choice(model_cfg, 'name', HEAD_NAMES)
   output_stride = _choice(model_cfg, 'output_stride', STAGE_GEOMETRY)
-  channels = _positive(model_cfg, 'head_channels', 256, integer=True)
-  upsample = _choice(model_cfg, 'upsample', heads.UPSAMPLE_MODES, 'bilinear')
-  dtype = DTYPES[_choice(model_cfg, 'dtype', DTYPES, 'float32')]
-  impl = _choice(model_cfg, 'conv_impl', conv_lib.CONV_IMPLS, 'auto')
+  channels = _positive(model_cfg, 'head_channels', integer=True)
+  upsample = _choice(model_cfg, 'upsample', heads.UPSAMPLE_MODES)
+  dtype = compute_dtype(model_cfg)
+  impl = _choice(model_cfg, 'conv_impl', conv_lib.CONV_IMPLS)
   if name == 'deeplabv3':
     return heads.DeepLabV3Head(num_classes, ASPP_RATES[output_stride], channels, dtype, impl)
   if name == 'deeplabv3plus':

@@ -11,8 +11,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rwsjax.models import conv as conv_lib
+from rwsjax.models.backbone import STAGE_NAMES, stage_output
 
-STAGE_NAMES = ('layer1', 'layer2', 'layer3', 'layer4')
 # Output stride -> (strides, dilations) of stages 1-4 (docs/methods.md).
 STAGE_GEOMETRY = {
     8: ((1, 2, 1, 1), (1, 1, 2, 4)),
@@ -115,16 +115,13 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-  """ResNet backbone returning {'stem', 'layer1'..'layer4'} (RWS's F_1..F_4 are the layers).
+  """ResNet backbone returning {'stem', 'layer1'..'layer4'}, as `rwsjax.models.backbone`
+  describes (RWS's F_1..F_4 are the layers).
 
-  `stem` is the conv1-bn1-relu output (stride 2, before max pooling). After each stage:
-  `x = stage_hook(name, x)` when a hook is given (RWS stage 3 fuses features there, and the
-  fused map feeds the next stage), then `x = self.perturb(name, x)` (collection
-  'perturbations': the gradient w.r.t. it is dS/dF_i, used by Seg-Grad-CAM) and
-  `self.sow('intermediates', name, x)`. `init` returns 'params', 'batch_stats' and
-  'perturbations' (zeros shaped like the init batch's features): training keeps only
-  'params' and 'batch_stats', and `apply` without 'perturbations' makes `perturb` the
-  identity.
+  `stem` is the conv1-bn1-relu output (stride 2, before max pooling); each stage's output goes
+  through `backbone.stage_output`. `init` returns 'params', 'batch_stats' and 'perturbations'
+  (zeros shaped like the init batch's features): training keeps only 'params' and
+  'batch_stats'.
 
   Attributes:
     depth: 18, 34, 50, 101 or 152.
@@ -165,8 +162,6 @@ class ResNet(nn.Module):
       for index, (stride, dilation) in enumerate(plan):
         x = block(channels, stride, dilation, norm, self.dtype, self.conv_impl,
                   name=f'{name}_{index}')(x)
-      x = stage_hook(name, x) if stage_hook is not None else x
-      x = self.perturb(name, x)
-      self.sow('intermediates', name, x)
+      x = stage_output(self, name, x, stage_hook)
       features[name] = x
     return features

@@ -22,7 +22,7 @@ def make_scorer(model, config):
   """Jitted (variables, images, labels, valid) -> window attention, IoU and presence (N, W, K)
   over the whole image (docs/methods.md RWS 3)."""
   rws, k = config.rws, config.dataset.num_classes
-  background = config.dataset.get("background_class")
+  background = config.dataset.background_class
 
   @jax.jit
   def score(variables, images, labels, valid):

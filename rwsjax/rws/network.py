@@ -125,7 +125,7 @@ def fusion_plans(model, frozen, images, config, rng, labels=None, valid=None):
     (layer -> `fusion.FusionPlan`, stats {'weak_slices': per image, 'selected': share}).
   """
   rws, k = config.rws, config.dataset.num_classes
-  background = config.dataset.get("background_class")
+  background = config.dataset.background_class
   layers = fused_layers(rws)
   if not layers:
     return {}, {}

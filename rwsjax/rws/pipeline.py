@@ -57,7 +57,7 @@ def check_config(config):
   if any(i not in (1, 2, 3, 4) for i in rws.fuse_layers):
     raise ValueError(f"config.rws.fuse_layers={tuple(rws.fuse_layers)}; expected a subset of "
                      "(1, 2, 3, 4).")
-  background = config.dataset.get("background_class")
+  background = config.dataset.background_class
   if background is not None and not 0 <= background < config.dataset.num_classes:
     raise ValueError(f"config.dataset.background_class={background} is not a class of the "
                      f"{config.dataset.num_classes} classes; use None when there is none.")
@@ -67,7 +67,7 @@ def check_config(config):
     raise ValueError(f"config.rws.local_scale={rws.local_scale} must be positive.")
   strides = models.feature_strides(config.model)
   sizes = [input_pipeline.pair(config.input.crop_size)]
-  if config.input.get("eval_pad_size") is not None:
+  if config.input.eval_pad_size is not None:
     sizes.append(input_pipeline.pair(config.input.eval_pad_size))
   for height, width in sizes:
     fusion.check_geometry(height, width, rws.slice_size, rws.slice_stride, strides)

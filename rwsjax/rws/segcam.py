@@ -1,8 +1,8 @@
 """Seg-Grad-CAM heatmaps and the attention maps of RWS (paper eq. 1-4, docs/methods.md RWS step 2).
 
 Model convention: `model.apply(variables, images, train=False)` returns logits (N, H, W, K) at
-input resolution, and after each backbone stage `name` ('layer1'..'layer4') the model calls
-`self.perturb(name, x)` and `self.sow('intermediates', name, x)`. The gradients dS_c/dF_i of all
+input resolution, and each backbone stage output `name` ('layer1'..'layer4') passes through
+`rwsjax.models.backbone.stage_output` (`perturb` and `sow`). The gradients dS_c/dF_i of all
 stages then come from one backward pass, as the cotangent of the 'perturbations' collection.
 
 In eval mode (`train=False`) images of a batch do not interact, so the cotangent of image n only
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-LAYERS = ('layer1', 'layer2', 'layer3', 'layer4')
+from rwsjax.models.backbone import STAGE_NAMES as LAYERS
 
 
 class SegCamResult(NamedTuple):
