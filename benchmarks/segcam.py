@@ -26,7 +26,7 @@ import numpy as np
 from flax import traverse_util
 
 from rwsjax.rws import segcam
-from rwsjax.models import build_model
+from rwsjax.models import make_model
 from rwsjax.models import pretrained
 from rwsjax.models.conv import CONV_IMPLS
 from timing import interleaved_seconds
@@ -165,13 +165,13 @@ def main():
     parser.error('--vs-torch needs torchvision\'s model: --name deeplabv3 --backbone '
                  'resnet50|resnet101 --width 1 --head-channels 256 --output-stride 8')
 
-  def make_model(impl):
-    return build_model({'name': args.name, 'backbone': args.backbone,
-                        'output_stride': args.output_stride, 'width': args.width,
-                        'head_channels': args.head_channels, 'conv_impl': impl},
-                       args.num_classes)
+  def model_with(impl):
+    return make_model({'name': args.name, 'backbone': args.backbone,
+                       'output_stride': args.output_stride, 'width': args.width,
+                       'head_channels': args.head_channels, 'conv_impl': impl},
+                      args.num_classes)
 
-  model = make_model(args.conv_impl)
+  model = model_with(args.conv_impl)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.normal(size=(args.batch, args.size, args.size, 3)), jnp.float32)
   variables = jax.jit(model.init)(jax.random.key(0), images[:1])
@@ -197,7 +197,7 @@ def main():
       for name in layers:
         np.testing.assert_allclose(fast[name][n, j], maps[name], atol=1e-4)
   if args.vs_conv_impl:
-    other = make_model(args.vs_conv_impl)
+    other = model_with(args.vs_conv_impl)
     paths[f'all classes [{args.vs_conv_impl}]'] = lambda: vectorised(model=other)
   if args.vs_torch:
     paths['torch class loop'] = TorchSegCam(args, variables, images, classes)

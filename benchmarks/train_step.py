@@ -32,7 +32,7 @@ import numpy as np
 
 from rwsjax import train
 from rwsjax.losses import IGNORE_LABEL
-from rwsjax.models import build_model
+from rwsjax.models import make_model
 from rwsjax.models.conv import CONV_IMPLS
 
 TORCH_BACKBONES = ('resnet50', 'resnet101')
@@ -54,10 +54,10 @@ class JaxRunner:
   """The rwsjax train and eval steps on one resident batch; `train` updates the state."""
 
   def __init__(self, args, batch, conv_impl=None, compiler_options=None):
-    model = build_model({'name': args.name, 'backbone': args.backbone,
-                         'output_stride': args.output_stride, 'width': args.width,
-                         'head_channels': args.head_channels, 'dtype': args.dtype,
-                         'conv_impl': conv_impl or args.conv_impl}, args.num_classes)
+    model = make_model({'name': args.name, 'backbone': args.backbone,
+                        'output_stride': args.output_stride, 'width': args.width,
+                        'head_channels': args.head_channels, 'dtype': args.dtype,
+                        'conv_impl': conv_impl or args.conv_impl}, args.num_classes)
     cfg = ml_collections.ConfigDict(dict(optimizer='sgd', lr=LR, momentum=MOMENTUM,
                                          weight_decay=WEIGHT_DECAY, poly_power=POLY_POWER,
                                          warmup_steps=0))
@@ -65,7 +65,7 @@ class JaxRunner:
     mesh = train.make_mesh()
     variables = jax.jit(lambda r: train.init_variables(model, (1, args.size, args.size, 3), r))(
         jax.random.key(0))
-    self.state = train.create_train_state(tx, variables, mesh)
+    self.state = train.make_train_state(tx, variables, mesh)
     self.batch = train.to_device(batch, mesh)
     self.rng = jax.random.key(1)
     self.model = model

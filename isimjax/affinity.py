@@ -263,15 +263,15 @@ class AffinityNet(nn.Module):
     return self.head(features).astype(jnp.float32)
 
 
-def build_affinity_net(model_cfg):
-  """AffinityNet on `rwsjax.models.build_backbone(model_cfg)`; raises unless every layer of
+def make_affinity_net(model_cfg):
+  """AffinityNet on `rwsjax.models.make_backbone(model_cfg)`; raises unless every layer of
   `FEATURE_LAYERS` is at stride 8 (output_stride 8), where the pairs are taken."""
   strides = models.feature_strides(model_cfg)
   if any(strides[name] != FEATURE_STRIDE for name in FEATURE_LAYERS):
     raise ValueError(f'AffinityNet needs layer2-4 at stride {FEATURE_STRIDE}; '
                      f'config.psa.affinity.model.output_stride={model_cfg.output_stride} gives '
                      f'{[strides[name] for name in FEATURE_LAYERS]}: set it to 8.')
-  backbone = models.build_backbone(model_cfg)
+  backbone = models.make_backbone(model_cfg)
   return AffinityNet(backbone, AffinityHead(dtype=backbone.dtype))
 
 

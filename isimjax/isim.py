@@ -97,7 +97,7 @@ class Context:
 def check_config(config):
   """Stops before any work on ISIM or PSA settings that a stage would reject: the CAM model,
   the regeneration rule and, when the PSA stages run, `psa.check_config`."""
-  cam_models.build_cam_model(config.model, config.dataset.num_classes)
+  cam_models.make_cam_model(config.model, config.dataset.num_classes)
   if config.isim.regen not in self_train.REGEN_MODES:
     raise ValueError(f'config.isim.regen={config.isim.regen!r}; expected one of '
                      f'{self_train.REGEN_MODES}.')
@@ -118,14 +118,14 @@ def model_configs(config):
 def make_context(config, workdir):
   """Mesh, sources, DeepLabCAM/UNetCAM and CAM extractor of `config`."""
   mesh = train.make_mesh(config.num_devices)
-  model = cam_models.build_cam_model(config.model, config.dataset.num_classes)
+  model = cam_models.make_cam_model(config.model, config.dataset.num_classes)
   isim_cfg = config.isim
   extractor = cam.CamExtractor(model, config.input, scales=tuple(isim_cfg.cam_scales),
                                flip=isim_cfg.cam_flip, stride=self_train.cam_stride(config),
                                batch_size=isim_cfg.cam_batch_size, bucket=isim_cfg.cam_bucket)
   return Context(config=config, workdir=workdir, mesh=mesh,
-                 train_source=data.get_source(config.dataset, config.dataset.train_split),
-                 eval_source=data.get_source(config.dataset, config.dataset.eval_split),
+                 train_source=data.load_source(config.dataset, config.dataset.train_split),
+                 eval_source=data.load_source(config.dataset, config.dataset.eval_split),
                  model=model, cams=extractor,
                  writer=MetricWriter(os.path.join(workdir, 'metrics.jsonl')),
                  rng=jax.random.key(config.seed))
@@ -474,14 +474,14 @@ def trained_predictor(config, workdir, mesh):
   k = config.dataset.num_classes
   if config.psa.enabled:
     sub = psa.stage_config(config, 'final')
-    model = models.build_model(sub.model, k)
+    model = models.make_model(sub.model, k)
     stage, steps = psa.FINAL_STAGE, finished_steps(workdir, 'psa_final')
     tx = train.make_optimizer(sub.train, steps)
     title = f'{psa.final_title(config)} on the {model_title(config.model)} + PSA labels'
     predict_fn = stages.model_predict_fn(model)
   else:
     sub = config
-    model = cam_models.build_cam_model(config.model, k)
+    model = cam_models.make_cam_model(config.model, k)
     stage, steps = MODELS['isim'], finished_steps(workdir, 'isim_train')
     tx = self_train.make_optimizer(config, steps)
     title = model_title(config.model)

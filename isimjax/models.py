@@ -54,10 +54,10 @@ class CamSegmenter(nn.Module):
     return logits, jnp.mean(maps, axis=(1, 2))
 
 
-def build_cam_model(model_cfg, num_classes):
+def make_cam_model(model_cfg, num_classes):
   """DeepLabCAM (config.model.name deeplabv3 | deeplabv3plus) or UNetCAM (unet, with
   config.model.upsample bilinear | learnable) from config.model; see
-  `rwsjax.models.build_backbone` and `build_head` for the other fields."""
+  `rwsjax.models.make_backbone` and `make_head` for the other fields."""
   name = model_cfg.get('name')
   if name not in CAM_HEADS:
     raise ValueError(f'config.model.name={name!r} has no CAM variant; expected one of '
@@ -65,6 +65,6 @@ def build_cam_model(model_cfg, num_classes):
   if num_classes < 2:
     raise ValueError(f'config.dataset.num_classes={num_classes}; a CAM model needs background '
                      'and at least one object class.')
-  backbone = models.build_backbone(model_cfg)
-  return CamSegmenter(backbone, models.build_head(model_cfg, num_classes), num_classes,
+  backbone = models.make_backbone(model_cfg)
+  return CamSegmenter(backbone, models.make_head(model_cfg, num_classes), num_classes,
                       dtype=backbone.dtype)

@@ -80,14 +80,14 @@ def check_config(config):
     if psa[part].epochs <= 0:
       raise ValueError(f'config.psa.{part}.epochs={psa[part].epochs}; expected > 0.')
   sub = stage_config(config, 'affinity')
-  affinity.build_affinity_net(sub.model)
+  affinity.make_affinity_net(sub.model)
   grid = random_walk.feature_grid(sub.input.crop_size, affinity.FEATURE_STRIDE)
   if not affinity.has_pairs(grid, affinity.pair_offsets(psa.radius)):
     raise ValueError(f'config.psa.affinity.input.crop_size={tuple(sub.input.crop_size)} gives '
                      f'a {grid} feature map at stride 8, too small for pairs of '
                      f'config.psa.radius={psa.radius}.')
   try:
-    models.build_model(stage_config(config, 'final').model, config.dataset.num_classes)
+    models.make_model(stage_config(config, 'final').model, config.dataset.num_classes)
   except ValueError as e:
     raise ValueError(f'config.psa.final.model: {e}') from None
 
@@ -165,7 +165,7 @@ def _affinity_setup(ctx):
   """(stage config, AffinityNet, optimizer, total steps) of the AffinityNet stage: SGD (or the
   configured optimizer) with poly decay, the new layers at psa.head_lr_mult times the rate."""
   sub = stage_config(ctx.config, 'affinity')
-  model = affinity.build_affinity_net(sub.model)
+  model = affinity.make_affinity_net(sub.model)
   total = epoch_steps(sub, ctx.train_source, ctx.config.psa.affinity.epochs)
   lr = sub.train.lr
   tx = train.make_optimizer(sub.train, total,
@@ -268,7 +268,7 @@ def train_final(ctx):
   and its confusion-matrix mIoU on the eval split (paper Tables 8-11)."""
   config = ctx.config
   sub = stage_config(config, 'final')
-  model = models.build_model(sub.model, ctx.num_classes)
+  model = models.make_model(sub.model, ctx.num_classes)
   total = epoch_steps(sub, ctx.train_source, config.psa.final.epochs)
   rng = jax.random.fold_in(ctx.rng, _SEEDS[FINAL_STAGE])
   batches = stages.train_batches(ctx.train_source, sub, ctx.mesh, seed=config.seed,

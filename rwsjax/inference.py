@@ -93,7 +93,7 @@ def evaluate_run(config, workdir, pipeline_module, split=None):
   preflight.for_evaluation(config, workdir, pipeline_module.check_config, split)
   mesh = train.make_mesh(config.num_devices)
   predictor = preflight.user_input(pipeline_module.trained_predictor, config, workdir, mesh)
-  source = data.get_source(config.dataset, split)
+  source = data.load_source(config.dataset, split)
   confusion = stages.evaluate_model(None, predictor.variables, source, predictor.config,
                                     mesh, with_tta(predictor.predict_fn, config.eval))
   names = data.class_names(config.dataset)

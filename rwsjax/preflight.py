@@ -37,7 +37,7 @@ def user_input(fn, *args, **kwargs):
 def check_common_config(config):
   """config values every pipeline reads: dataset, model, optimizer, input, eval, devices."""
   data.num_classes(config.dataset)
-  models.build_model(config.model, config.dataset.num_classes)
+  models.make_model(config.model, config.dataset.num_classes)
   train.make_optimizer(config.train, 1)
   if config.input.scale_mode not in pipeline.SCALE_MODES:
     raise ValueError(f"config.input.scale_mode={config.input.scale_mode!r}; expected one of "
@@ -86,7 +86,7 @@ def check_pretrained(model_cfg):
   path = config_lib.field(model_cfg, "model", "pretrained")
   if not path:
     return
-  backbone = models.build_backbone(model_cfg)
+  backbone = models.make_backbone(model_cfg)
   abstract = jax.eval_shape(functools.partial(train.init_variables, backbone, (1, 64, 64, 3)),
                             jax.random.key(0))
   models.load_pretrained_backbone(abstract, path, model_cfg, scope=())

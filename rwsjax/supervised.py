@@ -25,7 +25,7 @@ def check_config(config):
 
 def trained_predictor(config, workdir, mesh):
   """The `Predictor` of the finished run in `workdir`: the trained model."""
-  model = models.build_model(config.model, config.dataset.num_classes)
+  model = models.make_model(config.model, config.dataset.num_classes)
   steps = config.train.steps
   variables = train.finished_variables(
       workdir=workdir, stage="supervised", model=model,
@@ -41,9 +41,9 @@ def run(config, workdir):
   summary.json, results.md, metrics.jsonl and figures into `workdir`. Resumes after a kill."""
   preflight.for_training(config, workdir, check_config)
   mesh = train.make_mesh(config.num_devices)
-  train_source = data.get_source(config.dataset, config.dataset.train_split)
-  eval_source = data.get_source(config.dataset, config.dataset.eval_split)
-  model = models.build_model(config.model, config.dataset.num_classes)
+  train_source = data.load_source(config.dataset, config.dataset.train_split)
+  eval_source = data.load_source(config.dataset, config.dataset.eval_split)
+  model = models.make_model(config.model, config.dataset.num_classes)
   rng = jax.random.key(config.seed)
   variables = stages.initial_variables(model, config, rng)
   tx = train.make_optimizer(config.train, config.train.steps)

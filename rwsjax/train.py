@@ -178,7 +178,7 @@ def init_variables(model, image_shape, rng):
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
-def create_train_state(tx, variables, mesh, opt_state=None):
+def make_train_state(tx, variables, mesh, opt_state=None):
   """A replicated TrainState at step 0 from `variables` (a pytree of arrays or shape structs),
   with `opt_state` when a run continues another run's optimizer, else `tx.init`."""
   def init(variables, opt_state):
@@ -369,7 +369,7 @@ def num_eval_batches(split_size, global_batch_size):
 def restore_or_init(checkpointer, tx, variables, mesh, opt_state=None):
   """A TrainState from the stage's latest checkpoint, else from `variables` (and `opt_state`)
   at step 0."""
-  state = create_train_state(tx, variables, mesh, opt_state)
+  state = make_train_state(tx, variables, mesh, opt_state)
   return checkpointer.restore(state) if checkpointer is not None else state
 
 
@@ -386,7 +386,7 @@ def finished_variables(*, workdir, stage, model, tx, total_steps, image_shape, r
                        "training.")
     variables = jax.eval_shape(functools.partial(init_variables, model, image_shape), rng)
     state = checkpointer.restore(
-        jax.eval_shape(functools.partial(create_train_state, tx, mesh=mesh), variables))
+        jax.eval_shape(functools.partial(make_train_state, tx, mesh=mesh), variables))
   finally:
     checkpointer.close()
   return state.variables

@@ -43,7 +43,7 @@ def experiment_config(data_dir):
 
 def train_tiny(config, mesh, batches, workdir):
   """(model, final state) of a supervised stage on `batches`; metrics.jsonl in `workdir`."""
-  model = models.build_model(config.model, config.dataset.num_classes)
+  model = models.make_model(config.model, config.dataset.num_classes)
   rng = jax.random.key(config.seed)
   state = train.train_stage(
       workdir=workdir, stage="supervised", loss_fn=train.supervised_loss(model),
@@ -76,8 +76,8 @@ def worker(process_id, port, data_dir, out_dir):
                              initialization_timeout=60)
   config = experiment_config(data_dir)
   mesh = train.make_mesh()
-  train_source = data.get_source(config.dataset, "train", per_process=True)
-  eval_source = data.get_source(config.dataset, "validation", per_process=True)
+  train_source = data.load_source(config.dataset, "train", per_process=True)
+  eval_source = data.load_source(config.dataset, "validation", per_process=True)
 
   record = []
   batches = stages.train_batches(train_source, config, mesh, seed=config.seed)
@@ -110,7 +110,7 @@ def reference(data_dir, out_dir):
                         os.path.join(out_dir, "single"))
   with open(os.path.join(out_dir, "variables.msgpack"), "rb") as f:
     variables = flax.serialization.msgpack_restore(f.read())
-  whole = data.get_source(config.dataset, "validation", per_process=False)
+  whole = data.load_source(config.dataset, "validation", per_process=False)
   confusion = stages.evaluate_model(model, variables, whole, config, mesh)
   np.savez(os.path.join(out_dir, "single.npz"), confusion=confusion)
 

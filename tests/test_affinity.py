@@ -232,7 +232,7 @@ def _net_cfg(**overrides):
 
 @pytest.fixture(scope="module")
 def affinity_net():
-  model = affinity.build_affinity_net(_net_cfg())
+  model = affinity.make_affinity_net(_net_cfg())
   variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((2, 32, 40, 3)))
   return model, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
@@ -263,7 +263,7 @@ def test_affinity_net_is_psa_embedding_on_layers_2_to_4(affinity_net):
 
 def test_affinity_net_needs_output_stride_8():
   with pytest.raises(ValueError, match="output_stride"):
-    affinity.build_affinity_net(_net_cfg(output_stride=16))
+    affinity.make_affinity_net(_net_cfg(output_stride=16))
 
 
 def test_affinity_train_loss_matches_a_loop_over_pairs(affinity_net):

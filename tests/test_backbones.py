@@ -47,7 +47,7 @@ def toy():
 @pytest.mark.parametrize("head", models.HEAD_NAMES)
 def test_toy_backbone_meets_its_registered_strides_under_every_head(toy, head):
   cfg = {"name": head, "backbone": toy, "head_channels": 8}
-  model = models.build_model(cfg, 3)
+  model = models.make_model(cfg, 3)
   images = jnp.zeros((2, 32, 48, 3))
   variables = jax.eval_shape(model.init, jax.random.key(0), images)
   logits, features = jax.eval_shape(
@@ -60,7 +60,7 @@ def test_toy_backbone_meets_its_registered_strides_under_every_head(toy, head):
 
 
 def test_seg_grad_cam_reaches_the_toy_backbones_stages(toy):
-  model = models.build_model({"name": "deeplabv3", "backbone": toy, "head_channels": 8}, 3)
+  model = models.make_model({"name": "deeplabv3", "backbone": toy, "head_channels": 8}, 3)
   images = jax.random.normal(jax.random.key(1), (1, 32, 32, 3))
   variables = model.init(jax.random.key(0), images)
   result = segcam.seg_grad_cam(model, variables, images, max_classes=2)
@@ -79,6 +79,6 @@ def test_smoke_rws_runs_on_a_registered_toy_backbone(toy, tmp_path):
   for key in ("stage1", "baseline", "rws_plain", "rws_fused"):
     assert 0.0 <= summary[key]["miou"] <= 1.0, key
   network = rws_pipeline.finished_network(config, str(tmp_path / "run"),
-                                          models.build_model(config.model, 7), train.make_mesh())
+                                          models.make_model(config.model, 7), train.make_mesh())
   for part in ("model", "global", "local"):
     assert set(network[part]["params"]["backbone"]) == TOY_PARAMS, part

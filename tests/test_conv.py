@@ -153,7 +153,7 @@ def test_config_rejects_unknown_conv_impl():
   cfg = ml_collections.ConfigDict(dict(name='deeplabv3', backbone='resnet18', output_stride=8,
                                        width=0.125, head_channels=8, conv_impl='fast'))
   with pytest.raises(ValueError, match='conv_impl'):
-    models.build_model(cfg, 3)
+    models.make_model(cfg, 3)
 
 
 @pytest.mark.parametrize('name,backbone,size', [
@@ -167,7 +167,7 @@ def test_models_agree_across_conv_impls(name, backbone, size, small_taps):
   with jax.enable_x64(True):
     built = {}
     for impl in ('lax', 'matmul'):
-      model = models.build_model(ml_collections.ConfigDict(dict(
+      model = models.make_model(ml_collections.ConfigDict(dict(
           name=name, backbone=backbone, output_stride=8, width=0.125, head_channels=8,
           conv_impl=impl)), 3)
       built[impl] = model.clone(backbone=model.backbone.clone(dtype=jnp.float64),

@@ -67,7 +67,7 @@ def built(request, tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp(name)
   truth = WRITERS[name](tmp_path / 'manual')
   cfg = _config(tmp_path, name, tmp_path / 'manual')
-  data.get_builder(cfg)
+  data.load_builder(cfg)
   return name, cfg, truth
 
 
@@ -78,14 +78,14 @@ def _ids(source):
 def test_split_sizes_and_ids(built):
   name, cfg, _ = built
   train_ids, val_ids = SPLIT_IDS[name]
-  assert _ids(data.get_source(cfg, 'train', per_process=False)) == sorted(train_ids)
-  assert _ids(data.get_source(cfg, 'validation', per_process=False)) == sorted(val_ids)
+  assert _ids(data.load_source(cfg, 'train', per_process=False)) == sorted(train_ids)
+  assert _ids(data.load_source(cfg, 'validation', per_process=False)) == sorted(val_ids)
 
 
 def test_labels_images_and_image_level_labels(built):
   name, cfg, truth = built
   for split in ('train', 'validation'):
-    source = data.get_source(cfg, split, per_process=False)
+    source = data.load_source(cfg, split, per_process=False)
     for i in range(len(source)):
       example = source[i]
       image, stored = truth[example['id'].decode()]
@@ -101,7 +101,7 @@ def test_labels_images_and_image_level_labels(built):
 
 def test_image_bytes_stored_unchanged(built):
   name, cfg, _ = built
-  raw = data.get_builder(cfg).as_data_source(
+  raw = data.load_builder(cfg).as_data_source(
       'validation', decoders={'image': tfds.decode.SkipDecoding()})
   for i in range(len(raw)):
     image_id = raw[i]['id'].decode()
@@ -127,7 +127,7 @@ def test_coco_raw_map_against_oracle():
 def test_coco_train_id_layout(tmp_path):
   truth = fake_datasets.write_cocostuff(tmp_path / 'manual', train_ids=True)
   cfg = _config(tmp_path, 'cocostuff', tmp_path / 'manual')
-  source = data.get_source(cfg, 'validation', per_process=False)
+  source = data.load_source(cfg, 'validation', per_process=False)
   assert _ids(source) == sorted(fake_datasets.COCO_VAL)
   for i in range(len(source)):
     _, stored = truth[source[i]['id'].decode()]
@@ -167,14 +167,14 @@ def test_missing_directory(tmp_path, name, missing):
   path = tmp_path / 'manual' / missing
   shutil.rmtree(path)
   with pytest.raises(FileNotFoundError, match=re.escape(f'but {path} is missing')):
-    data.get_source(_config(tmp_path, name, tmp_path / 'manual'), 'train')
+    data.load_source(_config(tmp_path, name, tmp_path / 'manual'), 'train')
 
 
 def test_manual_dir_not_set(tmp_path):
   cfg = _config(tmp_path, 'ade20k', tmp_path)
   cfg.manual_dir = None
   with pytest.raises(ValueError, match='config.dataset.manual_dir is not set; ade20k needs'):
-    data.get_source(cfg, 'train')
+    data.load_source(cfg, 'train')
 
 
 @pytest.mark.parametrize('name, value, expected', [
@@ -191,7 +191,7 @@ def test_label_value_out_of_range(tmp_path, name, value, expected):
   PIL.Image.fromarray(stored).save(tmp_path / 'manual' / path)
   message = f'{tmp_path / "manual" / path} has label value(s) [{value}]; expected {expected}.'
   with pytest.raises(ValueError, match=re.escape(message)):
-    data.get_source(_config(tmp_path, name, tmp_path / 'manual'), 'train')
+    data.load_source(_config(tmp_path, name, tmp_path / 'manual'), 'train')
 
 
 def test_coco_train_id_out_of_range(tmp_path):
@@ -206,7 +206,7 @@ def test_corrupt_image(tmp_path):
   path = tmp_path / 'manual' / 'images' / 'validation' / (fake_datasets.ADE_VAL[0] + '.jpg')
   path.write_bytes(path.read_bytes()[:40])
   with pytest.raises(ValueError, match=re.escape(f'{path} is not a readable image')):
-    data.get_source(_config(tmp_path, 'ade20k', tmp_path / 'manual'), 'train')
+    data.load_source(_config(tmp_path, 'ade20k', tmp_path / 'manual'), 'train')
 
 
 def test_image_without_label(tmp_path):
@@ -217,7 +217,7 @@ def test_image_without_label(tmp_path):
   image = tmp_path / 'manual' / 'leftImg8bit' / 'val' / (image_id + '_leftImg8bit.png')
   with pytest.raises(FileNotFoundError,
                      match=re.escape(f'{image} has no label; expected {label}.')):
-    data.get_source(_config(tmp_path, 'cityscapes', tmp_path / 'manual'), 'train')
+    data.load_source(_config(tmp_path, 'cityscapes', tmp_path / 'manual'), 'train')
 
 
 def test_empty_image_folder(tmp_path):
@@ -232,7 +232,7 @@ def test_label_size_differs_from_image(tmp_path):
   label = tmp_path / 'manual' / 'annotations' / 'val2017' / (image_id + '.png')
   PIL.Image.fromarray(np.zeros((3, 3), np.uint8)).save(label)
   with pytest.raises(ValueError, match=re.escape(f'{label} has shape (3, 3) but its image is')):
-    data.get_source(_config(tmp_path, 'cocostuff', tmp_path / 'manual'), 'train')
+    data.load_source(_config(tmp_path, 'cocostuff', tmp_path / 'manual'), 'train')
 
 
 def test_rgb_label_rejected(tmp_path):

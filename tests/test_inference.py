@@ -142,7 +142,7 @@ def test_predict_writes_a_palette_mask_and_an_overlay_per_image(smoke_run, tmp_p
     overlay = PIL.Image.open(out / inference.OVERLAY_DIR / f"{stem}.jpg")
     assert overlay.size == mask.size
   # a.png needs no shrinking and no padding: its mask is the model's argmax on it.
-  model = models.build_model(config.model, config.dataset.num_classes)
+  model = models.make_model(config.model, config.dataset.num_classes)
   variables = supervised.trained_predictor(config, workdir, train.make_mesh(1)).variables
   logits = model.apply(variables, pipeline.normalize(images["a.png"], config.input)[None])
   np.testing.assert_array_equal(np.asarray(PIL.Image.open(out / "a.png")),

@@ -25,7 +25,7 @@ def init(model, shape=(2, 32, 32, 3)):
 
 @pytest.fixture(scope='module')
 def deeplab():
-  model = models.build_cam_model(model_cfg(), NUM_CLASSES)
+  model = models.make_cam_model(model_cfg(), NUM_CLASSES)
   return model, init(model)
 
 
@@ -58,7 +58,7 @@ def test_outputs_and_branch_against_pool_then_conv(deeplab):
 @pytest.mark.parametrize('name, upsample', [('deeplabv3plus', 'bilinear'),
                                             ('unet', 'bilinear'), ('unet', 'learnable')])
 def test_other_decoders(name, upsample):
-  model = models.build_cam_model(model_cfg(name=name, upsample=upsample), NUM_CLASSES)
+  model = models.make_cam_model(model_cfg(name=name, upsample=upsample), NUM_CLASSES)
   images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   variables = jax.eval_shape(model.init, jax.random.key(0), images)
   seg, class_logits = jax.eval_shape(model.apply, variables, images)
@@ -85,6 +85,6 @@ def test_classify_trains_without_touching_the_head(deeplab):
 
 def test_names_without_a_cam_variant_are_rejected():
   with pytest.raises(ValueError, match="config.model.name='fcn'"):
-    models.build_cam_model(model_cfg(name='fcn'), NUM_CLASSES)
+    models.make_cam_model(model_cfg(name='fcn'), NUM_CLASSES)
   with pytest.raises(ValueError, match='num_classes=1'):
-    models.build_cam_model(model_cfg(), 1)
+    models.make_cam_model(model_cfg(), 1)

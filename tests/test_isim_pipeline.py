@@ -121,7 +121,7 @@ def test_a_killed_random_walk_redoes_only_its_missing_labels(voc_run):
 
 def test_psa_labels_cover_the_split_with_the_image_classes(voc_run):
   config, workdir, _, _, _, _ = voc_run
-  source = data.get_source(config.dataset, 'train')
+  source = data.load_source(config.dataset, 'train')
   for name in ('affinity_labels', 'rw', 'rw_crf'):
     store = self_train.label_store(os.path.join(workdir, 'psa', name), len(source))
     assert store.complete
@@ -136,7 +136,7 @@ def test_psa_labels_cover_the_split_with_the_image_classes(voc_run):
 
 def test_pseudo_labels_cover_the_training_split_at_image_size(voc_run):
   config, workdir, _, _, results, _ = voc_run
-  source = data.get_source(config.dataset, 'train')
+  source = data.load_source(config.dataset, 'train')
   for record in results['isim_train']['rounds']:
     for i in range(len(source)):
       path = os.path.join(record['directory'], f'{i:08d}.png')

@@ -102,7 +102,7 @@ def test_deeplabv3_resnet50_matches_torchvision_count():
   for output_stride in (8, 16):
     cfg = dict(name='deeplabv3', backbone='resnet50', output_stride=output_stride, width=1.0,
                head_channels=256)  # torchvision's deeplabv3_resnet50
-    variables = abstract_init(models.build_model(cfg, 21), (1, 64, 64, 3))
+    variables = abstract_init(models.make_model(cfg, 21), (1, 64, 64, 3))
     assert count(variables['params']) == 39_638_869
     assert count(variables['params']['backbone']) == 23_508_032
 
@@ -133,7 +133,7 @@ def test_resnet18_count_by_hand():
 @pytest.mark.parametrize('backbone,c1,c4', (('resnet18', 8, 64), ('resnet50', 32, 256)))
 def test_head_counts_closed_form(name, backbone, c1, c4):
   cfg = make_cfg(name=name, backbone=backbone, head_channels=32)
-  variables = abstract_init(models.build_model(cfg, 5), (1, 32, 32, 3))
+  variables = abstract_init(models.make_model(cfg, 5), (1, 32, 32, 3))
   assert count(variables['params']['head']) == head_count(name, c1, c4, 32, 5)
 
 
@@ -164,7 +164,7 @@ def test_backbone_feature_shapes(backbone, output_stride):
   depth = int(backbone[len('resnet'):])
   expansion = 1 if depth < 50 else 4
   cfg = make_cfg(backbone=backbone, output_stride=output_stride)
-  model = models.build_backbone(cfg)
+  model = models.make_backbone(cfg)
   variables = abstract_init(model, (2, 64, 64, 3))
   feats = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32))
   assert feats['stem'].shape == (2, 32, 32, 8)
@@ -180,7 +180,7 @@ HEAD_CASES = [(n, 'bilinear') for n in HEADS] + [('unet', 'learnable')]
 @pytest.mark.parametrize('name,upsample', HEAD_CASES)
 def test_model_and_head_shapes(name, upsample, output_stride):
   cfg = make_cfg(name=name, upsample=upsample, output_stride=output_stride)
-  model = models.build_model(cfg, 5)
+  model = models.make_model(cfg, 5)
   for size in (64, 50):
     x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
     variables = abstract_init(model, x.shape)
@@ -188,7 +188,7 @@ def test_model_and_head_shapes(name, upsample, output_stride):
         functools.partial(model.apply, return_features=True), variables, x)
     assert logits.shape == (2, size, size, 5) and logits.dtype == jnp.float32
     assert set(feats) == {'stem', *models.STAGE_NAMES}
-    head = models.build_head(cfg, 5)
+    head = models.make_head(cfg, 5)
     head_vars = {c: variables[c].get('head', {}) for c in ('params', 'batch_stats')}
     out = jax.eval_shape(head.apply, head_vars, feats)
     source = {'fcn': 'layer4', 'deeplabv3': 'layer4', 'deeplabv2': 'layer4',
@@ -198,8 +198,8 @@ def test_model_and_head_shapes(name, upsample, output_stride):
 
 def test_unet_upsample_modes_differ_by_transposed_convs():
   shape = (1, 64, 64, 3)
-  bilinear = abstract_init(models.build_model(make_cfg(name='unet'), 3), shape)['params']['head']
-  learn = abstract_init(models.build_model(make_cfg(name='unet', upsample='learnable'), 3),
+  bilinear = abstract_init(models.make_model(make_cfg(name='unet'), 3), shape)['params']['head']
+  learn = abstract_init(models.make_model(make_cfg(name='unet', upsample='learnable'), 3),
                         shape)['params']['head']
   # OS 8: layer4 -> layer3 and layer3 -> layer2 keep the size; then x2 to layer1 and stem.
   assert set(learn) - set(bilinear) == {'up2', 'up3'}
@@ -211,12 +211,12 @@ def test_unet_upsample_modes_differ_by_transposed_convs():
     ('upsample', 'nearest'), ('width', 0), ('head_channels', 0), ('head_channels', 1.5)])
 def test_build_model_rejects_bad_config(key, value):
   with pytest.raises(ValueError, match=rf'config\.model\.{key}='):
-    models.build_model(make_cfg(**{key: value}), 5)
+    models.make_model(make_cfg(**{key: value}), 5)
 
 
 def test_build_model_error_lists_choices_and_accepts_dict():
   with pytest.raises(ValueError, match="'resnet18', 'resnet34', 'resnet50'"):
-    models.build_model({'name': 'fcn', 'backbone': 'vgg16', 'output_stride': 8}, 5)
+    models.make_model({'name': 'fcn', 'backbone': 'vgg16', 'output_stride': 8}, 5)
   with pytest.raises(ValueError, match=r'config\.model\.output_stride'):
     models.feature_strides({'output_stride': 4})
 
@@ -243,7 +243,7 @@ def torch_bilinear_upsample(x, size):
 @pytest.fixture(scope='module')
 def tiny():
   """A tiny ResNet-18 FCN (3 classes) and its variables, shared by the compute tests."""
-  model = models.build_model(make_cfg(), 3)
+  model = models.make_model(make_cfg(), 3)
   return model, init(model, (1, 32, 32, 3))
 
 
@@ -349,7 +349,7 @@ def test_dropout_needs_rng_in_training(tiny):
 def test_bfloat16_compute_float32_params_and_logits(tiny):
   model32, variables = tiny
   x = images((1, 32, 32, 3))
-  model16 = models.build_model(make_cfg(dtype='bfloat16'), 3)
+  model16 = models.make_model(make_cfg(dtype='bfloat16'), 3)
   shapes16 = jax.tree.map(lambda a: (a.shape, a.dtype), abstract_init(model16, x.shape))
   assert shapes16['params'] == jax.tree.map(lambda a: (a.shape, a.dtype), variables['params'])
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))

@@ -83,7 +83,7 @@ def run(tmp_path_factory):
   data_dir, out_dir = root / "data", root / "out"
   out_dir.mkdir()
   config = experiment_config(data_dir)
-  data.get_builder(config.dataset)  # prepared once, before the processes start
+  data.load_builder(config.dataset)  # prepared once, before the processes start
   budget = Budget()
   port = portpicker.pick_unused_port()
   _run([("worker", i, port, data_dir, out_dir) for i in range(NUM_PROCESSES)],
@@ -105,8 +105,8 @@ def test_process_parts_are_disjoint_and_cover_the_split(run, split, key, sizes):
   parts = [list(r[key]) for r in results]
   assert [len(p) for p in parts] == sizes
   assert not set(parts[0]) & set(parts[1])
-  assert parts[0] + parts[1] == example_ids(data.get_source(config.dataset, split,
-                                                            per_process=False))
+  assert parts[0] + parts[1] == example_ids(data.load_source(config.dataset, split,
+                                                             per_process=False))
 
 
 def test_global_batch_is_the_concatenation_of_process_batches(run):
@@ -128,7 +128,7 @@ def test_two_processes_train_like_one_process(run):
 
 def test_uneven_evaluation_equals_single_process(run):
   config, _, results, single = run
-  whole = data.get_source(config.dataset, "validation", per_process=False)
+  whole = data.load_source(config.dataset, "validation", per_process=False)
   labels = np.stack([whole[i]["segmentation"][..., 0] for i in range(len(whole))])
   counted = labels[labels != IGNORE_LABEL]
   np.testing.assert_array_equal(single["confusion"].sum(1),

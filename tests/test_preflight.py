@@ -112,7 +112,7 @@ def test_evaluate_and_predict_need_a_finished_run_and_their_folders(tmp_path):
 def test_an_unknown_split_of_a_prepared_dataset(tmp_path):
   config = smoke("shapes_baseline", tmp_path)
   os.makedirs(tmp_path / "run")
-  data.get_builder(config.dataset)
+  data.load_builder(config.dataset)
   with pytest.raises(preflight.UserInputError, match=r"--split=test is not a split of dataset "
                                                      r"shapes; expected one of \['train', "
                                                      r"'validation'\]"):

@@ -75,7 +75,7 @@ def model_cfg(backbone='resnet18', output_stride=8, width=WIDTH):
 
 
 def init_variables(cfg, size=32):
-  model = models.build_model(cfg, 3)
+  model = models.make_model(cfg, 3)
   return model, model.init(jax.random.key(0, impl='rbg'), jnp.zeros((1, size, size, 3)))
 
 
@@ -198,7 +198,7 @@ def test_loaded_backbone_matches_numpy_torchvision(tmp_path, backbone, output_st
   depth = int(backbone[6:])
   state = fake_state_dict(depth, WIDTH, seed=depth)
   cfg = model_cfg(backbone, output_stride)
-  backbone_model = models.build_backbone(cfg)
+  backbone_model = models.make_backbone(cfg)
   x = np.random.default_rng(2).normal(size=(1, 48, 48, 3)).astype(np.float32)
   variables = backbone_model.init(jax.random.key(0, impl='rbg'), x)
   loaded = models.load_pretrained_backbone(variables, save_npz(tmp_path, state), cfg, scope=())

@@ -36,7 +36,7 @@ def test_stage_config_overrides_three_sections_and_follows_the_model():
   with config.unlocked():
     config.psa.final.model.name = 'deeplabv2'
   assert psa.final_title(config) == 'DeepLabv2 (resnet50)'
-  head = models.build_model(psa.stage_config(config, 'final').model, 21).head
+  head = models.make_model(psa.stage_config(config, 'final').model, 21).head
   assert isinstance(head, models.DeepLabV2Head)
 
 

@@ -61,7 +61,7 @@ def test_config_errors():
 @pytest.fixture(scope="module")
 def tiny():
   config = load_config("shapes_rws", "smoke")
-  model = models.build_model(config.model, config.dataset.num_classes)
+  model = models.make_model(config.model, config.dataset.num_classes)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32)
   labels = np.zeros((2, 32, 32), np.int32)
@@ -358,7 +358,7 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   assert "RWS fused" in open(tmp_path / "full" / "results.md").read()
   smoke = load_config("shapes_rws", "smoke")
   network = rws_pipeline.finished_network(smoke, str(tmp_path / "full"),
-                                          models.build_model(smoke.model, 7), train.make_mesh())
+                                          models.make_model(smoke.model, 7), train.make_mesh())
   (_, stage3_full), _ = calls["round_1/stage3"]
   for key, state in (("model", stage3_full), ("global", calls["stage1"][0][1]),
                      ("local", calls["round_1/stage2"][0][1])):
@@ -395,7 +395,7 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   config.eval.pad_multiple = 8
   [mask] = inference.predict_folder(config, str(tmp_path / "full"), rws_pipeline,
                                     str(tmp_path / "images"), str(tmp_path / "masks"))
-  model = models.build_model(config.model, 7)
+  model = models.make_model(config.model, 7)
   logits = rws_network.rws_logits(model, network,
                                   pipeline.normalize(image, config.input)[None], config)
   np.testing.assert_array_equal(np.asarray(PIL.Image.open(mask)), np.argmax(logits[0], -1))

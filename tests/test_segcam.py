@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rwsjax.rws import segcam
-from rwsjax.models import build_model
+from rwsjax.models import make_model
 
 
 class _Backbone(nn.Module):
@@ -139,8 +139,8 @@ def test_matches_per_class_grad_loop():
 
 
 def test_registry_model_matches_per_class_grad_loop():
-  model = build_model({'name': 'deeplabv3', 'backbone': 'resnet18', 'output_stride': 8,
-                       'width': 0.125, 'head_channels': 16}, num_classes=5)
+  model = make_model({'name': 'deeplabv3', 'backbone': 'resnet18', 'output_stride': 8,
+                      'width': 0.125, 'head_channels': 16}, num_classes=5)
   variables, images = setup_model(model, n=1, size=32, seed=7)
   result = segcam.seg_grad_cam(model, variables, images, max_classes=3)
   classes = _oracle_classes(np.asarray(jnp.argmax(result.logits, -1))[0], 5, 3)

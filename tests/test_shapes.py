@@ -22,7 +22,7 @@ def _config(data_dir, **shapes_params):
 def cfg(tmp_path_factory):
   """Config of a small shapes dataset, prepared once for this module."""
   config = _config(tmp_path_factory.mktemp('tfds'))
-  data.get_builder(config)
+  data.load_builder(config)
   return config
 
 
@@ -124,8 +124,8 @@ def test_config_errors():
 
 
 def test_built_dataset(cfg):
-  train = data.get_source(cfg, 'train', per_process=False)
-  val = data.get_source(cfg, 'validation', per_process=False)
+  train = data.load_source(cfg, 'train', per_process=False)
+  val = data.load_source(cfg, 'validation', per_process=False)
   assert (len(train), len(val)) == (12, 5)
   for i in range(len(train)):
     example = train[i]
@@ -138,15 +138,15 @@ def test_built_dataset(cfg):
 
 
 def test_rebuild_is_bit_identical(cfg, tmp_path):
-  again = data.get_source(_config(tmp_path), 'validation', per_process=False)
-  first = data.get_source(cfg, 'validation', per_process=False)
+  again = data.load_source(_config(tmp_path), 'validation', per_process=False)
+  first = data.load_source(cfg, 'validation', per_process=False)
   for i in range(len(first)):
     for key in ('image', 'segmentation', 'labels'):
       np.testing.assert_array_equal(first[i][key], again[i][key])
 
 
 def test_process_parts_are_disjoint_and_cover(cfg):
-  builder = data.get_builder(cfg)
+  builder = data.load_builder(cfg)
   parts = [[e['id'] for e in data.read_split(builder, 'train', process_index=i,
                                                process_count=3)] for i in range(3)]
   assert sorted(sum(parts, [])) == sorted(e['id'] for e in data.read_split(builder, 'train'))
@@ -156,13 +156,13 @@ def test_process_parts_are_disjoint_and_cover(cfg):
 
 def test_dataset_errors(cfg):
   with pytest.raises(ValueError, match=r"config.dataset.name is 'kitti'; expected one"):
-    data.get_source(ml_collections.ConfigDict({'name': 'kitti'}), 'train')
+    data.load_source(ml_collections.ConfigDict({'name': 'kitti'}), 'train')
   wrong = ml_collections.ConfigDict(cfg.to_dict())
   wrong.num_classes = 21
   with pytest.raises(ValueError, match='config.dataset.num_classes is 21'):
-    data.get_source(wrong, 'train')
+    data.load_source(wrong, 'train')
   with pytest.raises(ValueError, match="Split 'test' is not in dataset synthetic_shapes"):
-    data.get_source(cfg, 'test')
+    data.load_source(cfg, 'test')
 
 
 def test_class_names(cfg):
@@ -172,7 +172,7 @@ def test_class_names(cfg):
 
 def test_plot_examples(cfg, tmp_path):
   path = tmp_path / 'examples.png'
-  shapes.plot_examples(data.get_source(cfg, 'train', per_process=False), path, 3,
+  shapes.plot_examples(data.load_source(cfg, 'train', per_process=False), path, 3,
                        data.class_names(cfg))
   with PIL.Image.open(path) as image:
     assert image.size[0] > image.size[1] > 100

@@ -92,7 +92,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert kept < bad_step and kept % 2 == 0  # checkpoints every 2 steps, none after the nan
   checkpointer = train.Checkpointer(tmp_path / "s" / "checkpoints", every=2)
   assert checkpointer.latest_step() == kept
-  restored = checkpointer.restore(train.create_train_state(
+  restored = checkpointer.restore(train.make_train_state(
       train.make_optimizer(train_cfg(), 50),
       train.init_variables(TinySeg(), (1, 6, 6, 3), jax.random.key(0)), train.make_mesh(1)))
   checkpointer.close()
@@ -149,7 +149,7 @@ def _logged_rates(tx, opt_state, steps):
   """The learning-rate metrics of `steps` train steps of TinySeg from `opt_state`."""
   mesh = train.make_mesh(1)
   variables = train.init_variables(TinySeg(), (1, 6, 6, 3), jax.random.key(0))
-  state = train.create_train_state(tx, variables, mesh, opt_state)
+  state = train.make_train_state(tx, variables, mesh, opt_state)
   step = train.make_train_step(train.supervised_loss(TinySeg()), tx, mesh)
   rates, iterator = [], batches()(0)
   for _ in range(steps):

@@ -26,7 +26,7 @@ def built(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp('voc')
   truth = fake_voc.write_tree(tmp_path / 'manual')
   cfg = _config(tmp_path, tmp_path / 'manual')
-  data.get_builder(cfg)
+  data.load_builder(cfg)
   return cfg, truth
 
 
@@ -36,8 +36,8 @@ def _ids(source):
 
 def test_split_sizes_and_membership(built):
   cfg, _ = built
-  train = data.get_source(cfg, 'train', per_process=False)
-  val = data.get_source(cfg, 'validation', per_process=False)
+  train = data.load_source(cfg, 'train', per_process=False)
+  val = data.load_source(cfg, 'validation', per_process=False)
   assert _ids(train) == fake_voc.TRAINAUG
   assert _ids(val) == sorted(fake_voc.VOC_VAL)
   assert not set(_ids(train)) & set(_ids(val))
@@ -46,7 +46,7 @@ def test_split_sizes_and_membership(built):
 def test_labels_prefer_voc_then_sbd(built):
   cfg, truth = built
   for split in ('train', 'validation'):
-    source = data.get_source(cfg, split, per_process=False)
+    source = data.load_source(cfg, split, per_process=False)
     for i in range(len(source)):
       example = source[i]
       image, voc_label, sbd_label = truth[example['id'].decode()]
@@ -67,7 +67,7 @@ def test_palette_png_read_as_index(tmp_path):
 
 def test_jpeg_bytes_stored_unchanged(built):
   cfg, _ = built
-  builder = data.get_builder(cfg)
+  builder = data.load_builder(cfg)
   raw = builder.as_data_source('validation', decoders={'image': tfds.decode.SkipDecoding()})
   for i in range(len(raw)):
     image_id = raw[i]['id'].decode()
@@ -83,7 +83,7 @@ def test_missing_directory(tmp_path):
     os.remove(missing / f)
   os.rmdir(missing)
   with pytest.raises(FileNotFoundError, match=re.escape(f'but {missing} is missing')):
-    data.get_source(_config(tmp_path, tmp_path / 'manual'), 'train')
+    data.load_source(_config(tmp_path, tmp_path / 'manual'), 'train')
 
 
 def test_missing_list_file(tmp_path):
@@ -91,14 +91,14 @@ def test_missing_list_file(tmp_path):
   missing = tmp_path / 'manual' / voc.LAYOUT['voc_val']
   os.remove(missing)
   with pytest.raises(FileNotFoundError, match=re.escape(f'but {missing} is missing')):
-    data.get_source(_config(tmp_path, tmp_path / 'manual'), 'train')
+    data.load_source(_config(tmp_path, tmp_path / 'manual'), 'train')
 
 
 def test_manual_dir_not_set(tmp_path):
   cfg = _config(tmp_path, tmp_path)
   cfg.manual_dir = None
   with pytest.raises(ValueError, match='config.dataset.manual_dir'):
-    data.get_source(cfg, 'train')
+    data.load_source(cfg, 'train')
 
 
 def test_corrupt_image(tmp_path):
@@ -106,7 +106,7 @@ def test_corrupt_image(tmp_path):
   path = tmp_path / 'manual' / voc.LAYOUT['voc_images'] / (fake_voc.VOC_VAL[0] + '.jpg')
   path.write_bytes(path.read_bytes()[:40])
   with pytest.raises(ValueError, match=re.escape(f'{path} is not a readable image')):
-    data.get_source(_config(tmp_path, tmp_path / 'manual'), 'train')
+    data.load_source(_config(tmp_path, tmp_path / 'manual'), 'train')
 
 
 def test_label_out_of_range(tmp_path):
@@ -117,7 +117,7 @@ def test_label_out_of_range(tmp_path):
   path = tmp_path / 'manual' / voc.LAYOUT['voc_labels'] / (image_id + '.png')
   fake_voc.write_palette_png(str(path), label)
   with pytest.raises(ValueError, match=re.escape(f'{path} has label value(s) [40]')):
-    data.get_source(_config(tmp_path, tmp_path / 'manual'), 'train')
+    data.load_source(_config(tmp_path, tmp_path / 'manual'), 'train')
 
 
 def test_sbd_label_out_of_range(tmp_path):
@@ -154,7 +154,7 @@ def test_listed_image_missing(tmp_path):
   path = tmp_path / 'manual' / voc.LAYOUT['voc_images'] / (fake_voc.SBD_VAL[0] + '.jpg')
   os.remove(path)
   with pytest.raises(FileNotFoundError, match=re.escape(f'{path} is listed in a split file')):
-    data.get_source(_config(tmp_path, tmp_path / 'manual'), 'train')
+    data.load_source(_config(tmp_path, tmp_path / 'manual'), 'train')
 
 
 def test_label_size_differs_from_image(tmp_path):

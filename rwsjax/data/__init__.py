@@ -78,13 +78,13 @@ def builder_and_download_config(dataset_cfg):
   return builder, tfds.download.DownloadConfig(manual_dir=manual_dir)
 
 
-def get_builder(dataset_cfg):
+def load_builder(dataset_cfg):
   """The TFDS builder of config.dataset, prepared on first use (process 0 first)."""
   builder, download_config = builder_and_download_config(dataset_cfg)
   if jax.process_count() > 1:
     if jax.process_index() == 0:
       builder.download_and_prepare(download_config=download_config)
-    multihost_utils.sync_global_devices('rwsjax.data.get_builder')
+    multihost_utils.sync_global_devices('rwsjax.data.load_builder')
   builder.download_and_prepare(download_config=download_config)
   return builder
 
@@ -100,9 +100,9 @@ def read_split(builder, split, *, process_index=None, process_count=None):
   return builder.as_data_source(split=split)
 
 
-def get_source(dataset_cfg, split, *, per_process=True):
+def load_source(dataset_cfg, split, *, per_process=True):
   """Random-access source of `split`; with per_process, this process's part of it."""
-  builder = get_builder(dataset_cfg)
+  builder = load_builder(dataset_cfg)
   if per_process:
     return read_split(builder, split, process_index=jax.process_index(),
                       process_count=jax.process_count())

@@ -4,7 +4,7 @@ from rwsjax.models.backbone import STAGE_NAMES, stage_output
 from rwsjax.models.heads import (DeepLabV2Head, DeepLabV3Head, DeepLabV3PlusHead, FCNHead,
                                  UNetHead, resize_bilinear)
 from rwsjax.models.pretrained import load_pretrained_backbone
-from rwsjax.models.registry import (BACKBONES, HEAD_NAMES, SegmentationModel, build_backbone,
-                                    build_head, build_model, compute_dtype, feature_strides,
+from rwsjax.models.registry import (BACKBONES, HEAD_NAMES, SegmentationModel, make_backbone,
+                                    make_head, make_model, compute_dtype, feature_strides,
                                     register_backbone)
 from rwsjax.models.resnet import ResNet

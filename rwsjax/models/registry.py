@@ -88,7 +88,7 @@ def feature_strides(model_cfg):
   return dict(BACKBONES[_choice(model_cfg, 'backbone', BACKBONES)].strides(model_cfg))
 
 
-def build_backbone(model_cfg):
+def make_backbone(model_cfg):
   """The backbone registered as config.model.backbone, built from config.model."""
   return BACKBONES[_choice(model_cfg, 'backbone', BACKBONES)].build(model_cfg)
 
@@ -123,7 +123,7 @@ for _depth in RESNET_SPECS:
   register_backbone(f'resnet{_depth}', _resnet_builder(_depth), _resnet_strides)
 
 
-def build_head(model_cfg, num_classes):
+def make_head(model_cfg, num_classes):
   """The head named by config.model.name, with `head_channels` channels, in config.model.dtype,
   convolutions by config.model.conv_impl; DeepLab's ASPP rates follow output_stride."""
   name = _choice(model_cfg, 'name', HEAD_NAMES)
@@ -145,8 +145,8 @@ def build_head(model_cfg, num_classes):
   return heads.DeepLabV2Head(num_classes, dtype=dtype, conv_impl=impl)
 
 
-def build_model(model_cfg: Any, num_classes: int) -> nn.Module:
-  """SegmentationModel from config.model (ConfigDict or dict); see `build_backbone` and
-  `build_head` for the fields. `pretrained` is not read here: the trainer loads it with
+def make_model(model_cfg: Any, num_classes: int) -> nn.Module:
+  """SegmentationModel from config.model (ConfigDict or dict); see `make_backbone` and
+  `make_head` for the fields. `pretrained` is not read here: the trainer loads it with
   `rwsjax.models.pretrained.load_pretrained_backbone`."""
-  return SegmentationModel(build_backbone(model_cfg), build_head(model_cfg, num_classes))
+  return SegmentationModel(make_backbone(model_cfg), make_head(model_cfg, num_classes))

@@ -161,10 +161,10 @@ def run(config, workdir):
   preflight.for_training(config, workdir, check_config)
   rws = config.rws
   mesh = train.make_mesh(config.num_devices)
-  train_source = data.get_source(config.dataset, config.dataset.train_split)
-  eval_source = data.get_source(config.dataset, config.dataset.eval_split)
+  train_source = data.load_source(config.dataset, config.dataset.train_split)
+  eval_source = data.load_source(config.dataset, config.dataset.eval_split)
   names = data.class_names(config.dataset)
-  model = models.build_model(config.model, config.dataset.num_classes)
+  model = models.make_model(config.model, config.dataset.num_classes)
   rng = jax.random.key(config.seed)
   init = stages.initial_variables(model, config, rng)
   writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"))
@@ -303,7 +303,7 @@ def trained_predictor(config, workdir, mesh):
   """The `stages.Predictor` of the finished run in `workdir`: the network of
   config.rws.inference, the RWS network (`finished_network`, default) or the refined network
   alone."""
-  model = models.build_model(config.model, config.dataset.num_classes)
+  model = models.make_model(config.model, config.dataset.num_classes)
   inference = config.rws.inference
   return stages.Predictor(network.make_predict_fn(model, config, inference),
                           finished_network(config, workdir, model, mesh),
