@@ -21,45 +21,45 @@ from absl import logging
 from ml_collections import config_flags
 
 PIPELINES = {
-    "supervised": "rwsjax.supervised",
-    "rws": "rwsjax.rws.pipeline",
-    "isim": "isimjax.isim",
+    'supervised': 'rwsjax.supervised',
+    'rws': 'rwsjax.rws.pipeline',
+    'isim': 'isimjax.isim',
 }
-HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
-MODES = ("train", "evaluate", "predict")
-MODE_FLAGS = {"split": "evaluate", "images": "predict", "out": "predict"}
+HELP_FLAGS = ('help', 'helpshort', 'helpfull', 'helpxml', '?')
+MODES = ('train', 'evaluate', 'predict')
+MODE_FLAGS = {'split': 'evaluate', 'images': 'predict', 'out': 'predict'}
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and figures.')
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (multi-host GPU/TPU runs).")
-_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (optional).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (optional).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (optional).")
-_LIBRARY_LOGS = flags.DEFINE_bool("library_logs", False,
-                                  "Show the INFO logs of orbax, grain and TFDS too.")
+    'distributed', False, 'Call jax.distributed.initialize() first (multi-host GPU/TPU runs).')
+_COORDINATOR = flags.DEFINE_string('coordinator', None, 'host:port of process 0 (optional).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (optional).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, "This process's index (optional).")
+_LIBRARY_LOGS = flags.DEFINE_bool('library_logs', False,
+                                  'Show the INFO logs of orbax, grain and TFDS too.')
 _MODE = flags.DEFINE_enum(
-    "mode", "train", MODES,
-    "train: run the pipeline (resuming a killed run); evaluate: evaluate the finished run in "
-    "--workdir on --split, writing eval_<split>.json; predict: segment the images in --images "
-    "into --out with it.")
-_SPLIT = flags.DEFINE_string("split", None,
-                             "--mode=evaluate: the split (default config.dataset.eval_split).")
-_IMAGES = flags.DEFINE_string("images", None, "--mode=predict: a folder of JPEG or PNG images.")
-_OUT = flags.DEFINE_string("out", None,
-                           "--mode=predict: the folder the masks and overlays are written to.")
+    'mode', 'train', MODES,
+    'train: run the pipeline (resuming a killed run); evaluate: evaluate the finished run in '
+    '--workdir on --split, writing eval_<split>.json; predict: segment the images in --images '
+    'into --out with it.')
+_SPLIT = flags.DEFINE_string('split', None,
+                             '--mode=evaluate: the split (default config.dataset.eval_split).')
+_IMAGES = flags.DEFINE_string('images', None, '--mode=predict: a folder of JPEG or PNG images.')
+_OUT = flags.DEFINE_string('out', None,
+                           '--mode=predict: the folder the masks and overlays are written to.')
 _COMPILATION_CACHE = flags.DEFINE_string(
-    "compilation_cache", os.path.join("~", ".cache", "rwsjax", "xla"),
+    'compilation_cache', os.path.join('~', '.cache', 'rwsjax', 'xla'),
     "Directory of JAX's persistent compilation cache, so that a rerun or a run of a related "
     "config skips compiling what an earlier run compiled; empty to disable.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def asked_for_help(argv):
   """Whether the command line asks for absl's usage text (--help, -?, --helpfull, ...)."""
-  return any(arg.lstrip("-").split("=")[0] in HELP_FLAGS
-             for arg in argv[1:] if arg.startswith("-"))
+  return any(arg.lstrip('-').split('=')[0] in HELP_FLAGS
+             for arg in argv[1:] if arg.startswith('-'))
 
 
 def parse_flags(argv):
@@ -73,13 +73,13 @@ def parse_flags(argv):
       sys.exit(0)
     raise
   except flags.Error as error:
-    sys.exit(f"launch.py: {error}")
+    sys.exit(f'launch.py: {error}')
   except (AttributeError, KeyError, TypeError, ValueError) as error:
     text = str(error).strip()
     if text[:1] in "'\"":
       text = str(ast.literal_eval(text))
-    overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    reason = " ".join(text.replace("\n", " ").split())
+    overrides = [a for a in argv[1:] if a.startswith('--config.')]
+    reason = ' '.join(text.replace('\n', ' ').split())
     sys.exit(f"launch.py: the config override {' '.join(overrides)} does not apply: "
              f"no such field or wrong type ({reason}).")
 
@@ -88,25 +88,25 @@ def check_mode_flags():
   """Each of --split, --images and --out is given only with its mode."""
   for name, mode in MODE_FLAGS.items():
     if flags.FLAGS[name].value is not None and _MODE.value != mode:
-      sys.exit(f"launch.py: --{name} goes with --mode={mode}, not --mode={_MODE.value}.")
+      sys.exit(f'launch.py: --{name} goes with --mode={mode}, not --mode={_MODE.value}.')
 
 
 def run_mode(pipeline, config, workdir):
   """Trains, evaluates or predicts (--mode) with `pipeline`'s run or its trained predictor."""
   # pylint: disable-next=g-import-not-at-top  (after absl parsed the flags)
   from rwsjax import inference, preflight, record
-  if _MODE.value == "train":
+  if _MODE.value == 'train':
     differences = record.finished_run(workdir, config)
     if differences:
       raise preflight.UserInputError(
           f"{workdir} holds a run that finished with another config ({'; '.join(differences)})"
           "; pass another --workdir to train with this one.")
     if differences is not None:
-      logging.info("%s holds this run, finished (summary.json); nothing to do. --mode=evaluate "
-                   "and --mode=predict use it.", workdir)
+      logging.info('%s holds this run, finished (summary.json); nothing to do. --mode=evaluate '
+                   'and --mode=predict use it.', workdir)
       return None
     return pipeline.run(config, workdir)
-  if _MODE.value == "evaluate":
+  if _MODE.value == 'evaluate':
     return inference.evaluate_run(config, workdir, pipeline, _SPLIT.value)
   return inference.predict_folder(config, workdir, pipeline, _IMAGES.value,
                                   _OUT.value and os.path.abspath(_OUT.value))
@@ -121,8 +121,8 @@ def main(argv):
   if not _LIBRARY_LOGS.value:
     progress.quiet_library_logs()
   if _COMPILATION_CACHE.value:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILATION_CACHE.value))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(_COMPILATION_CACHE.value))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
@@ -134,19 +134,19 @@ def main(argv):
     cause = error.__cause__ or error
     sys.exit(f"launch.py: cannot load the --config file: {' '.join(str(cause).split())}")
   if method not in PIPELINES:
-    raise app.UsageError(f"config.method={method!r}; expected one of {sorted(PIPELINES)}.")
-  logging.info("Process %d/%d, %d local / %d global devices (%s).", jax.process_index(),
+    raise app.UsageError(f'config.method={method!r}; expected one of {sorted(PIPELINES)}.')
+  logging.info('Process %d/%d, %d local / %d global devices (%s).', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
   pipeline = importlib.import_module(PIPELINES[method])
   from rwsjax import preflight  # pylint: disable=g-import-not-at-top  (after absl parsed the flags)
   try:
     preflight.check_overrides(preflight.config_overrides(sys.argv[1:]),
-                              getattr(pipeline, "UNREAD_FIELDS", {}), method)
+                              getattr(pipeline, 'UNREAD_FIELDS', {}), method)
     run_mode(pipeline, config, os.path.abspath(_WORKDIR.value))
   except preflight.UserInputError as error:
-    sys.exit(f"launch.py: {error}")
+    sys.exit(f'launch.py: {error}')
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   app.run(main, flags_parser=parse_flags)

@@ -17,13 +17,13 @@ import numpy as np
 
 from isimjax import pseudo
 
-_SIZE = flags.DEFINE_integer("size", 320, "Image height and width.")
-_IMAGES = flags.DEFINE_integer("images", 48, "Images per run.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Runs per setting; the median is reported.")
-_WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "N, the larger pool size.",
+_SIZE = flags.DEFINE_integer('size', 320, 'Image height and width.')
+_IMAGES = flags.DEFINE_integer('images', 48, 'Images per run.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Runs per setting; the median is reported.')
+_WORKERS = flags.DEFINE_integer('workers', os.cpu_count() or 1, 'N, the larger pool size.',
                                 lower_bound=1)
-_CLASSES = flags.DEFINE_integer("classes", 21, "K, classes including background.")
-_CRF = flags.DEFINE_bool("crf", True, "Refine with the dense CRF.")
+_CLASSES = flags.DEFINE_integer('classes', 21, 'K, classes including background.')
+_CRF = flags.DEFINE_bool('crf', True, 'Refine with the dense CRF.')
 
 
 def synthetic_example(rng, size, num_fg):
@@ -60,8 +60,8 @@ def main(argv):
   del argv
   rng = np.random.default_rng(0)
   data = [synthetic_example(rng, _SIZE.value, _CLASSES.value - 1) for _ in range(_IMAGES.value)]
-  print(f"{_IMAGES.value} images {_SIZE.value}x{_SIZE.value}, crf={_CRF.value}, "
-        f"{os.cpu_count()} CPUs, median of {_REPEATS.value} runs")
+  print(f'{_IMAGES.value} images {_SIZE.value}x{_SIZE.value}, crf={_CRF.value}, '
+        f'{os.cpu_count()} CPUs, median of {_REPEATS.value} runs')
   settings = list(dict.fromkeys([0, 1, _WORKERS.value]))
   runs = {workers: [] for workers in settings}
   for _ in range(_REPEATS.value):  # interleaved, so that load drift on the host hits all alike
@@ -69,11 +69,11 @@ def main(argv):
       runs[workers].append(images_per_second(data, workers))
   medians = {workers: float(np.median(r)) for workers, r in runs.items()}
   for workers in settings:
-    name = "in-process" if workers == 0 else f"{workers} worker(s)"
+    name = 'in-process' if workers == 0 else f'{workers} worker(s)'
     print(f"{name:>14}: {medians[workers]:7.2f} images/s  (runs: "
           f"{', '.join(f'{r:.2f}' for r in runs[workers])})")
-  print(f"ratio {_WORKERS.value} workers / 1 worker: {medians[_WORKERS.value] / medians[1]:.2f}")
+  print(f'ratio {_WORKERS.value} workers / 1 worker: {medians[_WORKERS.value] / medians[1]:.2f}')
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   app.run(main)

@@ -47,12 +47,12 @@ def numpy_sparse_walk(cams, aff, neighbours, pair_ids, beta, logt):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--size", type=int, default=56, help="feature map side (nodes = size^2)")
-  parser.add_argument("--channels", type=int, default=21)
-  parser.add_argument("--radius", type=int, default=5)
-  parser.add_argument("--beta", type=float, default=8.0)
-  parser.add_argument("--logt", type=int, default=8)
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument('--size', type=int, default=56, help='feature map side (nodes = size^2)')
+  parser.add_argument('--channels', type=int, default=21)
+  parser.add_argument('--radius', type=int, default=5)
+  parser.add_argument('--beta', type=float, default=8.0)
+  parser.add_argument('--logt', type=int, default=8)
+  parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args()
 
   rng = np.random.default_rng(0)
@@ -72,29 +72,29 @@ def main():
 
   cams_dev, aff_dev = jnp.asarray(cams), jnp.asarray(aff)
   results = {
-      "dense jnp": median_seconds(lambda: jax_dense(cams_dev, aff_dev), args.repeats),
-      "dense numpy": median_seconds(lambda: numpy_dense_walk(
+      'dense jnp': median_seconds(lambda: jax_dense(cams_dev, aff_dev), args.repeats),
+      'dense numpy': median_seconds(lambda: numpy_dense_walk(
           cams, aff, source, partner, args.beta, args.logt), args.repeats),
-      "sparse jnp": median_seconds(lambda: random_walk.random_walk_sparse(
+      'sparse jnp': median_seconds(lambda: random_walk.random_walk_sparse(
           cams_dev, aff_dev, offsets, beta=args.beta, logt=args.logt), args.repeats),
-      "sparse numpy": median_seconds(lambda: numpy_sparse_walk(
+      'sparse numpy': median_seconds(lambda: numpy_sparse_walk(
           cams, aff, neighbours, pair_ids, args.beta, args.logt), args.repeats),
   }
   dense = np.asarray(jax_dense(cams_dev, aff_dev))
   sparse = np.asarray(random_walk.random_walk_sparse(cams_dev, aff_dev, offsets,
                                                      beta=args.beta, logt=args.logt))
   reference = numpy_dense_walk(cams, aff, source, partner, args.beta, args.logt)
-  print(f"device: {jax.devices()[0].device_kind}; nodes {grid[0] * grid[1]}, channels "
-        f"{args.channels}, pairs/node {len(offsets)}, logt {args.logt}, repeats {args.repeats}")
+  print(f'device: {jax.devices()[0].device_kind}; nodes {grid[0] * grid[1]}, channels '
+        f'{args.channels}, pairs/node {len(offsets)}, logt {args.logt}, repeats {args.repeats}')
   for name, seconds in results.items():
-    print(f"  {name:13s} {seconds * 1e3:10.1f} ms")
+    print(f'  {name:13s} {seconds * 1e3:10.1f} ms')
   print(f"speed-up dense  (numpy / jnp): {results['dense numpy'] / results['dense jnp']:.2f}x")
   print(f"speed-up sparse (numpy / jnp): {results['sparse numpy'] / results['sparse jnp']:.2f}x")
   print(f"sparse jnp vs dense jnp:       {results['dense jnp'] / results['sparse jnp']:.2f}x")
-  print("max relative difference to numpy dense: "
-        f"dense {np.max(np.abs(dense - reference)) / np.max(np.abs(reference)):.1e}, "
-        f"sparse {np.max(np.abs(sparse - reference)) / np.max(np.abs(reference)):.1e}")
+  print('max relative difference to numpy dense: '
+        f'dense {np.max(np.abs(dense - reference)) / np.max(np.abs(reference)):.1e}, '
+        f'sparse {np.max(np.abs(sparse - reference)) / np.max(np.abs(reference)):.1e}')
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   main()

@@ -162,7 +162,7 @@ def main():
   torch_model = (args.name, args.width, args.head_channels, args.output_stride) == (
       'deeplabv3', 1.0, 256, 8) and args.backbone in ('resnet50', 'resnet101')
   if args.vs_torch and not torch_model:
-    parser.error('--vs-torch needs torchvision\'s model: --name deeplabv3 --backbone '
+    parser.error("--vs-torch needs torchvision's model: --name deeplabv3 --backbone "
                  'resnet50|resnet101 --width 1 --head-channels 256 --output-stride 8')
 
   def model_with(impl):

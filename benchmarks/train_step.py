@@ -150,7 +150,7 @@ def check_torch_args(parser, args):
   if args.backbone not in TORCH_BACKBONES:
     wrong.append(f'--backbone {args.backbone} (expected one of {", ".join(TORCH_BACKBONES)})')
   if wrong:
-    parser.error(f'--vs-torch times torchvision\'s DeepLabv3, which has no counterpart for '
+    parser.error(f"--vs-torch times torchvision's DeepLabv3, which has no counterpart for "
                  f'{", ".join(wrong)}.')
   if not all(importlib.util.find_spec(name) for name in ('torch', 'torchvision')):
     parser.error('--vs-torch needs torch and torchvision: pip install -e .[bench]')

@@ -26,11 +26,11 @@ from rwsjax.rws import config as rws_config
 
 def get_config(arg=None):
   config = rws_config.paper_config(
-      dataset="ade20k", num_classes=150, crop_size=(512, 512), batch_size=16, eval_batch_size=8,
+      dataset='ade20k', num_classes=150, crop_size=(512, 512), batch_size=16, eval_batch_size=8,
       eval_pad_size=(1024, 1024), lr=0.01, weight_decay=5e-4, iterations=160000, max_classes=12,
       background_class=None)
   config.input.eval_max_long_side = 1024
-  if arg == "smoke":
+  if arg == 'smoke':
     rws_config.shrink_for_smoke(config)
     config.input.eval_pad_size = (48, 48)
     config.input.eval_max_long_side = 48

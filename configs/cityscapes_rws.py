@@ -23,11 +23,11 @@ from rwsjax.rws import config as rws_config
 
 def get_config(arg=None):
   config = rws_config.paper_config(
-      dataset="cityscapes", num_classes=19, crop_size=(512, 1024), batch_size=8,
+      dataset='cityscapes', num_classes=19, crop_size=(512, 1024), batch_size=8,
       eval_pad_size=(1024, 2048), lr=0.01, weight_decay=5e-4, iterations=80000, max_classes=12,
       max_slices=8, background_class=None)
   config.eval.max_side = 2048
-  if arg == "smoke":
+  if arg == 'smoke':
     rws_config.shrink_for_smoke(config)
     config.input.crop_size = (32, 64)
     config.input.eval_pad_size = (32, 64)

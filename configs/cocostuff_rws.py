@@ -20,10 +20,10 @@ from rwsjax.rws import config as rws_config
 
 def get_config(arg=None):
   config = rws_config.paper_config(
-      dataset="cocostuff", num_classes=171, crop_size=(512, 512), batch_size=16,
+      dataset='cocostuff', num_classes=171, crop_size=(512, 512), batch_size=16,
       eval_pad_size=(640, 640), lr=0.001, weight_decay=1e-4, iterations=60000, max_classes=12,
       background_class=None)
-  if arg == "smoke":
+  if arg == 'smoke':
     rws_config.shrink_for_smoke(config)
     config.input.eval_pad_size = (64, 64)
   return config

@@ -8,7 +8,7 @@ from rwsjax import config as config_lib
 
 def get_config(arg=None):
   config = config_lib.base_config()
-  config.method = "supervised"
-  if arg == "smoke":
+  config.method = 'supervised'
+  if arg == 'smoke':
     config_lib.shrink_for_smoke(config)
   return config

@@ -17,8 +17,8 @@ import os
 
 def _shapes_rws():
   """configs/shapes_rws.py, loaded by path (config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shapes_rws.py")
-  spec = importlib.util.spec_from_file_location("shapes_rws_config", path)
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'shapes_rws.py')
+  spec = importlib.util.spec_from_file_location('shapes_rws_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module

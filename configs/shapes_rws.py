@@ -26,7 +26,7 @@ from rwsjax.rws import config as rws_config
 
 def get_config(arg=None):
   config = config_lib.base_config()
-  config.method = "rws"
+  config.method = 'rws'
   config.rws = rws_config.default_config()
   config.rws.stage1_steps = 600
   config.rws.stage2_steps = 200
@@ -42,6 +42,6 @@ def get_config(arg=None):
   config.rws.max_classes = 5
   config.rws.max_slices = 4
   config.rws.max_rounds = 1
-  if arg == "smoke":
+  if arg == 'smoke':
     rws_config.shrink_for_smoke(config)
   return config

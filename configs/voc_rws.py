@@ -16,10 +16,10 @@ from rwsjax.rws import config as rws_config
 
 def get_config(arg=None):
   config = rws_config.paper_config(
-      dataset="voc_aug", num_classes=21, crop_size=(512, 512), batch_size=16,
+      dataset='voc_aug', num_classes=21, crop_size=(512, 512), batch_size=16,
       eval_pad_size=(512, 512), lr=0.01, weight_decay=5e-4, iterations=30000, max_classes=6,
       background_class=0)
-  if arg == "smoke":
+  if arg == 'smoke':
     rws_config.shrink_for_smoke(config)
     config.input.eval_pad_size = (64, 64)
   return config

@@ -35,7 +35,7 @@ def pair_offsets(radius=5):
   Ordered as PSA: dy = 0 first, then dy = 1, 2, ... with dx increasing. Radius 5 gives 34.
   """
   span = np.arange(-radius + 1, radius)
-  dy, dx = np.meshgrid(span, span, indexing="ij")
+  dy, dx = np.meshgrid(span, span, indexing='ij')
   dy, dx = dy.ravel(), dx.ravel()
   keep = (dy * dy + dx * dx < radius * radius) & ((dy > 0) | ((dy == 0) & (dx > 0)))
   return np.stack([dy[keep], dx[keep]], axis=1).astype(np.int32)
@@ -59,8 +59,8 @@ def cropped_shape(shape, offsets):
   h, w = shape
   bottom, left, right = crop_margins(offsets)
   if not has_pairs(shape, offsets):
-    raise ValueError(f"A feature map of size {(h, w)} is too small for pair offsets of "
-                     f"radius {bottom + 1}: expected at least {(bottom + 1, left + right + 1)}.")
+    raise ValueError(f'A feature map of size {(h, w)} is too small for pair offsets of '
+                     f'radius {bottom + 1}: expected at least {(bottom + 1, left + right + 1)}.')
   return h - bottom, w - left - right
 
 
@@ -178,13 +178,13 @@ def affinity_labels_from_cams(cams, image_labels, *, fg_threshold=0.3, bg_thresh
   cams = np.asarray(cams, np.float32)
   image_labels = np.asarray(image_labels)
   if cams.ndim != 3 or image_labels.shape != cams.shape[:1]:
-    raise ValueError(f"Expected cams of shape (C, H, W) and image_labels of shape (C,); got "
-                     f"{cams.shape} and {image_labels.shape}.")
+    raise ValueError(f'Expected cams of shape (C, H, W) and image_labels of shape (C,); got '
+                     f'{cams.shape} and {image_labels.shape}.')
   if not 0.0 <= bg_threshold <= fg_threshold:
-    raise ValueError(f"Expected 0 <= aff_bg <= aff_fg; got aff_bg={bg_threshold}, "
-                     f"aff_fg={fg_threshold}.")
+    raise ValueError(f'Expected 0 <= aff_bg <= aff_fg; got aff_bg={bg_threshold}, '
+                     f'aff_fg={fg_threshold}.')
   if crf_fn is not None and image is None:
-    raise ValueError("affinity_labels_from_cams needs the image when crf_fn is given.")
+    raise ValueError('affinity_labels_from_cams needs the image when crf_fn is given.')
   la = _confident_labels(cams, image_labels, fg_threshold, crf_fn, image)
   lb = _confident_labels(cams, image_labels, bg_threshold, crf_fn, image)
   labels = np.where(lb == 0, 0, np.where(la > 0, la, IGNORE_LABEL)).astype(np.uint8)

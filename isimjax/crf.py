@@ -25,7 +25,7 @@ def _checked_image(image):
   image = np.asarray(image)
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
     raise ValueError(
-        f"CRF image must be a uint8 array of shape (H, W, 3), got {image.dtype} {image.shape}.")
+        f'CRF image must be a uint8 array of shape (H, W, 3), got {image.dtype} {image.shape}.')
   return np.ascontiguousarray(image)
 
 
@@ -50,12 +50,12 @@ def _compact_ids(labels, n_labels, class_ids):
     ids = np.unique(np.asarray(class_ids))
     if (not ids.size or ids.size != np.size(class_ids)
         or not np.issubdtype(ids.dtype, np.integer)):
-      raise ValueError(f"class_ids must be distinct integers, at least one, got {class_ids}.")
+      raise ValueError(f'class_ids must be distinct integers, at least one, got {class_ids}.')
     if ids.size and (ids[0] < 0 or ids[-1] >= n_labels):
-      raise ValueError(f"class_ids must lie in [0, {n_labels}), got {class_ids}.")
+      raise ValueError(f'class_ids must lie in [0, {n_labels}), got {class_ids}.')
   compact = np.minimum(np.searchsorted(ids, labels), ids.size - 1)
   if not np.array_equal(ids[compact], labels):
-    raise ValueError(f"The label map holds values missing from class_ids {ids.tolist()}.")
+    raise ValueError(f'The label map holds values missing from class_ids {ids.tolist()}.')
   return ids, compact
 
 
@@ -84,12 +84,12 @@ def crf_refine_labels(image, labels, n_labels, *, class_ids=None, gt_prob=0.7,
     raise ValueError(f"CRF labels must be an integer array of shape {image.shape[:2]} (the "
                      f"image's), got {labels.dtype} {labels.shape}.")
   if not 1 <= n_labels <= 255:
-    raise ValueError(f"n_labels must be in [1, 255], got {n_labels}.")
+    raise ValueError(f'n_labels must be in [1, 255], got {n_labels}.')
   if labels.size and (labels.min() < 0 or labels.max() >= n_labels):
-    raise ValueError(f"CRF labels must lie in [0, {n_labels}), got values in "
-                     f"[{labels.min()}, {labels.max()}].")
+    raise ValueError(f'CRF labels must lie in [0, {n_labels}), got values in '
+                     f'[{labels.min()}, {labels.max()}].')
   if not 0.0 < gt_prob < 1.0:
-    raise ValueError(f"gt_prob must lie in (0, 1), got {gt_prob}.")
+    raise ValueError(f'gt_prob must lie in (0, 1), got {gt_prob}.')
   ids, compact = _compact_ids(labels, n_labels, class_ids)
   if ids.size < 2:
     return labels.astype(np.uint8)
@@ -112,8 +112,8 @@ def crf_refine_probs(image, probs, *, params=CrfParams()):
   image = _checked_image(image)
   probs = np.asarray(probs, np.float32)
   if probs.ndim != 3 or probs.shape[1:] != image.shape[:2] or probs.shape[0] < 1:
-    raise ValueError(f"CRF probs must have shape (C, {image.shape[0]}, {image.shape[1]}) "
-                     f"matching the image, got {probs.shape}.")
+    raise ValueError(f'CRF probs must have shape (C, {image.shape[0]}, {image.shape[1]}) '
+                     f'matching the image, got {probs.shape}.')
   if not np.all(np.isfinite(probs)) or probs.min() < 0:
-    raise ValueError("CRF probs must be finite and non-negative.")
+    raise ValueError('CRF probs must be finite and non-negative.')
   return _inference(image, unary_from_softmax(probs), params)

@@ -80,4 +80,4 @@ def isim_loss(class_logits, targets, seg_logits, pseudo_labels, *, seg_weight=1.
   """
   cls_loss = multilabel_soft_margin(class_logits, targets)
   seg_loss = modified_cross_entropy(seg_logits, pseudo_labels)
-  return cls_loss + seg_weight * seg_loss, {"cls_loss": cls_loss, "seg_loss": seg_loss}
+  return cls_loss + seg_weight * seg_loss, {'cls_loss': cls_loss, 'seg_loss': seg_loss}

@@ -21,7 +21,7 @@ from rwsjax import progress as progress_lib
 
 from isimjax import crf as crf_lib
 
-_LABEL_FILE = re.compile(r"^(\d+)\.png$")
+_LABEL_FILE = re.compile(r'^(\d+)\.png$')
 
 
 def _threshold_argmax(cams, class_ids, threshold):
@@ -34,8 +34,8 @@ def _threshold_argmax(cams, class_ids, threshold):
 
 def _check_cams(cams, image_labels):
   if cams.ndim != 3 or image_labels.shape != (cams.shape[0],):
-    raise ValueError(f"Expected CAMs (C, H, W) and image labels (C,), got {cams.shape} and "
-                     f"{image_labels.shape}.")
+    raise ValueError(f'Expected CAMs (C, H, W) and image labels (C,), got {cams.shape} and '
+                     f'{image_labels.shape}.')
 
 
 def labels_from_cams(cams, image_labels, threshold=0.3):
@@ -100,7 +100,7 @@ class LabelStore:
 
   def __init__(self, directory, size):
     if size < 0:
-      raise ValueError(f"LabelStore size must be non-negative, got {size}.")
+      raise ValueError(f'LabelStore size must be non-negative, got {size}.')
     self.directory = os.fspath(directory)
     self.size = int(size)
     os.makedirs(self.directory, exist_ok=True)
@@ -112,9 +112,9 @@ class LabelStore:
     """File of example `index`."""
     index = operator.index(index)
     if not 0 <= index < self.size:
-      raise IndexError(f"Label index {index} is outside [0, {self.size}) of the store at "
-                       f"{self.directory}.")
-    return os.path.join(self.directory, f"{index:08d}.png")
+      raise IndexError(f'Label index {index} is outside [0, {self.size}) of the store at '
+                       f'{self.directory}.')
+    return os.path.join(self.directory, f'{index:08d}.png')
 
   def __getitem__(self, index):
     path = self.path(index)
@@ -122,20 +122,20 @@ class LabelStore:
       with Image.open(path) as image:
         return np.asarray(image, np.uint8)
     except FileNotFoundError:
-      raise FileNotFoundError(f"No label for example {index}: {path} does not exist; generate "
-                              "the missing labels first.") from None
+      raise FileNotFoundError(f'No label for example {index}: {path} does not exist; generate '
+                              'the missing labels first.') from None
 
   def write(self, index, labels):
     """Atomically writes the (H, W) uint8 label map of example `index`."""
     path = self.path(index)
     labels = np.asarray(labels)
     if labels.dtype != np.uint8 or labels.ndim != 2:
-      raise ValueError(f"Labels for {path} must be a uint8 (H, W) array, got {labels.dtype} "
-                       f"{labels.shape}.")
-    fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{index:08d}.", suffix=".tmp")
+      raise ValueError(f'Labels for {path} must be a uint8 (H, W) array, got {labels.dtype} '
+                       f'{labels.shape}.')
+    fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f'.{index:08d}.', suffix='.tmp')
     try:
-      with os.fdopen(fd, "wb") as f:
-        Image.fromarray(labels).save(f, format="PNG")
+      with os.fdopen(fd, 'wb') as f:
+        Image.fromarray(labels).save(f, format='PNG')
       os.replace(tmp, path)
     except BaseException:
       os.unlink(tmp)
@@ -172,7 +172,7 @@ def _executor(num_workers):
   """In-process for 0 workers, else a process pool that never forks the JAX process."""
   if num_workers == 0:
     return _InlineExecutor()
-  method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+  method = 'forkserver' if 'forkserver' in multiprocessing.get_all_start_methods() else 'spawn'
   return concurrent.futures.ProcessPoolExecutor(
       num_workers, mp_context=multiprocessing.get_context(method))
 
@@ -181,7 +181,7 @@ class _Progress:
   """Counts written labels; reports rate and ETA to a callback or, every `log_every_s`, absl."""
 
   def __init__(self, total, callback, log_every_s=30.0):
-    self.meter = progress_lib.Progress("pseudo labels", total)
+    self.meter = progress_lib.Progress('pseudo labels', total)
     self.callback, self.log_every_s = callback, log_every_s
     self.done = 0
     self.last_log = time.monotonic()
@@ -208,9 +208,9 @@ def _as_batch(item):
       or images.shape[3] != 3 or images.dtype != np.uint8
       or image_labels.shape[:1] != (batch,) or image_labels.ndim != 2):
     raise ValueError(
-        "Each element of `examples` must be (index, uint8 image (H, W, 3), image labels (K-1,)) "
-        f"or a batch of them, got shapes {indices.shape}, {images.dtype} {images.shape}, "
-        f"{image_labels.shape}.")
+        'Each element of `examples` must be (index, uint8 image (H, W, 3), image labels (K-1,)) '
+        f'or a batch of them, got shapes {indices.shape}, {images.dtype} {images.shape}, '
+        f'{image_labels.shape}.')
   return indices, images, image_labels
 
 
@@ -276,16 +276,16 @@ def generate_pseudo_labels(examples, cam_fn, store, *, threshold=0.3, crf=True, 
     for item in examples:
       indices, images, image_labels = _as_batch(item)
       if indices.size and (indices.min() < 0 or indices.max() >= len(store)):
-        raise ValueError(f"Example indices {indices.tolist()} fall outside [0, {len(store)}) of "
-                         f"the label store at {store.directory}.")
+        raise ValueError(f'Example indices {indices.tolist()} fall outside [0, {len(store)}) of '
+                         f'the label store at {store.directory}.')
       keep = [j for j, i in enumerate(indices.tolist()) if i in todo]
       if not keep:
         continue
       cams = np.asarray(cam_fn(images, image_labels))
       expected = (*image_labels.shape, *images.shape[1:3])
       if cams.shape != expected:
-        raise ValueError(f"cam_fn returned CAMs of shape {cams.shape}, expected {expected} "
-                         "(batch, classes without background, height, width).")
+        raise ValueError(f'cam_fn returned CAMs of shape {cams.shape}, expected {expected} '
+                         '(batch, classes without background, height, width).')
       for j in keep:
         present = np.flatnonzero(image_labels[j])
         todo.discard(int(indices[j]))

@@ -51,7 +51,7 @@ def transition_matrix(affinity, beta=8.0):
   return powered / jnp.sum(powered, axis=0, keepdims=True)
 
 
-@functools.partial(jax.jit, static_argnames=("logt",))
+@functools.partial(jax.jit, static_argnames=('logt',))
 def random_walk_dense(cams, trans, logt=8):
   """cams (C, h, w) walked by T^(2^logt): logt squarings of T, then one product."""
   num_channels, height, width = cams.shape
@@ -83,7 +83,7 @@ def neighbour_table(shape, offsets):
   return neighbours, pair_ids
 
 
-@functools.partial(jax.jit, static_argnames=("logt",))
+@functools.partial(jax.jit, static_argnames=('logt',))
 def _sparse_walk(cams, aff, neighbours, pair_ids, beta, logt):
   """v <- v T applied 2^logt times, T given by its neighbour lists (memory O(P n))."""
   num_channels, height, width = cams.shape
@@ -151,21 +151,21 @@ def walk_scores(cams, image_labels, affinities, *, radius=5, alpha=16.0, beta=8.
   cams = jnp.asarray(cams, jnp.float32)
   image_labels = np.asarray(image_labels)
   if cams.ndim != 3 or image_labels.shape != cams.shape[:1]:
-    raise ValueError(f"Expected cams of shape (C, H, W) and image_labels of shape (C,); got "
-                     f"{cams.shape} and {image_labels.shape}.")
+    raise ValueError(f'Expected cams of shape (C, H, W) and image_labels of shape (C,); got '
+                     f'{cams.shape} and {image_labels.shape}.')
   height, width = cams.shape[1:]
   grid = feature_grid((height, width), stride)
   offsets = pair_offsets(radius)
   if affinities is None:
     if has_pairs(grid, offsets):
-      raise ValueError(f"A {height}x{width} image at stride {stride} has pairs of radius "
-                       f"{radius}; expected its affinities, got None.")
+      raise ValueError(f'A {height}x{width} image at stride {stride} has pairs of radius '
+                       f'{radius}; expected its affinities, got None.')
   else:
     expected = (len(offsets),) + cropped_shape(grid, offsets)
     if tuple(affinities.shape) != expected:
-      raise ValueError(f"Expected affinities of shape {expected} for a {height}x{width} image "
-                       f"at stride {stride} with radius {radius}; got "
-                       f"{tuple(affinities.shape)}.")
+      raise ValueError(f'Expected affinities of shape {expected} for a {height}x{width} image '
+                       f'at stride {stride} with radius {radius}; got '
+                       f'{tuple(affinities.shape)}.')
   class_ids = np.concatenate([[0], np.flatnonzero(image_labels) + 1])
   scores = background_channel(cams[class_ids[1:] - 1], alpha)
   padded = (grid[0] * stride, grid[1] * stride)
@@ -178,7 +178,7 @@ def walk_scores(cams, image_labels, affinities, *, radius=5, alpha=16.0, beta=8.
     walked = random_walk_dense(pooled, trans, logt)
   else:
     walked = random_walk_sparse(pooled, affinities, offsets, beta=beta, logt=logt)
-  upsampled = jax.image.resize(walked, (len(class_ids),) + padded, "bilinear")
+  upsampled = jax.image.resize(walked, (len(class_ids),) + padded, 'bilinear')
   return np.asarray(upsampled[:, :height, :width]), class_ids
 
 
@@ -198,7 +198,7 @@ def propagate(cams, image_labels, affinities, *, crf_fn=None, image=None, **walk
     (H, W) uint8 labels in [0, K).
   """
   if crf_fn is not None and image is None:
-    raise ValueError("propagate needs the image when crf_fn is given.")
+    raise ValueError('propagate needs the image when crf_fn is given.')
   scores, class_ids = walk_scores(cams, image_labels, affinities, **walk_options)
   if crf_fn is not None:
     return crf_argmax(crf_fn, image, scores, class_ids)

@@ -17,20 +17,20 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 def base_config():
   """Every field a pipeline reads, with its default (the synthetic shapes data on CPU)."""
   c = ml_collections.ConfigDict()
-  c.method = "supervised"           # supervised | rws | isim
+  c.method = 'supervised'           # supervised | rws | isim
   c.seed = 0
   c.num_devices = 0                 # 0 = every device; n = the first n (single host only)
 
   c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = "shapes"         # shapes | voc_aug
+  c.dataset.name = 'shapes'         # shapes | voc_aug
   c.dataset.data_dir = config_dict.placeholder(str)    # TFDS data_dir (None = TFDS default)
   c.dataset.manual_dir = config_dict.placeholder(str)  # licensed data the user already has
   c.dataset.num_classes = 7         # including background 0
   # The background class (0 for shapes and VOC); None where class 0 is a real class (COCO-Stuff,
   # ADE20K, Cityscapes). RWS leaves it out of T and the weak decision (rws.weak_classes).
   c.dataset.background_class = config_dict.FieldReference(0, field_type=int)
-  c.dataset.train_split = "train"
-  c.dataset.eval_split = "validation"
+  c.dataset.train_split = 'train'
+  c.dataset.eval_split = 'validation'
   c.dataset.shapes = ml_collections.ConfigDict()
   c.dataset.shapes.num_train = 2000
   c.dataset.shapes.num_val = 500
@@ -45,7 +45,7 @@ def base_config():
   c.input.batch_size = 16           # global batch (all devices and hosts)
   c.input.eval_batch_size = 32
   c.input.scale_range = (0.5, 2.0)
-  c.input.scale_mode = "ratio"      # ratio: both sides * U(scale_range); long_side: ISIM
+  c.input.scale_mode = 'ratio'      # ratio: both sides * U(scale_range); long_side: ISIM
   c.input.flip = True
   c.input.mean = IMAGENET_MEAN
   c.input.std = IMAGENET_STD
@@ -53,20 +53,20 @@ def base_config():
   c.input.eval_max_long_side = config_dict.placeholder(int)  # shrink larger eval images
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "deeplabv3"        # deeplabv3 | deeplabv3plus | fcn | unet | deeplabv2
-  c.model.backbone = "resnet18"     # resnet18 | resnet34 | resnet50 | resnet101 | resnet152
+  c.model.name = 'deeplabv3'        # deeplabv3 | deeplabv3plus | fcn | unet | deeplabv2
+  c.model.backbone = 'resnet18'     # resnet18 | resnet34 | resnet50 | resnet101 | resnet152
   c.model.output_stride = 8
   c.model.width = 0.25              # channel multiplier of the backbone (1.0 = standard)
   c.model.head_channels = 64        # 256 in the papers
   c.model.frozen_bn = False
-  c.model.upsample = "bilinear"     # UNet decoder: bilinear | learnable
-  c.model.dtype = "float32"         # compute dtype: float32 | bfloat16
-  c.model.conv_impl = "auto"        # auto (matmul on CPU, lax elsewhere) | lax | matmul
+  c.model.upsample = 'bilinear'     # UNet decoder: bilinear | learnable
+  c.model.dtype = 'float32'         # compute dtype: float32 | bfloat16
+  c.model.conv_impl = 'auto'        # auto (matmul on CPU, lax elsewhere) | lax | matmul
   c.model.pretrained = config_dict.placeholder(str)  # torchvision ResNet state dict (.npz/.pth)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1500
-  c.train.optimizer = "adamw"        # sgd (the papers', real-data configs) | adamw (CPU runs)
+  c.train.optimizer = 'adamw'        # sgd (the papers', real-data configs) | adamw (CPU runs)
   c.train.lr = 3e-3
   c.train.momentum = 0.9             # sgd only
   c.train.weight_decay = 1e-4

@@ -31,14 +31,14 @@ def iou_from_confusion(confusion):
   confusion = np.asarray(confusion, np.float64)
   tp = np.diag(confusion)
   union = confusion.sum(0) + confusion.sum(1) - tp
-  with np.errstate(invalid="ignore", divide="ignore"):
+  with np.errstate(invalid='ignore', divide='ignore'):
     return np.where(union > 0, tp / union, np.nan)
 
 
 def miou_from_confusion(confusion):
   """Mean IoU over the classes present in ground truth or prediction (nan-mean)."""
   iou = iou_from_confusion(confusion)
-  return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan")
+  return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float('nan')
 
 
 def summarize(confusion, class_names=None):
@@ -48,19 +48,19 @@ def summarize(confusion, class_names=None):
   names = class_names or [str(k) for k in range(len(iou))]
   total = confusion.sum()
   return {
-      "miou": miou_from_confusion(confusion),
-      "pixel_accuracy": float(np.trace(confusion) / total) if total else float("nan"),
-      "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
+      'miou': miou_from_confusion(confusion),
+      'pixel_accuracy': float(np.trace(confusion) / total) if total else float('nan'),
+      'per_class_iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
   }
 
 
 def miou_table(split, rows, class_names):
   """Markdown table of `summarize` results: one row per (title, result), mIoU then the IoU
   of each class ('-' where the class is absent from ground truth and prediction)."""
-  lines = [f"| {split} | mIoU | " + " | ".join(class_names) + " |",
-           "|---" * (len(class_names) + 2) + "|"]
+  lines = [f'| {split} | mIoU | ' + ' | '.join(class_names) + ' |',
+           '|---' * (len(class_names) + 2) + '|']
   for title, result in rows:
-    per_class = [result["per_class_iou"].get(n) for n in class_names]
+    per_class = [result['per_class_iou'].get(n) for n in class_names]
     lines.append(f"| {title} | {result['miou']:.4f} | "
-                 + " | ".join("-" if v is None else f"{v:.3f}" for v in per_class) + " |")
-  return "\n".join(lines)
+                 + ' | '.join('-' if v is None else f'{v:.3f}' for v in per_class) + ' |')
+  return '\n'.join(lines)

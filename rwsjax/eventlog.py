@@ -21,8 +21,8 @@ from absl import logging
 import numpy as np
 import PIL.Image
 
-EVENTS_DIR = "tensorboard"
-RESULTS_RUN = "results"
+EVENTS_DIR = 'tensorboard'
+RESULTS_RUN = 'results'
 _said_off = []
 _files_opened = []
 
@@ -35,8 +35,8 @@ def tensorboardx():
     from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
   except ImportError:
     if not _said_off:
-      logging.info("TensorBoard event files are off: pip install -e \".[tensorboard]\" "
-                   "(tensorboardX) to write them.")
+      logging.info('TensorBoard event files are off: pip install -e ".[tensorboard]" '
+                   '(tensorboardX) to write them.')
       _said_off.append(True)
     return None
   return event_file_writer, summary, event_pb2
@@ -67,7 +67,7 @@ class EventLog:
       os.makedirs(directory, exist_ok=True)
       _files_opened.append(run)
       writer = event_file_writer.EventsWriter(
-          os.path.join(directory, "events"), f".{os.getpid()}.{len(_files_opened)}")
+          os.path.join(directory, 'events'), f'.{os.getpid()}.{len(_files_opened)}')
       if purge_step is not None:
         writer.write_event(event_pb2.Event(step=purge_step, session_log=event_pb2.SessionLog(
             status=event_pb2.SessionLog.START)))
@@ -99,7 +99,7 @@ class EventLog:
     """{tag: (H, W, 3) uint8} at `step` of `run`."""
     if self.enabled:
       summary = self.modules[1]
-      self._write(run, step, [summary.image(tag, image, dataformats="HWC")
+      self._write(run, step, [summary.image(tag, image, dataformats='HWC')
                               for tag, image in images.items()])
 
   def close(self):
@@ -115,9 +115,9 @@ def miou_values(summary, prefix=()):
     if not isinstance(value, dict):
       continue
     path = prefix + (str(key),)
-    miou = value.get("miou")
+    miou = value.get('miou')
     if isinstance(miou, float) and np.isfinite(miou):
-      found["/".join(path + ("miou",))] = miou
+      found['/'.join(path + ('miou',))] = miou
     found.update(miou_values(value, path))
   return found
 
@@ -126,7 +126,7 @@ def is_figure(name):
   """Whether a file name is a figure's: a PNG not named by a number (ISIM's label stores name
   their PNGs by example index)."""
   stem, suffix = os.path.splitext(name)
-  return suffix == ".png" and not stem.isdigit()
+  return suffix == '.png' and not stem.isdigit()
 
 
 def figure_images(workdir):
@@ -139,7 +139,7 @@ def figure_images(workdir):
     for name in sorted(filter(is_figure, files)):
       path = os.path.join(directory, name)
       with PIL.Image.open(path) as image:
-        images[os.path.relpath(path, workdir)[:-len(".png")]] = np.asarray(image.convert("RGB"))
+        images[os.path.relpath(path, workdir)[:-len('.png')]] = np.asarray(image.convert('RGB'))
   return images
 
 

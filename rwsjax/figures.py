@@ -3,7 +3,7 @@ import os
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use('Agg')
 import matplotlib.patches  # noqa: E402  (after selecting the Agg backend)
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the Agg backend)
 import numpy as np  # noqa: E402
@@ -35,7 +35,7 @@ def colorize(labels):
 def _save(fig, path):
   """Writes `fig` as a PNG and closes it; returns it for inspection."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100, bbox_inches="tight")
+  fig.savefig(path, dpi=100, bbox_inches='tight')
   plt.close(fig)
   return fig
 
@@ -50,15 +50,15 @@ def class_legend(fig, class_maps, class_names=None):
   present = np.unique(np.concatenate([np.ravel(m) for m in class_maps]))
   palette = label_palette() / 255.0
   names = class_names or [str(k) for k in range(IGNORE_LABEL)]
-  handles = [matplotlib.patches.Patch(facecolor=palette[k], edgecolor="black", linewidth=0.5,
-                                      label="ignore" if k == IGNORE_LABEL else names[k])
+  handles = [matplotlib.patches.Patch(facecolor=palette[k], edgecolor='black', linewidth=0.5,
+                                      label='ignore' if k == IGNORE_LABEL else names[k])
              for k in present]
-  return fig.legend(handles=handles, loc="upper center",
+  return fig.legend(handles=handles, loc='upper center',
                     bbox_to_anchor=(0.5, fig.subplotpars.bottom),
                     ncol=min(len(handles), 6), fontsize=8, frameon=False)
 
 
-def save_grid(path, columns, titles, class_names=None, value_label="value"):
+def save_grid(path, columns, titles, class_names=None, value_label='value'):
   """A grid figure: `columns` is a list of equal-length lists of panels (rows = examples).
 
   A panel is an RGB image (H, W, 3), a class map ((H, W) integers, drawn in `label_palette`
@@ -77,7 +77,7 @@ def save_grid(path, columns, titles, class_names=None, value_label="value"):
         class_maps.append(np.asarray(image))
         ax.imshow(colorize(image))
       elif np.ndim(image) == 2:
-        value_image = ax.imshow(image, cmap="jet", vmin=0, vmax=1)
+        value_image = ax.imshow(image, cmap='jet', vmin=0, vmax=1)
       else:
         ax.imshow(image)
       ax.set_xticks([])
@@ -96,7 +96,7 @@ def save_predictions(path, images, labels, predictions, class_names=None):
   """Image | ground truth | prediction, one row per example (uint8 images, integer maps),
   with a legend of the classes shown."""
   return save_grid(path, [list(images), list(labels), list(predictions)],
-                   ["image", "ground truth", "prediction"], class_names)
+                   ['image', 'ground truth', 'prediction'], class_names)
 
 
 def save_per_class_iou(path, results, class_names):
@@ -108,8 +108,8 @@ def save_per_class_iou(path, results, class_names):
     values = [per_class.get(c) or 0.0 for c in class_names]
     ax.bar(x + k * width - 0.4 + width / 2, values, width, label=name)
   ax.set_xticks(x)
-  ax.set_xticklabels(class_names, rotation=45, ha="right")
-  ax.set_ylabel("IoU")
+  ax.set_xticklabels(class_names, rotation=45, ha='right')
+  ax.set_ylabel('IoU')
   ax.set_ylim(0, 1)
   ax.legend(fontsize=8)
   _save(fig, path)
@@ -119,13 +119,13 @@ def save_heatmaps(path, images, labels, attention, gamma, class_names=None):
   """RWS Fig. 5: image | ground truth | A_1 .. A_4 | Gamma, one row per example, with a colour
   bar of the attention scale and a legend of the ground-truth classes."""
   columns = [list(images), list(labels)]
-  titles = ["image", "ground truth"]
+  titles = ['image', 'ground truth']
   for name, maps in attention.items():
     columns.append(list(np.asarray(maps)))
-    titles.append(f"A {name}")
+    titles.append(f'A {name}')
   columns.append(list(np.asarray(gamma)))
-  titles.append("Gamma (eq. 3)")
-  return save_grid(path, columns, titles, class_names, value_label="attention")
+  titles.append('Gamma (eq. 3)')
+  return save_grid(path, columns, titles, class_names, value_label='attention')
 
 
 def save_slices(path, images, boxes):
@@ -135,8 +135,8 @@ def save_slices(path, images, boxes):
     ax.imshow(image)
     for y0, x0, y1, x1 in np.asarray(image_boxes).reshape(-1, 4):
       ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                                 edgecolor="yellow", linewidth=1.2))
-    ax.set_title(f"{len(np.asarray(image_boxes).reshape(-1, 4))} weak slices", fontsize=9)
+                                 edgecolor='yellow', linewidth=1.2))
+    ax.set_title(f'{len(np.asarray(image_boxes).reshape(-1, 4))} weak slices', fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
   _save(fig, path)
@@ -149,35 +149,35 @@ def save_threshold_curve(path, curve, threshold, per_class_threshold, class_name
   'counts' (K, bins) and optionally 'kept' (K, bins), the bins populated enough to be on the
   curve (filled markers; hollow markers are bins left out). Below, the windows per bin.
   """
-  centres = np.asarray(curve["centres"])
-  mean_iou = np.asarray(curve["mean_iou"], np.float64)
-  counts = np.asarray(curve["counts"])
-  kept = np.asarray(curve.get("kept", counts > 0), bool)
+  centres = np.asarray(curve['centres'])
+  mean_iou = np.asarray(curve['mean_iou'], np.float64)
+  counts = np.asarray(curve['counts'])
+  kept = np.asarray(curve.get('kept', counts > 0), bool)
   fig, (ax, bottom) = plt.subplots(2, 1, figsize=(6, 5.8), sharex=True,
-                                   gridspec_kw={"height_ratios": [3, 1.3]})
+                                   gridspec_kw={'height_ratios': [3, 1.3]})
   for k, name in enumerate(class_names):
     if not (counts[k] > 0).any():
       continue
     t_class = per_class_threshold[k]
-    label = name if t_class is None else f"{name} (T_c {t_class:.2f})"
-    line, = ax.plot(centres[kept[k]], mean_iou[k, kept[k]], marker="o", markersize=3,
+    label = name if t_class is None else f'{name} (T_c {t_class:.2f})'
+    line, = ax.plot(centres[kept[k]], mean_iou[k, kept[k]], marker='o', markersize=3,
                     linewidth=1, label=label)
     sparse = (counts[k] > 0) & ~kept[k]
-    ax.plot(centres[sparse], mean_iou[k, sparse], linestyle="none", marker="o", markersize=3,
-            markerfacecolor="none", color=line.get_color())
+    ax.plot(centres[sparse], mean_iou[k, sparse], linestyle='none', marker='o', markersize=3,
+            markerfacecolor='none', color=line.get_color())
     bottom.plot(centres, np.where(counts[k] > 0, counts[k], np.nan), color=line.get_color(),
                 linewidth=1)
     if t_class is not None:
-      ax.axvline(t_class, color=line.get_color(), linestyle=":", linewidth=0.8)
+      ax.axvline(t_class, color=line.get_color(), linestyle=':', linewidth=0.8)
   for axis in (ax, bottom):
-    axis.axvline(threshold, color="red", linewidth=2)
-  ax.plot([], [], color="red", linewidth=2, label=f"T = {threshold:.3f}")
-  ax.set_ylabel("window IoU (mean per bin)")
+    axis.axvline(threshold, color='red', linewidth=2)
+  ax.plot([], [], color='red', linewidth=2, label=f'T = {threshold:.3f}')
+  ax.set_ylabel('window IoU (mean per bin)')
   ax.set_xlim(0, 1)
   ax.set_ylim(0, 1)
   ax.legend(fontsize=7, ncol=2)
-  ax.set_title("filled: bins on the curve; hollow: too few windows", fontsize=8)
-  bottom.set_yscale("log")
-  bottom.set_ylabel("windows")
-  bottom.set_xlabel("window mean attention")
+  ax.set_title('filled: bins on the curve; hollow: too few windows', fontsize=8)
+  bottom.set_yscale('log')
+  bottom.set_ylabel('windows')
+  bottom.set_xlabel('window mean attention')
   _save(fig, path)

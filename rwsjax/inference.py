@@ -39,7 +39,7 @@ from rwsjax import train
 from rwsjax.data import pipeline
 from rwsjax.progress import Progress
 
-OVERLAY_DIR = "overlay"
+OVERLAY_DIR = 'overlay'
 OVERLAY_ALPHA = 0.5  # weight of the class colour in the overlay
 UPSAMPLE_ROWS = 256  # output rows per strip of the final upsampling
 
@@ -48,16 +48,16 @@ def tta_logits(predict_fn, variables, batch, scales, flip):
   """Test-time augmentation of `predict_fn` (module docstring): the log of the softmax
   averaged over `scales` x (image, flipped image if `flip`), at the batch's image size.
   'valid' (False on padding), when the batch has it, is resized and flipped with the image."""
-  images = batch["image"]
+  images = batch['image']
   n, height, width = images.shape[:3]
   total, count = 0.0, 0
   for scale in scales:
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     scaled = dict(batch, image=models.resize_bilinear(images, size))
-    if "valid" in batch:
-      scaled["valid"] = jax.image.resize(batch["valid"], (n, *size), "nearest")
+    if 'valid' in batch:
+      scaled['valid'] = jax.image.resize(batch['valid'], (n, *size), 'nearest')
     for flipped in ((False, True) if flip else (False,)):
-      view = {k: scaled[k][:, :, ::-1] if flipped else scaled[k] for k in ("image", "valid")
+      view = {k: scaled[k][:, :, ::-1] if flipped else scaled[k] for k in ('image', 'valid')
               if k in scaled}
       logits = predict_fn(variables, dict(scaled, **view))
       if flipped:
@@ -78,9 +78,9 @@ def with_tta(predict_fn, eval_cfg):
 def tta_title(eval_cfg):
   """'' or ' + TTA (scales 0.5-1.75, flip)' for table rows."""
   if not eval_cfg.tta:
-    return ""
+    return ''
   scales = tuple(eval_cfg.scales)
-  span = f"{min(scales):g}-{max(scales):g}" if len(scales) > 1 else f"{scales[0]:g}"
+  span = f'{min(scales):g}-{max(scales):g}' if len(scales) > 1 else f'{scales[0]:g}'
   return f" + TTA (scales {span}{', flip' if eval_cfg.flip else ''})"
 
 
@@ -98,15 +98,15 @@ def evaluate_run(config, workdir, pipeline_module, split=None):
                                     mesh, with_tta(predictor.predict_fn, config.eval))
   names = data.class_names(config.dataset)
   result = evaluate_lib.summarize(confusion, names)
-  name = record.EVAL_NAME.format(split=split, tta="_tta" if config.eval.tta else "")
+  name = record.EVAL_NAME.format(split=split, tta='_tta' if config.eval.tta else '')
   table = evaluate_lib.miou_table(split, [(predictor.title + tta_title(config.eval), result)],
                                   names)
-  tta = ({"scales": list(config.eval.scales), "flip": bool(config.eval.flip)}
+  tta = ({'scales': list(config.eval.scales), 'flip': bool(config.eval.flip)}
          if config.eval.tta else None)
   summary = record.write_results(
-      workdir, config, {"method": config.method, "network": predictor.title, "split": split,
-                        "tta": tta, name: result},
-      table, name=f"{name}.json", table_name=f"{name}.md", figures=False)
+      workdir, config, {'method': config.method, 'network': predictor.title, 'split': split,
+                        'tta': tta, name: result},
+      table, name=f'{name}.json', table_name=f'{name}.md', figures=False)
   print(table)
   return summary
 
@@ -139,10 +139,10 @@ def read_image(path):
   (with a one-line warning) for a file that is not an image PIL can read."""
   try:
     with PIL.Image.open(path) as image:
-      return np.asarray(PIL.ImageOps.exif_transpose(image).convert("RGB"))
+      return np.asarray(PIL.ImageOps.exif_transpose(image).convert('RGB'))
   except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
-    logging.warning("predict: skipping %s: not a JPEG or PNG image that can be read (%s).",
-                    os.path.basename(path), " ".join(str(error).split()))
+    logging.warning('predict: skipping %s: not a JPEG or PNG image that can be read (%s).',
+                    os.path.basename(path), ' '.join(str(error).split()))
     return None
 
 
@@ -189,29 +189,29 @@ def predict_folder(config, workdir, pipeline_module, images, out):
   predictor = preflight.user_input(pipeline_module.trained_predictor, config, workdir, mesh)
   predict_fn = with_tta(predictor.predict_fn, config.eval)
   apply = jax.jit(lambda variables, image, valid: predict_fn(
-      variables, {"image": image, "valid": valid})[0])
+      variables, {'image': image, 'valid': valid})[0])
   background = config.dataset.background_class
   files = sorted(f for f in os.listdir(images) if os.path.isfile(os.path.join(images, f)))
   os.makedirs(os.path.join(out, OVERLAY_DIR), exist_ok=True)
-  progress, written = Progress("predict", len(files)), {}
+  progress, written = Progress('predict', len(files)), {}
   every = max(1, len(files) // 10)
   start = time.perf_counter()
   for done, name in enumerate(files, 1):
     stem = os.path.splitext(name)[0]
     image = read_image(os.path.join(images, name))
     if image is not None and stem in written:
-      logging.warning("predict: skipping %s: %s already gave the mask %s.png.", name,
+      logging.warning('predict: skipping %s: %s already gave the mask %s.png.', name,
                       written[stem], stem)
     elif image is not None:
       canvas, valid, (h, w) = working_image(image, config.eval, predictor.config.input)
       logits = np.asarray(apply(predictor.variables, canvas, valid))[:h, :w]
       mask = upsample_argmax(logits, image.shape[:2])
-      save_mask(os.path.join(out, f"{stem}.png"), mask)
+      save_mask(os.path.join(out, f'{stem}.png'), mask)
       PIL.Image.fromarray(overlay(image, mask, background)).save(
-          os.path.join(out, OVERLAY_DIR, f"{stem}.jpg"), quality=90)
+          os.path.join(out, OVERLAY_DIR, f'{stem}.jpg'), quality=90)
       written[stem] = name
     if done % every == 0 or done == len(files):
       progress.log(done)
-  logging.info("predict: %d masks in %s (%.1f s), overlays in %s.", len(written), out,
+  logging.info('predict: %d masks in %s (%.1f s), overlays in %s.', len(written), out,
                time.perf_counter() - start, os.path.join(out, OVERLAY_DIR))
-  return [os.path.join(out, f"{stem}.png") for stem in written]
+  return [os.path.join(out, f'{stem}.png') for stem in written]

@@ -31,7 +31,7 @@ def user_input(fn, *args, **kwargs):
   except UserInputError:
     raise
   except (ValueError, OSError, ImportError) as error:
-    raise UserInputError(" ".join(str(error).split())) from None
+    raise UserInputError(' '.join(str(error).split())) from None
 
 
 def check_common_config(config):
@@ -40,8 +40,8 @@ def check_common_config(config):
   models.make_model(config.model, config.dataset.num_classes)
   train.make_optimizer(config.train, 1)
   if config.input.scale_mode not in pipeline.SCALE_MODES:
-    raise ValueError(f"config.input.scale_mode={config.input.scale_mode!r}; expected one of "
-                     f"{pipeline.SCALE_MODES}.")
+    raise ValueError(f'config.input.scale_mode={config.input.scale_mode!r}; expected one of '
+                     f'{pipeline.SCALE_MODES}.')
   check_eval_config(config.eval)
   mesh = train.make_mesh(config.num_devices)
   train.local_batch_size(config.input.batch_size, mesh)
@@ -51,8 +51,8 @@ def check_common_config(config):
 def config_overrides(argv):
   """The dotted config fields a command line overrides: 'train.steps' for
   `--config.train.steps=3` or `--config.train.steps 3`."""
-  return [arg[len("--config."):].split("=")[0] for arg in argv
-          if arg.startswith("--config.")]
+  return [arg[len('--config.'):].split('=')[0] for arg in argv
+          if arg.startswith('--config.')]
 
 
 def check_overrides(fields, unread, method):
@@ -62,28 +62,28 @@ def check_overrides(fields, unread, method):
   UNREAD_FIELDS); an override of the field or of anything below it is refused."""
   for field in fields:
     for name, instead in unread.items():
-      if field == name or field.startswith(name + "."):
-        raise UserInputError(f"--config.{field} is not read by the {method} pipeline: set "
-                             f"{instead} instead.")
+      if field == name or field.startswith(name + '.'):
+        raise UserInputError(f'--config.{field} is not read by the {method} pipeline: set '
+                             f'{instead} instead.')
 
 
 def check_eval_config(eval_cfg):
   """config.eval: positive TTA scales, a positive max_side, a non-negative pad_multiple."""
   scales = tuple(eval_cfg.scales)
   if not scales or any(not s > 0 for s in scales):
-    raise ValueError(f"config.eval.scales={scales}; expected one or more positive scales.")
+    raise ValueError(f'config.eval.scales={scales}; expected one or more positive scales.')
   if not eval_cfg.max_side or eval_cfg.max_side < 1:
-    raise ValueError(f"config.eval.max_side={eval_cfg.max_side}; expected a positive number "
-                     "of pixels.")
+    raise ValueError(f'config.eval.max_side={eval_cfg.max_side}; expected a positive number '
+                     'of pixels.')
   if eval_cfg.pad_multiple < 0:
-    raise ValueError(f"config.eval.pad_multiple={eval_cfg.pad_multiple}; expected 0 (no "
-                     "padding) or a positive number of pixels.")
+    raise ValueError(f'config.eval.pad_multiple={eval_cfg.pad_multiple}; expected 0 (no '
+                     'padding) or a positive number of pixels.')
 
 
 def check_pretrained(model_cfg):
   """The file of model_cfg.pretrained, if any, exists and holds the backbone's weights, every
   key with its shape (read once; nothing is initialised)."""
-  path = config_lib.field(model_cfg, "model", "pretrained")
+  path = config_lib.field(model_cfg, 'model', 'pretrained')
   if not path:
     return
   backbone = models.make_backbone(model_cfg)
@@ -99,23 +99,23 @@ def check_writable_dir(path, what):
     with tempfile.TemporaryFile(dir=path):
       pass
   except OSError as error:
-    raise UserInputError(f"{what} {path} is not a directory that can be written "
-                         f"({error.strerror or error}).") from None
+    raise UserInputError(f'{what} {path} is not a directory that can be written '
+                         f'({error.strerror or error}).') from None
 
 
 def check_finished_workdir(workdir):
   """`workdir` is a directory: a finished run of this config is looked for there."""
   if not os.path.isdir(workdir):
-    raise UserInputError(f"--workdir {workdir} does not exist; evaluate and predict read a "
-                         "run that `--mode=train` finished there.")
+    raise UserInputError(f'--workdir {workdir} does not exist; evaluate and predict read a '
+                         'run that `--mode=train` finished there.')
 
 
 def check_split(dataset_cfg, split):
   """`split` is a split of the dataset, when it is prepared (else it is checked once it is)."""
   builder, _ = data.builder_and_download_config(dataset_cfg)
   if builder.is_prepared() and split not in builder.info.splits:
-    raise UserInputError(f"--split={split} is not a split of dataset {dataset_cfg.name}; "
-                         f"expected one of {sorted(builder.info.splits)}.")
+    raise UserInputError(f'--split={split} is not a split of dataset {dataset_cfg.name}; '
+                         f'expected one of {sorted(builder.info.splits)}.')
 
 
 def for_training(config, workdir, check_config, model_configs=None):
@@ -127,7 +127,7 @@ def for_training(config, workdir, check_config, model_configs=None):
   for model_cfg in model_configs or [config.model]:
     user_input(check_pretrained, model_cfg)
   user_input(data.builder_and_download_config, config.dataset)
-  check_writable_dir(workdir, "--workdir")
+  check_writable_dir(workdir, '--workdir')
 
 
 def for_evaluation(config, workdir, check_config, split):
@@ -137,22 +137,22 @@ def for_evaluation(config, workdir, check_config, split):
   check_finished_workdir(workdir)
   user_input(data.builder_and_download_config, config.dataset)
   check_split(config.dataset, split)
-  check_writable_dir(workdir, "--workdir")
+  check_writable_dir(workdir, '--workdir')
 
 
 def for_prediction(config, workdir, check_config, images, out):
   """Before predicting with the run in `workdir`: the config, the image folder `images`
   (a directory holding files) and the output folder `out`."""
   if jax.process_count() > 1:
-    raise UserInputError("--mode=predict runs in one process; start it without --distributed.")
+    raise UserInputError('--mode=predict runs in one process; start it without --distributed.')
   user_input(check_common_config, config)
   user_input(check_config, config)
   check_finished_workdir(workdir)
   if not images or not os.path.isdir(images):
-    raise UserInputError(f"--images={images} is not a directory; expected a folder of JPEG or "
-                         "PNG images.")
+    raise UserInputError(f'--images={images} is not a directory; expected a folder of JPEG or '
+                         'PNG images.')
   if not any(os.path.isfile(os.path.join(images, name)) for name in os.listdir(images)):
-    raise UserInputError(f"--images={images} holds no files; expected JPEG or PNG images.")
+    raise UserInputError(f'--images={images} holds no files; expected JPEG or PNG images.')
   if not out:
-    raise UserInputError("--out is not set; expected the folder the masks and overlays go to.")
-  check_writable_dir(out, "--out")
+    raise UserInputError('--out is not set; expected the folder the masks and overlays go to.')
+  check_writable_dir(out, '--out')

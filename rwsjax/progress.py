@@ -13,12 +13,12 @@ from absl import logging
 
 from rwsjax import eventlog
 
-_CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/",
-                     "/jax/_src/xla_bridge.py")  # the last: "Unable to initialize backend"
+_CHATTY_LIBRARIES = ('/orbax/', '/grain/', '/tensorflow_datasets/', '/etils/',
+                     '/jax/_src/xla_bridge.py')  # the last: "Unable to initialize backend"
 # Library warnings that ask for nothing a user of this package can act on: TFDS decodes with
 # PIL, as intended here, and every dataset setting is a builder config of its own (TFDS's
 # warning prints the whole config, which the run record already holds).
-_IDLE_WARNINGS = ("OpenCV is not installed", "Using custom data configuration")
+_IDLE_WARNINGS = ('OpenCV is not installed', 'Using custom data configuration')
 
 
 class _LibraryInfoFilter(py_logging.Filter):
@@ -53,10 +53,10 @@ def format_seconds(seconds):
   hours, rest = divmod(seconds, 3600)
   minutes, secs = divmod(rest, 60)
   if hours:
-    return f"{hours}h{minutes:02d}m"
+    return f'{hours}h{minutes:02d}m'
   if minutes:
-    return f"{minutes}m{secs:02d}s"
-  return f"{secs}s"
+    return f'{minutes}m{secs:02d}s'
+  return f'{secs}s'
 
 
 class Progress:
@@ -76,19 +76,19 @@ class Progress:
   def eta(self, done):
     """Seconds left at the current rate (nan before any progress)."""
     rate = self.rate(done)
-    return (self.total - done) / rate if rate > 0 else float("nan")
+    return (self.total - done) / rate if rate > 0 else float('nan')
 
   def line(self, done, **values):
     """One log line: name, done/total, the given values, rate and ETA."""
     rate, eta = self.rate(done), self.eta(done)
-    parts = [f"{self.name} {done}/{self.total}"]
-    parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()]
-    parts.append(f"{rate:.3g}/s")
+    parts = [f'{self.name} {done}/{self.total}']
+    parts += [f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in values.items()]
+    parts.append(f'{rate:.3g}/s')
     parts.append(f"ETA {format_seconds(eta) if rate > 0 else '?'}")
-    return "  ".join(parts)
+    return '  '.join(parts)
 
   def log(self, done, **values):
-    logging.info("%s", self.line(done, **values))
+    logging.info('%s', self.line(done, **values))
 
 
 def logged(items, name, total, lines=4):
@@ -130,24 +130,24 @@ class MetricWriter:
     """Drops lines of `stage` logged after `step`: a resumed run logs those steps again."""
     if not self.enabled:
       return
-    self.events.resume(stage or "train", step)
+    self.events.resume(stage or 'train', step)
     if not os.path.exists(self.path):
       return
     with open(self.path) as f:
       rows = [json.loads(line) for line in f if line.strip()]
-    keep = [r for r in rows if r.get("stage") != stage or r.get("step", 0) <= step]
+    keep = [r for r in rows if r.get('stage') != stage or r.get('step', 0) <= step]
     if len(keep) != len(rows):
-      with open(self.path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in keep)
+      with open(self.path, 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in keep)
 
   def write(self, step, stage=None, **scalars):
     if not self.enabled:
       return
-    row = {"step": int(step), "stage": stage, "time": time.time()}
+    row = {'step': int(step), 'stage': stage, 'time': time.time()}
     row.update({k: float(v) for k, v in scalars.items()})
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
-    self.events.scalars(stage or "train", step, scalars)
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    self.events.scalars(stage or 'train', step, scalars)
 
 
 def write_text(path, text):
@@ -155,8 +155,8 @@ def write_text(path, text):
   if _process_index() != 0:
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
     f.write(text)
   os.replace(tmp, path)
 

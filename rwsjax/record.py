@@ -17,12 +17,12 @@ import jax
 from rwsjax import eventlog
 from rwsjax.progress import write_json, write_text
 
-SUMMARY_FILE = "summary.json"
-RESULTS_FILE = "results.md"
+SUMMARY_FILE = 'summary.json'
+RESULTS_FILE = 'results.md'
 # launch.py --mode=evaluate writes <EVAL_NAME>.json and <EVAL_NAME>.md.
-EVAL_NAME = "eval_{split}{tta}"
-TABLE_FILES = (RESULTS_FILE, "eval_*.md")  # the Markdown tables that runs write
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+EVAL_NAME = 'eval_{split}{tta}'
+TABLE_FILES = (RESULTS_FILE, 'eval_*.md')  # the Markdown tables that runs write
+PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy')
 # The directory that holds the rwsjax package: the repository root in a source checkout.
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +34,7 @@ def config_json(config):
 
 def versions():
   """{'python': version, package: version or None when not installed} for `PACKAGES`."""
-  found = {"python": platform.python_version()}
+  found = {'python': platform.python_version()}
   for name in PACKAGES:
     try:
       found[name] = importlib.metadata.version(name)
@@ -48,13 +48,13 @@ def git_state(directory=SOURCE_ROOT):
   `directory`; None when `directory` is not such a root (an installed copy of the package) or
   git is missing."""
   def git(*args):
-    return subprocess.run(["git", "-C", directory, *args], capture_output=True, text=True,
+    return subprocess.run(['git', '-C', directory, *args], capture_output=True, text=True,
                           check=True, timeout=30).stdout.strip()
   try:
-    if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(directory):
+    if os.path.realpath(git('rev-parse', '--show-toplevel')) != os.path.realpath(directory):
       return None
-    return {"commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    return {'commit': git('rev-parse', 'HEAD'),
+            'dirty': bool(git('status', '--porcelain', '--untracked-files=no'))}
   except (OSError, subprocess.SubprocessError):
     return None
 
@@ -62,26 +62,26 @@ def git_state(directory=SOURCE_ROOT):
 def device_info():
   """Platform and kind of the devices, local and global device counts, process count."""
   device = jax.devices()[0]
-  return {"platform": device.platform, "device_kind": device.device_kind,
-          "local_devices": jax.local_device_count(), "global_devices": jax.device_count(),
-          "processes": jax.process_count()}
+  return {'platform': device.platform, 'device_kind': device.device_kind,
+          'local_devices': jax.local_device_count(), 'global_devices': jax.device_count(),
+          'processes': jax.process_count()}
 
 
 def run_record(config, argv=None):
   """JSON-ready record of what produced a run: 'config' (`config_json`), 'seed', 'versions',
   'git' (`git_state`, None outside a git checkout), 'devices' (`device_info`) and 'command'
   (`argv`, default sys.argv)."""
-  return {"config": config_json(config), "seed": config.seed, "versions": versions(),
-          "git": git_state(), "devices": device_info(),
-          "command": list(sys.argv if argv is None else argv)}
+  return {'config': config_json(config), 'seed': config.seed, 'versions': versions(),
+          'git': git_state(), 'devices': device_info(),
+          'command': list(sys.argv if argv is None else argv)}
 
 
-def _flatten(value, prefix=""):
+def _flatten(value, prefix=''):
   """{'a.b': leaf} of nested dicts."""
   if not isinstance(value, dict):
     return {prefix: value}
   return {k: v for key, item in value.items()
-          for k, v in _flatten(item, f"{prefix}.{key}" if prefix else key).items()}
+          for k, v in _flatten(item, f'{prefix}.{key}' if prefix else key).items()}
 
 
 def finished_run(workdir, config):
@@ -92,9 +92,9 @@ def finished_run(workdir, config):
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    recorded = _flatten(json.load(f).get("run", {}).get("config", {}))
+    recorded = _flatten(json.load(f).get('run', {}).get('config', {}))
   current = _flatten(config_json(config))
-  return [f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}"
+  return [f'{key}: {recorded.get(key)!r} -> {current.get(key)!r}'
           for key in sorted(set(recorded) | set(current))
           if recorded.get(key) != current.get(key)]
 
@@ -107,7 +107,7 @@ def write_results(workdir, config, summary, table, *, name=SUMMARY_FILE,
   returns the summary as written. Pipelines write their figures first."""
   summary = dict(summary, run=run_record(config))
   write_json(os.path.join(workdir, name), summary)
-  write_text(os.path.join(workdir, table_name), table.rstrip("\n") + "\n")
+  write_text(os.path.join(workdir, table_name), table.rstrip('\n') + '\n')
   if jax.process_index() == 0:
     eventlog.log_results(workdir, summary, figures=figures)
   return summary

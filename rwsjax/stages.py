@@ -41,9 +41,9 @@ def initial_variables(model, config, rng, image_shape=None):
   shape = image_shape or (1, *config.input.crop_size, 3)
   variables = jax.jit(lambda r: train.init_variables(model, shape, r))(rng)
   if config.model.pretrained:
-    logging.info("Backbone weights from %s.", config.model.pretrained)
+    logging.info('Backbone weights from %s.', config.model.pretrained)
     return models.load_pretrained_backbone(variables, config.model.pretrained, config.model)
-  logging.info("No config.model.pretrained file: the backbone starts from random weights.")
+  logging.info('No config.model.pretrained file: the backbone starts from random weights.')
   return variables
 
 
@@ -82,14 +82,14 @@ def predict_examples(model, variables, source, indices, config, predict_fn=None)
   `predict_fn(variables, batch) -> logits` defaults to the model."""
   predict_fn = predict_fn or model_predict_fn(model)
   images, labels, preds = [], [], []
-  apply = jax.jit(lambda v, x: predict_fn(v, {"image": x}).argmax(-1))
+  apply = jax.jit(lambda v, x: predict_fn(v, {'image': x}).argmax(-1))
   for i in indices:
     example = source[int(i)]
-    image = example["image"]
+    image = example['image']
     normalized = pipeline.normalize(image, config.input)[None]
     preds.append(np.asarray(apply(variables, normalized))[0])
     images.append(image)
-    labels.append(example["segmentation"][..., 0])
+    labels.append(example['segmentation'][..., 0])
   return images, labels, preds
 
 
@@ -104,7 +104,7 @@ def save_prediction_figure(path, model, variables, source, config, predict_fn=No
 
 def model_predict_fn(model):
   """`Predictor.predict_fn` of a segmentation model: its logits of batch['image']."""
-  return lambda variables, batch: model.apply(variables, batch["image"], train=False)
+  return lambda variables, batch: model.apply(variables, batch['image'], train=False)
 
 
 def run_stage(name, path, compute):
@@ -114,7 +114,7 @@ def run_stage(name, path, compute):
   if os.path.exists(path):
     with open(path) as f:
       result = json.load(f)
-    logging.info("%s: done in an earlier run (%s).", name, path)
+    logging.info('%s: done in an earlier run (%s).', name, path)
     return result
   result = compute()
   write_json(path, result)

@@ -28,12 +28,12 @@ def trained_predictor(config, workdir, mesh):
   model = models.make_model(config.model, config.dataset.num_classes)
   steps = config.train.steps
   variables = train.finished_variables(
-      workdir=workdir, stage="supervised", model=model,
+      workdir=workdir, stage='supervised', model=model,
       tx=train.make_optimizer(config.train, steps), total_steps=steps,
       image_shape=(1, *pipeline.pair(config.input.crop_size), 3),
       rng=jax.random.key(config.seed), mesh=mesh)
   return stages.Predictor(stages.model_predict_fn(model), variables,
-                          f"supervised ({steps} steps)", config)
+                          f'supervised ({steps} steps)', config)
 
 
 def run(config, workdir):
@@ -48,23 +48,23 @@ def run(config, workdir):
   variables = stages.initial_variables(model, config, rng)
   tx = train.make_optimizer(config.train, config.train.steps)
   state = train.train_stage(
-      workdir=workdir, stage="supervised", loss_fn=train.supervised_loss(model), tx=tx,
+      workdir=workdir, stage='supervised', loss_fn=train.supervised_loss(model), tx=tx,
       variables=variables,
       batches=stages.train_batches(train_source, config, mesh, seed=config.seed),
       total_steps=config.train.steps, train_cfg=config.train, mesh=mesh,
-      rng=jax.random.fold_in(rng, 1), writer=MetricWriter(os.path.join(workdir, "metrics.jsonl")))
+      rng=jax.random.fold_in(rng, 1), writer=MetricWriter(os.path.join(workdir, 'metrics.jsonl')))
   confusion = stages.evaluate_model(model, state.variables, eval_source, config, mesh)
   names, split = data.class_names(config.dataset), config.dataset.eval_split
   result = evaluate_lib.summarize(confusion, names)
-  table = evaluate_lib.miou_table(split, [(f"supervised ({config.train.steps} steps)", result)],
+  table = evaluate_lib.miou_table(split, [(f'supervised ({config.train.steps} steps)', result)],
                                   names)
   if jax.process_index() == 0:
-    figures.save_per_class_iou(os.path.join(workdir, "per_class_iou.png"),
-                               {"supervised": result["per_class_iou"]}, names)
-    stages.save_prediction_figure(os.path.join(workdir, "predictions.png"), model,
+    figures.save_per_class_iou(os.path.join(workdir, 'per_class_iou.png'),
+                               {'supervised': result['per_class_iou']}, names)
+    stages.save_prediction_figure(os.path.join(workdir, 'predictions.png'), model,
                                   state.variables, eval_source, config)
-  summary = record.write_results(workdir, config, {"method": "supervised",
-                                                   "steps": config.train.steps, split: result},
+  summary = record.write_results(workdir, config, {'method': 'supervised',
+                                                   'steps': config.train.steps, split: result},
                                  table)
-  logging.info("Results:\n%s", table)
+  logging.info('Results:\n%s', table)
   return summary

@@ -42,7 +42,7 @@ class TrainState:
 
   @property
   def variables(self):
-    return {"params": self.params, "batch_stats": self.batch_stats}
+    return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
 def make_mesh(num_devices=0):
@@ -50,9 +50,9 @@ def make_mesh(num_devices=0):
   devices = jax.devices()
   if num_devices:
     if num_devices > len(devices):
-      raise ValueError(f"config.num_devices={num_devices} but only {len(devices)} devices exist.")
+      raise ValueError(f'config.num_devices={num_devices} but only {len(devices)} devices exist.')
     devices = devices[:num_devices]
-  return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=devices)
 
 
@@ -61,14 +61,14 @@ def replicated(mesh):
 
 
 def data_sharded(mesh):
-  return jax.sharding.NamedSharding(mesh, P("data"))
+  return jax.sharding.NamedSharding(mesh, P('data'))
 
 
 def local_batch_size(global_batch_size, mesh):
   """Per-process share of a global batch; it must split evenly over the mesh."""
   if global_batch_size % mesh.size:
-    raise ValueError(f"Batch size {global_batch_size} (config.input.batch_size or eval_batch_size) "
-                     f"must be divisible by the number of devices, {mesh.size}.")
+    raise ValueError(f'Batch size {global_batch_size} (config.input.batch_size or eval_batch_size) '
+                     f'must be divisible by the number of devices, {mesh.size}.')
   return global_batch_size // jax.process_count()
 
 
@@ -83,7 +83,7 @@ def to_host(x, mesh):
   """This process's rows of a data-sharded global array, as numpy."""
   if jax.process_count() == 1:
     return np.asarray(jax.device_get(x))
-  local = multihost_utils.global_array_to_host_local_array(x, mesh, P("data"))
+  local = multihost_utils.global_array_to_host_local_array(x, mesh, P('data'))
   return np.asarray(jax.device_get(local))
 
 
@@ -97,7 +97,7 @@ def poly_schedule(lr, total_steps, power=0.9, warmup_steps=0, warmup_from=0.0):
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ('sgd', 'adamw')
 
 
 def learning_rate_schedule(lr, train_cfg, total_steps, *, warmup_from=0.0, offset=0):
@@ -106,7 +106,7 @@ def learning_rate_schedule(lr, train_cfg, total_steps, *, warmup_from=0.0, offse
   `offset` shifts it for a run that continues another run's optimizer state, whose step
   count does not restart: the schedule's step 0 is the optimizer's step `offset`.
   """
-  warmup = config_lib.field(train_cfg, "train", "warmup_steps")
+  warmup = config_lib.field(train_cfg, 'train', 'warmup_steps')
   poly = poly_schedule(lr, total_steps, train_cfg.poly_power, warmup, warmup_from)
   return poly if not offset else (lambda count: poly(count - offset))
 
@@ -117,13 +117,13 @@ def base_optimizer(schedule, train_cfg):
   sgd (the papers'): momentum and coupled weight decay, g + wd * w, as torch.optim.SGD.
   adamw: Adam with decoupled weight decay; converges in fewer steps on small CPU runs.
   """
-  name = config_lib.field(train_cfg, "train", "optimizer")
-  if name == "sgd":
+  name = config_lib.field(train_cfg, 'train', 'optimizer')
+  if name == 'sgd':
     return optax.chain(optax.add_decayed_weights(train_cfg.weight_decay),
                        optax.sgd(schedule, momentum=train_cfg.momentum or None))
-  if name == "adamw":
+  if name == 'adamw':
     return optax.adamw(schedule, weight_decay=train_cfg.weight_decay)
-  raise ValueError(f"config.train.optimizer={name!r}; expected one of {OPTIMIZERS}.")
+  raise ValueError(f'config.train.optimizer={name!r}; expected one of {OPTIMIZERS}.')
 
 
 class Optimizer(NamedTuple):
@@ -152,11 +152,11 @@ def make_optimizer(train_cfg, total_steps, group_lrs=None, label_fn=None, *, war
                                   offset=offset)
 
   if group_lrs is None:
-    schedules = {"lr": schedule(train_cfg.lr)}
-    tx = base_optimizer(schedules["lr"], train_cfg)
+    schedules = {'lr': schedule(train_cfg.lr)}
+    tx = base_optimizer(schedules['lr'], train_cfg)
   else:
-    schedules = {f"lr_{name}": schedule(lr) for name, lr in group_lrs.items()}
-    tx = optax.multi_transform({name: base_optimizer(schedules[f"lr_{name}"], train_cfg)
+    schedules = {f'lr_{name}': schedule(lr) for name, lr in group_lrs.items()}
+    tx = optax.multi_transform({name: base_optimizer(schedules[f'lr_{name}'], train_cfg)
                                 for name in group_lrs}, label_fn)
   return Optimizer(tx.init, tx.update, schedules)
 
@@ -164,8 +164,8 @@ def make_optimizer(train_cfg, total_steps, group_lrs=None, label_fn=None, *, war
 def schedule_count(opt_state):
   """The step count that the learning-rate schedules of `opt_state` read (the count of its
   first `ScaleByScheduleState`; every group's is the same)."""
-  return next(value for path, value in optax.tree.get_all_with_path(opt_state, "count")
-              if path[-1].tuple_name == "ScaleByScheduleState")
+  return next(value for path, value in optax.tree.get_all_with_path(opt_state, 'count')
+              if path[-1].tuple_name == 'ScaleByScheduleState')
 
 
 def init_variables(model, image_shape, rng):
@@ -173,18 +173,18 @@ def init_variables(model, image_shape, rng):
 
   The model's other collections (the Seg-Grad-CAM 'perturbations') are not training state.
   """
-  variables = model.init({"params": rng, "dropout": rng}, jnp.zeros(image_shape, jnp.float32),
+  variables = model.init({'params': rng, 'dropout': rng}, jnp.zeros(image_shape, jnp.float32),
                          train=False)
-  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
 
 def make_train_state(tx, variables, mesh, opt_state=None):
   """A replicated TrainState at step 0 from `variables` (a pytree of arrays or shape structs),
   with `opt_state` when a run continues another run's optimizer, else `tx.init`."""
   def init(variables, opt_state):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                      batch_stats=variables["batch_stats"],
-                      opt_state=tx.init(variables["params"]) if opt_state is None else opt_state)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                      batch_stats=variables['batch_stats'],
+                      opt_state=tx.init(variables['params']) if opt_state is None else opt_state)
   return jax.jit(init, out_shardings=replicated(mesh))(variables, opt_state)
 
 
@@ -192,10 +192,10 @@ def supervised_loss(model):
   """The default loss: pixel cross-entropy of the model's logits (ignore 255)."""
   def loss_fn(params, batch_stats, batch, rng, extra):
     del extra
-    logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
-                                  train=True, mutable=["batch_stats"], rngs={"dropout": rng})
-    loss = losses.cross_entropy(logits, batch["label"])
-    return loss, (updates.get("batch_stats", batch_stats), {})
+    logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'],
+                                  train=True, mutable=['batch_stats'], rngs={'dropout': rng})
+    loss = losses.cross_entropy(logits, batch['label'])
+    return loss, (updates.get('batch_stats', batch_stats), {})
   return loss_fn
 
 
@@ -208,7 +208,7 @@ def make_train_step(loss_fn, tx, mesh):
   loss, the gradient norm, the loss function's own and, for an `Optimizer`, the learning
   rates of this step.
   """
-  learning_rates = getattr(tx, "learning_rates", {})
+  learning_rates = getattr(tx, 'learning_rates', {})
 
   def step(state, batch, rng, extra):
     rng = jax.random.fold_in(rng, state.step)
@@ -218,7 +218,7 @@ def make_train_step(loss_fn, tx, mesh):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     count = schedule_count(state.opt_state) if learning_rates else None
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics,
+    metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), **metrics,
                **{name: schedule(count) for name, schedule in learning_rates.items()}}
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
@@ -249,7 +249,7 @@ class Checkpointer:
     if step is None:
       return state
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    logging.info("Restoring %s at step %d.", self.manager.directory, step)
+    logging.info('Restoring %s at step %d.', self.manager.directory, step)
     return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def save(self, step, state):
@@ -264,15 +264,15 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced a nan/inf loss; the last good checkpoint is kept."""
 
 
-def _check_finite(values, first_step, checkpointer, stage, what="loss"):
+def _check_finite(values, first_step, checkpointer, stage, what='loss'):
   bad = np.flatnonzero(~np.isfinite(values))
   if bad.size:
     last = checkpointer.latest_step() if checkpointer else None
-    kept = (f"the last good checkpoint (step {last}) is kept in {checkpointer.manager.directory}"
-            if last is not None else "no checkpoint had been written yet")
+    kept = (f'the last good checkpoint (step {last}) is kept in {checkpointer.manager.directory}'
+            if last is not None else 'no checkpoint had been written yet')
     raise NonFiniteLossError(
-        f"{stage}: non-finite {what} at step {first_step + int(bad[0]) + 1}; stopping, {kept}. "
-        "Try a lower config.train.lr.")
+        f'{stage}: non-finite {what} at step {first_step + int(bad[0]) + 1}; stopping, {kept}. '
+        'Try a lower config.train.lr.')
 
 
 @jax.jit
@@ -281,7 +281,7 @@ def _all_finite(tree):
 
 
 def fit(*, state, train_step, batches, total_steps, rng, checkpointer=None, writer=None,
-        stage="train", log_every=50, extra=None, stop_at=None, mesh):
+        stage='train', log_every=50, extra=None, stop_at=None, mesh):
   """Runs `train_step` from `state.step` up to `total_steps` (or `stop_at`).
 
   Args:
@@ -317,7 +317,7 @@ def fit(*, state, train_step, batches, total_steps, rng, checkpointer=None, writ
     save = checkpointer is not None and (done % checkpointer.every == 0 or done == stop)
     if done % log_every == 0 or done == stop or save:
       fetched = jax.device_get(pending)
-      loss_values = np.array([m["loss"] for m in fetched], np.float64)
+      loss_values = np.array([m['loss'] for m in fetched], np.float64)
       _check_finite(loss_values, pending_start, checkpointer, stage)
       means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
       progress.log(done, **means)
@@ -326,7 +326,7 @@ def fit(*, state, train_step, batches, total_steps, rng, checkpointer=None, writ
       pending, pending_start = [], done
     if save:
       if not bool(_all_finite(state.params)):
-        _check_finite(np.array([np.nan]), step, checkpointer, stage, "parameters")
+        _check_finite(np.array([np.nan]), step, checkpointer, stage, 'parameters')
       checkpointer.save(done, state)
   return state
 
@@ -336,13 +336,13 @@ def make_eval_step(model, num_classes, mesh, predict_fn=None):
   padded examples masked out). `predict_fn(variables, batch) -> logits` defaults to the model
   on batch['image']."""
   if predict_fn is None:
-    predict_fn = lambda variables, batch: model.apply(variables, batch["image"], train=False)
+    predict_fn = lambda variables, batch: model.apply(variables, batch['image'], train=False)
 
   def step(variables, batch):
     logits = predict_fn(variables, batch)
     preds = jnp.argmax(logits, axis=-1)
-    return evaluate_lib.confusion_matrix(batch["label"], preds, num_classes,
-                                         weights=batch["mask"][:, None, None])
+    return evaluate_lib.confusion_matrix(batch['label'], preds, num_classes,
+                                         weights=batch['mask'][:, None, None])
   return jax.jit(step, in_shardings=(replicated(mesh), data_sharded(mesh)),
                  out_shardings=replicated(mesh))
 
@@ -350,7 +350,7 @@ def make_eval_step(model, num_classes, mesh, predict_fn=None):
 def evaluate(eval_step, variables, batches, mesh, num_batches=None):
   """Sums the confusion matrices of all batches on device; returns it as numpy (K, K)."""
   total = None
-  progress = Progress("eval", num_batches or 0)
+  progress = Progress('eval', num_batches or 0)
   for i, batch in enumerate(batches):
     confusion = eval_step(variables, to_device(batch, mesh))
     total = confusion if total is None else total + confusion
@@ -378,12 +378,12 @@ def finished_variables(*, workdir, stage, model, tx, total_steps, image_shape, r
   `workdir` (optimizer `tx`, `total_steps`); raises when it has not reached `total_steps`.
   The state's structure comes from `jax.eval_shape` on images of `image_shape`: nothing is
   initialised or compiled."""
-  checkpointer = Checkpointer(os.path.join(workdir, stage, "checkpoints"), every=1)
+  checkpointer = Checkpointer(os.path.join(workdir, stage, 'checkpoints'), every=1)
   try:
     if checkpointer.latest_step() != total_steps:
-      raise ValueError(f"{os.path.join(workdir, stage)} holds no finished run of "
-                       f"{total_steps} steps; rerun the pipeline with this workdir to finish "
-                       "training.")
+      raise ValueError(f'{os.path.join(workdir, stage)} holds no finished run of '
+                       f'{total_steps} steps; rerun the pipeline with this workdir to finish '
+                       'training.')
     variables = jax.eval_shape(functools.partial(init_variables, model, image_shape), rng)
     state = checkpointer.restore(
         jax.eval_shape(functools.partial(make_train_state, tx, mesh=mesh), variables))
@@ -399,9 +399,9 @@ def train_stage(*, workdir, stage, loss_fn, tx, variables, batches, total_steps,
   `opt_state` continues another run's optimizer (state of `tx`) instead of a fresh one.
   Returns the final TrainState.
   """
-  checkpointer = Checkpointer(os.path.join(workdir, stage, "checkpoints"),
+  checkpointer = Checkpointer(os.path.join(workdir, stage, 'checkpoints'),
                               every=train_cfg.checkpoint_every,
-                              max_to_keep=config_lib.field(train_cfg, "train", "max_to_keep"))
+                              max_to_keep=config_lib.field(train_cfg, 'train', 'max_to_keep'))
   try:
     state = restore_or_init(checkpointer, tx, variables, mesh, opt_state)
     if writer is not None:

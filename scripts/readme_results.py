@@ -26,65 +26,65 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # main run decides what it may copy: 'stage1' (the global model), 'analysis' (also T and the
 # weak slices) or 'stage2' (also the local model).
 RWS_CONTROLS = (
-    ("arbitrary slices (slices=arbitrary)", "stage1", ("--config.rws.slices=arbitrary",)),
-    ("no omega selection (select_omega=False)", "stage2", ("--config.rws.select_omega=False",)),
-    ("no fusion: stage 3 as plain fine-tuning (fuse_layers=())", "stage2",
-     ("--config.rws.fuse_layers=()",)),
-    ("attention on the ground truth (attention_region=ground_truth)", "stage1",
-     ("--config.rws.attention_region=ground_truth",)),
-    ("T at the last flat run (t_rule=last_flat, t_min_share=0)", "stage1",
-     ("--config.rws.t_rule=last_flat", "--config.rws.t_min_share=0")),
-    ("local model at the global scale (local_scale=1)", "analysis",
-     ("--config.rws.local_scale=1",)),
-    ("local model from the initial weights (local_init=init)", "analysis",
-     ("--config.rws.local_init=init",)),
-    ("stage 3 from the initial weights, full schedule (stage3_init=fresh)", "stage2",
-     ("--config.rws.stage3_init=fresh", "--config.rws.stage3_steps=600",
-      "--config.rws.stage3_lr=3e-3")),
+    ('arbitrary slices (slices=arbitrary)', 'stage1', ('--config.rws.slices=arbitrary',)),
+    ('no omega selection (select_omega=False)', 'stage2', ('--config.rws.select_omega=False',)),
+    ('no fusion: stage 3 as plain fine-tuning (fuse_layers=())', 'stage2',
+     ('--config.rws.fuse_layers=()',)),
+    ('attention on the ground truth (attention_region=ground_truth)', 'stage1',
+     ('--config.rws.attention_region=ground_truth',)),
+    ('T at the last flat run (t_rule=last_flat, t_min_share=0)', 'stage1',
+     ('--config.rws.t_rule=last_flat', '--config.rws.t_min_share=0')),
+    ('local model at the global scale (local_scale=1)', 'analysis',
+     ('--config.rws.local_scale=1',)),
+    ('local model from the initial weights (local_init=init)', 'analysis',
+     ('--config.rws.local_init=init',)),
+    ('stage 3 from the initial weights, full schedule (stage3_init=fresh)', 'stage2',
+     ('--config.rws.stage3_init=fresh', '--config.rws.stage3_steps=600',
+      '--config.rws.stage3_lr=3e-3')),
 )
 # Controls whose total steps differ from the main run's train their own baseline.
-OWN_BASELINE = ("stage3_init-fresh",)
-RWS_EXPERIMENTS = {"shapes_rws": "configs/shapes_rws.py",
-                   "shapes_fine_rws": "configs/shapes_fine_rws.py"}
+OWN_BASELINE = ('stage3_init-fresh',)
+RWS_EXPERIMENTS = {'shapes_rws': 'configs/shapes_rws.py',
+                   'shapes_fine_rws': 'configs/shapes_fine_rws.py'}
 # README's ISIM rows: (name, config, overrides); seed 0.
 SINGLE_RUNS = (
-    ("shapes_isim", "configs/shapes_isim.py", ()),
-    ("shapes_isim_upper_bound", "configs/shapes_baseline.py",
-     ("--config.dataset.shapes.num_train=400", "--config.dataset.shapes.num_val=100",
-      "--config.train.steps=600")),
-    ("shapes_isim_1000", "configs/shapes_isim.py", ("--config.dataset.shapes.num_train=1000",)),
-    ("shapes_isim_1000_upper_bound", "configs/shapes_baseline.py",
-     ("--config.dataset.shapes.num_train=1000", "--config.dataset.shapes.num_val=100",
-      "--config.train.steps=1488")),
+    ('shapes_isim', 'configs/shapes_isim.py', ()),
+    ('shapes_isim_upper_bound', 'configs/shapes_baseline.py',
+     ('--config.dataset.shapes.num_train=400', '--config.dataset.shapes.num_val=100',
+      '--config.train.steps=600')),
+    ('shapes_isim_1000', 'configs/shapes_isim.py', ('--config.dataset.shapes.num_train=1000',)),
+    ('shapes_isim_1000_upper_bound', 'configs/shapes_baseline.py',
+     ('--config.dataset.shapes.num_train=1000', '--config.dataset.shapes.num_val=100',
+      '--config.train.steps=1488')),
 )
-SHARED = {"stage1": ("stage1",),
-          "analysis": ("stage1", "round_1/analysis.json", "round_1/slices_process0.npz"),
-          "stage2": ("stage1", "round_1/analysis.json", "round_1/slices_process0.npz",
-                     "round_1/stage2")}
+SHARED = {'stage1': ('stage1',),
+          'analysis': ('stage1', 'round_1/analysis.json', 'round_1/slices_process0.npz'),
+          'stage2': ('stage1', 'round_1/analysis.json', 'round_1/slices_process0.npz',
+                     'round_1/stage2')}
 
 
 def control_name(overrides):
   """A directory name for a control: its first override, e.g. 'select_omega-False'."""
-  field, value = overrides[0].removeprefix("--config.rws.").split("=")
+  field, value = overrides[0].removeprefix('--config.rws.').split('=')
   return f"{field}-{value.replace('()', 'none')}"
 
 
 def launch_command(config, workdir, seed, overrides=()):
-  return [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={config}",
-          f"--workdir={workdir}", f"--config.seed={seed}", *overrides]
+  return [sys.executable, os.path.join(ROOT, 'launch.py'), f'--config={config}',
+          f'--workdir={workdir}', f'--config.seed={seed}', *overrides]
 
 
 def run(command, workdir, mode):
   """Runs `command` unless `workdir` already holds its summary.json; returns the summary, or
   None when `mode` is 'list' (print the command only) or 'report' and the run is missing."""
-  summary = os.path.join(workdir, "summary.json")
-  if mode != "report":
-    print(" ".join(command[1:]), flush=True)
-  if mode == "list" or (mode == "report" and not os.path.exists(summary)):
+  summary = os.path.join(workdir, 'summary.json')
+  if mode != 'report':
+    print(' '.join(command[1:]), flush=True)
+  if mode == 'list' or (mode == 'report' and not os.path.exists(summary)):
     return None
   if not os.path.exists(summary):
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "launch.log"), "a") as log:
+    with open(os.path.join(workdir, 'launch.log'), 'a') as log:
       subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
   with open(summary) as f:
     return json.load(f)
@@ -92,7 +92,7 @@ def run(command, workdir, mode):
 
 def copy_shared(source, target, level):
   """Copies what a control shares with its main run into the control's fresh workdir."""
-  if os.path.exists(os.path.join(target, "stage1")):
+  if os.path.exists(os.path.join(target, 'stage1')):
     return
   for part in SHARED[level]:
     src, dst = os.path.join(source, part), os.path.join(target, part)
@@ -106,92 +106,92 @@ def copy_shared(source, target, level):
 def mean_sd(values):
   values = [v for v in values if v is not None]
   if not values:
-    return "-"
+    return '-'
   if len(values) == 1:
-    return f"{values[0]:.3f}"
-  return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    return f'{values[0]:.3f}'
+  return f'{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}'
 
 
 def table(title, rows, seeds):
   """Markdown table: one row per (label, values per seed)."""
-  lines = [f"| {title} | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
-           "|---" * (len(seeds) + 2) + "|"]
+  lines = [f'| {title} | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | mean ± sd |',
+           '|---' * (len(seeds) + 2) + '|']
   for label, values in rows:
-    cells = ["-" if v is None else f"{v:.3f}" for v in values]
-    lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean_sd(values)} |")
-  return "\n".join(lines)
+    cells = ['-' if v is None else f'{v:.3f}' for v in values]
+    lines.append(f'| {label} | ' + ' | '.join(cells) + f' | {mean_sd(values)} |')
+  return '\n'.join(lines)
 
 
 def rws_experiment(name, config, out, seeds, mode, controls=True):
   """The main run and every control of one RWS config, per seed; the table and T lines."""
   main, control_runs = [], {label: [] for label, _, _ in RWS_CONTROLS}
   for seed in seeds:
-    main_dir = os.path.join(out, name, f"seed{seed}", "rws")
+    main_dir = os.path.join(out, name, f'seed{seed}', 'rws')
     main.append(run(launch_command(config, main_dir, seed), main_dir, mode))
     for label, level, overrides in RWS_CONTROLS if controls else ():
-      workdir = os.path.join(out, name, f"seed{seed}", control_name(overrides))
-      if mode == "run":
+      workdir = os.path.join(out, name, f'seed{seed}', control_name(overrides))
+      if mode == 'run':
         copy_shared(main_dir, workdir, level)
       baseline = () if control_name(overrides) in OWN_BASELINE else (
-          "--config.rws.baseline=False",)
+          '--config.rws.baseline=False',)
       control_runs[label].append(run(launch_command(config, workdir, seed,
                                                     (*overrides, *baseline)), workdir, mode))
   main_runs = [s for s in main if s is not None]
   if not main_runs:
-    return ""
+    return ''
 
   def miou(summaries, key):
-    return [None if s is None else s[key]["miou"] for s in summaries]
+    return [None if s is None else s[key]['miou'] for s in summaries]
 
-  rows = [("stage 1 only", miou(main, "stage1")),
+  rows = [('stage 1 only', miou(main, 'stage1')),
           (f"baseline, same total steps ({main_runs[0]['total_steps']})",
-           miou(main, "baseline")),
-          ("RWS plain (the refined network alone)", miou(main, "rws_plain")),
-          ("**RWS fused (the RWS network)**", miou(main, "rws_fused"))]
-  rows += [(f"RWS fused, {label}", miou(control_runs[label], "rws_fused"))
+           miou(main, 'baseline')),
+          ('RWS plain (the refined network alone)', miou(main, 'rws_plain')),
+          ('**RWS fused (the RWS network)**', miou(main, 'rws_fused'))]
+  rows += [(f'RWS fused, {label}', miou(control_runs[label], 'rws_fused'))
            for label, _, _ in RWS_CONTROLS if control_runs[label]]
-  rows += [(f"RWS plain, {label}", miou(control_runs[label], "rws_plain"))
+  rows += [(f'RWS plain, {label}', miou(control_runs[label], 'rws_plain'))
            for label, _, _ in RWS_CONTROLS if control_runs[label]]
-  rows += [(f"its own baseline, {label}", miou(control_runs[label], "baseline"))
+  rows += [(f'its own baseline, {label}', miou(control_runs[label], 'baseline'))
            for label, _, overrides in RWS_CONTROLS
            if control_runs[label] and control_name(overrides) in OWN_BASELINE]
-  first = [s["rounds"][0] for s in main_runs]
-  thresholds = " / ".join(f"{r['threshold']:.3f}" for r in first)
-  shares = " / ".join(f"{r['weak_share']:.1%}" for r in first)
-  notes = [f"T: {thresholds}; weak windows: {shares}; inference ms per image plain / fused: "
-           + ", ".join(
+  first = [s['rounds'][0] for s in main_runs]
+  thresholds = ' / '.join(f"{r['threshold']:.3f}" for r in first)
+  shares = ' / '.join(f"{r['weak_share']:.1%}" for r in first)
+  notes = [f'T: {thresholds}; weak windows: {shares}; inference ms per image plain / fused: '
+           + ', '.join(
                f"{s['inference_ms_per_image']['plain']:.1f} / "
                f"{s['inference_ms_per_image']['fused']:.1f}" for s in main_runs)]
-  return table(f"{name}, validation mIoU", rows, seeds) + "\n\n" + "\n".join(notes)
+  return table(f'{name}, validation mIoU', rows, seeds) + '\n\n' + '\n'.join(notes)
 
 
 def single_run(name, config, overrides, out, mode):
   """One seed-0 run; its results.md, headed by its name."""
   workdir = os.path.join(out, name)
   if run(launch_command(config, workdir, 0, overrides), workdir, mode) is None:
-    return ""
-  with open(os.path.join(workdir, "results.md")) as f:
-    return f"{name}:\n\n{f.read()}"
+    return ''
+  with open(os.path.join(workdir, 'results.md')) as f:
+    return f'{name}:\n\n{f.read()}'
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", required=True, help="directory for all run directories")
-  parser.add_argument("--seeds", default="0,1,2")
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--out', required=True, help='directory for all run directories')
+  parser.add_argument('--seeds', default='0,1,2')
   names = [*RWS_EXPERIMENTS, *(name for name, _, _ in SINGLE_RUNS)]
-  parser.add_argument("--only", default=",".join(names),
-                      help="comma-separated experiments: " + ", ".join(names))
-  parser.add_argument("--list", action="store_true", help="print the commands, run nothing")
-  parser.add_argument("--main-only", action="store_true",
+  parser.add_argument('--only', default=','.join(names),
+                      help='comma-separated experiments: ' + ', '.join(names))
+  parser.add_argument('--list', action='store_true', help='print the commands, run nothing')
+  parser.add_argument('--main-only', action='store_true',
                       help="the RWS experiments' main runs only, without the controls")
-  parser.add_argument("--report", action="store_true",
-                      help="print the tables of the runs that exist, run nothing")
+  parser.add_argument('--report', action='store_true',
+                      help='print the tables of the runs that exist, run nothing')
   args = parser.parse_args()
-  mode = "list" if args.list else "report" if args.report else "run"
-  seeds = [int(s) for s in args.seeds.split(",")]
+  mode = 'list' if args.list else 'report' if args.report else 'run'
+  seeds = [int(s) for s in args.seeds.split(',')]
   out = os.path.abspath(args.out)
   single = {name: (config, overrides) for name, config, overrides in SINGLE_RUNS}
-  for name in args.only.split(","):
+  for name in args.only.split(','):
     if name in RWS_EXPERIMENTS:
       text = rws_experiment(name, RWS_EXPERIMENTS[name], out, seeds, mode,
                             controls=not args.main_only)
@@ -203,5 +203,5 @@ def main():
       print(text, flush=True)
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   main()

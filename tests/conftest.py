@@ -2,12 +2,12 @@
 import os
 import tempfile
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # noqa: E402  (must follow the environment setup above)
 
-jax.config.update("jax_num_cpu_devices", 4)
+jax.config.update('jax_num_cpu_devices', 4)
 # The pipelines' smoke runs compile the same functions several times per session: reuse them.
-jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(tempfile.gettempdir(), "rwsjax-test-jax-cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update('jax_compilation_cache_dir',
+                  os.path.join(tempfile.gettempdir(), 'rwsjax-test-jax-cache'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)

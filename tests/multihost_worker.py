@@ -46,11 +46,11 @@ def train_tiny(config, mesh, batches, workdir):
   model = models.make_model(config.model, config.dataset.num_classes)
   rng = jax.random.key(config.seed)
   state = train.train_stage(
-      workdir=workdir, stage="supervised", loss_fn=train.supervised_loss(model),
+      workdir=workdir, stage='supervised', loss_fn=train.supervised_loss(model),
       tx=train.make_optimizer(config.train, config.train.steps),
       variables=stages.initial_variables(model, config, rng), batches=batches,
       total_steps=config.train.steps, train_cfg=config.train, mesh=mesh,
-      rng=jax.random.fold_in(rng, 1), writer=MetricWriter(os.path.join(workdir, "metrics.jsonl")))
+      rng=jax.random.fold_in(rng, 1), writer=MetricWriter(os.path.join(workdir, 'metrics.jsonl')))
   return model, state
 
 
@@ -64,20 +64,20 @@ def recording(batches, record):
 
 
 def example_ids(source):
-  return [source[i]["id"].decode() for i in range(len(source))]
+  return [source[i]['id'].decode() for i in range(len(source))]
 
 
 def worker(process_id, port, data_dir, out_dir):
   """One of NUM_PROCESSES processes with LOCAL_DEVICES devices each."""
-  jax.config.update("jax_platforms", "cpu")
-  jax.config.update("jax_num_cpu_devices", LOCAL_DEVICES)
-  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
+  jax.config.update('jax_platforms', 'cpu')
+  jax.config.update('jax_num_cpu_devices', LOCAL_DEVICES)
+  jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}',
                              num_processes=NUM_PROCESSES, process_id=process_id,
                              initialization_timeout=60)
   config = experiment_config(data_dir)
   mesh = train.make_mesh()
-  train_source = data.load_source(config.dataset, "train", per_process=True)
-  eval_source = data.load_source(config.dataset, "validation", per_process=True)
+  train_source = data.load_source(config.dataset, 'train', per_process=True)
+  eval_source = data.load_source(config.dataset, 'validation', per_process=True)
 
   record = []
   batches = stages.train_batches(train_source, config, mesh, seed=config.seed)
@@ -85,40 +85,40 @@ def worker(process_id, port, data_dir, out_dir):
   first = multihost_utils.process_allgather(train.to_device(record[0], mesh), tiled=True)
   confusion = stages.evaluate_model(model, state.variables, eval_source, config, mesh)
 
-  np.savez(os.path.join(out_dir, f"process_{process_id}.npz"),
+  np.savez(os.path.join(out_dir, f'process_{process_id}.npz'),
            train_ids=example_ids(train_source), eval_ids=example_ids(eval_source),
-           train_image=np.stack([b["image"] for b in record]),
-           train_label=np.stack([b["label"] for b in record]),
-           global_image=first["image"], global_label=first["label"], confusion=confusion)
+           train_image=np.stack([b['image'] for b in record]),
+           train_label=np.stack([b['label'] for b in record]),
+           global_image=first['image'], global_label=first['label'], confusion=confusion)
   variables = jax.device_get(state.variables)
   if process_id == 0:
-    with open(os.path.join(out_dir, "variables.msgpack"), "wb") as f:
+    with open(os.path.join(out_dir, 'variables.msgpack'), 'wb') as f:
       f.write(flax.serialization.msgpack_serialize(variables))
-  multihost_utils.sync_global_devices("multihost_worker.done")
+  multihost_utils.sync_global_devices('multihost_worker.done')
 
 
 def reference(data_dir, out_dir):
   """One process with NUM_PROCESSES * LOCAL_DEVICES devices, on the workers' outputs."""
-  jax.config.update("jax_platforms", "cpu")
-  jax.config.update("jax_num_cpu_devices", NUM_PROCESSES * LOCAL_DEVICES)
+  jax.config.update('jax_platforms', 'cpu')
+  jax.config.update('jax_num_cpu_devices', NUM_PROCESSES * LOCAL_DEVICES)
   config = experiment_config(data_dir)
   mesh = train.make_mesh()
-  parts = [np.load(os.path.join(out_dir, f"process_{i}.npz")) for i in range(NUM_PROCESSES)]
-  global_batches = [{k: np.concatenate([p[f"train_{k}"][step] for p in parts])
-                     for k in ("image", "label")} for step in range(config.train.steps)]
+  parts = [np.load(os.path.join(out_dir, f'process_{i}.npz')) for i in range(NUM_PROCESSES)]
+  global_batches = [{k: np.concatenate([p[f'train_{k}'][step] for p in parts])
+                     for k in ('image', 'label')} for step in range(config.train.steps)]
   model, _ = train_tiny(config, mesh, lambda start: iter(global_batches[start:]),
-                        os.path.join(out_dir, "single"))
-  with open(os.path.join(out_dir, "variables.msgpack"), "rb") as f:
+                        os.path.join(out_dir, 'single'))
+  with open(os.path.join(out_dir, 'variables.msgpack'), 'rb') as f:
     variables = flax.serialization.msgpack_restore(f.read())
-  whole = data.load_source(config.dataset, "validation", per_process=False)
+  whole = data.load_source(config.dataset, 'validation', per_process=False)
   confusion = stages.evaluate_model(model, variables, whole, config, mesh)
-  np.savez(os.path.join(out_dir, "single.npz"), confusion=confusion)
+  np.savez(os.path.join(out_dir, 'single.npz'), confusion=confusion)
 
 
-if __name__ == "__main__":
-  if sys.argv[1] == "worker":
+if __name__ == '__main__':
+  if sys.argv[1] == 'worker':
     worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
-  elif sys.argv[1] == "reference":
+  elif sys.argv[1] == 'reference':
     reference(sys.argv[2], sys.argv[3])
   else:
-    sys.exit(f"Unknown mode {sys.argv[1]!r}; expected worker or reference.")
+    sys.exit(f'Unknown mode {sys.argv[1]!r}; expected worker or reference.')

@@ -28,7 +28,7 @@ def test_pair_offsets_radius5_has_34_in_psa_order():
   assert [tuple(o) for o in offsets.tolist()] == _psa_search_dist(5)
 
 
-@pytest.mark.parametrize("radius", [2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize('radius', [2, 3, 4, 5, 6, 7])
 def test_pair_offsets_one_of_each_pair_within_radius(radius):
   got = {tuple(o) for o in affinity.pair_offsets(radius).tolist()}
   within = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
@@ -43,7 +43,7 @@ def _region(h, w, radius):
   return [(y, x) for y in range(h - radius + 1) for x in range(radius - 1, w - radius + 1)]
 
 
-@pytest.mark.parametrize("radius,shape", [(3, (6, 8)), (5, (7, 10))])
+@pytest.mark.parametrize('radius,shape', [(3, (6, 8)), (5, (7, 10))])
 def test_pair_affinities_match_brute_force_over_pixel_pairs(radius, shape):
   rng = np.random.default_rng(0)
   h, w = shape
@@ -74,7 +74,7 @@ def test_pair_affinities_match_brute_force_over_pixel_pairs(radius, shape):
 
 
 def test_pair_affinities_too_small_map_raises():
-  with pytest.raises(ValueError, match="too small"):
+  with pytest.raises(ValueError, match='too small'):
     affinity.pair_affinities(np.zeros((1, 4, 20, 2), np.float32), affinity.pair_offsets(5))
 
 
@@ -196,11 +196,11 @@ def test_hard_label_crf_is_the_label_crf_of_the_argmax_one_hot():
 
 def test_affinity_labels_input_errors():
   cams = np.zeros((3, 8, 8), np.float32)
-  with pytest.raises(ValueError, match="image_labels"):
+  with pytest.raises(ValueError, match='image_labels'):
     affinity.affinity_labels_from_cams(cams, np.ones(4))
-  with pytest.raises(ValueError, match="aff_bg"):
+  with pytest.raises(ValueError, match='aff_bg'):
     affinity.affinity_labels_from_cams(cams, np.ones(3), fg_threshold=0.1, bg_threshold=0.3)
-  with pytest.raises(ValueError, match="image"):
+  with pytest.raises(ValueError, match='image'):
     affinity.affinity_labels_from_cams(cams, np.ones(3), crf_fn=lambda i, p: p.argmax(0))
 
 
@@ -230,11 +230,11 @@ def _net_cfg(**overrides):
   return ml_collections.ConfigDict(cfg)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def affinity_net():
   model = affinity.make_affinity_net(_net_cfg())
-  variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((2, 32, 40, 3)))
-  return model, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+  variables = jax.jit(model.init)(jax.random.key(0, impl='rbg'), jnp.zeros((2, 32, 40, 3)))
+  return model, {'params': variables['params'], 'batch_stats': variables['batch_stats']}
 
 
 def _elu(x):
@@ -243,26 +243,26 @@ def _elu(x):
 
 def test_affinity_net_is_psa_embedding_on_layers_2_to_4(affinity_net):
   model, variables = affinity_net
-  params = variables["params"]
-  assert set(params) == {"backbone", "head"}
-  head = params["head"]
-  kernels = [np.asarray(head[f"proj_{n}"]["kernel"][0, 0]) for n in affinity.FEATURE_LAYERS]
+  params = variables['params']
+  assert set(params) == {'backbone', 'head'}
+  head = params['head']
+  kernels = [np.asarray(head[f'proj_{n}']['kernel'][0, 0]) for n in affinity.FEATURE_LAYERS]
   assert [k.shape[1] for k in kernels] == [64, 128, 256]
-  assert head["embed"]["kernel"].shape[2:] == (448, 448)
-  assert all(set(head[name]) == {"kernel"} for name in head)  # no biases, as PSA
+  assert head['embed']['kernel'].shape[2:] == (448, 448)
+  assert all(set(head[name]) == {'kernel'} for name in head)  # no biases, as PSA
   images = jax.random.normal(jax.random.key(1), (2, 32, 40, 3))
   got = np.asarray(model.apply(variables, images))
   assert got.shape == (2, 4, 5, 448)
   layers = model.apply(variables, images, method=lambda m, x: m.backbone(x))
   projected = [_elu(np.asarray(layers[n], np.float64) @ k)
                for n, k in zip(affinity.FEATURE_LAYERS, kernels)]
-  embed = np.asarray(head["embed"]["kernel"][0, 0], np.float64)
+  embed = np.asarray(head['embed']['kernel'][0, 0], np.float64)
   np.testing.assert_allclose(got, _elu(np.concatenate(projected, -1) @ embed), rtol=1e-4,
                              atol=1e-5)
 
 
 def test_affinity_net_needs_output_stride_8():
-  with pytest.raises(ValueError, match="output_stride"):
+  with pytest.raises(ValueError, match='output_stride'):
     affinity.make_affinity_net(_net_cfg(output_stride=16))
 
 
@@ -273,11 +273,11 @@ def test_affinity_train_loss_matches_a_loop_over_pairs(affinity_net):
   labels = rng.choice(np.array([0, 0, 1, 2, 255]), size=(2, 4, 5)).astype(np.int32)
   offsets = affinity.pair_offsets(2)
   loss_fn = affinity.affinity_train_loss(model, offsets)
-  loss, (_, counts) = loss_fn(variables["params"], variables["batch_stats"],
-                              {"image": images, "label": labels}, None, None)
-  features, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+  loss, (_, counts) = loss_fn(variables['params'], variables['batch_stats'],
+                              {'image': images, 'label': labels}, None, None)
+  features, _ = model.apply(variables, images, train=True, mutable=['batch_stats'])
   features = np.asarray(features, np.float64)
-  sums = {"bg": [0.0, 0], "fg": [0.0, 0], "neg": [0.0, 0]}
+  sums = {'bg': [0.0, 0], 'fg': [0.0, 0], 'neg': [0.0, 0]}
   for n in range(2):
     for y in range(4 - 1):
       for x in range(1, 5 - 1):
@@ -286,10 +286,10 @@ def test_affinity_train_loss_matches_a_loop_over_pairs(affinity_net):
           aff = math.exp(-np.mean(np.abs(features[n, y, x] - features[n, y + dy, x + dx])))
           if a == 255 or b == 255:
             continue
-          kind = ("bg" if a == 0 else "fg") if a == b else "neg"
-          sums[kind][0] -= math.log(aff + 1e-5) if kind != "neg" else math.log(1 + 1e-5 - aff)
+          kind = ('bg' if a == 0 else 'fg') if a == b else 'neg'
+          sums[kind][0] -= math.log(aff + 1e-5) if kind != 'neg' else math.log(1 + 1e-5 - aff)
           sums[kind][1] += 1
   expected = sum(w * s / (c + 1e-5) for w, (s, c) in zip((0.25, 0.25, 0.5), sums.values()))
   assert float(loss) == pytest.approx(expected, rel=1e-4)
-  assert {k: float(v) for k, v in counts.items()} == {f"{k}_pairs": c for k, (_, c)
+  assert {k: float(v) for k, v in counts.items()} == {f'{k}_pairs': c for k, (_, c)
                                                       in sums.items()}

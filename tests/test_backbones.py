@@ -13,8 +13,8 @@ from rwsjax import train
 from rwsjax.rws import pipeline as rws_pipeline
 from rwsjax.rws import segcam
 
-TOY_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 8, "layer4": 8}
-TOY_PARAMS = {"stem", "conv_layer1", "conv_layer2", "conv_layer3", "conv_layer4"}
+TOY_STRIDES = {'layer1': 4, 'layer2': 8, 'layer3': 8, 'layer4': 8}
+TOY_PARAMS = {'stem', 'conv_layer1', 'conv_layer2', 'conv_layer3', 'conv_layer4'}
 
 
 class ToyBackbone(nn.Module):
@@ -27,10 +27,10 @@ class ToyBackbone(nn.Module):
     del train
     conv = lambda stride, name: nn.Conv(self.channels, (3, 3), strides=stride, dtype=self.dtype,
                                         name=name)
-    x = nn.relu(conv(2, "stem")(images))
-    features = {"stem": x}
+    x = nn.relu(conv(2, 'stem')(images))
+    features = {'stem': x}
     for name, stride in zip(models.STAGE_NAMES, (2, 2, 1, 1)):
-      x = nn.relu(conv(stride, f"conv_{name}")(x))
+      x = nn.relu(conv(stride, f'conv_{name}')(x))
       features[name] = models.stage_output(self, name, x, stage_hook)
     return features
 
@@ -38,15 +38,15 @@ class ToyBackbone(nn.Module):
 @pytest.fixture
 def toy():
   """config.model.backbone='toy' while the test runs."""
-  models.register_backbone("toy", lambda cfg: ToyBackbone(dtype=models.compute_dtype(cfg)),
+  models.register_backbone('toy', lambda cfg: ToyBackbone(dtype=models.compute_dtype(cfg)),
                            lambda cfg: TOY_STRIDES)
-  yield "toy"
-  del models.BACKBONES["toy"]
+  yield 'toy'
+  del models.BACKBONES['toy']
 
 
-@pytest.mark.parametrize("head", models.HEAD_NAMES)
+@pytest.mark.parametrize('head', models.HEAD_NAMES)
 def test_toy_backbone_meets_its_registered_strides_under_every_head(toy, head):
-  cfg = {"name": head, "backbone": toy, "head_channels": 8}
+  cfg = {'name': head, 'backbone': toy, 'head_channels': 8}
   model = models.make_model(cfg, 3)
   images = jnp.zeros((2, 32, 48, 3))
   variables = jax.eval_shape(model.init, jax.random.key(0), images)
@@ -56,11 +56,11 @@ def test_toy_backbone_meets_its_registered_strides_under_every_head(toy, head):
   assert {name: 32 // features[name].shape[1] for name in models.STAGE_NAMES} == TOY_STRIDES
   assert {name: 48 // features[name].shape[2] for name in models.STAGE_NAMES} == TOY_STRIDES
   assert models.feature_strides(cfg) == TOY_STRIDES
-  assert set(variables["params"]["backbone"]) == TOY_PARAMS
+  assert set(variables['params']['backbone']) == TOY_PARAMS
 
 
 def test_seg_grad_cam_reaches_the_toy_backbones_stages(toy):
-  model = models.make_model({"name": "deeplabv3", "backbone": toy, "head_channels": 8}, 3)
+  model = models.make_model({'name': 'deeplabv3', 'backbone': toy, 'head_channels': 8}, 3)
   images = jax.random.normal(jax.random.key(1), (1, 32, 32, 3))
   variables = model.init(jax.random.key(0), images)
   result = segcam.seg_grad_cam(model, variables, images, max_classes=2)
@@ -71,14 +71,14 @@ def test_seg_grad_cam_reaches_the_toy_backbones_stages(toy):
 
 
 def test_smoke_rws_runs_on_a_registered_toy_backbone(toy, tmp_path):
-  config = load_config("shapes_rws", "smoke")
-  config.dataset.data_dir = str(tmp_path / "tfds")
+  config = load_config('shapes_rws', 'smoke')
+  config.dataset.data_dir = str(tmp_path / 'tfds')
   config.model.backbone = toy
-  summary = rws_pipeline.run(config, str(tmp_path / "run"))
-  assert summary["rounds"][0]["trained"]
-  for key in ("stage1", "baseline", "rws_plain", "rws_fused"):
-    assert 0.0 <= summary[key]["miou"] <= 1.0, key
-  network = rws_pipeline.finished_network(config, str(tmp_path / "run"),
+  summary = rws_pipeline.run(config, str(tmp_path / 'run'))
+  assert summary['rounds'][0]['trained']
+  for key in ('stage1', 'baseline', 'rws_plain', 'rws_fused'):
+    assert 0.0 <= summary[key]['miou'] <= 1.0, key
+  network = rws_pipeline.finished_network(config, str(tmp_path / 'run'),
                                           models.make_model(config.model, 7), train.make_mesh())
-  for part in ("model", "global", "local"):
-    assert set(network[part]["params"]["backbone"]) == TOY_PARAMS, part
+  for part in ('model', 'global', 'local'):
+    assert set(network[part]['params']['backbone']) == TOY_PARAMS, part

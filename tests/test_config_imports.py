@@ -9,7 +9,7 @@ import sys
 
 from configs_util import ROOT
 
-HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "grain", "tensorflow", "tensorflow_datasets")
+HEAVY = ('jax', 'jaxlib', 'flax', 'optax', 'orbax', 'grain', 'tensorflow', 'tensorflow_datasets')
 SCRIPT = """
 import glob, json, os, sys
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
@@ -23,9 +23,9 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
 
 
 def test_loading_every_config_imports_no_heavy_module():
-  assert len(glob.glob(os.path.join(ROOT, "configs", "*.py"))) >= 9
-  result = subprocess.run([sys.executable, "-c", SCRIPT, ROOT], capture_output=True, text=True,
+  assert len(glob.glob(os.path.join(ROOT, 'configs', '*.py'))) >= 9
+  result = subprocess.run([sys.executable, '-c', SCRIPT, ROOT], capture_output=True, text=True,
                           check=True, timeout=300)
   loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
-  assert "ml_collections" in loaded
+  assert 'ml_collections' in loaded
   assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))

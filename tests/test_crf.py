@@ -139,10 +139,10 @@ def test_params_change_the_result():
   np.testing.assert_array_equal(crf.crf_refine_labels(image, blob, 2, params=weak), blob)
 
 
-@pytest.mark.parametrize("image, message", [
-    (np.zeros((8, 8, 3), np.float32), "uint8"),
-    (np.zeros((8, 8), np.uint8), r"\(H, W, 3\)"),
-    (np.zeros((8, 8, 4), np.uint8), r"\(H, W, 3\)"),
+@pytest.mark.parametrize('image, message', [
+    (np.zeros((8, 8, 3), np.float32), 'uint8'),
+    (np.zeros((8, 8), np.uint8), r'\(H, W, 3\)'),
+    (np.zeros((8, 8, 4), np.uint8), r'\(H, W, 3\)'),
 ])
 def test_bad_image_raises(image, message):
   with pytest.raises(ValueError, match=message):
@@ -151,16 +151,16 @@ def test_bad_image_raises(image, message):
     crf.crf_refine_probs(image, np.ones((2, 8, 8)))
 
 
-@pytest.mark.parametrize("labels, kwargs, message", [
-    (np.zeros((8, 7), np.int32), {}, "shape"),
-    (np.zeros((8, 8), np.float32), {}, "integer"),
-    (np.full((8, 8), 3), {}, r"\[0, 3\)"),
-    (np.full((8, 8), -1), {}, r"\[0, 3\)"),
-    (np.zeros((8, 8), np.int32), {"class_ids": [1, 2]}, "missing from class_ids"),
-    (np.zeros((8, 8), np.int32), {"class_ids": [0, 5]}, r"class_ids must lie in \[0, 3\)"),
-    (np.zeros((8, 8), np.int32), {"class_ids": [0, 0, 1]}, "distinct"),
-    (np.zeros((8, 8), np.int32), {"class_ids": []}, "at least one"),
-    (np.zeros((8, 8), np.int32), {"gt_prob": 1.0}, "gt_prob"),
+@pytest.mark.parametrize('labels, kwargs, message', [
+    (np.zeros((8, 7), np.int32), {}, 'shape'),
+    (np.zeros((8, 8), np.float32), {}, 'integer'),
+    (np.full((8, 8), 3), {}, r'\[0, 3\)'),
+    (np.full((8, 8), -1), {}, r'\[0, 3\)'),
+    (np.zeros((8, 8), np.int32), {'class_ids': [1, 2]}, 'missing from class_ids'),
+    (np.zeros((8, 8), np.int32), {'class_ids': [0, 5]}, r'class_ids must lie in \[0, 3\)'),
+    (np.zeros((8, 8), np.int32), {'class_ids': [0, 0, 1]}, 'distinct'),
+    (np.zeros((8, 8), np.int32), {'class_ids': []}, 'at least one'),
+    (np.zeros((8, 8), np.int32), {'gt_prob': 1.0}, 'gt_prob'),
 ])
 def test_bad_labels_raise(labels, kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -168,15 +168,15 @@ def test_bad_labels_raise(labels, kwargs, message):
 
 
 def test_bad_n_labels_raises():
-  with pytest.raises(ValueError, match="n_labels"):
+  with pytest.raises(ValueError, match='n_labels'):
     crf.crf_refine_labels(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.int32), 256)
 
 
-@pytest.mark.parametrize("probs, message", [
-    (np.ones((2, 8, 7)), "shape"),
-    (np.ones((8, 8)), "shape"),
-    (np.full((2, 8, 8), np.nan), "finite"),
-    (np.full((2, 8, 8), -0.1), "non-negative"),
+@pytest.mark.parametrize('probs, message', [
+    (np.ones((2, 8, 7)), 'shape'),
+    (np.ones((8, 8)), 'shape'),
+    (np.full((2, 8, 8), np.nan), 'finite'),
+    (np.full((2, 8, 8), -0.1), 'non-negative'),
 ])
 def test_bad_probs_raise(probs, message):
   with pytest.raises(ValueError, match=message):

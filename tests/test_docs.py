@@ -7,25 +7,25 @@ import re
 from configs_util import ROOT
 from rwsjax import record
 
-TEXT_SUFFIXES = (".py", ".md", ".toml", ".txt", ".cfg", ".ini", ".yaml", ".yml", ".sh")
+TEXT_SUFFIXES = ('.py', '.md', '.toml', '.txt', '.cfg', '.ini', '.yaml', '.yml', '.sh')
 # A path-like word ending in .md, or any path under docs/; not inside a URL or absolute path.
-REFERENCE = re.compile(r"(?<![\w./:-])(?:[\w.-][\w./-]*\.md\b|docs/[\w./-]*\w)")
+REFERENCE = re.compile(r'(?<![\w./:-])(?:[\w.-][\w./-]*\.md\b|docs/[\w./-]*\w)')
 
 
 def ignored_dir_patterns(root):
   """Directory patterns of the root .gitignore (lines ending in '/'): build outputs, venvs."""
-  path = os.path.join(root, ".gitignore")
+  path = os.path.join(root, '.gitignore')
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [line.strip().rstrip("/") for line in f if line.strip().endswith("/")]
+    return [line.strip().rstrip('/') for line in f if line.strip().endswith('/')]
 
 
 def text_files(root):
   """Paths of the text files under `root`, without hidden and ignored directories."""
   patterns = ignored_dir_patterns(root)
   for directory, subdirs, files in os.walk(root):
-    subdirs[:] = sorted(d for d in subdirs if not d.startswith(".")
+    subdirs[:] = sorted(d for d in subdirs if not d.startswith('.')
                         and not any(fnmatch.fnmatch(d, p) for p in patterns))
     yield from (os.path.join(directory, f) for f in sorted(files) if f.endswith(TEXT_SUFFIXES))
 
@@ -36,7 +36,7 @@ def missing_references(root):
   not documents."""
   missing = []
   for path in text_files(root):
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding='utf-8') as f:
       lines = f.read().splitlines()
     for number, line in enumerate(lines, 1):
       for reference in REFERENCE.findall(line):
@@ -55,15 +55,15 @@ def test_every_cited_document_is_in_the_repository():
 
 
 def test_a_made_up_citation_is_reported(tmp_path):
-  (tmp_path / "docs").mkdir()
-  (tmp_path / "docs" / "methods.md").write_text("See [the design](design.md).\n")
-  (tmp_path / "docs" / "design.md").write_text("# Design\n")
-  (tmp_path / "README.md").write_text("Steps: docs/methods.md.\n![figure](docs/figure.png)\n")
-  (tmp_path / "module.py").write_text(
+  (tmp_path / 'docs').mkdir()
+  (tmp_path / 'docs' / 'methods.md').write_text('See [the design](design.md).\n')
+  (tmp_path / 'docs' / 'design.md').write_text('# Design\n')
+  (tmp_path / 'README.md').write_text('Steps: docs/methods.md.\n![figure](docs/figure.png)\n')
+  (tmp_path / 'module.py').write_text(
       '"""Selection (docs/methods.md RWS 6, METHODS.md RWS 6); writes results.md."""\n'
-      "# https://example.com/guide.md\n")
-  (tmp_path / ".gitignore").write_text("runs/\n")
-  (tmp_path / "runs").mkdir()
-  (tmp_path / "runs" / "notes.md").write_text("old.md\n")
-  assert missing_references(tmp_path) == [("README.md", 2, "docs/figure.png"),
-                                          ("module.py", 1, "METHODS.md")]
+      '# https://example.com/guide.md\n')
+  (tmp_path / '.gitignore').write_text('runs/\n')
+  (tmp_path / 'runs').mkdir()
+  (tmp_path / 'runs' / 'notes.md').write_text('old.md\n')
+  assert missing_references(tmp_path) == [('README.md', 2, 'docs/figure.png'),
+                                          ('module.py', 1, 'METHODS.md')]

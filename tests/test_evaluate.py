@@ -42,14 +42,14 @@ def test_weights_drop_padded_examples_and_summary():
   weights = np.array([[1, 1], [0, 0]])  # second row is padding
   confusion = np.asarray(evaluate.confusion_matrix(labels, preds, 2, weights=weights))
   np.testing.assert_array_equal(confusion, [[1, 0], [0, 1]])
-  summary = evaluate.summarize(confusion, ["bg", "fg"])
-  assert summary["miou"] == 1.0 and summary["per_class_iou"] == {"bg": 1.0, "fg": 1.0}
-  assert summary["pixel_accuracy"] == 1.0
+  summary = evaluate.summarize(confusion, ['bg', 'fg'])
+  assert summary['miou'] == 1.0 and summary['per_class_iou'] == {'bg': 1.0, 'fg': 1.0}
+  assert summary['pixel_accuracy'] == 1.0
 
 
 def test_miou_table_rows_and_absent_classes():
-  result = {"miou": 0.5, "per_class_iou": {"bg": 0.75, "cat": None, "dog": 0.25}}
-  table = evaluate.miou_table("validation", [("model", result)], ["bg", "cat", "dog"])
-  assert table == ("| validation | mIoU | bg | cat | dog |\n"
-                   "|---|---|---|---|---|\n"
-                   "| model | 0.5000 | 0.750 | - | 0.250 |")
+  result = {'miou': 0.5, 'per_class_iou': {'bg': 0.75, 'cat': None, 'dog': 0.25}}
+  table = evaluate.miou_table('validation', [('model', result)], ['bg', 'cat', 'dog'])
+  assert table == ('| validation | mIoU | bg | cat | dog |\n'
+                   '|---|---|---|---|---|\n'
+                   '| model | 0.5000 | 0.750 | - | 0.250 |')

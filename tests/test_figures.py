@@ -5,7 +5,7 @@ import PIL.Image
 
 from rwsjax import figures
 
-NAMES = ["background", "cat", "dog", "bird"]
+NAMES = ['background', 'cat', 'dog', 'bird']
 
 
 def rgb(seed, shape=(8, 8)):
@@ -20,18 +20,18 @@ def legend_entries(fig):
 
 
 def colorbar_labels(fig):
-  return [ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>"]
+  return [ax.get_ylabel() for ax in fig.axes if ax.get_label() == '<colorbar>']
 
 
 def test_predictions_name_the_classes_shown_in_their_colours(tmp_path):
   labels = [np.array([[0, 1], [255, 1]], np.uint8), np.array([[0, 0], [0, 3]], np.uint8)]
   preds = [np.array([[0, 1], [1, 1]], np.int32), np.array([[0, 0], [0, 1]], np.int32)]
-  path = tmp_path / "predictions.png"
+  path = tmp_path / 'predictions.png'
   fig = figures.save_predictions(str(path), [rgb(0, (2, 2)), rgb(1, (2, 2))], labels, preds,
                                  NAMES)
   palette = figures.label_palette()
   assert legend_entries(fig) == [(NAMES[k], tuple(palette[k])) for k in (0, 1, 3)] + [
-      ("ignore", (255, 255, 255))]
+      ('ignore', (255, 255, 255))]
   assert colorbar_labels(fig) == []
   assert PIL.Image.open(path).size[0] > 0
 
@@ -39,21 +39,21 @@ def test_predictions_name_the_classes_shown_in_their_colours(tmp_path):
 def test_heatmaps_have_an_attention_colour_bar_and_a_class_legend(tmp_path):
   label = np.zeros((8, 8), np.int32)
   label[2:5, 2:5] = 2
-  attention = {f"layer{i}": np.random.default_rng(i).random((1, 8, 8), np.float32)
+  attention = {f'layer{i}': np.random.default_rng(i).random((1, 8, 8), np.float32)
                for i in range(1, 5)}
   gamma = np.max(np.stack(list(attention.values())), axis=0)
-  path = tmp_path / "heatmaps.png"
+  path = tmp_path / 'heatmaps.png'
   fig = figures.save_heatmaps(str(path), [rgb(0)], [label], attention, gamma, NAMES)
-  assert colorbar_labels(fig) == ["attention"]
-  assert [name for name, _ in legend_entries(fig)] == ["background", "dog"]
+  assert colorbar_labels(fig) == ['attention']
+  assert [name for name, _ in legend_entries(fig)] == ['background', 'dog']
   assert [ax.get_title() for ax in fig.axes[:7]] == [
-      "image", "ground truth", "A layer1", "A layer2", "A layer3", "A layer4", "Gamma (eq. 3)"]
+      'image', 'ground truth', 'A layer1', 'A layer2', 'A layer3', 'A layer4', 'Gamma (eq. 3)']
   assert PIL.Image.open(path).size[0] > 0
 
 
 def test_grid_without_names_labels_classes_by_index(tmp_path):
-  fig = figures.save_grid(str(tmp_path / "grid.png"),
+  fig = figures.save_grid(str(tmp_path / 'grid.png'),
                           [[np.array([[0, 2]], np.uint8)], [np.array([[0.0, 1.0]], np.float32)]],
-                          ["label", "CAM"], value_label="CAM")
-  assert [name for name, _ in legend_entries(fig)] == ["0", "2"]
-  assert colorbar_labels(fig) == ["CAM"]
+                          ['label', 'CAM'], value_label='CAM')
+  assert [name for name, _ in legend_entries(fig)] == ['0', '2']
+  assert colorbar_labels(fig) == ['CAM']

@@ -97,11 +97,11 @@ def test_modified_cross_entropy_all_ignore_image_adds_nothing():
 def test_modified_cross_entropy_zero_gradient_for_all_background():
   rng = np.random.default_rng(3)
   features = jnp.asarray(rng.normal(size=(2, 3, 3, 5)), jnp.float32)
-  params = {"w": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32), "b": jnp.ones(4)}
+  params = {'w': jnp.asarray(rng.normal(size=(5, 4)), jnp.float32), 'b': jnp.ones(4)}
   background = jnp.zeros((2, 3, 3), jnp.int32)
 
   def loss_fn(p, labels):
-    return losses.modified_cross_entropy(features @ p["w"] + p["b"], labels)
+    return losses.modified_cross_entropy(features @ p['w'] + p['b'], labels)
 
   loss, grads = jax.value_and_grad(loss_fn)(params, background)
   np.testing.assert_allclose(loss, np.log(4.0), rtol=1e-6)
@@ -109,7 +109,7 @@ def test_modified_cross_entropy_zero_gradient_for_all_background():
     np.testing.assert_array_equal(g, 0.0)
   with_foreground = background.at[1, 1, 1].set(2)
   grads = jax.grad(loss_fn)(params, with_foreground)
-  assert float(jnp.abs(grads["w"]).max()) > 1e-3
+  assert float(jnp.abs(grads['w']).max()) > 1e-3
 
 
 def test_modified_cross_entropy_gradient_per_image():
@@ -121,7 +121,7 @@ def test_modified_cross_entropy_gradient_per_image():
   assert float(jnp.abs(grad[1]).min()) > 0.0
 
 
-@pytest.mark.parametrize("seg_weight", [0.0, 1.0, 0.5])
+@pytest.mark.parametrize('seg_weight', [0.0, 1.0, 0.5])
 def test_isim_loss_is_weighted_sum(seg_weight):
   rng = np.random.default_rng(5)
   class_logits = rng.normal(size=(2, 3)).astype(np.float32)
@@ -136,6 +136,6 @@ def test_isim_loss_is_weighted_sum(seg_weight):
   loss, parts = losses.isim_loss(jnp.asarray(class_logits), jnp.asarray(targets),
                                  jnp.asarray(seg_logits), jnp.asarray(pseudo),
                                  seg_weight=seg_weight)
-  np.testing.assert_allclose(parts["cls_loss"], cls, rtol=1e-5)
-  np.testing.assert_allclose(parts["seg_loss"], seg, rtol=1e-5)
+  np.testing.assert_allclose(parts['cls_loss'], cls, rtol=1e-5)
+  np.testing.assert_allclose(parts['seg_loss'], seg, rtol=1e-5)
   np.testing.assert_allclose(loss, cls + seg_weight * seg, rtol=1e-5)

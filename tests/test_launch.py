@@ -13,8 +13,8 @@ from test_eventlog import read_events, scalars
 
 
 def launch(*args, timeout=300):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT,
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), *args], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -23,72 +23,72 @@ def last_line(text):
 
 
 def test_one_step_supervised_smoke_run(tmp_path):
-  result = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path / 'run'}",
-                  f"--config.dataset.data_dir={tmp_path / 'tfds'}", "--config.train.steps=1")
+  result = launch('--config=configs/shapes_baseline.py:smoke', f"--workdir={tmp_path / 'run'}",
+                  f"--config.dataset.data_dir={tmp_path / 'tfds'}", '--config.train.steps=1')
   assert result.returncode == 0, result.stderr[-3000:]
-  summary = json.load(open(tmp_path / "run" / "summary.json"))
-  assert summary["steps"] == 1 and 0.0 <= summary["validation"]["miou"] <= 1.0
-  assert summary["run"]["config"]["train"]["steps"] == 1
-  assert "--config.train.steps=1" in summary["run"]["command"]
-  with open(tmp_path / "run" / "results.md") as f:
+  summary = json.load(open(tmp_path / 'run' / 'summary.json'))
+  assert summary['steps'] == 1 and 0.0 <= summary['validation']['miou'] <= 1.0
+  assert summary['run']['config']['train']['steps'] == 1
+  assert '--config.train.steps=1' in summary['run']['command']
+  with open(tmp_path / 'run' / 'results.md') as f:
     assert f"| supervised (1 steps) | {summary['validation']['miou']:.4f} |" in f.read()
-  rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-  assert [r["step"] for r in rows] == [1] and rows[0]["stage"] == "supervised"
-  assert os.path.exists(tmp_path / "run" / "supervised" / "checkpoints" / "1")
-  assert os.path.exists(tmp_path / "run" / "predictions.png")
-  events = tmp_path / "run" / eventlog.EVENTS_DIR
-  logged = {tag: value for tag, step, value in scalars(events / "supervised") if step == 1}
-  assert logged == pytest.approx({k: rows[0][k] for k in ("loss", "grad_norm", "lr")})
-  assert logged["lr"] == pytest.approx(summary["run"]["config"]["train"]["lr"])
+  rows = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]
+  assert [r['step'] for r in rows] == [1] and rows[0]['stage'] == 'supervised'
+  assert os.path.exists(tmp_path / 'run' / 'supervised' / 'checkpoints' / '1')
+  assert os.path.exists(tmp_path / 'run' / 'predictions.png')
+  events = tmp_path / 'run' / eventlog.EVENTS_DIR
+  logged = {tag: value for tag, step, value in scalars(events / 'supervised') if step == 1}
+  assert logged == pytest.approx({k: rows[0][k] for k in ('loss', 'grad_norm', 'lr')})
+  assert logged['lr'] == pytest.approx(summary['run']['config']['train']['lr'])
   assert scalars(events / eventlog.RESULTS_RUN) == [
-      ("validation/miou", 0, pytest.approx(summary["validation"]["miou"]))]
+      ('validation/miou', 0, pytest.approx(summary['validation']['miou']))]
   images = [v.tag for e in read_events(events / eventlog.RESULTS_RUN) for v in e.summary.value
-            if v.HasField("image")]
-  assert images == ["per_class_iou", "predictions"]
+            if v.HasField('image')]
+  assert images == ['per_class_iou', 'predictions']
 
   def files():
     return {os.path.join(d, n): os.stat(os.path.join(d, n)).st_mtime_ns
-            for d, _, names in os.walk(tmp_path / "run") for n in names}
+            for d, _, names in os.walk(tmp_path / 'run') for n in names}
   before = files()
-  again = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path / 'run'}",
-                 f"--config.dataset.data_dir={tmp_path / 'tfds'}", "--config.train.steps=1")
+  again = launch('--config=configs/shapes_baseline.py:smoke', f"--workdir={tmp_path / 'run'}",
+                 f"--config.dataset.data_dir={tmp_path / 'tfds'}", '--config.train.steps=1')
   assert again.returncode == 0, again.stderr[-3000:]
-  assert "holds this run, finished (summary.json); nothing to do" in last_line(again.stderr)
+  assert 'holds this run, finished (summary.json); nothing to do' in last_line(again.stderr)
   assert files() == before
-  other = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path / 'run'}",
-                 f"--config.dataset.data_dir={tmp_path / 'tfds'}", "--config.train.steps=2")
-  assert other.returncode != 0 and "Traceback" not in other.stderr
-  assert "finished with another config (train.steps: 1 -> 2)" in last_line(other.stderr)
+  other = launch('--config=configs/shapes_baseline.py:smoke', f"--workdir={tmp_path / 'run'}",
+                 f"--config.dataset.data_dir={tmp_path / 'tfds'}", '--config.train.steps=2')
+  assert other.returncode != 0 and 'Traceback' not in other.stderr
+  assert 'finished with another config (train.steps: 1 -> 2)' in last_line(other.stderr)
   assert files() == before
 
 
 def test_bad_config_key_is_one_sentence(tmp_path):
-  result = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path}",
-                  "--config.train.stepz=3")
+  result = launch('--config=configs/shapes_baseline.py:smoke', f'--workdir={tmp_path}',
+                  '--config.train.stepz=3')
   assert result.returncode != 0
-  assert "Traceback" not in result.stderr
+  assert 'Traceback' not in result.stderr
   line = last_line(result.stderr)
-  assert "--config.train.stepz=3 does not apply" in line and 'Did you mean "steps"' in line
+  assert '--config.train.stepz=3 does not apply' in line and 'Did you mean "steps"' in line
 
 
 def test_bad_config_value_and_missing_file_and_method(tmp_path):
-  result = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path}",
-                  "--config.train.steps=abc")
-  assert result.returncode != 0 and "Traceback" not in result.stderr
-  assert "--config.train.steps=abc: invalid literal for int()" in last_line(result.stderr)
-  result = launch("--config=configs/nope.py", f"--workdir={tmp_path}")
-  assert result.returncode != 0 and "Traceback" not in result.stderr
-  assert "cannot load the --config file" in last_line(result.stderr)
-  assert "configs/nope.py" in last_line(result.stderr)
-  result = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path}",
-                  "--config.method=xyz")
-  assert result.returncode != 0 and "Traceback" not in result.stderr
+  result = launch('--config=configs/shapes_baseline.py:smoke', f'--workdir={tmp_path}',
+                  '--config.train.steps=abc')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert '--config.train.steps=abc: invalid literal for int()' in last_line(result.stderr)
+  result = launch('--config=configs/nope.py', f'--workdir={tmp_path}')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert 'cannot load the --config file' in last_line(result.stderr)
+  assert 'configs/nope.py' in last_line(result.stderr)
+  result = launch('--config=configs/shapes_baseline.py:smoke', f'--workdir={tmp_path}',
+                  '--config.method=xyz')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert "config.method='xyz'; expected one of ['isim', 'rws', 'supervised']" in result.stderr
 
 
 def test_help_prints_the_usage_and_exits_0():
-  for flag in ("--help", "--helpfull"):
+  for flag in ('--help', '--helpfull'):
     result = launch(flag)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith("Runs one experiment") and "--workdir" in result.stdout
+    assert result.stdout.startswith('Runs one experiment') and '--workdir' in result.stdout
   assert launch().returncode != 0  # without --help, the required flags are still required

@@ -5,7 +5,7 @@ import ast
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("rwsjax", "isimjax")
+PACKAGES = ('rwsjax', 'isimjax')
 
 
 def module_files():
@@ -14,10 +14,10 @@ def module_files():
   for package in PACKAGES:
     for directory, _, files in os.walk(os.path.join(ROOT, package)):
       for name in files:
-        if name.endswith(".py"):
+        if name.endswith('.py'):
           path = os.path.join(directory, name)
-          module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
-          found[module.removesuffix(".__init__")] = path
+          module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
+          found[module.removesuffix('.__init__')] = path
   return found
 
 
@@ -33,7 +33,7 @@ def import_graph():
       if isinstance(node, ast.Import):
         imported.update(alias.name for alias in node.names)
       elif isinstance(node, ast.ImportFrom) and node.module:
-        imported.update(f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in files
+        imported.update(f'{node.module}.{alias.name}' if f'{node.module}.{alias.name}' in files
                         else node.module for alias in node.names)
     graph[module] = {name for name in imported if name in files and name != module}
   return graph
@@ -41,24 +41,24 @@ def import_graph():
 
 def room(module):
   """'rws', 'isim' or 'toolkit'."""
-  if module == "rwsjax.rws" or module.startswith("rwsjax.rws."):
-    return "rws"
-  return "isim" if module.split(".")[0] == "isimjax" else "toolkit"
+  if module == 'rwsjax.rws' or module.startswith('rwsjax.rws.'):
+    return 'rws'
+  return 'isim' if module.split('.')[0] == 'isimjax' else 'toolkit'
 
 
-ALLOWED = {"toolkit": {"toolkit"}, "rws": {"toolkit", "rws"}, "isim": {"toolkit", "isim"}}
+ALLOWED = {'toolkit': {'toolkit'}, 'rws': {'toolkit', 'rws'}, 'isim': {'toolkit', 'isim'}}
 
 
 def test_the_graph_is_read():
   graph = import_graph()
-  assert "rwsjax.models.registry" in graph["rwsjax.models.pretrained"]
-  assert "rwsjax.train" in graph["rwsjax.rws.pipeline"]
-  assert "rwsjax.rws.slices" in graph["rwsjax.rws.fusion"]
-  assert "isimjax.self_train" in graph["isimjax.isim"]
+  assert 'rwsjax.models.registry' in graph['rwsjax.models.pretrained']
+  assert 'rwsjax.train' in graph['rwsjax.rws.pipeline']
+  assert 'rwsjax.rws.slices' in graph['rwsjax.rws.fusion']
+  assert 'isimjax.self_train' in graph['isimjax.isim']
 
 
 def test_each_room_imports_only_what_it_may():
-  wrong = sorted(f"{module} -> {name}" for module, names in import_graph().items()
+  wrong = sorted(f'{module} -> {name}' for module, names in import_graph().items()
                  for name in names if room(name) not in ALLOWED[room(module)])
   assert not wrong, wrong
 
@@ -94,8 +94,8 @@ def test_no_import_cycle():
 
 def test_the_checks_can_fail():
   """The room rule flags upward arrows, the cycle search a planted cycle."""
-  assert room("rwsjax.stages") == "toolkit" and room("rwsjax.rws.network") == "rws"
-  assert "rws" not in ALLOWED[room("rwsjax.train")]
-  assert "isim" not in ALLOWED[room("rwsjax.rws.pipeline")]
-  assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c"]
-  assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+  assert room('rwsjax.stages') == 'toolkit' and room('rwsjax.rws.network') == 'rws'
+  assert 'rws' not in ALLOWED[room('rwsjax.train')]
+  assert 'isim' not in ALLOWED[room('rwsjax.rws.pipeline')]
+  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == ['a', 'b', 'c']
+  assert find_cycle({'a': {'b'}, 'b': set(), 'c': {'a', 'b'}}) is None

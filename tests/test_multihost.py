@@ -22,13 +22,13 @@ from rwsjax.losses import IGNORE_LABEL
 # as 1 / (load per core) of one while the machine is busier than one runnable task per core, so
 # a run slowed by other work is not cut off, and a hung one still is.
 BUDGET_S = 150
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_worker.py")
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'multihost_worker.py')
 # Unoptimised XLA CPU code: compiles several times faster, and these models are tiny.
-XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
 
 
 def _log_tails(logs):
-  return "\n".join(f"--- {path.name}:\n{path.read_text()[-3000:]}" for path in logs)
+  return '\n'.join(f'--- {path.name}:\n{path.read_text()[-3000:]}' for path in logs)
 
 
 class Budget:
@@ -51,20 +51,20 @@ class Budget:
 def _run(commands, logs, budget):
   """Runs `commands` concurrently to completion; kills them all on a failure or when the
   `Budget` is spent."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {XLA_FLAGS}".strip())
   procs = []
   try:
     for command, log in zip(commands, logs):
-      with open(log, "wb") as f:
+      with open(log, 'wb') as f:
         procs.append(subprocess.Popen([sys.executable, SCRIPT, *map(str, command)], stdout=f,
                                       stderr=subprocess.STDOUT, env=env))
     while any(p.poll() is None for p in procs):
       if any(p.poll() not in (None, 0) for p in procs):
         break  # the others would wait for the failed one in a collective
       if not budget.tick():
-        pytest.fail(f"Processes still running after {BUDGET_S} s of machine time (wall "
-                    f"seconds scaled by the load).\n{_log_tails(logs)}")
+        pytest.fail(f'Processes still running after {BUDGET_S} s of machine time (wall '
+                    f'seconds scaled by the load).\n{_log_tails(logs)}')
       time.sleep(0.1)
   finally:
     for p in procs:
@@ -73,33 +73,33 @@ def _run(commands, logs, budget):
       p.wait()
   codes = [p.returncode for p in procs]
   if any(codes):
-    pytest.fail(f"Exit codes {codes}.\n{_log_tails(logs)}")
+    pytest.fail(f'Exit codes {codes}.\n{_log_tails(logs)}')
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def run(tmp_path_factory):
   """(config, out_dir, per-process results, single-process results) of one run."""
-  root = tmp_path_factory.mktemp("multihost")
-  data_dir, out_dir = root / "data", root / "out"
+  root = tmp_path_factory.mktemp('multihost')
+  data_dir, out_dir = root / 'data', root / 'out'
   out_dir.mkdir()
   config = experiment_config(data_dir)
   data.load_builder(config.dataset)  # prepared once, before the processes start
   budget = Budget()
   port = portpicker.pick_unused_port()
-  _run([("worker", i, port, data_dir, out_dir) for i in range(NUM_PROCESSES)],
-       [out_dir / f"process_{i}.log" for i in range(NUM_PROCESSES)], budget)
-  _run([("reference", data_dir, out_dir)], [out_dir / "single.log"], budget)
-  results = [dict(np.load(out_dir / f"process_{i}.npz")) for i in range(NUM_PROCESSES)]
-  return config, out_dir, results, dict(np.load(out_dir / "single.npz"))
+  _run([('worker', i, port, data_dir, out_dir) for i in range(NUM_PROCESSES)],
+       [out_dir / f'process_{i}.log' for i in range(NUM_PROCESSES)], budget)
+  _run([('reference', data_dir, out_dir)], [out_dir / 'single.log'], budget)
+  results = [dict(np.load(out_dir / f'process_{i}.npz')) for i in range(NUM_PROCESSES)]
+  return config, out_dir, results, dict(np.load(out_dir / 'single.npz'))
 
 
 def _losses(workdir):
-  with open(workdir / "metrics.jsonl") as f:
-    return [json.loads(line)["loss"] for line in f]
+  with open(workdir / 'metrics.jsonl') as f:
+    return [json.loads(line)['loss'] for line in f]
 
 
-@pytest.mark.parametrize("split,key,sizes", [("train", "train_ids", [8, 7]),
-                                             ("validation", "eval_ids", [5, 4])])
+@pytest.mark.parametrize('split,key,sizes', [('train', 'train_ids', [8, 7]),
+                                             ('validation', 'eval_ids', [5, 4])])
 def test_process_parts_are_disjoint_and_cover_the_split(run, split, key, sizes):
   config, _, results, _ = run
   parts = [list(r[key]) for r in results]
@@ -111,39 +111,39 @@ def test_process_parts_are_disjoint_and_cover_the_split(run, split, key, sizes):
 
 def test_global_batch_is_the_concatenation_of_process_batches(run):
   _, _, results, _ = run
-  for key in ("image", "label"):
-    local = [r[f"train_{key}"][0] for r in results]
+  for key in ('image', 'label'):
+    local = [r[f'train_{key}'][0] for r in results]
     assert local[0].shape[0] == local[1].shape[0] == 2  # global batch 4 over 2 processes
     assert not np.array_equal(*local)
-    np.testing.assert_array_equal(results[0][f"global_{key}"], np.concatenate(local))
-    np.testing.assert_array_equal(results[1][f"global_{key}"], results[0][f"global_{key}"])
+    np.testing.assert_array_equal(results[0][f'global_{key}'], np.concatenate(local))
+    np.testing.assert_array_equal(results[1][f'global_{key}'], results[0][f'global_{key}'])
 
 
 def test_two_processes_train_like_one_process(run):
   config, out_dir, _, _ = run
-  two, one = _losses(out_dir), _losses(out_dir / "single")
+  two, one = _losses(out_dir), _losses(out_dir / 'single')
   assert len(two) == len(one) == config.train.steps
   np.testing.assert_allclose(two, one, rtol=0, atol=1e-5)
 
 
 def test_uneven_evaluation_equals_single_process(run):
   config, _, results, single = run
-  whole = data.load_source(config.dataset, "validation", per_process=False)
-  labels = np.stack([whole[i]["segmentation"][..., 0] for i in range(len(whole))])
+  whole = data.load_source(config.dataset, 'validation', per_process=False)
+  labels = np.stack([whole[i]['segmentation'][..., 0] for i in range(len(whole))])
   counted = labels[labels != IGNORE_LABEL]
-  np.testing.assert_array_equal(single["confusion"].sum(1),
+  np.testing.assert_array_equal(single['confusion'].sum(1),
                                 np.bincount(counted, minlength=config.dataset.num_classes))
   for r in results:
-    np.testing.assert_array_equal(r["confusion"], single["confusion"])
+    np.testing.assert_array_equal(r['confusion'], single['confusion'])
 
 
 
 def test_the_budget_is_spent_slower_on_a_loaded_machine(monkeypatch):
   clock = iter([0.0, 100.0, 300.0])
-  monkeypatch.setattr(time, "monotonic", lambda: next(clock))
-  monkeypatch.setattr(os, "cpu_count", lambda: 2)
+  monkeypatch.setattr(time, 'monotonic', lambda: next(clock))
+  monkeypatch.setattr(os, 'cpu_count', lambda: 2)
   budget = Budget(150)
-  monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 0.0, 0.0))  # below one task per core
+  monkeypatch.setattr(os, 'getloadavg', lambda: (1.0, 0.0, 0.0))  # below one task per core
   assert budget.tick() and budget.left == pytest.approx(50)
-  monkeypatch.setattr(os, "getloadavg", lambda: (8.0, 0.0, 0.0))  # 4 per core: 200 s -> 50
+  monkeypatch.setattr(os, 'getloadavg', lambda: (8.0, 0.0, 0.0))  # 4 per core: 200 s -> 50
   assert not budget.tick() and budget.left == pytest.approx(0)

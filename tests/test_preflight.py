@@ -16,8 +16,8 @@ from test_pretrained import WIDTH, fake_state_dict, save_npz
 
 
 def smoke(name, tmp_path):
-  config = load_config(name, "smoke")
-  config.dataset.data_dir = str(tmp_path / "tfds")
+  config = load_config(name, 'smoke')
+  config.dataset.data_dir = str(tmp_path / 'tfds')
   return config
 
 
@@ -29,131 +29,131 @@ def training_error(config, workdir, check_config=supervised.check_config):
 
 
 def test_pretrained_files_are_checked_key_by_key(tmp_path):
-  config = smoke("shapes_rws", tmp_path)
-  config.model.pretrained = str(tmp_path / "absent.npz")
-  assert training_error(config, tmp_path / "run", rws_pipeline.check_config) == (
+  config = smoke('shapes_rws', tmp_path)
+  config.model.pretrained = str(tmp_path / 'absent.npz')
+  assert training_error(config, tmp_path / 'run', rws_pipeline.check_config) == (
       f"Pretrained weights file {tmp_path / 'absent.npz'} (config.model.pretrained) does not "
       "exist.")
-  (tmp_path / "notes.npz").write_text("not an archive\n")
-  config.model.pretrained = str(tmp_path / "notes.npz")
-  assert "is not a readable .npz archive of arrays" in training_error(config, tmp_path / "run")
+  (tmp_path / 'notes.npz').write_text('not an archive\n')
+  config.model.pretrained = str(tmp_path / 'notes.npz')
+  assert 'is not a readable .npz archive of arrays' in training_error(config, tmp_path / 'run')
   config.model.width = WIDTH
   config.model.pretrained = save_npz(tmp_path, fake_state_dict(34, WIDTH))
   assert "that config.model.backbone='resnet18', width=0.125 does not have" in training_error(
-      config, tmp_path / "run")
+      config, tmp_path / 'run')
   config.model.pretrained = save_npz(tmp_path, fake_state_dict(18, WIDTH))
-  preflight.for_training(config, str(tmp_path / "run"), rws_pipeline.check_config)
+  preflight.for_training(config, str(tmp_path / 'run'), rws_pipeline.check_config)
 
 
 def test_config_values_are_checked(tmp_path):
-  config = smoke("shapes_rws", tmp_path)
+  config = smoke('shapes_rws', tmp_path)
   config.rws.slice_size = 48
-  assert "config.rws.slice_size = 48 is larger than the crop" in training_error(
-      config, tmp_path / "run", rws_pipeline.check_config)
-  for key, value, match in (("scales", (1.0, 0.0), "config.eval.scales=(1.0, 0.0)"),
-                            ("max_side", 0, "config.eval.max_side=0"),
-                            ("pad_multiple", -1, "config.eval.pad_multiple=-1")):
-    config = smoke("shapes_baseline", tmp_path)
+  assert 'config.rws.slice_size = 48 is larger than the crop' in training_error(
+      config, tmp_path / 'run', rws_pipeline.check_config)
+  for key, value, match in (('scales', (1.0, 0.0), 'config.eval.scales=(1.0, 0.0)'),
+                            ('max_side', 0, 'config.eval.max_side=0'),
+                            ('pad_multiple', -1, 'config.eval.pad_multiple=-1')):
+    config = smoke('shapes_baseline', tmp_path)
     config.eval[key] = value
-    assert match in training_error(config, tmp_path / "run")
-  config = smoke("shapes_baseline", tmp_path)
-  config.input.scale_mode = "crop"
-  assert "config.input.scale_mode='crop'" in training_error(config, tmp_path / "run")
-  config = smoke("shapes_baseline", tmp_path)
-  config.train.optimizer = "lamb"
-  assert "config.train.optimizer='lamb'" in training_error(config, tmp_path / "run")
-  config = smoke("shapes_baseline", tmp_path)
+    assert match in training_error(config, tmp_path / 'run')
+  config = smoke('shapes_baseline', tmp_path)
+  config.input.scale_mode = 'crop'
+  assert "config.input.scale_mode='crop'" in training_error(config, tmp_path / 'run')
+  config = smoke('shapes_baseline', tmp_path)
+  config.train.optimizer = 'lamb'
+  assert "config.train.optimizer='lamb'" in training_error(config, tmp_path / 'run')
+  config = smoke('shapes_baseline', tmp_path)
   config.dataset.num_classes = 5
-  assert "config.dataset.num_classes is 5" in training_error(config, tmp_path / "run")
-  config = smoke("shapes_isim", tmp_path)
-  config.isim.regen = "often"
-  assert "config.isim.regen='often'" in training_error(config, tmp_path / "run",
+  assert 'config.dataset.num_classes is 5' in training_error(config, tmp_path / 'run')
+  config = smoke('shapes_isim', tmp_path)
+  config.isim.regen = 'often'
+  assert "config.isim.regen='often'" in training_error(config, tmp_path / 'run',
                                                        isim.check_config)
 
 
 def test_dataset_layout_and_workdir_are_checked(tmp_path):
-  config = smoke("voc_rws", tmp_path)
+  config = smoke('voc_rws', tmp_path)
   config.dataset.manual_dir = None
-  assert training_error(config, tmp_path / "run", rws_pipeline.check_config).startswith(
-      "config.dataset.manual_dir is not set; voc_aug needs the directory holding")
-  config.dataset.manual_dir = str(tmp_path / "empty")
-  assert "voc_aug expects VOCdevkit" in training_error(config, tmp_path / "run",
+  assert training_error(config, tmp_path / 'run', rws_pipeline.check_config).startswith(
+      'config.dataset.manual_dir is not set; voc_aug needs the directory holding')
+  config.dataset.manual_dir = str(tmp_path / 'empty')
+  assert 'voc_aug expects VOCdevkit' in training_error(config, tmp_path / 'run',
                                                        rws_pipeline.check_config)
-  (tmp_path / "file").write_text("")
-  config = smoke("shapes_baseline", tmp_path)
-  assert training_error(config, tmp_path / "file" / "run").startswith(
+  (tmp_path / 'file').write_text('')
+  config = smoke('shapes_baseline', tmp_path)
+  assert training_error(config, tmp_path / 'file' / 'run').startswith(
       f"--workdir {tmp_path / 'file' / 'run'} is not a directory that can be written")
 
 
 def test_evaluate_and_predict_need_a_finished_run_and_their_folders(tmp_path):
-  config = smoke("shapes_baseline", tmp_path)
-  with pytest.raises(preflight.UserInputError, match="does not exist; evaluate and predict"):
-    preflight.for_evaluation(config, str(tmp_path / "absent"), supervised.check_config,
-                             "validation")
-  os.makedirs(tmp_path / "run")
-  with pytest.raises(preflight.UserInputError, match="holds no finished run of 2 steps"):
-    inference.evaluate_run(config, str(tmp_path / "run"), supervised)
-  images = tmp_path / "images"
-  for path, match in ((tmp_path / "absent", "is not a directory"),
-                      (images, "holds no files")):
+  config = smoke('shapes_baseline', tmp_path)
+  with pytest.raises(preflight.UserInputError, match='does not exist; evaluate and predict'):
+    preflight.for_evaluation(config, str(tmp_path / 'absent'), supervised.check_config,
+                             'validation')
+  os.makedirs(tmp_path / 'run')
+  with pytest.raises(preflight.UserInputError, match='holds no finished run of 2 steps'):
+    inference.evaluate_run(config, str(tmp_path / 'run'), supervised)
+  images = tmp_path / 'images'
+  for path, match in ((tmp_path / 'absent', 'is not a directory'),
+                      (images, 'holds no files')):
     os.makedirs(images, exist_ok=True)
     with pytest.raises(preflight.UserInputError, match=match):
-      preflight.for_prediction(config, str(tmp_path / "run"), supervised.check_config,
-                               str(path), str(tmp_path / "out"))
-  (images / "a.png").write_bytes(b"")
-  with pytest.raises(preflight.UserInputError, match="--out is not set"):
-    preflight.for_prediction(config, str(tmp_path / "run"), supervised.check_config,
+      preflight.for_prediction(config, str(tmp_path / 'run'), supervised.check_config,
+                               str(path), str(tmp_path / 'out'))
+  (images / 'a.png').write_bytes(b'')
+  with pytest.raises(preflight.UserInputError, match='--out is not set'):
+    preflight.for_prediction(config, str(tmp_path / 'run'), supervised.check_config,
                              str(images), None)
-  with pytest.raises(preflight.UserInputError, match="is not a directory that can be written"):
-    preflight.for_prediction(config, str(tmp_path / "run"), supervised.check_config,
-                             str(images), str(images / "a.png"))
+  with pytest.raises(preflight.UserInputError, match='is not a directory that can be written'):
+    preflight.for_prediction(config, str(tmp_path / 'run'), supervised.check_config,
+                             str(images), str(images / 'a.png'))
 
 
 def test_an_unknown_split_of_a_prepared_dataset(tmp_path):
-  config = smoke("shapes_baseline", tmp_path)
-  os.makedirs(tmp_path / "run")
+  config = smoke('shapes_baseline', tmp_path)
+  os.makedirs(tmp_path / 'run')
   data.load_builder(config.dataset)
   with pytest.raises(preflight.UserInputError, match=r"--split=test is not a split of dataset "
                                                      r"shapes; expected one of \['train', "
                                                      r"'validation'\]"):
-    preflight.for_evaluation(config, str(tmp_path / "run"), supervised.check_config, "test")
+    preflight.for_evaluation(config, str(tmp_path / 'run'), supervised.check_config, 'test')
 
 
 def test_launch_stops_at_a_missing_pretrained_file_before_preparing_data(tmp_path):
-  result = launch("--config=configs/shapes_rws.py", f"--workdir={tmp_path / 'run'}",
+  result = launch('--config=configs/shapes_rws.py', f"--workdir={tmp_path / 'run'}",
                   f"--config.dataset.data_dir={tmp_path / 'tfds'}",
-                  "--config.model.pretrained=/tmp/nonexistent.npz", timeout=120)
-  assert result.returncode != 0 and "Traceback" not in result.stderr
-  assert last_line(result.stderr) == ("launch.py: Pretrained weights file /tmp/nonexistent.npz "
-                                      "(config.model.pretrained) does not exist.")
-  assert not os.path.exists(tmp_path / "tfds")
-  result = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path / 'none'}",
-                  "--mode=evaluate", timeout=120)
-  assert result.returncode != 0 and "Traceback" not in result.stderr
+                  '--config.model.pretrained=/tmp/nonexistent.npz', timeout=120)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert last_line(result.stderr) == ('launch.py: Pretrained weights file /tmp/nonexistent.npz '
+                                      '(config.model.pretrained) does not exist.')
+  assert not os.path.exists(tmp_path / 'tfds')
+  result = launch('--config=configs/shapes_baseline.py:smoke', f"--workdir={tmp_path / 'none'}",
+                  '--mode=evaluate', timeout=120)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert last_line(result.stderr).startswith(f"launch.py: --workdir {tmp_path / 'none'} does "
                                              "not exist")
-  result = launch("--config=configs/shapes_baseline.py:smoke", f"--workdir={tmp_path}",
-                  f"--images={tmp_path}", timeout=120)
-  assert last_line(result.stderr) == ("launch.py: --images goes with --mode=predict, not "
-                                      "--mode=train.")
+  result = launch('--config=configs/shapes_baseline.py:smoke', f'--workdir={tmp_path}',
+                  f'--images={tmp_path}', timeout=120)
+  assert last_line(result.stderr) == ('launch.py: --images goes with --mode=predict, not '
+                                      '--mode=train.')
   assert result.returncode != 0
 
 
 def test_overrides_of_fields_a_pipeline_never_reads_are_refused(tmp_path):
-  assert preflight.config_overrides(["--config=c.py", "--config.train.steps=3", "--workdir=w",
-                                     "--config.rws.t_fixed", "0.2"]) == ["train.steps",
-                                                                         "rws.t_fixed"]
-  unread = {"train.steps": "x", "psa": "y"}
-  preflight.check_overrides(["train.steps_per_epoch", "train.lr", "psa_x"], unread, "m")
-  for field in ("train.steps", "psa.final.epochs"):
-    with pytest.raises(preflight.UserInputError, match=rf"^--config.{field} is not read by the "
-                                                       r"m pipeline: set [xy] instead.$"):
-      preflight.check_overrides(["train.lr", field], unread, "m")
-  result = launch("--config=configs/shapes_rws.py:smoke", f"--workdir={tmp_path / 'run'}",
-                  f"--config.dataset.data_dir={tmp_path / 'tfds'}", "--config.train.steps=200",
+  assert preflight.config_overrides(['--config=c.py', '--config.train.steps=3', '--workdir=w',
+                                     '--config.rws.t_fixed', '0.2']) == ['train.steps',
+                                                                         'rws.t_fixed']
+  unread = {'train.steps': 'x', 'psa': 'y'}
+  preflight.check_overrides(['train.steps_per_epoch', 'train.lr', 'psa_x'], unread, 'm')
+  for field in ('train.steps', 'psa.final.epochs'):
+    with pytest.raises(preflight.UserInputError, match=rf'^--config.{field} is not read by the '
+                                                       r'm pipeline: set [xy] instead.$'):
+      preflight.check_overrides(['train.lr', field], unread, 'm')
+  result = launch('--config=configs/shapes_rws.py:smoke', f"--workdir={tmp_path / 'run'}",
+                  f"--config.dataset.data_dir={tmp_path / 'tfds'}", '--config.train.steps=200',
                   timeout=120)
-  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert last_line(result.stderr) == (
-      "launch.py: --config.train.steps is not read by the rws pipeline: set "
-      "config.rws.stage1_steps, stage2_steps and stage3_steps instead.")
-  assert not os.path.exists(tmp_path / "tfds") and not os.path.exists(tmp_path / "run")
+      'launch.py: --config.train.steps is not read by the rws pipeline: set '
+      'config.rws.stage1_steps, stage2_steps and stage3_steps instead.')
+  assert not os.path.exists(tmp_path / 'tfds') and not os.path.exists(tmp_path / 'run')

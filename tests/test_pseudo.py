@@ -88,7 +88,7 @@ def test_labels_from_cams_matches_per_pixel_loop():
 
 
 def test_labels_from_cams_bad_shapes_raise():
-  with pytest.raises(ValueError, match="image labels"):
+  with pytest.raises(ValueError, match='image labels'):
     pseudo.labels_from_cams(np.zeros((3, 4, 4)), np.zeros(4))
 
 
@@ -109,7 +109,7 @@ def test_pseudo_label_crf_cleans_noisy_cams():
 
 
 def test_store_round_trip_and_missing(tmp_path):
-  store = pseudo.LabelStore(tmp_path / "labels", 5)
+  store = pseudo.LabelStore(tmp_path / 'labels', 5)
   assert len(store) == 5 and not store.complete
   np.testing.assert_array_equal(store.missing(), np.arange(5))
   rng = np.random.default_rng(2)
@@ -122,8 +122,8 @@ def test_store_round_trip_and_missing(tmp_path):
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, labels)
   np.testing.assert_array_equal(store.missing(), [1, 2, 4])
-  assert sorted(os.listdir(tmp_path / "labels")) == ["00000000.png", "00000003.png"]
-  reopened = pickle.loads(pickle.dumps(pseudo.LabelStore(tmp_path / "labels", 5)))
+  assert sorted(os.listdir(tmp_path / 'labels')) == ['00000000.png', '00000003.png']
+  reopened = pickle.loads(pickle.dumps(pseudo.LabelStore(tmp_path / 'labels', 5)))
   np.testing.assert_array_equal(reopened[3], written[3])
   for i in (1, 2, 4):
     store.write(i, np.zeros((2, 2), np.uint8))
@@ -132,15 +132,15 @@ def test_store_round_trip_and_missing(tmp_path):
 
 def test_store_errors(tmp_path):
   store = pseudo.LabelStore(tmp_path, 3)
-  with pytest.raises(FileNotFoundError, match="example 1"):
+  with pytest.raises(FileNotFoundError, match='example 1'):
     store[1]
-  with pytest.raises(IndexError, match=r"\[0, 3\)"):
+  with pytest.raises(IndexError, match=r'\[0, 3\)'):
     store[3]
   with pytest.raises(IndexError):
     store.write(-1, np.zeros((2, 2), np.uint8))
-  with pytest.raises(ValueError, match="uint8"):
+  with pytest.raises(ValueError, match='uint8'):
     store.write(0, np.zeros((2, 2), np.int32))
-  with pytest.raises(ValueError, match="uint8"):
+  with pytest.raises(ValueError, match='uint8'):
     store.write(0, np.zeros((2, 2, 1), np.uint8))
 
 
@@ -148,21 +148,21 @@ def test_store_write_is_atomic(tmp_path, monkeypatch):
   store = pseudo.LabelStore(tmp_path, 4)
 
   def failing_replace(src, dst):
-    raise OSError(f"disk gone while moving {src} to {dst}")
+    raise OSError(f'disk gone while moving {src} to {dst}')
 
-  monkeypatch.setattr(os, "replace", failing_replace)
-  with pytest.raises(OSError, match="disk gone"):
+  monkeypatch.setattr(os, 'replace', failing_replace)
+  with pytest.raises(OSError, match='disk gone'):
     store.write(2, np.ones((3, 3), np.uint8))
   monkeypatch.undo()
   assert os.listdir(tmp_path) == []
   # A temporary file left by a killed run and unrelated files do not count as labels.
-  (tmp_path / ".00000002.abc.tmp").write_bytes(b"partial")
-  (tmp_path / "notes.txt").write_text("x")
-  (tmp_path / "00000009.png").write_bytes(b"")
+  (tmp_path / '.00000002.abc.tmp').write_bytes(b'partial')
+  (tmp_path / 'notes.txt').write_text('x')
+  (tmp_path / '00000009.png').write_bytes(b'')
   np.testing.assert_array_equal(store.missing(), [0, 1, 2, 3])
 
 
-@pytest.mark.parametrize("use_crf", [False, True])
+@pytest.mark.parametrize('use_crf', [False, True])
 def test_generate_in_process(tmp_path, use_crf):
   examples = _examples(5)
   store = pseudo.LabelStore(tmp_path, 5)
@@ -214,8 +214,8 @@ def test_generate_resumes_after_a_kill(tmp_path):
 
 def test_generate_pool_equals_in_process(tmp_path):
   examples = _examples(8, seed=5)
-  inline = pseudo.LabelStore(tmp_path / "inline", 8)
-  pooled = pseudo.LabelStore(tmp_path / "pooled", 8)
+  inline = pseudo.LabelStore(tmp_path / 'inline', 8)
+  pooled = pseudo.LabelStore(tmp_path / 'pooled', 8)
   pseudo.generate_pseudo_labels(examples, CountingCams(), inline, crf=True, num_workers=0)
   written = pseudo.generate_pseudo_labels(_batches(examples, 3), CountingCams(), pooled,
                                           crf=True, num_workers=2)
@@ -237,13 +237,13 @@ def test_generate_bounds_work_in_flight(tmp_path, monkeypatch):
       in_flight.append(SlowRecordingPool.submitted - store.written().size)
       return super().submit(lambda: (time.sleep(0.02), fn(*args, **kwargs))[1])
 
-  monkeypatch.setattr(pseudo, "_executor", SlowRecordingPool)
+  monkeypatch.setattr(pseudo, '_executor', SlowRecordingPool)
   pseudo.generate_pseudo_labels(_examples(12, seed=6), CountingCams(), store, num_workers=2)
   assert store.complete
   assert 2 <= max(in_flight) <= 2 * 2
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize('num_workers', [0, 2])
 def test_stream_to_store_writes_each_task_result(tmp_path, num_workers):
   store = pseudo.LabelStore(tmp_path, 5)
   tasks = ((i, functools.partial(np.full, (2, 3), 10 * i, np.uint8)) for i in (0, 2, 3))
@@ -259,16 +259,16 @@ def test_stream_to_store_writes_each_task_result(tmp_path, num_workers):
 
 def test_generate_checks_cam_shape(tmp_path):
   store = pseudo.LabelStore(tmp_path, 2)
-  with pytest.raises(ValueError, match="cam_fn returned CAMs of shape"):
+  with pytest.raises(ValueError, match='cam_fn returned CAMs of shape'):
     pseudo.generate_pseudo_labels(_examples(2), lambda im, lab: np.zeros((1, 2, 3, 4)), store)
 
 
 def test_generate_checks_examples(tmp_path):
   store = pseudo.LabelStore(tmp_path, 2)
-  with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
+  with pytest.raises(ValueError, match=r'outside \[0, 2\)'):
     pseudo.generate_pseudo_labels(_examples(3), CountingCams(), store)
   bad = [(0, np.zeros((HEIGHT, WIDTH, 3), np.float32), np.ones(NUM_FG))]
-  with pytest.raises(ValueError, match="Each element of `examples`"):
+  with pytest.raises(ValueError, match='Each element of `examples`'):
     pseudo.generate_pseudo_labels(bad, CountingCams(), store)
 
 

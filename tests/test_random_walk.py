@@ -67,7 +67,7 @@ def test_repeated_squaring_equals_repeated_multiplication():
   np.testing.assert_allclose(got, expected.reshape(2, 3, 4), rtol=1e-5)
 
 
-@pytest.mark.parametrize("radius,shape,logt", [(3, (6, 8), 8), (5, (9, 12), 6)])
+@pytest.mark.parametrize('radius,shape,logt', [(3, (6, 8), 8), (5, (9, 12), 6)])
 def test_dense_and_sparse_walks_agree(radius, shape, logt):
   _, aff, offsets = _features_and_affinities(shape, radius, seed=3)
   cams = np.random.default_rng(3).uniform(size=(4,) + shape).astype(np.float32)
@@ -141,7 +141,7 @@ def _propagate_case(seed):
   return cams, present, features[0], aff
 
 
-@pytest.mark.parametrize("dense_max_nodes", [4096, 0])
+@pytest.mark.parametrize('dense_max_nodes', [4096, 0])
 def test_propagate_matches_numpy_pipeline(dense_max_nodes):
   cams, present, features, aff = _propagate_case(seed=6)
   labels = random_walk.propagate(cams, present, aff, radius=3, stride=4, logt=4,
@@ -172,9 +172,9 @@ def test_propagate_with_crf_maps_kept_channels_back():
 
 def test_propagate_rejects_affinities_of_the_wrong_size():
   cams, present, _, aff = _propagate_case(seed=8)
-  with pytest.raises(ValueError, match="affinities"):
+  with pytest.raises(ValueError, match='affinities'):
     random_walk.propagate(cams, present, aff[:, 1:], radius=3, stride=4)
-  with pytest.raises(ValueError, match="image_labels"):
+  with pytest.raises(ValueError, match='image_labels'):
     random_walk.propagate(cams, present[:3], aff, radius=3, stride=4)
 
 
@@ -197,6 +197,6 @@ def test_a_grid_without_pairs_is_not_walked():
   pooled = padded.reshape(3, 2, 4, 3, 4).mean(axis=(2, 4))
   np.testing.assert_allclose(scores, _bilinear_upsample(pooled, 4)[:, :7, :9], rtol=1e-4,
                              atol=1e-6)
-  with pytest.raises(ValueError, match="expected its affinities"):
+  with pytest.raises(ValueError, match='expected its affinities'):
     random_walk.walk_scores(np.zeros((2, 21, 30), np.float32), present, None, radius=3,
                             stride=4)

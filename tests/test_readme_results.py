@@ -8,8 +8,8 @@ from configs_util import ROOT, load_config
 
 
 def _script():
-  path = os.path.join(ROOT, "scripts", "readme_results.py")
-  spec = importlib.util.spec_from_file_location("readme_results", path)
+  path = os.path.join(ROOT, 'scripts', 'readme_results.py')
+  spec = importlib.util.spec_from_file_location('readme_results', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -28,7 +28,7 @@ def test_every_override_names_an_existing_config_field():
   for config_path, overrides in runs:
     config = load_config(_config_name(config_path))
     for override in overrides:
-      *parents, field = override.removeprefix("--config.").split("=")[0].split(".")
+      *parents, field = override.removeprefix('--config.').split('=')[0].split('.')
       node = config
       for parent in parents:
         node = node[parent]
@@ -39,17 +39,17 @@ def test_control_directories_are_distinct_and_named_after_their_switch():
   script = _script()
   names = [script.control_name(overrides) for _, _, overrides in script.RWS_CONTROLS]
   assert len(set(names)) == len(names)
-  assert script.control_name(("--config.rws.fuse_layers=()",)) == "fuse_layers-none"
-  assert script.control_name(("--config.rws.t_rule=last_flat", "--config.rws.t_min_share=0")
-                             ) == "t_rule-last_flat"
+  assert script.control_name(('--config.rws.fuse_layers=()',)) == 'fuse_layers-none'
+  assert script.control_name(('--config.rws.t_rule=last_flat', '--config.rws.t_min_share=0')
+                             ) == 't_rule-last_flat'
 
 
 def test_table_mean_and_sample_sd():
   script = _script()
   values = [0.5, 0.6, 0.8]
-  expected = f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-  assert expected == "0.633 ± 0.153"
-  text = script.table("t", [("row", values), ("missing", [0.25, None, None])], [0, 1, 2])
+  expected = f'{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}'
+  assert expected == '0.633 ± 0.153'
+  text = script.table('t', [('row', values), ('missing', [0.25, None, None])], [0, 1, 2])
   lines = text.splitlines()
-  assert lines[2] == "| row | 0.500 | 0.600 | 0.800 | 0.633 ± 0.153 |"
-  assert lines[3] == "| missing | 0.250 | - | - | 0.250 |"
+  assert lines[2] == '| row | 0.500 | 0.600 | 0.800 | 0.633 ± 0.153 |'
+  assert lines[3] == '| missing | 0.250 | - | - | 0.250 |'

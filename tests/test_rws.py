@@ -34,23 +34,23 @@ def test_should_stop():
 
 
 def test_config_errors():
-  config = load_config("shapes_rws", "smoke")
+  config = load_config('shapes_rws', 'smoke')
   rws_pipeline.check_config(config)
   config.rws.slice_size = 48
-  with pytest.raises(ValueError, match="config.rws.slice_size = 48 is larger than the crop"):
+  with pytest.raises(ValueError, match='config.rws.slice_size = 48 is larger than the crop'):
     rws_pipeline.check_config(config)
-  for key, value in (("slices", "random"), ("attention_region", "image"), ("t_rule", "middle"),
-                     ("inference", "both"), ("stage3_init", "warm")):
-    config = load_config("shapes_rws", "smoke")
+  for key, value in (('slices', 'random'), ('attention_region', 'image'), ('t_rule', 'middle'),
+                     ('inference', 'both'), ('stage3_init', 'warm')):
+    config = load_config('shapes_rws', 'smoke')
     config.rws[key] = value
     with pytest.raises(ValueError, match=f"config.rws.{key}='{value}'; expected one of"):
       rws_pipeline.check_config(config)
   for section, key, value, match in (
-      ("rws", "fuse_layers", (0, 4), "config.rws.fuse_layers"),
-      ("rws", "slice_stride", 4, "multiples of the layer2 feature stride 8"),
-      ("rws", "local_scale", 1.25, "local model's input side 20"),
-      ("dataset", "background_class", 7, "background_class=7")):
-    config = load_config("shapes_rws", "smoke")
+      ('rws', 'fuse_layers', (0, 4), 'config.rws.fuse_layers'),
+      ('rws', 'slice_stride', 4, 'multiples of the layer2 feature stride 8'),
+      ('rws', 'local_scale', 1.25, "local model's input side 20"),
+      ('dataset', 'background_class', 7, 'background_class=7')):
+    config = load_config('shapes_rws', 'smoke')
     config[section][key] = value
     with pytest.raises(ValueError, match=match):
       rws_pipeline.check_config(config)
@@ -58,9 +58,9 @@ def test_config_errors():
   rws_pipeline.check_config(config)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def tiny():
-  config = load_config("shapes_rws", "smoke")
+  config = load_config('shapes_rws', 'smoke')
   model = models.make_model(config.model, config.dataset.num_classes)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32)
@@ -68,16 +68,16 @@ def tiny():
   labels[:, 8:24, 4:20] = 3
   labels[1, 20:, 20:] = 5
   labels[0, :2] = 255
-  batch = {"image": images, "label": jnp.asarray(labels)}
+  batch = {'image': images, 'label': jnp.asarray(labels)}
   glob = train.init_variables(model, (1, 32, 32, 3), jax.random.key(1))
   local = train.init_variables(model, (1, 32, 32, 3), jax.random.key(2))
   return config, model, batch, glob, local
 
 
 def plain_loss(model, params, batch_stats, batch, rng):
-  logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
-                       train=True, mutable=["batch_stats"], rngs={"dropout": rng})[0]
-  return losses.cross_entropy(logits, batch["label"])
+  logits = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'],
+                       train=True, mutable=['batch_stats'], rngs={'dropout': rng})[0]
+  return losses.cross_entropy(logits, batch['label'])
 
 
 def test_fused_loss_is_the_plain_loss_without_weak_slices(tiny):
@@ -85,10 +85,10 @@ def test_fused_loss_is_the_plain_loss_without_weak_slices(tiny):
   loss_fn = rws_pipeline.fusion_loss(model, config)
   rng = jax.random.key(3)
   _, drop_rng = jax.random.split(rng)
-  extra = {"global": glob, "local": local, "threshold": jnp.float32(0.0)}
-  loss, (_, stats) = loss_fn(glob["params"], glob["batch_stats"], batch, rng, extra)
-  assert float(stats["weak_slices"]) == 0.0 and float(stats["selected"]) == 0.0
-  expected = plain_loss(model, glob["params"], glob["batch_stats"], batch, drop_rng)
+  extra = {'global': glob, 'local': local, 'threshold': jnp.float32(0.0)}
+  loss, (_, stats) = loss_fn(glob['params'], glob['batch_stats'], batch, rng, extra)
+  assert float(stats['weak_slices']) == 0.0 and float(stats['selected']) == 0.0
+  expected = plain_loss(model, glob['params'], glob['batch_stats'], batch, drop_rng)
   np.testing.assert_allclose(loss, expected, rtol=1e-6)
 
 
@@ -97,19 +97,19 @@ def test_fused_loss_mixes_local_features_into_weak_slices(tiny):
   config = config.copy_and_resolve_references()
   config.rws.select_omega = False  # every pixel of a weak slice is integrated with n = 0.5
   config.rws.weighted_lambda = False
-  config.rws.weak_classes = "all"  # every predicted class takes part: every window is weak
+  config.rws.weak_classes = 'all'  # every predicted class takes part: every window is weak
   config.rws.fuse_layers = (4,)
   rng = jax.random.key(3)
-  extra = {"global": glob, "local": local, "threshold": jnp.float32(1.01)}
+  extra = {'global': glob, 'local': local, 'threshold': jnp.float32(1.01)}
   loss_fn = rws_pipeline.fusion_loss(model, config)
-  loss, (_, stats) = loss_fn(glob["params"], glob["batch_stats"], batch, rng, extra)
-  assert float(stats["weak_slices"]) == config.rws.max_slices
-  assert 0 < float(stats["selected"]) <= 1
+  loss, (_, stats) = loss_fn(glob['params'], glob['batch_stats'], batch, rng, extra)
+  assert float(stats['weak_slices']) == config.rws.max_slices
+  assert 0 < float(stats['selected']) <= 1
   _, drop_rng = jax.random.split(rng)
-  assert not np.isclose(loss, plain_loss(model, glob["params"], glob["batch_stats"], batch,
+  assert not np.isclose(loss, plain_loss(model, glob['params'], glob['batch_stats'], batch,
                                          drop_rng))
-  with_same_local = {"global": glob, "local": glob, "threshold": jnp.float32(1.01)}
-  same, _ = rws_pipeline.fusion_loss(model, config)(glob["params"], glob["batch_stats"], batch,
+  with_same_local = {'global': glob, 'local': glob, 'threshold': jnp.float32(1.01)}
+  same, _ = rws_pipeline.fusion_loss(model, config)(glob['params'], glob['batch_stats'], batch,
                                                     rng, with_same_local)
   assert np.isfinite(same)
 
@@ -150,13 +150,13 @@ def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
   config = config.copy_and_resolve_references()
   rws_cfg, k = config.rws, config.dataset.num_classes
   refined = train.init_variables(model, (1, 32, 32, 3), jax.random.key(4))
-  images = batch["image"]
+  images = batch['image']
   n = images.shape[0]
   glob_cam = segcam.seg_grad_cam(model, glob, images, max_classes=rws_cfg.max_classes)
   preds = np.asarray(jnp.argmax(glob_cam.logits, -1))
   maps, gamma = _attention_by_hand(glob_cam, preds)
   boxes = slices.window_boxes(32, 32, rws_cfg.slice_size, rws_cfg.slice_stride)
-  entries = _window_entries(glob_cam, preds, maps["layer4"], boxes, k, 0, rws_cfg.min_pixels)
+  entries = _window_entries(glob_cam, preds, maps['layer4'], boxes, k, 0, rws_cfg.min_pixels)
   values = sorted(v for e in entries.values() for v in e.values())
   # T halfway between two neighbouring attention values near the 20th percentile, so that float
   # rounding (jitted or not) cannot move a window across it.
@@ -175,22 +175,22 @@ def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
   box = boxes[chosen]
   crops = np.stack([np.asarray(images)[i, y0:y1, x0:x1] for i in range(n)
                     for y0, x0, y1, x1 in box[i]])
-  crops = jax.image.resize(crops, (len(crops), side, side, 3), "bilinear")
+  crops = jax.image.resize(crops, (len(crops), side, side, 3), 'bilinear')
   local_cam = segcam.seg_grad_cam(model, local, crops, max_classes=rws_cfg.max_classes)
   local_maps, local_gamma = _attention_by_hand(local_cam, jnp.argmax(local_cam.logits, -1))
   strides = models.feature_strides(config.model)
   offsets = {}
   for name, stride in strides.items():
     h = 32 // stride
-    a = jax.image.resize(maps[name], (n, h, h), "bilinear")
-    g = jax.image.resize(gamma, (n, h, h), "bilinear")
+    a = jax.image.resize(maps[name], (n, h, h), 'bilinear')
+    g = jax.image.resize(gamma, (n, h, h), 'bilinear')
     w = size // stride
     f = local_cam.features[name]
     la = jax.image.resize(jax.image.resize(local_maps[name], (len(crops), *f.shape[1:3]),
-                                           "bilinear"), (len(crops), w, w), "bilinear")
+                                           'bilinear'), (len(crops), w, w), 'bilinear')
     lg = jax.image.resize(jax.image.resize(local_gamma, (len(crops), *f.shape[1:3]),
-                                           "bilinear"), (len(crops), w, w), "bilinear")
-    lf = jax.image.resize(f, (len(crops), w, w, f.shape[-1]), "bilinear")
+                                           'bilinear'), (len(crops), w, w), 'bilinear')
+    lf = jax.image.resize(f, (len(crops), w, w, f.shape[-1]), 'bilinear')
     split = lambda x: np.asarray(x).reshape((n, rws_cfg.max_slices) + x.shape[1:])
     weight, _, local_part = fusion_reference(
         np.asarray(a), np.asarray(g), box, valid, split(lf), split(la), split(lg),
@@ -202,25 +202,25 @@ def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
     return weight * x + local_part
 
   expected = model.apply(refined, images, train=False, stage_hook=hook)
-  network = {"model": refined, "global": glob, "local": local,
-             "threshold": jnp.float32(threshold)}
+  network = {'model': refined, 'global': glob, 'local': local,
+             'threshold': jnp.float32(threshold)}
   got = jax.jit(lambda v, x: rws_network.rws_logits(model, v, x, config))(network, images)
   np.testing.assert_allclose(got, expected, atol=2e-4, rtol=1e-4)
   plain = rws_network.plain_logits(model, network, images)
   assert not np.allclose(got, plain, atol=1e-3)
-  network["threshold"] = jnp.float32(0.0)
+  network['threshold'] = jnp.float32(0.0)
   np.testing.assert_allclose(rws_network.rws_logits(model, network, images, config), plain,
                              atol=1e-5)
 
 
 def test_rws_network_pads_any_image_size(tiny):
   config, model, batch, glob, local = tiny
-  network = {"model": glob, "global": glob, "local": local, "threshold": jnp.float32(1.01)}
-  images = batch["image"][:, :27, :13]
+  network = {'model': glob, 'global': glob, 'local': local, 'threshold': jnp.float32(1.01)}
+  images = batch['image'][:, :27, :13]
   logits = rws_network.rws_logits(model, network, images, config)
   assert logits.shape == (2, 27, 13, config.dataset.num_classes)
   assert rws_network.pad_for_windows(images, config).shape == (2, 32, 16, 3)
-  assert rws_network.pad_for_windows(batch["image"], config).shape == (2, 32, 32, 3)
+  assert rws_network.pad_for_windows(batch['image'], config).shape == (2, 32, 32, 3)
 
 
 def _naive_threshold(attention_by_class, iou_by_class, bins, slope, min_share, min_windows):
@@ -251,20 +251,20 @@ def test_analyze_matches_a_naive_loop(tiny, tmp_path):
     label = np.zeros((32, 32), np.uint8)
     label[rng.integers(0, 16):, rng.integers(0, 20):] = rng.integers(1, 7)
     label[rng.integers(0, 32), :] = 255
-    source.append({"image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
-                   "segmentation": label[..., None],
-                   "labels": np.bincount(label.ravel(), minlength=256)[1:7] > 0})
-  names = [f"c{i}" for i in range(7)]
+    source.append({'image': rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+                   'segmentation': label[..., None],
+                   'labels': np.bincount(label.ravel(), minlength=256)[1:7] > 0})
+  names = [f'c{i}' for i in range(7)]
   mesh = train.make_mesh()
   analysis = rws_analysis.analyze(model, glob, source, config, mesh, str(tmp_path), names)
   boxes = slices.window_boxes(32, 32, config.rws.slice_size, config.rws.slice_stride)
-  images = np.stack([(s["image"] - np.float32(config.input.mean)) / np.float32(config.input.std)
+  images = np.stack([(s['image'] - np.float32(config.input.mean)) / np.float32(config.input.std)
                      for s in source]).astype(np.float32)
-  labels = np.stack([s["segmentation"][..., 0] for s in source]).astype(np.int32)
+  labels = np.stack([s['segmentation'][..., 0] for s in source]).astype(np.int32)
   cam = segcam.seg_grad_cam(model, glob, jnp.asarray(images), max_classes=config.rws.max_classes)
   preds = np.asarray(jnp.argmax(cam.logits, -1))
   maps, _ = _attention_by_hand(cam, preds)
-  entries = _window_entries(cam, preds, maps["layer4"], boxes, 7, 0, config.rws.min_pixels)
+  entries = _window_entries(cam, preds, maps['layer4'], boxes, 7, 0, config.rws.min_pixels)
   by_class = {c: ([], []) for c in range(7)}
   for (i, w), per in entries.items():
     y0, x0, y1, x1 = boxes[w]
@@ -277,23 +277,23 @@ def test_analyze_matches_a_naive_loop(tiny, tmp_path):
   t, per_class = _naive_threshold([by_class[c][0] for c in range(7)],
                                   [by_class[c][1] for c in range(7)], config.rws.t_bins,
                                   config.rws.t_slope, config.rws.t_min_share, 2)
-  assert analysis["threshold"] == pytest.approx(t, abs=1e-6)
+  assert analysis['threshold'] == pytest.approx(t, abs=1e-6)
   np.testing.assert_allclose([np.nan if v is None else v
-                              for v in analysis["per_class_threshold"]], per_class, atol=1e-6)
+                              for v in analysis['per_class_threshold']], per_class, atol=1e-6)
   weak = sorted((i, *boxes[w]) for (i, w), per in entries.items()
                 if any(a < t for a in per.values()))
   assert sorted(map(tuple, rws_analysis.load_weak_boxes(str(tmp_path)).tolist())) == weak
-  assert analysis["weak_slices"] == len(weak) and analysis["windows"] == 6 * len(boxes)
-  assert analysis["weak_share"] == pytest.approx(len(weak) / (6 * len(boxes)))
+  assert analysis['weak_slices'] == len(weak) and analysis['windows'] == 6 * len(boxes)
+  assert analysis['weak_share'] == pytest.approx(len(weak) / (6 * len(boxes)))
   for c in range(1, 7):
     scored = by_class[c][0]
     expected = sum(a < t for a in scored) / len(scored) if scored else None
-    assert analysis["weak_share_per_class"][names[c]] == pytest.approx(expected)
-  assert analysis["weak_share_per_class"]["c0"] is None  # the background takes no part
+    assert analysis['weak_share_per_class'][names[c]] == pytest.approx(expected)
+  assert analysis['weak_share_per_class']['c0'] is None  # the background takes no part
 
 
 def run_smoke(workdir, data_dir, monkeypatch=None, fail_stage=None):
-  config = load_config("shapes_rws", "smoke")
+  config = load_config('shapes_rws', 'smoke')
   config.dataset.data_dir = str(data_dir)
   config.train.checkpoint_every = 1
   if fail_stage is not None:
@@ -302,9 +302,9 @@ def run_smoke(workdir, data_dir, monkeypatch=None, fail_stage=None):
     def save_then_fail(self, step, state):
       original(self, step, state)
       if fail_stage in str(self.manager.directory) and step == 1:
-        raise KeyboardInterrupt("killed")
+        raise KeyboardInterrupt('killed')
 
-    monkeypatch.setattr(train.Checkpointer, "save", save_then_fail)
+    monkeypatch.setattr(train.Checkpointer, 'save', save_then_fail)
     with pytest.raises(KeyboardInterrupt):
       rws_pipeline.run(config, str(workdir))
     monkeypatch.undo()
@@ -313,7 +313,7 @@ def run_smoke(workdir, data_dir, monkeypatch=None, fail_stage=None):
 
 
 def metric_rows(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f]
 
 
@@ -325,76 +325,76 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   """All stages on the smoke config; a run killed in stage 3 resumes there, with stage 3's
   checkpointed optimizer state, and ends as the uninterrupted run. With stage3_init=stage1,
   stage 3 starts from stage 1's final optimizer state (its step count goes on)."""
-  data_dir = tmp_path / "tfds"
-  run_smoke(tmp_path / "killed", data_dir, monkeypatch, fail_stage="round_1/stage3")
-  rows = metric_rows(tmp_path / "killed")
-  assert [r["step"] for r in rows if r["stage"] == "round_1/stage3"] == [1]
+  data_dir = tmp_path / 'tfds'
+  run_smoke(tmp_path / 'killed', data_dir, monkeypatch, fail_stage='round_1/stage3')
+  rows = metric_rows(tmp_path / 'killed')
+  assert [r['step'] for r in rows if r['stage'] == 'round_1/stage3'] == [1]
   calls = {}
   original = train.train_stage
 
   def recording(**kwargs):
     state = original(**kwargs)
-    calls.setdefault(kwargs["stage"], []).append((kwargs.get("opt_state"), state))
+    calls.setdefault(kwargs['stage'], []).append((kwargs.get('opt_state'), state))
     return state
 
-  monkeypatch.setattr(train, "train_stage", recording)
-  full = run_smoke(tmp_path / "full", data_dir)
-  resumed = run_smoke(tmp_path / "killed", data_dir)
-  rows = metric_rows(tmp_path / "killed")
-  for stage, steps in (("stage1", 2), ("round_1/stage2", 2), ("round_1/stage3", 2),
-                       ("baseline", 6)):
-    assert [r["step"] for r in rows if r["stage"] == stage] == list(range(1, steps + 1)), stage
-  for key in ("rws", "rws_plain", "rws_fused", "baseline", "stage1"):
-    assert resumed[key]["miou"] == pytest.approx(full[key]["miou"], abs=1e-6), key
-  assert resumed["rounds"] == full["rounds"]
-  assert full["total_steps"] == 6 and full["rounds"][0]["trained"]
-  assert full["rws"] == full["rws_fused"]
-  assert set(full["inference_ms_per_image"]) == {"plain", "fused", "batch"}
-  for name in ("summary.json", "results.md", "per_class_iou.png", "predictions.png",
-               "round_1/heatmaps.png", "round_1/weak_slices.png", "round_1/threshold_curve.png"):
-    assert os.path.exists(tmp_path / "full" / name), name
-  saved = json.load(open(tmp_path / "full" / "summary.json"))["run"]["config"]
-  assert saved["rws"]["slices"] == "weak" and saved["seed"] == 0
-  assert "RWS fused" in open(tmp_path / "full" / "results.md").read()
-  smoke = load_config("shapes_rws", "smoke")
-  network = rws_pipeline.finished_network(smoke, str(tmp_path / "full"),
+  monkeypatch.setattr(train, 'train_stage', recording)
+  full = run_smoke(tmp_path / 'full', data_dir)
+  resumed = run_smoke(tmp_path / 'killed', data_dir)
+  rows = metric_rows(tmp_path / 'killed')
+  for stage, steps in (('stage1', 2), ('round_1/stage2', 2), ('round_1/stage3', 2),
+                       ('baseline', 6)):
+    assert [r['step'] for r in rows if r['stage'] == stage] == list(range(1, steps + 1)), stage
+  for key in ('rws', 'rws_plain', 'rws_fused', 'baseline', 'stage1'):
+    assert resumed[key]['miou'] == pytest.approx(full[key]['miou'], abs=1e-6), key
+  assert resumed['rounds'] == full['rounds']
+  assert full['total_steps'] == 6 and full['rounds'][0]['trained']
+  assert full['rws'] == full['rws_fused']
+  assert set(full['inference_ms_per_image']) == {'plain', 'fused', 'batch'}
+  for name in ('summary.json', 'results.md', 'per_class_iou.png', 'predictions.png',
+               'round_1/heatmaps.png', 'round_1/weak_slices.png', 'round_1/threshold_curve.png'):
+    assert os.path.exists(tmp_path / 'full' / name), name
+  saved = json.load(open(tmp_path / 'full' / 'summary.json'))['run']['config']
+  assert saved['rws']['slices'] == 'weak' and saved['seed'] == 0
+  assert 'RWS fused' in open(tmp_path / 'full' / 'results.md').read()
+  smoke = load_config('shapes_rws', 'smoke')
+  network = rws_pipeline.finished_network(smoke, str(tmp_path / 'full'),
                                           models.make_model(smoke.model, 7), train.make_mesh())
-  (_, stage3_full), _ = calls["round_1/stage3"]
-  for key, state in (("model", stage3_full), ("global", calls["stage1"][0][1]),
-                     ("local", calls["round_1/stage2"][0][1])):
+  (_, stage3_full), _ = calls['round_1/stage3']
+  for key, state in (('model', stage3_full), ('global', calls['stage1'][0][1]),
+                     ('local', calls['round_1/stage2'][0][1])):
     for a, b in zip(jax.tree.leaves(network[key]), jax.tree.leaves(state.variables)):
       np.testing.assert_array_equal(a, b)
-  assert float(network["threshold"]) == pytest.approx(full["rounds"][0]["threshold"])
-  (_, stage1), _ = calls["stage1"]
-  (given, stage3), (_, stage3_resumed) = calls["round_1/stage3"]
+  assert float(network['threshold']) == pytest.approx(full['rounds'][0]['threshold'])
+  (_, stage1), _ = calls['stage1']
+  (given, stage3), (_, stage3_resumed) = calls['round_1/stage3']
   assert _adam_count(given) == _adam_count(stage1.opt_state) == 2
   for a, b in zip(jax.tree.leaves(given), jax.tree.leaves(stage1.opt_state)):
     np.testing.assert_array_equal(a, b)
   assert _adam_count(stage3.opt_state) == _adam_count(stage3_resumed.opt_state) == 4
   for a, b in zip(jax.tree.leaves(stage3_resumed), jax.tree.leaves(stage3)):
     np.testing.assert_allclose(a, b, atol=1e-6)
-  config = load_config("shapes_rws", "smoke")
+  config = load_config('shapes_rws', 'smoke')
   config.dataset.data_dir = str(data_dir)
-  for kind, key in (("fused", "rws_fused"), ("plain", "rws_plain")):
+  for kind, key in (('fused', 'rws_fused'), ('plain', 'rws_plain')):
     config.rws.inference = kind
-    evaluated = inference.evaluate_run(config, str(tmp_path / "full"), rws_pipeline)
-    assert evaluated["eval_validation"] == full[key], kind
-    assert evaluated["network"] == rws_pipeline.NETWORK_TITLES[kind]
-  rows = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
-  stage3_rates = [r["lr"] for r in rows if r["stage"] == "round_1/stage3"]
-  cfg, offset, warmup_from = rws_pipeline.schedule_config(config, 1, "stage1")
+    evaluated = inference.evaluate_run(config, str(tmp_path / 'full'), rws_pipeline)
+    assert evaluated['eval_validation'] == full[key], kind
+    assert evaluated['network'] == rws_pipeline.NETWORK_TITLES[kind]
+  rows = [json.loads(line) for line in open(tmp_path / 'full' / 'metrics.jsonl')]
+  stage3_rates = [r['lr'] for r in rows if r['stage'] == 'round_1/stage3']
+  cfg, offset, warmup_from = rws_pipeline.schedule_config(config, 1, 'stage1')
   schedule = train.learning_rate_schedule(cfg.lr, cfg, 2, warmup_from=warmup_from,
                                           offset=offset)
   assert stage3_rates == pytest.approx([float(schedule(offset + t)) for t in range(2)])
   # predict uses the RWS network by default: a 40 x 24 image needs no padding at
   # pad_multiple 8, so its mask is the argmax of rws_logits on it.
   image = np.random.default_rng(0).integers(0, 255, (40, 24, 3), dtype=np.uint8)
-  (tmp_path / "images").mkdir()
-  PIL.Image.fromarray(image).save(tmp_path / "images" / "x.png")
-  config = load_config("shapes_rws", "smoke")
+  (tmp_path / 'images').mkdir()
+  PIL.Image.fromarray(image).save(tmp_path / 'images' / 'x.png')
+  config = load_config('shapes_rws', 'smoke')
   config.eval.pad_multiple = 8
-  [mask] = inference.predict_folder(config, str(tmp_path / "full"), rws_pipeline,
-                                    str(tmp_path / "images"), str(tmp_path / "masks"))
+  [mask] = inference.predict_folder(config, str(tmp_path / 'full'), rws_pipeline,
+                                    str(tmp_path / 'images'), str(tmp_path / 'masks'))
   model = models.make_model(config.model, 7)
   logits = rws_network.rws_logits(model, network,
                                   pipeline.normalize(image, config.input)[None], config)
@@ -402,15 +402,15 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
 
 
 def test_stage3_schedule_warms_up_from_stage1s_final_rate():
-  config = load_config("shapes_rws", "smoke")
-  cfg, offset, warmup_from = rws_pipeline.schedule_config(config, 1, "stage1")
+  config = load_config('shapes_rws', 'smoke')
+  cfg, offset, warmup_from = rws_pipeline.schedule_config(config, 1, 'stage1')
   assert offset == 2 and cfg.lr == config.rws.stage3_lr and cfg.warmup_steps == 1
   assert warmup_from == pytest.approx(float(train.poly_schedule(config.train.lr, 2)(1)))
   schedule = train.learning_rate_schedule(cfg.lr, cfg, 2, warmup_from=warmup_from,
                                           offset=offset)
   assert float(schedule(2)) == pytest.approx(warmup_from)  # stage 3's first step, count 2
   assert float(schedule(3)) == pytest.approx(cfg.lr)  # after the one-step warm-up
-  fresh, offset, warmup_from = rws_pipeline.schedule_config(config, 1, "fresh")
+  fresh, offset, warmup_from = rws_pipeline.schedule_config(config, 1, 'fresh')
   assert offset == 0 and warmup_from == 0.0 and fresh.lr == config.rws.stage3_lr
 
 
@@ -418,13 +418,13 @@ def test_classes_without_a_segcam_slot_take_no_part():
   result = segcam.SegCamResult({}, jnp.array([[0, 2], [3, -1]]), jnp.array([[True, True],
                                                                             [True, False]]),
                                None, {})
-  cfg = load_config("shapes_rws", "smoke").rws
+  cfg = load_config('shapes_rws', 'smoke').rws
   expected = np.zeros((2, 4), bool)
   expected[0, [0, 2]] = True
   expected[1, 3] = True
-  cfg.weak_classes = "all"
+  cfg.weak_classes = 'all'
   np.testing.assert_array_equal(rws_network.taking_part(result, 4, cfg, 0), expected)
-  cfg.weak_classes = "foreground"
+  cfg.weak_classes = 'foreground'
   np.testing.assert_array_equal(rws_network.taking_part(result, 4, cfg, None), expected)
   expected[:, 0] = False
   np.testing.assert_array_equal(rws_network.taking_part(result, 4, cfg, 0), expected)
@@ -436,9 +436,9 @@ def test_no_fused_layers_is_plain_fine_tuning(tiny):
   config.rws.fuse_layers = ()
   rws_pipeline.check_config(config)
   rng = jax.random.key(3)
-  extra = {"global": glob, "local": local, "threshold": jnp.float32(1.01)}
+  extra = {'global': glob, 'local': local, 'threshold': jnp.float32(1.01)}
   loss_fn = rws_pipeline.fusion_loss(model, config)
-  loss, _ = loss_fn(glob["params"], glob["batch_stats"], batch, rng, extra)
+  loss, _ = loss_fn(glob['params'], glob['batch_stats'], batch, rng, extra)
   _, drop_rng = jax.random.split(rng)
-  np.testing.assert_allclose(loss, plain_loss(model, glob["params"], glob["batch_stats"], batch,
+  np.testing.assert_allclose(loss, plain_loss(model, glob['params'], glob['batch_stats'], batch,
                                               drop_rng), rtol=1e-6)

@@ -23,7 +23,7 @@ class TinySeg(nn.Module):
 
 
 def train_cfg(**overrides):
-  cfg = ml_collections.ConfigDict(dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
+  cfg = ml_collections.ConfigDict(dict(optimizer='sgd', lr=0.1, momentum=0.9, weight_decay=1e-4,
                                        poly_power=0.9, warmup_steps=0, log_every=1,
                                        checkpoint_every=2, max_to_keep=2))
   cfg.update(overrides)
@@ -35,13 +35,13 @@ def batches(batch_size=8):
     step = start
     while True:
       rng = np.random.default_rng(step)
-      yield {"image": rng.normal(size=(batch_size, 6, 6, 3)).astype(np.float32),
-             "label": rng.integers(0, 3, size=(batch_size, 6, 6)).astype(np.int32)}
+      yield {'image': rng.normal(size=(batch_size, 6, 6, 3)).astype(np.float32),
+             'label': rng.integers(0, 3, size=(batch_size, 6, 6)).astype(np.int32)}
       step += 1
   return factory
 
 
-def run(workdir, num_devices, total_steps, stop_at=None, stage="s", lr=0.1):
+def run(workdir, num_devices, total_steps, stop_at=None, stage='s', lr=0.1):
   model = TinySeg()
   mesh = train.make_mesh(num_devices)
   cfg = train_cfg(lr=lr)
@@ -51,7 +51,7 @@ def run(workdir, num_devices, total_steps, stop_at=None, stage="s", lr=0.1):
 
   class Recorder:
     def write(self, step, stage=None, **scalars):
-      losses.append((step, scalars["loss"]))
+      losses.append((step, scalars['loss']))
 
     def truncate_after(self, step, stage=None):
       pass
@@ -64,33 +64,33 @@ def run(workdir, num_devices, total_steps, stop_at=None, stage="s", lr=0.1):
 
 
 def test_one_and_four_devices_give_the_same_losses(tmp_path):
-  _, one = run(tmp_path / "one", 1, 3)
-  _, four = run(tmp_path / "four", 4, 3)
+  _, one = run(tmp_path / 'one', 1, 3)
+  _, four = run(tmp_path / 'four', 4, 3)
   assert [s for s, _ in one] == [1, 2, 3]
   np.testing.assert_allclose([l for _, l in one], [l for _, l in four], rtol=0, atol=1e-5)
 
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
-  full, full_losses = run(tmp_path / "full", 4, 4)
-  first, _ = run(tmp_path / "resumed", 4, 4, stop_at=2)
+  full, full_losses = run(tmp_path / 'full', 4, 4)
+  first, _ = run(tmp_path / 'resumed', 4, 4, stop_at=2)
   assert int(first.step) == 2
-  resumed, resumed_losses = run(tmp_path / "resumed", 4, 4)
+  resumed, resumed_losses = run(tmp_path / 'resumed', 4, 4)
   assert [s for s, _ in resumed_losses] == [3, 4]
   np.testing.assert_allclose([l for _, l in resumed_losses], [l for _, l in full_losses[2:]],
                              atol=1e-6)
   for a, b in zip(jax.tree.leaves(full.variables), jax.tree.leaves(resumed.variables)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
-  again, again_losses = run(tmp_path / "resumed", 4, 4)  # a finished stage is not redone
+  again, again_losses = run(tmp_path / 'resumed', 4, 4)  # a finished stage is not redone
   assert int(again.step) == 4 and again_losses == []
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(train.NonFiniteLossError) as error:
     run(tmp_path, 1, 50, lr=1e6)
-  pattern = r"(?:loss|parameters) at step (\d+).*checkpoint \(step (\d+)\)"
+  pattern = r'(?:loss|parameters) at step (\d+).*checkpoint \(step (\d+)\)'
   bad_step, kept = map(int, re.search(pattern, str(error.value)).groups())
   assert kept < bad_step and kept % 2 == 0  # checkpoints every 2 steps, none after the nan
-  checkpointer = train.Checkpointer(tmp_path / "s" / "checkpoints", every=2)
+  checkpointer = train.Checkpointer(tmp_path / 's' / 'checkpoints', every=2)
   assert checkpointer.latest_step() == kept
   restored = checkpointer.restore(train.make_train_state(
       train.make_optimizer(train_cfg(), 50),
@@ -119,28 +119,28 @@ def test_poly_schedule_and_sgd_match_torch_formulas():
 
 
 def test_grouped_learning_rates():
-  params = {"a": jnp.ones(2), "b": jnp.ones(2)}
+  params = {'a': jnp.ones(2), 'b': jnp.ones(2)}
   cfg = train_cfg(lr=0.0, momentum=0.0, weight_decay=0.0)
-  tx = train.make_optimizer(cfg, 100, group_lrs={"slow": 0.1, "fast": 1.0},
-                            label_fn=lambda p: {"a": "slow", "b": "fast"})
-  updates, _ = tx.update({"a": jnp.ones(2), "b": jnp.ones(2)}, tx.init(params), params)
-  np.testing.assert_allclose(updates["a"], -0.1)
-  np.testing.assert_allclose(updates["b"], -1.0)
+  tx = train.make_optimizer(cfg, 100, group_lrs={'slow': 0.1, 'fast': 1.0},
+                            label_fn=lambda p: {'a': 'slow', 'b': 'fast'})
+  updates, _ = tx.update({'a': jnp.ones(2), 'b': jnp.ones(2)}, tx.init(params), params)
+  np.testing.assert_allclose(updates['a'], -0.1)
+  np.testing.assert_allclose(updates['b'], -1.0)
 
 
 def test_batch_must_split_over_devices():
-  with pytest.raises(ValueError, match="divisible by the number of devices, 4"):
+  with pytest.raises(ValueError, match='divisible by the number of devices, 4'):
     train.local_batch_size(6, train.make_mesh(4))
 
 
 def test_adamw_option_and_unknown_optimizer():
   cfg = train_cfg(lr=0.1, weight_decay=0.0)
-  cfg.optimizer = "adamw"
+  cfg.optimizer = 'adamw'
   tx = train.make_optimizer(cfg, 10)
   w = jnp.array([1.0, -2.0])
   updates, _ = tx.update(jnp.array([0.3, -0.4]), tx.init(w), w)
   np.testing.assert_allclose(updates, [-0.1, 0.1], rtol=1e-4)  # first Adam step: -lr * sign(g)
-  cfg.optimizer = "lamb"
+  cfg.optimizer = 'lamb'
   with pytest.raises(ValueError, match="config.train.optimizer='lamb'"):
     train.make_optimizer(cfg, 10)
 
@@ -154,7 +154,7 @@ def _logged_rates(tx, opt_state, steps):
   rates, iterator = [], batches()(0)
   for _ in range(steps):
     state, metrics = step(state, train.to_device(next(iterator), mesh), jax.random.key(1), None)
-    rates.append({k: float(v) for k, v in metrics.items() if k.startswith("lr")})
+    rates.append({k: float(v) for k, v in metrics.items() if k.startswith('lr')})
   return state, rates
 
 
@@ -162,14 +162,14 @@ def test_train_steps_log_the_learning_rate_they_apply():
   cfg = train_cfg(lr=0.1, warmup_steps=0)
   tx = train.make_optimizer(cfg, 4)
   state, rates = _logged_rates(tx, None, 3)
-  assert [r["lr"] for r in rates] == pytest.approx([0.1 * (1 - t / 4) ** 0.9 for t in range(3)])
+  assert [r['lr'] for r in rates] == pytest.approx([0.1 * (1 - t / 4) ** 0.9 for t in range(3)])
   # A stage continuing that optimizer state (count 3) with its own shifted warm-up schedule,
   # as RWS stage 3 does: its step t applies the schedule at count 3 + t, i.e. its own step t.
   continued = train.make_optimizer(train_cfg(lr=0.05, warmup_steps=1), 4, warmup_from=0.02,
                                    offset=3)
   _, rates = _logged_rates(continued, state.opt_state, 2)
-  assert [r["lr"] for r in rates] == pytest.approx([0.02, 0.05])
-  grouped = train.make_optimizer(cfg, 4, group_lrs={"slow": 0.1, "fast": 1.0},
-                                 label_fn=lambda p: jax.tree.map(lambda _: "fast", p))
+  assert [r['lr'] for r in rates] == pytest.approx([0.02, 0.05])
+  grouped = train.make_optimizer(cfg, 4, group_lrs={'slow': 0.1, 'fast': 1.0},
+                                 label_fn=lambda p: jax.tree.map(lambda _: 'fast', p))
   _, rates = _logged_rates(grouped, None, 2)
-  assert rates[1] == pytest.approx({"lr_slow": 0.1 * 0.75 ** 0.9, "lr_fast": 0.75 ** 0.9})
+  assert rates[1] == pytest.approx({'lr_slow': 0.1 * 0.75 ** 0.9, 'lr_fast': 0.75 ** 0.9})

@@ -41,7 +41,7 @@ def threshold(counts, sums, rws_cfg):
       counts, sums, rule=rws_cfg.t_rule, slope=rws_cfg.t_slope,
       slope_unit=rws_cfg.t_slope_unit, min_share=rws_cfg.t_min_share,
       min_windows=rws_cfg.t_min_windows)
-  if rws_cfg.weak_rule == "fixed":
+  if rws_cfg.weak_rule == 'fixed':
     t = float(rws_cfg.t_fixed)
   return t, per_class, curves
 
@@ -78,23 +78,23 @@ def analyze(model, variables, source, config, mesh, directory, names):
   rws, k = config.rws, config.dataset.num_classes
   score = make_scorer(model, config)
   batches, count = stages.eval_batches(source, config, mesh)
-  height, width = batches[0]["label"].shape[1:3]
+  height, width = batches[0]['label'].shape[1:3]
   boxes = slices.window_boxes(height, width, rws.slice_size, rws.slice_stride)
   hist, entries, indices = None, [], []
-  progress = Progress("analysis", count)
+  progress = Progress('analysis', count)
   for i in range(count):
     batch = batches[i]
-    device = train.to_device({key: batch[key] for key in ("image", "label", "valid")}, mesh)
+    device = train.to_device({key: batch[key] for key in ('image', 'label', 'valid')}, mesh)
     attention, iou, present = (train.to_host(x, mesh) for x in score(
-        variables, device["image"], device["label"], device["valid"]))
-    keep = batch["mask"]
+        variables, device['image'], device['label'], device['valid']))
+    keep = batch['mask']
     present = present & keep[:, None, None]
     counts, sums = slices.curve_histogram(attention, iou, present, bins=rws.t_bins)
     hist = (counts, sums) if hist is None else (hist[0] + counts, hist[1] + sums)
     image, window, cls = np.nonzero(present[keep])
     entries.append((image + sum(len(x) for x in indices), window, cls,
                     attention[keep][image, window, cls]))
-    indices.append(batch["index"][keep])
+    indices.append(batch['index'][keep])
     if (i + 1) % max(1, count // 4) == 0:
       progress.log(i + 1)
   counts, sums = (multihost_utils.process_allgather(x).sum(0) if jax.process_count() > 1 else x
@@ -103,33 +103,33 @@ def analyze(model, variables, source, config, mesh, directory, names):
   example = np.concatenate(indices)
   entries = tuple(np.concatenate(column) for column in zip(*entries))
   weak, scored, weak_per_class = weak_windows(entries, len(example), len(boxes), t, k)
-  if rws.slices == "arbitrary":
+  if rws.slices == 'arbitrary':
     weak = np.asarray(slices.arbitrary_windows(
         jax.random.fold_in(jax.random.key(config.seed), jax.process_index()), weak))
   image, window = np.nonzero(weak)
   weak_boxes = np.concatenate([example[image, None], boxes[window]], axis=1).astype(np.int32)
   os.makedirs(directory, exist_ok=True)
-  np.savez(os.path.join(directory, f"slices_process{jax.process_index()}.npz"), boxes=weak_boxes)
+  np.savez(os.path.join(directory, f'slices_process{jax.process_index()}.npz'), boxes=weak_boxes)
   totals = np.array([len(weak_boxes), weak.size, *scored, *weak_per_class], np.int64)
   if jax.process_count() > 1:
     totals = multihost_utils.process_allgather(totals).sum(0)
   num_weak, num_windows = int(totals[0]), int(totals[1])
   scored, weak_per_class = totals[2:2 + k], totals[2 + k:]
-  return {"threshold": t,
-          "per_class_threshold": [None if np.isnan(v) else float(v) for v in per_class],
-          "weak_slices": num_weak, "windows": num_windows,
-          "weak_share": _share(num_weak, num_windows),
-          "weak_share_per_class": {name: _share(weak_per_class[c], scored[c])
+  return {'threshold': t,
+          'per_class_threshold': [None if np.isnan(v) else float(v) for v in per_class],
+          'weak_slices': num_weak, 'windows': num_windows,
+          'weak_share': _share(num_weak, num_windows),
+          'weak_share_per_class': {name: _share(weak_per_class[c], scored[c])
                                    for c, name in enumerate(names)},
-          "curve": {"centres": curves["centres"].tolist(),
-                    "mean_iou": np.where(np.isnan(curves["mean_iou"]), -1.0,
-                                         curves["mean_iou"]).tolist(),
-                    "counts": curves["counts"].tolist(),
-                    "kept": curves["kept"].tolist()}}
+          'curve': {'centres': curves['centres'].tolist(),
+                    'mean_iou': np.where(np.isnan(curves['mean_iou']), -1.0,
+                                         curves['mean_iou']).tolist(),
+                    'counts': curves['counts'].tolist(),
+                    'kept': curves['kept'].tolist()}}
 
 
 def load_weak_boxes(directory):
-  return np.load(os.path.join(directory, f"slices_process{jax.process_index()}.npz"))["boxes"]
+  return np.load(os.path.join(directory, f'slices_process{jax.process_index()}.npz'))['boxes']
 
 
 def should_stop(counts, min_weak_delta):
@@ -144,7 +144,7 @@ def save_round_figures(directory, model, variables, source, analysis, config, na
   in `directory`; returns {'figures': their file names}."""
   rws, count = config.rws, min(config.figures.num_examples, len(source))
   batch = input_pipeline.eval_dataset(source, config.input, batch_size=count)[0]
-  normalized, labels = batch["image"], batch["label"]
+  normalized, labels = batch['image'], batch['label']
   images = np.clip(np.round(input_pipeline.denormalize(normalized, config.input)), 0,
                    255).astype(np.uint8)
   fn = jax.jit(functools.partial(network.attention_maps, model,
@@ -152,12 +152,12 @@ def save_round_figures(directory, model, variables, source, analysis, config, na
                                  max_classes=rws.max_classes))
   attention = jax.device_get(fn(variables, normalized,
                                 labels=network.region_labels(rws, labels),
-                                valid=batch["valid"]))
-  figures.save_heatmaps(os.path.join(directory, "heatmaps.png"), images, labels, attention.maps,
+                                valid=batch['valid']))
+  figures.save_heatmaps(os.path.join(directory, 'heatmaps.png'), images, labels, attention.maps,
                         attention.gamma, names)
   boxes = load_weak_boxes(directory)
-  figures.save_slices(os.path.join(directory, "weak_slices.png"), images,
+  figures.save_slices(os.path.join(directory, 'weak_slices.png'), images,
                       [boxes[boxes[:, 0] == i, 1:] for i in range(count)])
-  figures.save_threshold_curve(os.path.join(directory, "threshold_curve.png"), analysis["curve"],
-                               analysis["threshold"], analysis["per_class_threshold"], names)
-  return {"figures": ["heatmaps.png", "weak_slices.png", "threshold_curve.png"]}
+  figures.save_threshold_curve(os.path.join(directory, 'threshold_curve.png'), analysis['curve'],
+                               analysis['threshold'], analysis['per_class_threshold'], names)
+  return {'figures': ['heatmaps.png', 'weak_slices.png', 'threshold_curve.png']}

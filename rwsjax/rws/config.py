@@ -13,7 +13,7 @@ def default_config():
   c.stage1_steps = 600          # global model (stage 1)
   c.stage2_steps = 300          # local model on weak slices, per round
   c.stage3_steps = 300          # refined global model, per round
-  c.stage3_init = "stage1"      # stage1: continue the global model's weights and optimizer
+  c.stage3_init = 'stage1'      # stage1: continue the global model's weights and optimizer
                                 # state after a warm-up from its final rate | fresh: from the
                                 # initial weights with a full schedule
   c.stage3_lr = 0.01            # stage 3's peak rate (after the warm-up; fresh: initial rate)
@@ -23,24 +23,24 @@ def default_config():
   c.local_scale = 2.0           # slices are resized by this factor for the local model
   c.local_size = 0              # side the slice crops are resized to; 0 = local_scale * size
   c.local_batch_size = 16       # global batch of stage 2
-  c.local_init = "global"       # local model fine-tuned from the current global model, so
+  c.local_init = 'global'       # local model fine-tuned from the current global model, so
                                 # its features share the global model's channels (global) |
                                 # trained from the global model's initialisation (init)
-  c.attention_region = "prediction"  # A_i^c restricted to the predicted (eq. 2) or the
+  c.attention_region = 'prediction'  # A_i^c restricted to the predicted (eq. 2) or the
                                      # ground-truth region of c (training only)
-  c.attention = "last"          # window attention from A_layer4 (last) or Gamma (gamma)
+  c.attention = 'last'          # window attention from A_layer4 (last) or Gamma (gamma)
   c.max_classes = 6             # Seg-Grad-CAM class slots per image (most frequent classes)
-  c.weak_rule = "curve"         # curve: T from the IoU-attention curve | fixed: T = t_fixed
+  c.weak_rule = 'curve'         # curve: T from the IoU-attention curve | fixed: T = t_fixed
   c.t_fixed = 0.3
-  c.t_rule = "first_flat"       # first_flat: lowest flat point (paper) | last_flat
+  c.t_rule = 'first_flat'       # first_flat: lowest flat point (paper) | last_flat
   c.t_bins = 20
   c.t_slope = 0.02
-  c.t_slope_unit = "attention"  # slope per unit of attention | per bin step
+  c.t_slope_unit = 'attention'  # slope per unit of attention | per bin step
   c.t_min_share = 0.01          # share of a class's windows a bin needs to be on the curve
   c.t_min_windows = 10          # windows a class needs to take part in T
   c.min_pixels = 1              # region pixels of a class for it to count in a window
-  c.slices = "weak"             # weak | arbitrary (ablation: random windows, same count)
-  c.weak_classes = "foreground"  # foreground: config.dataset.background_class takes no part
+  c.slices = 'weak'             # weak | arbitrary (ablation: random windows, same count)
+  c.weak_classes = 'foreground'  # foreground: config.dataset.background_class takes no part
                                  # in T or the weak decision | all
   c.select_omega = True         # eq. 5 selection; False = integrate every weak-slice pixel
   c.weighted_lambda = True      # eq. 7 lambda; False = n 0.5
@@ -49,7 +49,7 @@ def default_config():
   c.max_slices = 4              # weak slices per image fused in one batch
   c.max_rounds = 4
   c.min_weak_delta = 20         # stop when the weak-slice count changes less than this
-  c.inference = "fused"         # the RWS network (fused) | the refined network alone (plain)
+  c.inference = 'fused'         # the RWS network (fused) | the refined network alone (plain)
   c.baseline = True             # also train the equal-budget supervised baseline
   return c
 
@@ -66,7 +66,7 @@ def paper_config(*, dataset, num_classes, crop_size, batch_size, eval_pad_size, 
   0 is a real class). `eval_batch_size` defaults to `batch_size`.
   """
   config = config_lib.base_config()
-  config.method = "rws"
+  config.method = 'rws'
   config.dataset.name = dataset
   config.dataset.num_classes = num_classes
   config.dataset.background_class = background_class
@@ -74,12 +74,12 @@ def paper_config(*, dataset, num_classes, crop_size, batch_size, eval_pad_size, 
   config.input.batch_size = batch_size
   config.input.eval_batch_size = eval_batch_size or batch_size
   config.input.eval_pad_size = eval_pad_size
-  config.model.name = "deeplabv3"
-  config.model.backbone = "resnet101"
+  config.model.name = 'deeplabv3'
+  config.model.backbone = 'resnet101'
   config.model.output_stride = 8
   config.model.width = 1.0
   config.model.head_channels = 256
-  config.train.optimizer = "sgd"
+  config.train.optimizer = 'sgd'
   config.train.momentum = 0.9
   config.train.lr = lr
   config.train.weight_decay = weight_decay
@@ -104,7 +104,7 @@ def shrink_for_smoke(config):
   """`rwsjax.config.shrink_for_smoke` plus one round of two-step stages on 16 x 16 slices of
   a ResNet-18: seconds on a CPU core."""
   config_lib.shrink_for_smoke(config)
-  config.model.backbone = "resnet18"
+  config.model.backbone = 'resnet18'
   config.rws.stage1_steps = 2
   config.rws.stage2_steps = 2
   config.rws.stage3_steps = 2

@@ -19,7 +19,7 @@ def local_size(rws_cfg):
 
 
 def fused_layers(rws_cfg):
-  return tuple(f"layer{i}" for i in sorted(set(rws_cfg.fuse_layers)))
+  return tuple(f'layer{i}' for i in sorted(set(rws_cfg.fuse_layers)))
 
 
 class Attention(NamedTuple):
@@ -62,7 +62,7 @@ def attention_maps(model, variables, images, *, num_classes, max_classes, labels
 
 def region_labels(rws_cfg, labels):
   """The labels `attention_maps` restricts attention with: None for the prediction."""
-  return labels if rws_cfg.attention_region == "ground_truth" else None
+  return labels if rws_cfg.attention_region == 'ground_truth' else None
 
 
 def taking_part(result, num_classes, rws_cfg, background_class):
@@ -74,7 +74,7 @@ def taking_part(result, num_classes, rws_cfg, background_class):
   """
   slotted = jnp.any((result.class_ids[..., None] == jnp.arange(num_classes))
                     & result.class_mask[..., None], axis=1)
-  if rws_cfg.weak_classes == "foreground" and background_class is not None:
+  if rws_cfg.weak_classes == 'foreground' and background_class is not None:
     slotted = slotted.at[:, background_class].set(False)
   return slotted
 
@@ -85,7 +85,7 @@ def window_scores(attention, rws_cfg, num_classes, background_class, labels=None
   Windows are scored with A of the last stage or with Gamma (switch `attention`) over each
   class's region; the IoU against `labels` is computed when they are given.
   """
-  per_pixel = attention.maps["layer4"] if rws_cfg.attention == "last" else attention.gamma
+  per_pixel = attention.maps['layer4'] if rws_cfg.attention == 'last' else attention.gamma
   preds = None if labels is None else jnp.argmax(attention.result.logits, axis=-1)
   scores = slices.score_windows(per_pixel, attention.regions, labels, preds,
                                 num_classes=num_classes, size=rws_cfg.slice_size,
@@ -98,7 +98,7 @@ def choose_slices(scores, threshold, rws_cfg, rng):
   """Up to `max_slices` windows per image: the weakest under T, or as many random windows
   (switch `slices: arbitrary`). Returns index (N, S) and valid (N, S)."""
   weak = slices.weak_mask(scores.attention, scores.present, threshold)
-  if rws_cfg.slices == "arbitrary":
+  if rws_cfg.slices == 'arbitrary':
     return slices.select_arbitrary(rng, weak.any(-1), rws_cfg.max_slices)
   return slices.select_top_weak(scores.attention, weak, rws_cfg.max_slices)
 
@@ -132,20 +132,20 @@ def fusion_plans(model, frozen, images, config, rng, labels=None, valid=None):
   n, height, width = images.shape[:3]
   size, local = rws.slice_size, local_size(rws)
   strides = models.feature_strides(config.model)
-  attention = attention_maps(model, frozen["global"], images, num_classes=k,
+  attention = attention_maps(model, frozen['global'], images, num_classes=k,
                              max_classes=rws.max_classes, labels=labels, valid=valid)
   scores = window_scores(attention, rws, k, background)
-  index, valid = choose_slices(scores, frozen["threshold"], rws, rng)
+  index, valid = choose_slices(scores, frozen['threshold'], rws, rng)
   boxes = jnp.asarray(slices.window_boxes(height, width, size, rws.slice_stride))[index]
   crops = slices.crop_windows(images, boxes, size).reshape((-1, size, size, 3))
   crop_labels = None
   if labels is not None:
     crop_labels = slices.crop_windows(labels, boxes, size).reshape((-1, size, size))
   if local != size:
-    crops = jax.image.resize(crops, (crops.shape[0], local, local, 3), "bilinear")
+    crops = jax.image.resize(crops, (crops.shape[0], local, local, 3), 'bilinear')
     if crop_labels is not None:
-      crop_labels = jax.image.resize(crop_labels, (crops.shape[0], local, local), "nearest")
-  local_attention = attention_maps(model, frozen["local"], crops, num_classes=k,
+      crop_labels = jax.image.resize(crop_labels, (crops.shape[0], local, local), 'nearest')
+  local_attention = attention_maps(model, frozen['local'], crops, num_classes=k,
                                    max_classes=rws.max_classes, labels=crop_labels)
 
   def on_window(x, name):
@@ -153,7 +153,7 @@ def fusion_plans(model, frozen, images, config, rng, labels=None, valid=None):
     side = size // strides[name]
     x = x.reshape((n, rws.max_slices) + x.shape[1:])
     if x.shape[2] != side:
-      x = jax.image.resize(x, x.shape[:2] + (side, side) + x.shape[4:], "bilinear")
+      x = jax.image.resize(x, x.shape[:2] + (side, side) + x.shape[4:], 'bilinear')
     return x
 
   global_maps = segcam.feature_attention(attention.maps, attention.gamma,
@@ -166,8 +166,8 @@ def fusion_plans(model, frozen, images, config, rng, labels=None, valid=None):
       {name: on_window(local_attention.result.features[name], name) for name in layers},
       boxes, valid, strides, layers=layers, eps=rws.eps, select_omega=rws.select_omega,
       weighted_lambda=rws.weighted_lambda)
-  stats = {"weak_slices": jnp.sum(valid) / n,
-           "selected": jnp.mean(jnp.stack([p.selected.mean() for p in plans.values()]))}
+  stats = {'weak_slices': jnp.sum(valid) / n,
+           'selected': jnp.mean(jnp.stack([p.selected.mean() for p in plans.values()]))}
   return plans, stats
 
 
@@ -186,7 +186,7 @@ def rws_logits(model, variables, images, config, valid=None):
   images, valid = pad_for_windows(images, config), pad_for_windows(valid, config)
   plans, _ = fusion_plans(model, variables, images, config, jax.random.key(config.seed),
                           valid=valid)
-  logits = model.apply(variables["model"], images, train=False,
+  logits = model.apply(variables['model'], images, train=False,
                        stage_hook=fusion.stage_hook(plans))
   return logits[:, :height, :width]
 
@@ -207,19 +207,19 @@ def pad_for_windows(x, config):
 def plain_network(variables):
   """The network dict of `rws_logits` for a model without RWS: no window is weak under T = 0,
   so the fused and the plain prediction are both the model's own."""
-  return {"model": variables, "global": variables, "local": variables,
-          "threshold": jnp.float32(0.0)}
+  return {'model': variables, 'global': variables, 'local': variables,
+          'threshold': jnp.float32(0.0)}
 
 
 def plain_logits(model, variables, images):
   """The refined network alone (switch `inference: plain`)."""
-  return model.apply(variables["model"], images, train=False)
+  return model.apply(variables['model'], images, train=False)
 
 
 def make_predict_fn(model, config, inference):
   """(variables, batch) -> logits of the RWS network ('fused') or the refined one ('plain');
   batch has 'image' and optionally 'valid'."""
-  if inference == "fused":
-    return lambda variables, batch: rws_logits(model, variables, batch["image"], config,
-                                               batch.get("valid"))
-  return lambda variables, batch: plain_logits(model, variables, batch["image"])
+  if inference == 'fused':
+    return lambda variables, batch: rws_logits(model, variables, batch['image'], config,
+                                               batch.get('valid'))
+  return lambda variables, batch: plain_logits(model, variables, batch['image'])

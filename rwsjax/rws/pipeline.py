@@ -40,12 +40,12 @@ from rwsjax.rws import slices
 
 
 # Generic fields RWS never reads (`preflight.check_overrides`), and what it reads instead.
-UNREAD_FIELDS = {"train.steps": "config.rws.stage1_steps, stage2_steps and stage3_steps"}
-CHOICES = {"stage3_init": ("stage1", "fresh"), "local_init": ("global", "init"),
-           "attention_region": ("prediction", "ground_truth"), "attention": ("last", "gamma"),
-           "weak_rule": ("curve", "fixed"), "t_rule": slices.T_RULES,
-           "t_slope_unit": slices.SLOPE_UNITS, "slices": ("weak", "arbitrary"),
-           "weak_classes": ("foreground", "all"), "inference": ("fused", "plain")}
+UNREAD_FIELDS = {'train.steps': 'config.rws.stage1_steps, stage2_steps and stage3_steps'}
+CHOICES = {'stage3_init': ('stage1', 'fresh'), 'local_init': ('global', 'init'),
+           'attention_region': ('prediction', 'ground_truth'), 'attention': ('last', 'gamma'),
+           'weak_rule': ('curve', 'fixed'), 't_rule': slices.T_RULES,
+           't_slope_unit': slices.SLOPE_UNITS, 'slices': ('weak', 'arbitrary'),
+           'weak_classes': ('foreground', 'all'), 'inference': ('fused', 'plain')}
 
 
 def check_config(config):
@@ -53,18 +53,18 @@ def check_config(config):
   rws = config.rws
   for key, choices in CHOICES.items():
     if rws[key] not in choices:
-      raise ValueError(f"config.rws.{key}={rws[key]!r}; expected one of {tuple(choices)}.")
+      raise ValueError(f'config.rws.{key}={rws[key]!r}; expected one of {tuple(choices)}.')
   if any(i not in (1, 2, 3, 4) for i in rws.fuse_layers):
-    raise ValueError(f"config.rws.fuse_layers={tuple(rws.fuse_layers)}; expected a subset of "
-                     "(1, 2, 3, 4).")
+    raise ValueError(f'config.rws.fuse_layers={tuple(rws.fuse_layers)}; expected a subset of '
+                     '(1, 2, 3, 4).')
   background = config.dataset.background_class
   if background is not None and not 0 <= background < config.dataset.num_classes:
-    raise ValueError(f"config.dataset.background_class={background} is not a class of the "
-                     f"{config.dataset.num_classes} classes; use None when there is none.")
+    raise ValueError(f'config.dataset.background_class={background} is not a class of the '
+                     f'{config.dataset.num_classes} classes; use None when there is none.')
   if not 0 <= rws.t_min_share < 1:
-    raise ValueError(f"config.rws.t_min_share={rws.t_min_share}; expected a share in [0, 1).")
+    raise ValueError(f'config.rws.t_min_share={rws.t_min_share}; expected a share in [0, 1).')
   if rws.local_scale <= 0:
-    raise ValueError(f"config.rws.local_scale={rws.local_scale} must be positive.")
+    raise ValueError(f'config.rws.local_scale={rws.local_scale} must be positive.')
   strides = models.feature_strides(config.model)
   sizes = [input_pipeline.pair(config.input.crop_size)]
   if config.input.eval_pad_size is not None:
@@ -80,49 +80,49 @@ def check_config(config):
 def fusion_loss(model, config):
   """Stage-3 loss (docs/methods.md RWS 7): cross-entropy of the network with `fusion_plans` applied
   to the augmented batch. `extra` is `fusion_plans`' `frozen`."""
-  labelled = config.rws.attention_region == "ground_truth"
+  labelled = config.rws.attention_region == 'ground_truth'
 
   def loss_fn(params, batch_stats, batch, rng, extra):
     plan_rng, dropout_rng = jax.random.split(rng)
-    plans, stats = network.fusion_plans(model, extra, batch["image"], config, plan_rng,
-                                        labels=batch["label"] if labelled else None,
-                                        valid=batch.get("valid"))
-    logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
-                                  train=True, mutable=["batch_stats"],
-                                  rngs={"dropout": dropout_rng},
+    plans, stats = network.fusion_plans(model, extra, batch['image'], config, plan_rng,
+                                        labels=batch['label'] if labelled else None,
+                                        valid=batch.get('valid'))
+    logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'],
+                                  train=True, mutable=['batch_stats'],
+                                  rngs={'dropout': dropout_rng},
                                   stage_hook=fusion.stage_hook(plans))
-    loss = losses.cross_entropy(logits, batch["label"])
-    return loss, (updates.get("batch_stats", batch_stats), stats)
+    loss = losses.cross_entropy(logits, batch['label'])
+    return loss, (updates.get('batch_stats', batch_stats), stats)
 
   return loss_fn
 
 
-NETWORK_TITLES = {"plain": "RWS plain: refined network alone",
-                  "fused": "RWS fused: the RWS network"}  # config.rws.inference -> title
+NETWORK_TITLES = {'plain': 'RWS plain: refined network alone',
+                  'fused': 'RWS fused: the RWS network'}  # config.rws.inference -> title
 
 
 def results_table(summary, names):
   """Markdown: stage 1, baseline and RWS (plain and fused) mIoU and per-class IoU, the
   inference cost, then T, weak slices and their share per round."""
-  total = summary["total_steps"]
-  rows = [("stage 1 only", summary["stage1"]),
-          (f"baseline ({total} steps)", summary.get("baseline")),
-          (f"{NETWORK_TITLES['plain']} ({total} steps)", summary["rws_plain"]),
-          (f"{NETWORK_TITLES['fused']} ({total} steps)", summary["rws_fused"])]
-  lines = [evaluate_lib.miou_table(summary["eval_split"],
+  total = summary['total_steps']
+  rows = [('stage 1 only', summary['stage1']),
+          (f'baseline ({total} steps)', summary.get('baseline')),
+          (f"{NETWORK_TITLES['plain']} ({total} steps)", summary['rws_plain']),
+          (f"{NETWORK_TITLES['fused']} ({total} steps)", summary['rws_fused'])]
+  lines = [evaluate_lib.miou_table(summary['eval_split'],
                                    [(title, r) for title, r in rows if r is not None], names)]
-  cost = summary["inference_ms_per_image"]
-  lines += ["", f"Inference: {cost['plain']:.1f} ms per image plain, {cost['fused']:.1f} ms "
+  cost = summary['inference_ms_per_image']
+  lines += ['', f"Inference: {cost['plain']:.1f} ms per image plain, {cost['fused']:.1f} ms "
             f"fused ({cost['fused'] / cost['plain']:.2f}x), batch {cost['batch']}.",
-            "", "| round | T | weak slices | weak share | mIoU after round (plain / fused) |",
-            "|---|---|---|---|---|"]
-  for r in summary["rounds"]:
-    after = ("-" if "miou_plain" not in r
+            '', '| round | T | weak slices | weak share | mIoU after round (plain / fused) |',
+            '|---|---|---|---|---|']
+  for r in summary['rounds']:
+    after = ('-' if 'miou_plain' not in r
              else f"{r['miou_plain']:.4f} / {r['miou_fused']:.4f}")
-    share = "-" if r["weak_share"] is None else f"{r['weak_share']:.1%}"
+    share = '-' if r['weak_share'] is None else f"{r['weak_share']:.1%}"
     lines.append(f"| {r['round']} | {r['threshold']:.3f} | {r['weak_slices']} | {share} | "
                  f"{after} |")
-  return "\n".join(lines)
+  return '\n'.join(lines)
 
 
 def inference_cost(eval_steps, net, batch, mesh, repeats=3):
@@ -131,8 +131,8 @@ def inference_cost(eval_steps, net, batch, mesh, repeats=3):
   this process."""
   device = train.to_device(batch, mesh)
   cost = {name: 1000 * median_seconds(lambda step=step: step(net, device), repeats)
-          / len(batch["image"]) for name, step in eval_steps.items()}
-  return dict(cost, batch=len(batch["image"]))
+          / len(batch['image']) for name, step in eval_steps.items()}
+  return dict(cost, batch=len(batch['image']))
 
 
 def schedule_config(config, round_index, stage3_init):
@@ -143,7 +143,7 @@ def schedule_config(config, round_index, stage3_init):
   `stage3_lr`, then decays (docs/methods.md RWS 7). `fresh` restarts with a full poly schedule.
   """
   rws = config.rws
-  if stage3_init == "fresh":
+  if stage3_init == 'fresh':
     return _with(config.train, lr=rws.stage3_lr), 0, 0.0
   offset = rws.stage1_steps + (round_index - 1) * rws.stage3_steps
   if round_index == 1:
@@ -167,9 +167,9 @@ def run(config, workdir):
   model = models.make_model(config.model, config.dataset.num_classes)
   rng = jax.random.key(config.seed)
   init = stages.initial_variables(model, config, rng)
-  writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"))
+  writer = MetricWriter(os.path.join(workdir, 'metrics.jsonl'))
   step_rng = jax.random.fold_in(rng, 1)
-  predict = {name: network.make_predict_fn(model, config, name) for name in ("plain", "fused")}
+  predict = {name: network.make_predict_fn(model, config, name) for name in ('plain', 'fused')}
   eval_steps = {name: train.make_eval_step(model, config.dataset.num_classes, mesh, fn)
                 for name, fn in predict.items()}
 
@@ -179,7 +179,7 @@ def run(config, workdir):
                              tx=tx, variables=variables, batches=batches, total_steps=steps,
                              train_cfg=config.train, mesh=mesh, rng=step_rng, writer=writer)
 
-  def evaluation(path, net, inference="plain"):
+  def evaluation(path, net, inference='plain'):
     """The eval split's IoU of `net` (an RWS network dict), cached at workdir/path."""
     def compute():
       batches, count = stages.eval_batches(eval_source, config, mesh)
@@ -188,82 +188,82 @@ def run(config, workdir):
     return stages.run_stage(path, os.path.join(workdir, path), compute)
 
   batches = stages.train_batches(train_source, config, mesh, seed=config.seed)
-  state = train_supervised("stage1", init, batches, rws.stage1_steps, config.train.lr)
+  state = train_supervised('stage1', init, batches, rws.stage1_steps, config.train.lr)
   global_variables = state.variables
   net = network.plain_network(global_variables)
-  stage1_eval = evaluation("stage1/eval.json", net)
-  final = {"plain": stage1_eval, "fused": stage1_eval}
+  stage1_eval = evaluation('stage1/eval.json', net)
+  final = {'plain': stage1_eval, 'fused': stage1_eval}
   total_steps, rounds, counts = rws.stage1_steps, [], []
   for r in range(1, rws.max_rounds + 1):
-    directory = os.path.join(workdir, f"round_{r}")
+    directory = os.path.join(workdir, f'round_{r}')
     found = stages.run_stage(
-        f"round_{r}/analysis", os.path.join(directory, "analysis.json"),
+        f'round_{r}/analysis', os.path.join(directory, 'analysis.json'),
         lambda: analysis.analyze(model, global_variables, train_source, config, mesh,
                                  directory, names))
-    counts.append(found["weak_slices"])
-    logging.info("Round %d: T = %.3f, %d weak slices (%.1f%% of the windows).", r,
-                 found["threshold"], counts[-1], 100 * (found["weak_share"] or 0))
-    row = {key: found[key] for key in ("threshold", "per_class_threshold", "weak_slices",
-                                          "windows", "weak_share", "weak_share_per_class")}
-    row["round"] = r
+    counts.append(found['weak_slices'])
+    logging.info('Round %d: T = %.3f, %d weak slices (%.1f%% of the windows).', r,
+                 found['threshold'], counts[-1], 100 * (found['weak_share'] or 0))
+    row = {key: found[key] for key in ('threshold', 'per_class_threshold', 'weak_slices',
+                                          'windows', 'weak_share', 'weak_share_per_class')}
+    row['round'] = r
     rounds.append(row)
     if jax.process_index() == 0:
       stages.run_stage(
-          f"round_{r}/figures", os.path.join(directory, "figures.json"),
+          f'round_{r}/figures', os.path.join(directory, 'figures.json'),
           lambda: analysis.save_round_figures(directory, model, global_variables, train_source,
                                               found, config, names))
     if analysis.should_stop(counts, rws.min_weak_delta):
-      row["trained"] = False
+      row['trained'] = False
       break
     weak_boxes = analysis.load_weak_boxes(directory)
     crop_batches = input_pipeline.crop_dataset(
         train_source, weak_boxes, config.input, seed=config.seed + r,
         batch_size=train.local_batch_size(rws.local_batch_size, mesh),
         out_size=network.local_size(rws))
-    local_start = init if rws.local_init == "init" else global_variables
+    local_start = init if rws.local_init == 'init' else global_variables
     local_state = train_supervised(
-        f"round_{r}/stage2", local_start,
+        f'round_{r}/stage2', local_start,
         lambda start, ds=crop_batches: input_pipeline.prefetch(ds, start), rws.stage2_steps,
         config.train.lr)
     stage3_cfg, offset, warmup_from = schedule_config(config, r, rws.stage3_init)
     tx = train.make_optimizer(stage3_cfg, rws.stage3_steps, offset=offset,
                               warmup_from=warmup_from)
-    continued = rws.stage3_init == "stage1"
-    frozen = {"global": global_variables, "local": local_state.variables,
-              "threshold": jnp.float32(found["threshold"])}
+    continued = rws.stage3_init == 'stage1'
+    frozen = {'global': global_variables, 'local': local_state.variables,
+              'threshold': jnp.float32(found['threshold'])}
     state = train.train_stage(
-        workdir=workdir, stage=f"round_{r}/stage3", loss_fn=fusion_loss(model, config), tx=tx,
+        workdir=workdir, stage=f'round_{r}/stage3', loss_fn=fusion_loss(model, config), tx=tx,
         variables=global_variables if continued else init,
         opt_state=state.opt_state if continued else None,
         batches=stages.train_batches(train_source, config, mesh,
                                      seed=config.seed + 1000 * r),
         total_steps=rws.stage3_steps, train_cfg=config.train, mesh=mesh, rng=step_rng,
         writer=writer, extra=frozen)
-    net = {"model": state.variables, **frozen}
+    net = {'model': state.variables, **frozen}
     total_steps += rws.stage2_steps + rws.stage3_steps
-    row["trained"] = True
-    final = {name: evaluation(f"round_{r}/eval_{name}.json", net, name)
-             for name in ("plain", "fused")}
-    row.update(miou_plain=final["plain"]["miou"], miou_fused=final["fused"]["miou"])
+    row['trained'] = True
+    final = {name: evaluation(f'round_{r}/eval_{name}.json', net, name)
+             for name in ('plain', 'fused')}
+    row.update(miou_plain=final['plain']['miou'], miou_fused=final['fused']['miou'])
     global_variables = state.variables
   cost = stages.run_stage(
-      "inference cost", os.path.join(workdir, "inference_cost.json"), lambda: inference_cost(
+      'inference cost', os.path.join(workdir, 'inference_cost.json'), lambda: inference_cost(
           eval_steps, net, stages.eval_batches(eval_source, config, mesh)[0][0], mesh))
-  summary = {"method": "rws", "eval_split": config.dataset.eval_split,
-             "total_steps": total_steps, "stage1": stage1_eval, "rws_plain": final["plain"],
-             "rws_fused": final["fused"], "rws": final[rws.inference],
-             "inference_ms_per_image": cost, "rounds": rounds}
+  summary = {'method': 'rws', 'eval_split': config.dataset.eval_split,
+             'total_steps': total_steps, 'stage1': stage1_eval, 'rws_plain': final['plain'],
+             'rws_fused': final['fused'], 'rws': final[rws.inference],
+             'inference_ms_per_image': cost, 'rounds': rounds}
   if rws.baseline:
-    baseline = train_supervised("baseline", init, batches, total_steps, config.train.lr)
-    summary["baseline"] = evaluation("baseline/eval.json",
+    baseline = train_supervised('baseline', init, batches, total_steps, config.train.lr)
+    summary['baseline'] = evaluation('baseline/eval.json',
                                      network.plain_network(baseline.variables))
   table = results_table(summary, names)
   if jax.process_index() == 0:
-    bars = {"baseline": summary["baseline"]["per_class_iou"]} if rws.baseline else {}
-    bars["RWS plain"] = final["plain"]["per_class_iou"]
-    bars["RWS fused"] = final["fused"]["per_class_iou"]
-    figures.save_per_class_iou(os.path.join(workdir, "per_class_iou.png"), bars, names)
-    stages.save_prediction_figure(os.path.join(workdir, "predictions.png"), model, net,
+    bars = {'baseline': summary['baseline']['per_class_iou']} if rws.baseline else {}
+    bars['RWS plain'] = final['plain']['per_class_iou']
+    bars['RWS fused'] = final['fused']['per_class_iou']
+    figures.save_per_class_iou(os.path.join(workdir, 'per_class_iou.png'), bars, names)
+    stages.save_prediction_figure(os.path.join(workdir, 'predictions.png'), model, net,
                                   eval_source, config, predict[rws.inference])
   summary = record.write_results(workdir, config, summary, table)
   print(table)
@@ -284,18 +284,18 @@ def finished_network(config, workdir, model, mesh):
                                     tx=train.make_optimizer(config.train, steps),
                                     total_steps=steps, image_shape=shape, rng=rng, mesh=mesh)
 
-  global_variables, net = restore("stage1", rws.stage1_steps), None
+  global_variables, net = restore('stage1', rws.stage1_steps), None
   for r in range(1, rws.max_rounds + 1):
-    stage3 = os.path.join(workdir, f"round_{r}", "stage3", "checkpoints")
+    stage3 = os.path.join(workdir, f'round_{r}', 'stage3', 'checkpoints')
     if not os.path.isdir(stage3):
       break
-    with open(os.path.join(workdir, f"round_{r}", "analysis.json")) as f:
-      threshold = json.load(f)["threshold"]
-    net = {"model": restore(f"round_{r}/stage3", rws.stage3_steps),
-               "global": global_variables,
-               "local": restore(f"round_{r}/stage2", rws.stage2_steps),
-               "threshold": jnp.float32(threshold)}
-    global_variables = net["model"]
+    with open(os.path.join(workdir, f'round_{r}', 'analysis.json')) as f:
+      threshold = json.load(f)['threshold']
+    net = {'model': restore(f'round_{r}/stage3', rws.stage3_steps),
+               'global': global_variables,
+               'local': restore(f'round_{r}/stage2', rws.stage2_steps),
+               'threshold': jnp.float32(threshold)}
+    global_variables = net['model']
   return net or network.plain_network(global_variables)
 
 
