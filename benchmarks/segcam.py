@@ -56,8 +56,8 @@ def one_class_fn(model, layers):
       return jnp.sum(jnp.where(region, jnp.take(logits, c, axis=-1), 0.0)), state
 
     grads, state = jax.grad(score, has_aux=True)(perturbations)
-    grads = segcam.find_stages(grads, layers)
-    features = segcam.find_stages(state['intermediates'], layers)
+    grads = segcam.find_layers(grads, layers)
+    features = segcam.find_layers(state['intermediates'], layers)
     return {name: segcam.normalize_heatmaps(
         jnp.einsum('nk,nhwk->nhw', grads[name].mean(axis=(1, 2)), features[name]),
         image.shape[1:3])[0] for name in layers}

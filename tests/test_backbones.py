@@ -23,15 +23,15 @@ class ToyBackbone(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images, *, train=False, stage_hook=None):
+  def __call__(self, images, *, train=False, layer_hook=None):
     del train
     conv = lambda stride, name: nn.Conv(self.channels, (3, 3), strides=stride, dtype=self.dtype,
                                         name=name)
     x = nn.relu(conv(2, 'stem')(images))
     features = {'stem': x}
-    for name, stride in zip(models.STAGE_NAMES, (2, 2, 1, 1)):
+    for name, stride in zip(models.LAYER_NAMES, (2, 2, 1, 1)):
       x = nn.relu(conv(stride, f'conv_{name}')(x))
-      features[name] = models.stage_output(self, name, x, stage_hook)
+      features[name] = models.layer_output(self, name, x, layer_hook)
     return features
 
 
@@ -53,18 +53,18 @@ def test_toy_backbone_meets_its_registered_strides_under_every_head(toy, head):
   logits, features = jax.eval_shape(
       lambda v: model.apply(v, images, return_features=True), variables)
   assert logits.shape == (2, 32, 48, 3)
-  assert {name: 32 // features[name].shape[1] for name in models.STAGE_NAMES} == TOY_STRIDES
-  assert {name: 48 // features[name].shape[2] for name in models.STAGE_NAMES} == TOY_STRIDES
+  assert {name: 32 // features[name].shape[1] for name in models.LAYER_NAMES} == TOY_STRIDES
+  assert {name: 48 // features[name].shape[2] for name in models.LAYER_NAMES} == TOY_STRIDES
   assert models.feature_strides(cfg) == TOY_STRIDES
   assert set(variables['params']['backbone']) == TOY_PARAMS
 
 
-def test_seg_grad_cam_reaches_the_toy_backbones_stages(toy):
+def test_seg_grad_cam_reaches_the_toy_backbones_layers(toy):
   model = models.make_model({'name': 'deeplabv3', 'backbone': toy, 'head_channels': 8}, 3)
   images = jax.random.normal(jax.random.key(1), (1, 32, 32, 3))
   variables = model.init(jax.random.key(0), images)
   result = segcam.seg_grad_cam(model, variables, images, max_classes=2)
-  assert set(result.heatmaps) == set(models.STAGE_NAMES)
+  assert set(result.heatmaps) == set(models.LAYER_NAMES)
   for name, stride in TOY_STRIDES.items():
     assert result.features[name].shape[1:3] == (32 // stride, 32 // stride)
     assert result.heatmaps[name].shape[-2:] == (32, 32)

@@ -105,10 +105,10 @@ def test_overlap_tie_takes_lower_slice_and_zero_attention_stays():
   assert float(plan.weight[0, 0, 0, 0]) == 1.0 and float(plan.local[0, 0, 0, 0]) == 0.0
 
 
-def test_stage_hook_fuses_only_planned_layers_and_blocks_gradient():
+def test_layer_hook_fuses_only_planned_layers_and_blocks_gradient():
   plan = fusion.FusionPlan(jnp.full((1, 2, 2, 1), 0.25), jnp.full((1, 2, 2, 3), 4.0),
                            jnp.ones((1, 2, 2), bool))
-  hook = fusion.stage_hook({'layer2': plan})
+  hook = fusion.layer_hook({'layer2': plan})
   x = jnp.ones((1, 2, 2, 3))
   np.testing.assert_array_equal(hook('layer1', x), x)
   np.testing.assert_allclose(hook('layer2', x), 0.25 + 0.75 * 4.0)
@@ -176,7 +176,7 @@ def test_stage3_batch_composes_with_segcam_and_slices():
       {k: split(v) for k, v in local.features.items()}, boxes, valid, strides,
       layers=('layer4',))
   assert bool(valid.all()) and bool(plans['layer4'].selected.any())
-  _, fused = model.apply(variables, images, stage_hook=fusion.stage_hook(plans),
+  _, fused = model.apply(variables, images, layer_hook=fusion.layer_hook(plans),
                          return_features=True)
   plan = plans['layer4']
   np.testing.assert_allclose(fused['layer4'], plan.weight * glob.features['layer4']

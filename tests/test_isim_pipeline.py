@@ -24,7 +24,7 @@ def voc_smoke_config(tmp_path):
   return config
 
 
-STAGE_NAMES = [name for name, _ in isim.STAGES]
+LAYER_NAMES = [name for name, _ in isim.STAGES]
 KILLED = (0, 2)  # examples whose random-walk labels the simulated kill leaves unwritten
 
 
@@ -57,7 +57,7 @@ def voc_run(tmp_path_factory):
   first = isim.run(config, workdir, stage_list=isim.STAGES[:1])
   train_mtime = os.path.getmtime(os.path.join(workdir, 'stages', 'isim_train.json'))
   walked = isim.run(config, workdir,
-                    stage_list=isim.STAGES[:STAGE_NAMES.index('psa_random_walk') + 1])
+                    stage_list=isim.STAGES[:LAYER_NAMES.index('psa_random_walk') + 1])
   removed, kept = _kill_random_walk(workdir)
   results = isim.run(config, workdir)
   return config, workdir, first, train_mtime, results, (walked, removed, kept)
@@ -65,7 +65,7 @@ def voc_run(tmp_path_factory):
 
 def test_every_stage_ran_once_and_reports(voc_run):
   config, workdir, first, train_mtime, results, _ = voc_run
-  assert list(results) == STAGE_NAMES
+  assert list(results) == LAYER_NAMES
   assert results['isim_train'] == first['isim_train']
   assert os.path.getmtime(os.path.join(workdir, 'stages', 'isim_train.json')) == train_mtime
   assert [r['epoch'] for r in results['isim_train']['rounds']] == [1, 2]
@@ -108,7 +108,7 @@ def test_evaluate_restores_the_final_model_or_without_psa_the_isim_model(voc_run
 
 def test_a_killed_random_walk_redoes_only_its_missing_labels(voc_run):
   _, _, _, _, results, (walked, removed, kept) = voc_run
-  for name in STAGE_NAMES[:STAGE_NAMES.index('psa_random_walk')]:
+  for name in LAYER_NAMES[:LAYER_NAMES.index('psa_random_walk')]:
     assert results[name] == walked[name]
   without_time = lambda r: {k: v for k, v in r.items() if k != 'seconds'}
   assert without_time(results['psa_random_walk']) == without_time(walked['psa_random_walk'])

@@ -168,8 +168,8 @@ def test_backbone_feature_shapes(backbone, output_stride):
   variables = abstract_init(model, (2, 64, 64, 3))
   feats = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32))
   assert feats['stem'].shape == (2, 32, 32, 8)
-  assert models.feature_strides(cfg) == dict(zip(models.STAGE_NAMES, STRIDES[output_stride]))
-  for i, (name, stride) in enumerate(zip(models.STAGE_NAMES, STRIDES[output_stride])):
+  assert models.feature_strides(cfg) == dict(zip(models.LAYER_NAMES, STRIDES[output_stride]))
+  for i, (name, stride) in enumerate(zip(models.LAYER_NAMES, STRIDES[output_stride])):
     assert feats[name].shape == (2, 64 // stride, 64 // stride, 8 * 2**i * expansion)
 
 
@@ -187,7 +187,7 @@ def test_model_and_head_shapes(name, upsample, output_stride):
     logits, feats = jax.eval_shape(
         functools.partial(model.apply, return_features=True), variables, x)
     assert logits.shape == (2, size, size, 5) and logits.dtype == jnp.float32
-    assert set(feats) == {'stem', *models.STAGE_NAMES}
+    assert set(feats) == {'stem', *models.LAYER_NAMES}
     head = models.make_head(cfg, 5)
     head_vars = {c: variables[c].get('head', {}) for c in ('params', 'batch_stats')}
     out = jax.eval_shape(head.apply, head_vars, feats)
@@ -264,24 +264,24 @@ def test_perturbation_gradients_equal_hook_gradients(tiny):
   model, variables = tiny
   x = images((1, 32, 32, 3))
   _, feats = model.apply(variables, x, return_features=True)
-  zeros = {name: jnp.zeros_like(feats[name]) for name in models.STAGE_NAMES}
+  zeros = {name: jnp.zeros_like(feats[name]) for name in models.LAYER_NAMES}
 
   def by_perturbation(perturbations):
     return class_score(model, {**variables, 'perturbations': {'backbone': perturbations}}, x)
 
   def by_hook(deltas):
-    return class_score(model, variables, x, stage_hook=lambda name, f: f + deltas[name])
+    return class_score(model, variables, x, layer_hook=lambda name, f: f + deltas[name])
 
   grads = jax.jit(jax.grad(by_perturbation))(zeros)
   oracle = jax.grad(by_hook)(zeros)
-  for name in models.STAGE_NAMES:
+  for name in models.LAYER_NAMES:
     scale = float(jnp.abs(oracle[name]).max())
     assert scale > 0
     np.testing.assert_allclose(grads[name], oracle[name], rtol=1e-4, atol=1e-4 * scale)
   np.testing.assert_allclose(by_perturbation(zeros), class_score(model, variables, x), rtol=1e-6)
 
 
-def test_stage_hook_output_feeds_the_next_stage(tiny):
+def test_layer_hook_output_feeds_the_next_layer(tiny):
   model, variables = tiny
   calls = []
 
@@ -290,17 +290,17 @@ def test_stage_hook_output_feeds_the_next_stage(tiny):
     return jnp.full_like(f, 0.5) if name == 'layer3' else f
 
   def apply(x):
-    return model.apply(variables, x, stage_hook=hook, return_features=True,
+    return model.apply(variables, x, layer_hook=hook, return_features=True,
                        mutable=['intermediates'])
 
   (logits_a, feats_a), state = apply(images((1, 32, 32, 3), seed=1))
   (logits_b, feats_b), _ = apply(images((1, 32, 32, 3), seed=2))
-  assert calls == list(models.STAGE_NAMES) * 2
+  assert calls == list(models.LAYER_NAMES) * 2
   assert not np.allclose(feats_a['layer2'], feats_b['layer2'])
   np.testing.assert_array_equal(feats_a['layer3'], 0.5)
   np.testing.assert_allclose(feats_a['layer4'], feats_b['layer4'], rtol=1e-6)
   np.testing.assert_allclose(logits_a, logits_b, rtol=1e-6)
-  for name in models.STAGE_NAMES:
+  for name in models.LAYER_NAMES:
     np.testing.assert_array_equal(state['intermediates']['backbone'][name][0], feats_a[name])
 
 

@@ -204,7 +204,7 @@ def test_loaded_backbone_matches_numpy_torchvision(tmp_path, backbone, output_st
   loaded = models.load_pretrained_backbone(variables, save_npz(tmp_path, state), cfg, scope=())
   feats = jax.jit(backbone_model.apply)(loaded, x)
   oracle = np_resnet(x.transpose(0, 3, 1, 2).astype(np.float64), state, depth, output_stride)
-  for name in models.STAGE_NAMES:
+  for name in models.LAYER_NAMES:
     got = np.asarray(feats[name]).transpose(0, 3, 1, 2)
     scale = np.abs(oracle[name]).max()
     assert got.shape == oracle[name].shape and scale > 0

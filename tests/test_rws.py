@@ -201,7 +201,7 @@ def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
     weight, local_part = offsets[name]
     return weight * x + local_part
 
-  expected = model.apply(refined, images, train=False, stage_hook=hook)
+  expected = model.apply(refined, images, train=False, layer_hook=hook)
   network = {'model': refined, 'global': glob, 'local': local,
              'threshold': jnp.float32(threshold)}
   got = jax.jit(lambda v, x: rws_network.rws_logits(model, v, x, config))(network, images)

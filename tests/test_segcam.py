@@ -11,11 +11,11 @@ from rwsjax.models import make_model
 
 
 class _Backbone(nn.Module):
-  """Four named stages following the rwsjax model convention (perturb + sow per stage)."""
+  """Four named layers following the rwsjax model convention (perturb + sow per layer)."""
   strides: tuple
 
   @nn.compact
-  def __call__(self, x, train, stage_hook):
+  def __call__(self, x, train, layer_hook):
     features = {}
     for i, (channels, stride) in enumerate(zip((4, 6, 6, 8), self.strides)):
       name = f'layer{i + 1}'
@@ -23,7 +23,7 @@ class _Backbone(nn.Module):
       if i == 1:
         x = nn.BatchNorm(use_running_average=not train)(x)
       x = jnp.tanh(x)
-      x = stage_hook(name, x) if stage_hook else x
+      x = layer_hook(name, x) if layer_hook else x
       x = self.perturb(name, x)
       self.sow('intermediates', name, x)
       features[name] = x
@@ -31,14 +31,14 @@ class _Backbone(nn.Module):
 
 
 class TinySeg(nn.Module):
-  """A few convs with named stages, a 1x1-conv head and optional bilinear upsampling."""
+  """A few convs with named layers, a 1x1-conv head and optional bilinear upsampling."""
   num_classes: int = 4
   strides: tuple = (1, 2, 1, 2)
   upsample: bool = True
 
   @nn.compact
-  def __call__(self, images, train=False, stage_hook=None, return_features=False):
-    x, features = _Backbone(self.strides, name='backbone')(images, train, stage_hook)
+  def __call__(self, images, train=False, layer_hook=None, return_features=False):
+    x, features = _Backbone(self.strides, name='backbone')(images, train, layer_hook)
     logits = nn.Conv(self.num_classes, (1, 1), name='head')(x)
     if self.upsample:
       logits = jax.image.resize(logits, logits.shape[:1] + images.shape[1:3] + logits.shape[3:],
@@ -151,7 +151,7 @@ def test_registry_model_matches_per_class_grad_loop():
       np.testing.assert_allclose(result.heatmaps[name][0, j], expected[(name, c)], atol=1e-4)
 
 
-def test_closed_form_last_stage_head():
+def test_closed_form_last_layer_head():
   model = TinySeg(strides=(1, 1, 1, 1), upsample=False)
   variables, images = setup_model(model, size=8, seed=3)
   result = segcam.seg_grad_cam(model, variables, images, max_classes=4, layers=('layer4',))
@@ -233,7 +233,7 @@ def test_user_errors_are_clear():
   variables, images = setup_model(model)
   with pytest.raises(ValueError, match='max_classes'):
     segcam.seg_grad_cam(model, variables, images)
-  with pytest.raises(ValueError, match='stages'):
+  with pytest.raises(ValueError, match='layers'):
     segcam.seg_grad_cam(model, variables, images, max_classes=2, layers=('layer5',))
 
 

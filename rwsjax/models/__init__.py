@@ -1,6 +1,6 @@
 """Segmentation models: backbones registered by name (the contract in `backbone`), dilated
 ResNets, heads, built from config.model."""
-from rwsjax.models.backbone import STAGE_NAMES, stage_output
+from rwsjax.models.backbone import LAYER_NAMES, layer_output
 from rwsjax.models.heads import (DeepLabV2Head, DeepLabV3Head, DeepLabV3PlusHead, FCNHead,
                                  UNetHead, resize_bilinear)
 from rwsjax.models.pretrained import load_pretrained_backbone

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from rwsjax import config as config_lib
 from rwsjax.models import conv as conv_lib
 from rwsjax.models import heads
-from rwsjax.models.backbone import STAGE_NAMES
+from rwsjax.models.backbone import LAYER_NAMES
 from rwsjax.models.resnet import RESNET_SPECS, STAGE_GEOMETRY, STEM_STRIDE, ResNet
 
 HEAD_NAMES = ('deeplabv3', 'deeplabv3plus', 'fcn', 'unet', 'deeplabv2')
@@ -28,15 +28,15 @@ class SegmentationModel(nn.Module):
   so optimisers can give each part its own learning rate. `init` also returns the backbone's
   'perturbations' collection (see `ResNet`): training keeps only 'params' and 'batch_stats'.
   Gradients of a score w.r.t. {'perturbations': {'backbone': {'layer1': zeros, ...}}} passed
-  to `apply` are the gradients w.r.t. the (post-hook) stage outputs.
+  to `apply` are the gradients w.r.t. the (post-hook) layer outputs.
   """
   backbone: nn.Module
   head: nn.Module
 
   @nn.compact
-  def __call__(self, images, *, train=False, stage_hook=None, return_features=False):
-    """Logits, or (logits, features) with the backbone's dict of post-hook stage outputs."""
-    features = self.backbone(images, train=train, stage_hook=stage_hook)
+  def __call__(self, images, *, train=False, layer_hook=None, return_features=False):
+    """Logits, or (logits, features) with the backbone's dict of post-hook layer outputs."""
+    features = self.backbone(images, train=train, layer_hook=layer_hook)
     logits = self.head(features, train=train).astype(jnp.float32)
     logits = heads.resize_bilinear(logits, images.shape[1:3])
     return (logits, features) if return_features else logits
@@ -54,8 +54,8 @@ BACKBONES = {}  # config.model.backbone -> Backbone
 
 
 def register_backbone(name, build, strides):
-  """Makes config.model.backbone=`name` build `build(model_cfg)` with stage strides
-  `strides(model_cfg)` (a dict over `STAGE_NAMES`); a later registration of `name` replaces
+  """Makes config.model.backbone=`name` build `build(model_cfg)` with layer strides
+  `strides(model_cfg)` (a dict over `LAYER_NAMES`); a later registration of `name` replaces
   the earlier one."""
   BACKBONES[name] = Backbone(build, strides)
 
@@ -101,7 +101,7 @@ def compute_dtype(model_cfg):
 def _resnet_strides(model_cfg):
   strides, _ = STAGE_GEOMETRY[_choice(model_cfg, 'output_stride', STAGE_GEOMETRY)]
   out, total = {}, STEM_STRIDE
-  for name, stride in zip(STAGE_NAMES, strides):
+  for name, stride in zip(LAYER_NAMES, strides):
     total *= stride
     out[name] = total
   return out

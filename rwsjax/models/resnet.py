@@ -11,14 +11,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rwsjax.models import conv as conv_lib
-from rwsjax.models.backbone import STAGE_NAMES, stage_output
+from rwsjax.models.backbone import LAYER_NAMES, layer_output
 
-# Output stride -> (strides, dilations) of stages 1-4 (docs/methods.md).
+# Output stride -> (strides, dilations) of layers 1-4 (docs/methods.md).
 STAGE_GEOMETRY = {
     8: ((1, 2, 1, 1), (1, 1, 2, 4)),
     16: ((1, 2, 2, 1), (1, 1, 1, 2)),
 }
-# Depth -> (block kind, blocks per stage), as torchvision.
+# Depth -> (block kind, blocks per layer), as torchvision.
 RESNET_SPECS = {
     18: ('basic', (2, 2, 2, 2)),
     34: ('basic', (3, 4, 6, 3)),
@@ -37,18 +37,18 @@ def scaled_channels(channels, width):
   return max(1, int(round(channels * width)))
 
 
-def block_plan(output_stride, blocks_per_stage):
-  """Per stage, the (stride, dilation) of each block.
+def block_plan(output_stride, blocks_per_layer):
+  """Per layer, the (stride, dilation) of each block.
 
-  torchvision's `replace_stride_with_dilation` semantics: a stage whose stride is traded for
-  dilation has stride 1; its first block keeps the previous stage's dilation, the others use
-  the stage's own.
+  torchvision's `replace_stride_with_dilation` semantics: a layer whose stride is traded for
+  dilation has stride 1; its first block keeps the previous layer's dilation, the others use
+  the layer's own.
   """
   strides, dilations = STAGE_GEOMETRY[output_stride]
   previous = (1,) + dilations[:-1]
   return tuple(((stride, first),) + ((1, dilation),) * (count - 1)
                for stride, dilation, first, count
-               in zip(strides, dilations, previous, blocks_per_stage))
+               in zip(strides, dilations, previous, blocks_per_layer))
 
 
 def conv2d(features, kernel, stride=1, dilation=1, *, dtype=jnp.float32, use_bias=False,
@@ -118,14 +118,14 @@ class ResNet(nn.Module):
   """ResNet backbone returning {'stem', 'layer1'..'layer4'}, as `rwsjax.models.backbone`
   describes (RWS's F_1..F_4 are the layers).
 
-  `stem` is the conv1-bn1-relu output (stride 2, before max pooling); each stage's output goes
-  through `backbone.stage_output`. `init` returns 'params', 'batch_stats' and 'perturbations'
+  `stem` is the conv1-bn1-relu output (stride 2, before max pooling); each layer's output goes
+  through `backbone.layer_output`. `init` returns 'params', 'batch_stats' and 'perturbations'
   (zeros shaped like the init batch's features): training keeps only 'params' and
   'batch_stats'.
 
   Attributes:
     depth: 18, 34, 50, 101 or 152.
-    output_stride: 8 or 16 (docs/methods.md stage strides and dilations).
+    output_stride: 8 or 16 (docs/methods.md layer strides and dilations).
     width: multiplier of every channel count (base 64); < 1 gives tiny CPU variants.
     frozen_bn: BatchNorm always uses (and never updates) its running statistics; its scale
       and bias stay trainable.
@@ -141,13 +141,13 @@ class ResNet(nn.Module):
   conv_impl: str = 'auto'
 
   @nn.compact
-  def __call__(self, x, *, train=False, stage_hook=None):
+  def __call__(self, x, *, train=False, layer_hook=None):
     if self.depth not in RESNET_SPECS:
       raise ValueError(f'ResNet depth {self.depth} is not one of {sorted(RESNET_SPECS)}.')
     if self.output_stride not in STAGE_GEOMETRY:
       raise ValueError(
           f'ResNet output_stride {self.output_stride} is not one of {sorted(STAGE_GEOMETRY)}.')
-    kind, blocks_per_stage = RESNET_SPECS[self.depth]
+    kind, blocks_per_layer = RESNET_SPECS[self.depth]
     block = BasicBlock if kind == 'basic' else Bottleneck
     norm = functools.partial(nn.BatchNorm, use_running_average=self.frozen_bn or not train,
                              momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype)
@@ -156,12 +156,12 @@ class ResNet(nn.Module):
     x = nn.relu(norm(name='bn1')(x))
     features = {'stem': x}
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    plans = block_plan(self.output_stride, blocks_per_stage)
-    for stage, (name, plan) in enumerate(zip(STAGE_NAMES, plans)):
-      channels = scaled_channels(64 * 2**stage, self.width)
+    plans = block_plan(self.output_stride, blocks_per_layer)
+    for layer, (name, plan) in enumerate(zip(LAYER_NAMES, plans)):
+      channels = scaled_channels(64 * 2**layer, self.width)
       for index, (stride, dilation) in enumerate(plan):
         x = block(channels, stride, dilation, norm, self.dtype, self.conv_impl,
                   name=f'{name}_{index}')(x)
-      x = stage_output(self, name, x, stage_hook)
+      x = layer_output(self, name, x, layer_hook)
       features[name] = x
     return features

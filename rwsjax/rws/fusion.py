@@ -2,7 +2,7 @@
 
 Split in two for stage 3: `fusion_plan` runs once per batch on the frozen models' outputs and
 gives, per layer, the weight n and the local features F^s placed on the global feature grid;
-`fuse` (or `stage_hook`) is the cheap part inside the trained model's forward pass:
+`fuse` (or `layer_hook`) is the cheap part inside the trained model's forward pass:
 F_hat = n * F + (1 - n) * F^s (eq. 6), with n = 1 wherever nothing is selected.
 
 Geometry: a slice with box (y0, x0, y1, x1) in input pixels covers the feature pixels
@@ -144,8 +144,8 @@ def fuse(features, plan):
   return weight * features + (1 - weight) * local
 
 
-def stage_hook(plans):
-  """A model `stage_hook(name, x)` that fuses the layers in `plans` and passes the others."""
+def layer_hook(plans):
+  """A model `layer_hook(name, x)` that fuses the layers in `plans` and passes the others."""
 
   def hook(name, x):
     return fuse(x, plans[name]) if name in plans else x

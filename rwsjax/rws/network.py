@@ -82,7 +82,7 @@ def taking_part(result, num_classes, rws_cfg, background_class):
 def window_scores(attention, rws_cfg, num_classes, background_class, labels=None):
   """Window scores (docs/methods.md RWS 3) where only the classes that take part are present.
 
-  Windows are scored with A of the last stage or with Gamma (switch `attention`) over each
+  Windows are scored with A of the last layer or with Gamma (switch `attention`) over each
   class's region; the IoU against `labels` is computed when they are given.
   """
   per_pixel = attention.maps['layer4'] if rws_cfg.attention == 'last' else attention.gamma
@@ -173,7 +173,7 @@ def fusion_plans(model, frozen, images, config, rng, labels=None, valid=None):
 
 def rws_logits(model, variables, images, config, valid=None):
   """The RWS network at inference (docs/methods.md RWS 11): the refined model with the selected
-  local features fused into its stage outputs.
+  local features fused into its layer outputs.
 
   `variables` = {'model': the refined model, 'global', 'local', 'threshold'} (`frozen` of
   `fusion_plans`). Attention is restricted to the prediction: no ground truth is needed. Any
@@ -187,7 +187,7 @@ def rws_logits(model, variables, images, config, valid=None):
   plans, _ = fusion_plans(model, variables, images, config, jax.random.key(config.seed),
                           valid=valid)
   logits = model.apply(variables['model'], images, train=False,
-                       stage_hook=fusion.stage_hook(plans))
+                       layer_hook=fusion.layer_hook(plans))
   return logits[:, :height, :width]
 
 

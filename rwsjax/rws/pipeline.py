@@ -90,7 +90,7 @@ def fusion_loss(model, config):
     logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'],
                                   train=True, mutable=['batch_stats'],
                                   rngs={'dropout': dropout_rng},
-                                  stage_hook=fusion.stage_hook(plans))
+                                  layer_hook=fusion.layer_hook(plans))
     loss = losses.cross_entropy(logits, batch['label'])
     return loss, (updates.get('batch_stats', batch_stats), stats)
 

@@ -1,9 +1,9 @@
 """Seg-Grad-CAM heatmaps and the attention maps of RWS (paper eq. 1-4, docs/methods.md RWS step 2).
 
 Model convention: `model.apply(variables, images, train=False)` returns logits (N, H, W, K) at
-input resolution, and each backbone stage output `name` ('layer1'..'layer4') passes through
-`rwsjax.models.backbone.stage_output` (`perturb` and `sow`). The gradients dS_c/dF_i of all
-stages then come from one backward pass, as the cotangent of the 'perturbations' collection.
+input resolution, and each backbone layer output `name` ('layer1'..'layer4') passes through
+`rwsjax.models.backbone.layer_output` (`perturb` and `sow`). The gradients dS_c/dF_i of all
+layers then come from one backward pass, as the cotangent of the 'perturbations' collection.
 
 In eval mode (`train=False`) images of a batch do not interact, so the cotangent of image n only
 reaches image n's features and one backward pass per class slot serves the whole batch.
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from rwsjax.models.backbone import STAGE_NAMES as LAYERS
+from rwsjax.models.backbone import LAYER_NAMES as LAYERS
 
 
 class SegCamResult(NamedTuple):
@@ -25,7 +25,7 @@ class SegCamResult(NamedTuple):
   class_ids: (N, C) int32 class of each slot, -1 in padded slots.
   class_mask: (N, C) bool, True for real slots.
   logits: (N, H, W, K) the model's output.
-  features: layer -> (N, h_i, w_i, ch_i) the stage outputs F_i.
+  features: layer -> (N, h_i, w_i, ch_i) the layer outputs F_i.
   """
   heatmaps: dict
   class_ids: jax.Array
@@ -63,7 +63,7 @@ def present_classes(label_map, num_classes, max_classes):
 def normalize_heatmaps(raw, size):
   """ReLU, then min-max to [0, 1] per map, then bilinear resize (eq. 1, docs/methods.md RWS 2).
 
-  The order is fixed: normalising before the resize keeps the stage's own extremes at 0 and 1
+  The order is fixed: normalising before the resize keeps the layer's own extremes at 0 and 1
   (a peak between output pixels stays below 1 after the resize). A constant map becomes zeros.
 
   Args:
@@ -78,18 +78,18 @@ def normalize_heatmaps(raw, size):
   return jnp.clip(cam, 0.0, 1.0)
 
 
-def find_stages(tree, layers):
+def find_layers(tree, layers):
   """Leaves of a (nested) collection whose last key is a layer name; sown tuples unwrapped."""
   flat = traverse_util.flatten_dict(tree)
   found = {}
   for path, leaf in flat.items():
     if path[-1] in layers:
       if path[-1] in found:
-        raise ValueError(f'Stage name {path[-1]!r} occurs twice in the model collections.')
+        raise ValueError(f'Layer name {path[-1]!r} occurs twice in the model collections.')
       found[path[-1]] = leaf[-1] if isinstance(leaf, tuple) else leaf
   missing = [name for name in layers if name not in found]
   if missing:
-    raise ValueError(f'The model does not perturb/sow the stages {missing}; expected stage '
+    raise ValueError(f'The model does not perturb/sow the layers {missing}; expected layer '
                      f'outputs named {tuple(layers)}.')
   return found
 
@@ -115,7 +115,7 @@ def _seg_grad_cam(model, variables, images, classes, *, max_classes, layers, cla
   def forward(perturbations):
     logits, state = model.apply({**variables, 'perturbations': perturbations}, images,
                                 train=False, mutable=['intermediates'])
-    return logits, find_stages(state['intermediates'], layers)
+    return logits, find_layers(state['intermediates'], layers)
 
   logits, vjp_fn, features = jax.vjp(forward, zeros, has_aux=True)
   if classes is None:
@@ -126,7 +126,7 @@ def _seg_grad_cam(model, variables, images, classes, *, max_classes, layers, cla
     class_mask = class_ids >= 0
 
   def raw_maps(cotangent):
-    grads = find_stages(vjp_fn(cotangent)[0], layers)
+    grads = find_layers(vjp_fn(cotangent)[0], layers)
     return {name: jnp.einsum('nk,nhwk->nhw', jnp.mean(grads[name], axis=(1, 2)),
                              features[name], preferred_element_type=jnp.float32)
             for name in layers}
@@ -145,10 +145,10 @@ def _seg_grad_cam(model, variables, images, classes, *, max_classes, layers, cla
 
 def seg_grad_cam(model, variables, images, *, max_classes=None, layers=LAYERS, classes=None,
                  class_chunk=None):
-  """Seg-Grad-CAM of every stage and every class of a batch (paper eq. 1, docs/methods.md RWS 2).
+  """Seg-Grad-CAM of every layer and every class of a batch (paper eq. 1, docs/methods.md RWS 2).
 
   For class c: S_c = sum of logit_c over the pixels predicted as c, alpha_i^k = mean_{h,w}
-  dS_c/dF_i^k, H_i^c = ReLU(sum_k alpha_i^k F_i^k), min-max normalised per image, stage and
+  dS_c/dF_i^k, H_i^c = ReLU(sum_k alpha_i^k F_i^k), min-max normalised per image, layer and
   class, then resized to the input size (`normalize_heatmaps`). A class given in `classes` but
   absent from the prediction has S_c = 0 and an all-zero heatmap.
 
@@ -158,7 +158,7 @@ def seg_grad_cam(model, variables, images, *, max_classes=None, layers=LAYERS, c
     images: (N, H, W, 3) batch.
     max_classes: slots per image when `classes` is None: the classes present in the prediction,
       most frequent first, padded with -1 (`present_classes`).
-    layers: stage names to explain.
+    layers: layer names to explain.
     classes: optional (N, C) int class ids per image (e.g. the ground-truth classes of
       `present_classes(labels, ...)`), -1 for padding; ids must be distinct within an image.
     class_chunk: optional number of slots per backward batch (memory bound); default all at once.
@@ -210,9 +210,9 @@ def gamma_and_omega(attention):
 
 
 def feature_attention(attention, gamma, features):
-  """A_i and Gamma resized to each stage's feature resolution, for selection (eq. 5-7).
+  """A_i and Gamma resized to each layer's feature resolution, for selection (eq. 5-7).
 
-  Both maps of a stage go through the same linear resize (bilinear, antialiased when
+  Both maps of a layer go through the same linear resize (bilinear, antialiased when
   shrinking, `jax.image.resize`), so A_i <= Gamma and omega_i >= 0 still hold there.
 
   Args:
