@@ -46,7 +46,7 @@ def random_batch(args):
   shape = (args.batch, args.size, args.size)
   labels = rng.integers(0, args.num_classes, shape).astype(np.int32)
   labels[rng.random(shape) < 0.05] = IGNORE_LABEL
-  return {'image': rng.normal(size=(*shape, 3)).astype(np.float32), 'label': labels,
+  return {'image': rng.normal(size=(*shape, 3)).astype(np.float32), 'segmentation': labels,
           'mask': np.ones(args.batch, bool)}
 
 
@@ -104,7 +104,7 @@ class TorchRunner:
     self.loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
     self.images = torch.from_numpy(batch['image']).permute(0, 3, 1, 2).contiguous().to(
         self.device)
-    self.labels = torch.from_numpy(batch['label']).long().to(self.device)
+    self.labels = torch.from_numpy(batch['segmentation']).long().to(self.device)
     self.num_classes = args.num_classes
     self.bfloat16 = args.dtype == 'bfloat16'
 

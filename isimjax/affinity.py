@@ -278,15 +278,16 @@ def make_affinity_net(model_cfg):
 def affinity_train_loss(model, offsets):
   """Loss of an AffinityNet train step (`rwsjax.train.make_train_step` signature).
 
-  The batch holds augmented 'image' (B, H, W, 3) and affinity 'label' maps (B, h, w) already
-  reduced to the feature stride (`downsample_labels`); the loss is `affinity_loss` of the
-  features' `pair_affinities` against `pair_labels`, with the pair counts as metrics.
+  The batch holds augmented 'image' (B, H, W, 3) and, as 'segmentation', the pixel labels
+  (B, h, w) the affinity labels come from, already reduced to the feature stride
+  (`downsample_labels`); the loss is `affinity_loss` of the features' `pair_affinities`
+  against `pair_labels`, with the pair counts as metrics.
   """
   def loss_fn(params, batch_stats, batch, rng, extra):
     del rng, extra
     features, updates = model.apply({'params': params, 'batch_stats': batch_stats},
                                     batch['image'], train=True, mutable=['batch_stats'])
-    masks = pair_labels(batch['label'], offsets)
+    masks = pair_labels(batch['segmentation'], offsets)
     loss = affinity_loss(pair_affinities(features, offsets), *masks)
     counts = {f'{name}_pairs': jnp.sum(mask).astype(jnp.float32)
               for name, mask in zip(('bg', 'fg', 'neg'), masks)}

@@ -156,7 +156,8 @@ def affinity_batches(source, sub, mesh, *, seed, label_source):
   batches = stages.train_batches(source, sub, mesh, seed=seed, label_source=label_source)
 
   def reduce(batch):
-    return dict(batch, label=affinity.downsample_labels(batch['label'], affinity.FEATURE_STRIDE))
+    return dict(batch, segmentation=affinity.downsample_labels(batch['segmentation'],
+                                                               affinity.FEATURE_STRIDE))
 
   return lambda start: map(reduce, batches(start))
 

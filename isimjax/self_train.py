@@ -69,7 +69,8 @@ def isim_loss(model):
     (seg_logits, class_logits), updates = model.apply(
         {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
         mutable=['batch_stats'], rngs={'dropout': rng})
-    loss, metrics = losses.isim_loss(class_logits, batch['labels'], seg_logits, batch['label'])
+    loss, metrics = losses.isim_loss(class_logits, batch['labels'], seg_logits,
+                                     batch['segmentation'])
     return loss, (updates['batch_stats'], metrics)
   return loss_fn
 

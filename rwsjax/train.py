@@ -194,7 +194,7 @@ def supervised_loss(model):
     del extra
     logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'],
                                   train=True, mutable=['batch_stats'], rngs={'dropout': rng})
-    loss = losses.cross_entropy(logits, batch['label'])
+    loss = losses.cross_entropy(logits, batch['segmentation'])
     return loss, (updates.get('batch_stats', batch_stats), {})
   return loss_fn
 
@@ -341,7 +341,7 @@ def make_eval_step(model, num_classes, mesh, predict_fn=None):
   def step(variables, batch):
     logits = predict_fn(variables, batch)
     preds = jnp.argmax(logits, axis=-1)
-    return evaluate_lib.confusion_matrix(batch['label'], preds, num_classes,
+    return evaluate_lib.confusion_matrix(batch['segmentation'], preds, num_classes,
                                          weights=batch['mask'][:, None, None])
   return jax.jit(step, in_shardings=(replicated(mesh), data_sharded(mesh)),
                  out_shardings=replicated(mesh))

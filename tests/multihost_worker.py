@@ -88,8 +88,8 @@ def worker(process_id, port, data_dir, out_dir):
   np.savez(os.path.join(out_dir, f'process_{process_id}.npz'),
            train_ids=example_ids(train_source), eval_ids=example_ids(eval_source),
            train_image=np.stack([b['image'] for b in record]),
-           train_label=np.stack([b['label'] for b in record]),
-           global_image=first['image'], global_label=first['label'], confusion=confusion)
+           train_label=np.stack([b['segmentation'] for b in record]),
+           global_image=first['image'], global_label=first['segmentation'], confusion=confusion)
   variables = jax.device_get(state.variables)
   if process_id == 0:
     with open(os.path.join(out_dir, 'variables.msgpack'), 'wb') as f:
@@ -105,7 +105,7 @@ def reference(data_dir, out_dir):
   mesh = train.make_mesh()
   parts = [np.load(os.path.join(out_dir, f'process_{i}.npz')) for i in range(NUM_PROCESSES)]
   global_batches = [{k: np.concatenate([p[f'train_{k}'][step] for p in parts])
-                     for k in ('image', 'label')} for step in range(config.train.steps)]
+                     for k in ('image', 'segmentation')} for step in range(config.train.steps)]
   model, _ = train_tiny(config, mesh, lambda start: iter(global_batches[start:]),
                         os.path.join(out_dir, 'single'))
   with open(os.path.join(out_dir, 'variables.msgpack'), 'rb') as f:

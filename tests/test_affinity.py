@@ -274,7 +274,7 @@ def test_affinity_train_loss_matches_a_loop_over_pairs(affinity_net):
   offsets = affinity.pair_offsets(2)
   loss_fn = affinity.affinity_train_loss(model, offsets)
   loss, (_, counts) = loss_fn(variables['params'], variables['batch_stats'],
-                              {'image': images, 'label': labels}, None, None)
+                              {'image': images, 'segmentation': labels}, None, None)
   features, _ = model.apply(variables, images, train=True, mutable=['batch_stats'])
   features = np.asarray(features, np.float64)
   sums = {'bg': [0.0, 0], 'fg': [0.0, 0], 'neg': [0.0, 0]}

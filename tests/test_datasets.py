@@ -270,7 +270,7 @@ def test_eval_max_long_side_shrinks_eval_images_and_slice_crops():
   batch = pipeline.eval_dataset(source, cfg, batch_size=3)[0]
   labels = [source[0]['segmentation'][1::2, 1::2, 0],  # nearest at factor 2 samples odd pixels
             source[1]['segmentation'][..., 0], source[2]['segmentation'][1::2, 1::2, 0]]
-  for row, expected in zip(batch['label'], labels):
+  for row, expected in zip(batch['segmentation'], labels):
     h, w = expected.shape
     np.testing.assert_array_equal(row[:h, :w], expected)
     assert (row[h:] == 255).all() and (row[:, w:] == 255).all()
@@ -279,7 +279,7 @@ def test_eval_max_long_side_shrinks_eval_images_and_slice_crops():
                                 augment=False)[0]
   crops_b = pipeline.crop_dataset(source, boxes[1:], cfg, seed=0, batch_size=1,
                                   out_size=(12, 6), augment=False)[0]
-  np.testing.assert_array_equal(crops['label'][0], batch['label'][0, 2:10, 4:15])
+  np.testing.assert_array_equal(crops['segmentation'][0], batch['segmentation'][0, 2:10, 4:15])
   np.testing.assert_allclose(crops['image'][0], batch['image'][0, 2:10, 4:15], atol=1e-5)
-  np.testing.assert_array_equal(crops_b['label'][0], batch['label'][2, 3:15, 0:6])
+  np.testing.assert_array_equal(crops_b['segmentation'][0], batch['segmentation'][2, 3:15, 0:6])
   np.testing.assert_allclose(crops_b['image'][0], batch['image'][2, 3:15, 0:6], atol=1e-5)

@@ -111,7 +111,7 @@ def test_process_parts_are_disjoint_and_cover_the_split(run, split, key, sizes):
 
 def test_global_batch_is_the_concatenation_of_process_batches(run):
   _, _, results, _ = run
-  for key in ('image', 'label'):
+  for key in ('image', 'segmentation'):
     local = [r[f'train_{key}'][0] for r in results]
     assert local[0].shape[0] == local[1].shape[0] == 2  # global batch 4 over 2 processes
     assert not np.array_equal(*local)

@@ -66,7 +66,7 @@ def test_train_batch_types_and_epochs():
   ds = pipeline.train_dataset(source, _input_cfg(), seed=1, batch_size=5)
   batch = ds[0]
   assert batch['image'].dtype == np.float32 and batch['image'].shape == (5, 8, 8, 3)
-  assert batch['label'].dtype == np.int32 and batch['label'].shape == (5, 8, 8)
+  assert batch['segmentation'].dtype == np.int32 and batch['segmentation'].shape == (5, 8, 8)
   assert batch['labels'].dtype == np.float32 and batch['labels'].shape == (5, NUM_LABELS)
   assert batch['index'].dtype == np.int32 and batch['index'].shape == (5,)
   epochs = [np.concatenate([ds[2 * e]['index'], ds[2 * e + 1]['index']]) for e in range(3)]
@@ -81,7 +81,7 @@ def test_pad_and_crop_without_scaling():
   source = _source(4)
   cfg = _input_cfg(crop_size=(9, 12), scale_range=(1.0, 1.0), flip=False)
   batch = pipeline.train_dataset(source, cfg, seed=0, batch_size=4)[0]
-  for image, label, index in zip(batch['image'], batch['label'], batch['index']):
+  for image, label, index in zip(batch['image'], batch['segmentation'], batch['index']):
     original = source[index]
     np.testing.assert_array_equal(label[:6, :7], original['segmentation'][..., 0])
     np.testing.assert_allclose(image[:6, :7], pipeline.normalize(original['image'], cfg))
@@ -100,7 +100,7 @@ def test_random_crop_is_a_random_window_of_the_image():
   for step in range(10):
     batch = ds[step]
     pixels = np.round(pipeline.denormalize(batch['image'], cfg)).astype(np.int32)
-    for crop, label in zip(pixels, batch['label']):
+    for crop, label in zip(pixels, batch['segmentation']):
       y, x = crop[0, 0, 1] // 12, crop[0, 0, 0] // 8
       np.testing.assert_array_equal(crop, image[y:y + 5, x:x + 6])
       np.testing.assert_array_equal(label, source[0]['segmentation'][y:y + 5, x:x + 6, 0])
@@ -118,7 +118,7 @@ def test_flip_keeps_image_and_label_aligned():
   cfg = _input_cfg(crop_size=(6, 7), scale_range=(1.0, 1.0), flip=True)
   batch = pipeline.train_dataset(source, cfg, seed=2, batch_size=16)[0]
   red = np.round(pipeline.denormalize(batch['image'], cfg)[..., 0]).astype(np.int32)
-  np.testing.assert_array_equal(red // 30 % 5, batch['label'])
+  np.testing.assert_array_equal(red // 30 % 5, batch['segmentation'])
   flipped = red[:, 0, 0] > red[:, 0, -1]
   assert 0 < flipped.sum() < 16
 
@@ -145,7 +145,7 @@ def test_scaled_label_is_nearest():
   rng = np.random.default_rng(1)
   source = _source(6)
   batch = pipeline.train_dataset(source, _input_cfg(crop_size=4), seed=3, batch_size=6)[0]
-  assert set(np.unique(batch['label']).tolist()) <= {0, 1, 2, 3, 4, 255}
+  assert set(np.unique(batch['segmentation']).tolist()) <= {0, 1, 2, 3, 4, 255}
   image = rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)
   label = np.arange(100, dtype=np.uint8).reshape(10, 10) // 10
   _, scaled = pipeline.random_scale(image, label, _input_cfg(scale_range=(2.0, 2.0)), rng)
@@ -157,7 +157,7 @@ def test_label_source_replaces_segmentation():
   pseudo = [np.full((6, 7), i % 4 + 1, np.uint8) for i in range(6)]
   cfg = _input_cfg(crop_size=(6, 7), scale_range=(1.0, 1.0))
   batch = pipeline.train_dataset(source, cfg, seed=0, batch_size=6, label_source=pseudo)[0]
-  for label, labels, index in zip(batch['label'], batch['labels'], batch['index']):
+  for label, labels, index in zip(batch['segmentation'], batch['labels'], batch['index']):
     assert np.all(label == index % 4 + 1)
     np.testing.assert_array_equal(labels, source[index]['labels'])
   with pytest.raises(ValueError, match='label_source has 5 items but the source has 6'):
@@ -179,7 +179,7 @@ def test_eval_padding_and_masks():
   index = np.concatenate([b['index'] for b in batches])
   np.testing.assert_array_equal(index, [0, 1, 2, 3, 4, -1, -1, -1])
   images = np.concatenate([b['image'] for b in batches])
-  labels = np.concatenate([b['label'] for b in batches])
+  labels = np.concatenate([b['segmentation'] for b in batches])
   assert images.shape == (8, 8, 9, 3) and labels.shape == (8, 8, 9)
   for i, (h, w) in enumerate(shapes):
     expected = np.full((8, 9), 255)
@@ -216,7 +216,7 @@ def test_crop_dataset_matches_numpy_slicing():
   for j, (index, y0, x0, y1, x1) in enumerate(boxes):
     batch = batches[j // 2]
     crop_label = source[index]['segmentation'][y0:y1, x0:x1, 0]
-    np.testing.assert_array_equal(batch['label'][j % 2], crop_label)
+    np.testing.assert_array_equal(batch['segmentation'][j % 2], crop_label)
     np.testing.assert_allclose(batch['image'][j % 2],
                                pipeline.normalize(source[index]['image'][y0:y1, x0:x1], cfg))
     present = np.bincount(crop_label.ravel(), minlength=5)[1:] > 0
@@ -230,13 +230,13 @@ def test_crop_dataset_resizes_and_flips():
   upsampled = np.repeat(np.repeat(crop, 2, 0), 2, 1)
   ds = pipeline.crop_dataset(source, boxes, _input_cfg(), seed=0, batch_size=1,
                              out_size=(8, 12), augment=False)
-  np.testing.assert_array_equal(ds[0]['label'][0], upsampled)
+  np.testing.assert_array_equal(ds[0]['segmentation'][0], upsampled)
   image = PIL.Image.fromarray(source[1]['image'][2:6, 4:10]).resize((12, 8), PIL.Image.BILINEAR)
   np.testing.assert_allclose(ds[0]['image'][0], pipeline.normalize(np.asarray(image),
                                                                    _input_cfg()))
   train = pipeline.crop_dataset(source, boxes, _input_cfg(), seed=0, batch_size=4,
                                 out_size=(8, 12))
-  labels = np.concatenate([train[s]['label'] for s in range(4)])
+  labels = np.concatenate([train[s]['segmentation'] for s in range(4)])
   flipped = [np.array_equal(label, upsampled[:, ::-1]) for label in labels]
   assert all(f or np.array_equal(label, upsampled) for f, label in zip(flipped, labels))
   assert 0 < sum(flipped) < len(labels)
@@ -258,7 +258,7 @@ def test_crop_dataset_pads_boxes_past_the_edge():
   source = _source(1, shapes=[(12, 16)])
   ds = pipeline.crop_dataset(source, [[0, 8, 12, 16, 20]], _input_cfg(), seed=0, batch_size=1,
                              out_size=(8, 8), augment=False)
-  label, image = ds[0]['label'][0], ds[0]['image'][0]
+  label, image = ds[0]['segmentation'][0], ds[0]['image'][0]
   np.testing.assert_array_equal(label[:4, :4], source[0]['segmentation'][8:12, 12:16, 0])
   assert (label[4:] == 255).all() and (label[:, 4:] == 255).all()
   np.testing.assert_allclose(image[:4, :4], pipeline.normalize(source[0]['image'][8:12, 12:16],

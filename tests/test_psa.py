@@ -113,8 +113,8 @@ def test_affinity_batches_are_the_training_batches_with_labels_at_stride_8():
   got = next(psa.affinity_batches(source, sub, mesh, seed=3, label_source=labels)(5))
   full = next(stages.train_batches(source, sub, mesh, seed=3, label_source=labels)(5))
   np.testing.assert_array_equal(got['image'], full['image'])
-  assert got['label'].shape == (4, 3, 3)
-  np.testing.assert_array_equal(got['label'], full['label'][:, 4::8, 4::8])
+  assert got['segmentation'].shape == (4, 3, 3)
+  np.testing.assert_array_equal(got['segmentation'], full['segmentation'][:, 4::8, 4::8])
 
 
 def test_with_backbone_takes_the_donor_backbone_only():

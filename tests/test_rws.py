@@ -68,7 +68,7 @@ def tiny():
   labels[:, 8:24, 4:20] = 3
   labels[1, 20:, 20:] = 5
   labels[0, :2] = 255
-  batch = {'image': images, 'label': jnp.asarray(labels)}
+  batch = {'image': images, 'segmentation': jnp.asarray(labels)}
   glob = train.init_variables(model, (1, 32, 32, 3), jax.random.key(1))
   local = train.init_variables(model, (1, 32, 32, 3), jax.random.key(2))
   return config, model, batch, glob, local
@@ -77,7 +77,7 @@ def tiny():
 def plain_loss(model, params, batch_stats, batch, rng):
   logits = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'],
                        train=True, mutable=['batch_stats'], rngs={'dropout': rng})[0]
-  return losses.cross_entropy(logits, batch['label'])
+  return losses.cross_entropy(logits, batch['segmentation'])
 
 
 def test_fused_loss_is_the_plain_loss_without_weak_slices(tiny):

@@ -36,7 +36,7 @@ def batches(batch_size=8):
     while True:
       rng = np.random.default_rng(step)
       yield {'image': rng.normal(size=(batch_size, 6, 6, 3)).astype(np.float32),
-             'label': rng.integers(0, 3, size=(batch_size, 6, 6)).astype(np.int32)}
+             'segmentation': rng.integers(0, 3, size=(batch_size, 6, 6)).astype(np.int32)}
       step += 1
   return factory
 

@@ -19,9 +19,10 @@ Fields of config.input read here:
 Batch sizes are per process; the trainer divides config.input.batch_size and
 config.input.eval_batch_size by the process count.
 
-Batches are dicts of numpy arrays: 'image' float32 (B, h, w, 3) normalised, 'label' int32
-(B, h, w) with IGNORE_LABEL in padding, 'valid' bool (B, h, w) False on padding (pixels that
-are not from the image), 'labels' float32 (B, K-1) image-level multi-hot,
+Batches are dicts of numpy arrays, keyed as the sources: 'image' float32 (B, h, w, 3)
+normalised, 'segmentation' int32 (B, h, w) pixel labels with IGNORE_LABEL in padding, 'valid'
+bool (B, h, w) False on padding (pixels that are not from the image), 'labels' float32
+(B, K-1) image-level multi-hot,
 'index' int32 (B,) and, for finite datasets, 'mask' bool (B,) (False on padding entries, whose
 index is -1).
 """
@@ -144,28 +145,29 @@ def augment(example, input_cfg, rng):
 
   'valid' marks the crop's pixels that come from the image (False on padding)."""
   crop = pair(input_cfg.crop_size)
-  image, label = random_scale(example['image'], example['label'], input_cfg, rng)
+  image, label = random_scale(example['image'], example['segmentation'], input_cfg, rng)
   image, label = pad(with_valid_channel(normalize(image, input_cfg)), label, crop)
   image, label = random_crop(image, label, crop, rng)
   if input_cfg.flip:
     image, label = random_flip(image, label, rng)
   image, valid = split_valid(image)
-  return dict(example, image=image, label=label, valid=valid)
+  return dict(example, image=image, segmentation=label, valid=valid)
 
 
 def _batch_ready(example):
   """Contiguous arrays with the batch dtypes ('valid' all True when the example has none)."""
-  label = np.ascontiguousarray(example['label']).astype(np.int32)
+  label = np.ascontiguousarray(example['segmentation']).astype(np.int32)
   return dict(example,
               image=np.ascontiguousarray(example['image'], np.float32),
-              label=label,
+              segmentation=label,
               valid=np.ascontiguousarray(example.get('valid', np.ones(label.shape, bool))),
               labels=np.asarray(example['labels'], np.float32),
               index=np.int32(example['index']))
 
 
 def reader(source, label_source=None):
-  """index -> {'image' uint8 (H, W, 3), 'label' uint8 (H, W), 'labels', 'index'} of `source`.
+  """index -> {'image' uint8 (H, W, 3), 'segmentation' uint8 (H, W), 'labels', 'index'} of
+  `source`.
 
   `label_source[index]` (uint8 (H, W) at the image's size), when given, replaces the
   ground-truth segmentation (ISIM pseudo labels); image-level labels stay those of `source`.
@@ -182,7 +184,7 @@ def reader(source, label_source=None):
       if label.shape != example['image'].shape[:2]:
         raise ValueError(f'label_source[{index}] has shape {label.shape}; expected the image '
                          f'size {example["image"].shape[:2]}.')
-    return {'image': example['image'], 'label': label,
+    return {'image': example['image'], 'segmentation': label,
             'labels': np.asarray(example['labels'], np.float32), 'index': index}
 
   return read
@@ -214,7 +216,7 @@ def _masked_batches(count, element, padding, batch_size, num_batches):
 def _padding_entry(size, num_labels):
   """A masked-out batch entry: zero image, all-ignore label, index -1."""
   return _batch_ready({'image': np.zeros((*size, 3), np.float32),
-                       'label': np.full(size, IGNORE_LABEL, np.uint8),
+                       'segmentation': np.full(size, IGNORE_LABEL, np.uint8),
                        'valid': np.zeros(size, bool),
                        'labels': np.zeros(num_labels, np.float32), 'index': -1})
 
@@ -251,7 +253,7 @@ def eval_dataset(source, input_cfg, *, batch_size, num_batches=None):
 
   def element(i):
     example = read(i)
-    image, label = limit_long_side(example['image'], example['label'], max_long_side)
+    image, label = limit_long_side(example['image'], example['segmentation'], max_long_side)
     shape = label.shape
     if pad_size is None and shape != size:
       raise ValueError(f'Example {i} has size {shape} but example 0 has {size}; set '
@@ -261,7 +263,7 @@ def eval_dataset(source, input_cfg, *, batch_size, num_batches=None):
                        f'{size}.')
     image, label = pad(with_valid_channel(normalize(image, input_cfg)), label, size)
     image, valid = split_valid(image)
-    return dict(example, image=image, label=label, valid=valid)
+    return dict(example, image=image, segmentation=label, valid=valid)
 
   padding = _padding_entry(size, len(first['labels']))
   return _masked_batches(len(source), element, padding, batch_size, num_batches)
@@ -310,7 +312,7 @@ def crop_dataset(source, boxes, input_cfg, *, seed, batch_size, out_size, augmen
     label[:height, :width] = full_label
     label = resize(label[y0:y1, x0:x1], out_size, PIL.Image.NEAREST)
     image = resize(image[y0:y1, x0:x1], out_size, PIL.Image.BILINEAR)
-    return {'image': normalize(image, input_cfg), 'label': label,
+    return {'image': normalize(image, input_cfg), 'segmentation': label,
             'labels': image_labels(label, num_labels), 'index': j}
 
   if not augment:
@@ -320,8 +322,8 @@ def crop_dataset(source, boxes, input_cfg, *, seed, batch_size, out_size, augmen
   def flipped(j, rng):
     example = element(j)
     if input_cfg.flip:
-      image, label = random_flip(example['image'], example['label'], rng)
-      example = dict(example, image=image, label=label)
+      image, label = random_flip(example['image'], example['segmentation'], rng)
+      example = dict(example, image=image, segmentation=label)
     return example
 
   return _shuffled_batches(len(boxes), flipped, seed, batch_size)

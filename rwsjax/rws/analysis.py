@@ -78,15 +78,15 @@ def analyze(model, variables, source, config, mesh, directory, names):
   rws, k = config.rws, config.dataset.num_classes
   score = make_scorer(model, config)
   batches, count = stages.eval_batches(source, config, mesh)
-  height, width = batches[0]['label'].shape[1:3]
+  height, width = batches[0]['segmentation'].shape[1:3]
   boxes = slices.window_boxes(height, width, rws.slice_size, rws.slice_stride)
   hist, entries, indices = None, [], []
   progress = Progress('analysis', count)
   for i in range(count):
     batch = batches[i]
-    device = train.to_device({key: batch[key] for key in ('image', 'label', 'valid')}, mesh)
+    device = train.to_device({key: batch[key] for key in ('image', 'segmentation', 'valid')}, mesh)
     attention, iou, present = (train.to_host(x, mesh) for x in score(
-        variables, device['image'], device['label'], device['valid']))
+        variables, device['image'], device['segmentation'], device['valid']))
     keep = batch['mask']
     present = present & keep[:, None, None]
     counts, sums = slices.curve_histogram(attention, iou, present, bins=rws.t_bins)
@@ -144,7 +144,7 @@ def save_round_figures(directory, model, variables, source, analysis, config, na
   in `directory`; returns {'figures': their file names}."""
   rws, count = config.rws, min(config.figures.num_examples, len(source))
   batch = input_pipeline.eval_dataset(source, config.input, batch_size=count)[0]
-  normalized, labels = batch['image'], batch['label']
+  normalized, labels = batch['image'], batch['segmentation']
   images = np.clip(np.round(input_pipeline.denormalize(normalized, config.input)), 0,
                    255).astype(np.uint8)
   fn = jax.jit(functools.partial(network.attention_maps, model,

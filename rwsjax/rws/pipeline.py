@@ -85,13 +85,13 @@ def fusion_loss(model, config):
   def loss_fn(params, batch_stats, batch, rng, extra):
     plan_rng, dropout_rng = jax.random.split(rng)
     plans, stats = network.fusion_plans(model, extra, batch['image'], config, plan_rng,
-                                        labels=batch['label'] if labelled else None,
+                                        labels=batch['segmentation'] if labelled else None,
                                         valid=batch.get('valid'))
     logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'],
                                   train=True, mutable=['batch_stats'],
                                   rngs={'dropout': dropout_rng},
                                   layer_hook=fusion.layer_hook(plans))
-    loss = losses.cross_entropy(logits, batch['label'])
+    loss = losses.cross_entropy(logits, batch['segmentation'])
     return loss, (updates.get('batch_stats', batch_stats), stats)
 
   return loss_fn
