@@ -1,8 +1,9 @@
 """The ISIM pipeline (docs/methods.md, ISIM steps 1-11): `run(config, workdir)`.
 
-The pipeline is the list `STAGES` of named stages. Each stage returns a JSON-ready dict that is
-written to <workdir>/stages/<name>.json; a rerun with the same workdir skips the stages whose
-file exists and resumes the first unfinished one from its own checkpoints and label stores.
+The pipeline is the list `STAGES` of named stages, run by `rwsjax.stages.Runner`: each returns
+a JSON-ready record written to <workdir>/stages/<name>.json; a rerun with the same workdir reads
+back the stages whose record exists and resumes the first unfinished one from its own
+checkpoints and label stores.
 The PSA stages (isimjax.psa) reach the trained DeepLabCAM through
 `trained_variables(ctx, 'isim')`.
 
@@ -25,7 +26,6 @@ import dataclasses
 import functools
 import json
 import os
-import time
 from typing import Any
 
 from absl import logging
@@ -453,13 +453,9 @@ OPTIONAL = {'baseline_train', 'baseline_eval'}  # skipped when config.isim.basel
 PSA_STAGES = {'psa_affinity_labels', 'psa_affinity_train', 'psa_random_walk', 'psa_final'}
 
 
-def _stage_path(workdir, name):
-  return os.path.join(workdir, 'stages', f'{name}.json')
-
-
 def finished_steps(workdir, stage):
   """The step count that the finished stage `stage` of the run in `workdir` recorded."""
-  path = _stage_path(workdir, stage)
+  path = stages.Runner(workdir).record_path(stage)
   if not os.path.exists(path):
     raise ValueError(f'{workdir} holds no finished {stage} stage ({path} is missing); rerun the '
                      'pipeline with this workdir to finish training.')
@@ -492,25 +488,17 @@ def trained_predictor(config, workdir, mesh):
   return stages.Predictor(predict_fn, variables, title, sub)
 
 
-def _timed(name, stage_fn, ctx, results):
-  """`stage_fn(ctx, results)` with its wall time under 'seconds'."""
-  start = time.perf_counter()
-  logging.info('Stage %s.', name)
-  return dict(stage_fn(ctx, results), seconds=time.perf_counter() - start)
-
-
 def run(config, workdir, stage_list=None):
   """Runs `stage_list` (default `STAGES`) in order, skipping finished ones; returns
   {stage name: result}."""
   preflight.for_training(config, workdir, check_config, model_configs(config))
   ctx = make_context(config, workdir)
-  results = {}
+  runner, results = stages.Runner(workdir), {}
   for name, stage_fn in stage_list or STAGES:
     if ((name in OPTIONAL and not config.isim.baseline)
         or (name in PSA_STAGES and not config.psa.enabled)):
       continue
-    results[name] = stages.run_stage(f'Stage {name}', _stage_path(workdir, name),
-                                     functools.partial(_timed, name, stage_fn, ctx, results))
+    results[name] = runner.run(name, functools.partial(stage_fn, ctx, results))
   if 'report' in results:
     logging.info('ISIM results:\n%s', results['report']['table'])
   return results

@@ -1,7 +1,7 @@
-"""What every pipeline's stages share (docs/design.md, Packages): a model's initial variables
-with pretrained weights, training and evaluation batches on the device mesh, evaluation and
-prediction of a model, the `Predictor` a finished run provides, and `run_stage`, the one way
-a pipeline resumes what is not a training checkpoint.
+"""What every pipeline's stages share (docs/design.md, Packages): the stage `Runner`, the one
+way a pipeline resumes; a model's initial variables with pretrained weights, training and
+evaluation batches on the device mesh, evaluation and prediction of a model, and the
+`Predictor` a finished run provides.
 
 Every pipeline module (`rwsjax.supervised`, `rwsjax.rws.pipeline`, `isimjax.isim`) has
 `run(config, workdir)`, `check_config(config)` (its own settings, checked before any work by
@@ -10,6 +10,7 @@ finished run, for `rwsjax.inference`).
 """
 import json
 import os
+import time
 from typing import Any, Callable, NamedTuple
 
 from absl import logging
@@ -107,15 +108,51 @@ def model_predict_fn(model):
   return lambda variables, batch: model.apply(variables, batch['image'], train=False)
 
 
-def run_stage(name, path, compute):
-  """A named stage whose JSON-ready result lives at `path` (docs/design.md, resume): read back,
-  with one log line, when an earlier run wrote it; else `compute()`, written there. Training
-  stages resume from their checkpoints instead (`train.train_stage`)."""
-  if os.path.exists(path):
-    with open(path) as f:
-      result = json.load(f)
-    logging.info('%s: done in an earlier run (%s).', name, path)
-    return result
-  result = compute()
-  write_json(path, result)
-  return result
+class Runner:
+  """Runs the named stages of one pipeline run in `workdir`, each once (docs/design.md, resume).
+
+  A stage is finished when its record exists: a JSON-ready dict written when it ends, at
+  `<workdir>/stages/<name>.json` or at the path the stage is given. A rerun reads finished
+  stages back, with one log line each, and resumes the first unfinished one; a training stage
+  resumes from the last checkpoint in `<workdir>/<name>/checkpoints`.
+  """
+
+  def __init__(self, workdir):
+    self.workdir = workdir
+
+  def record_path(self, name):
+    """Where stage `name`'s record lives unless it is given a path."""
+    return os.path.join(self.workdir, 'stages', f'{name}.json')
+
+  def run(self, name, compute, path=None):
+    """The record of stage `name`: read back from `path` (default `record_path(name)`) when an
+    earlier run finished the stage, else `compute()`, a JSON-ready dict, written there (its
+    wall time goes to the log)."""
+    path = path or self.record_path(name)
+    if os.path.exists(path):
+      with open(path) as f:
+        record = json.load(f)
+      logging.info('Stage %s: done in an earlier run (%s).', name, path)
+      return record
+    logging.info('Stage %s.', name)
+    start = time.perf_counter()
+    record = compute()
+    write_json(path, record)
+    logging.info('Stage %s finished in %.1f s.', name, time.perf_counter() - start)
+    return record
+
+  def train(self, name, **kwargs):
+    """Training stage `name`: `train.train_stage(workdir=workdir, stage=name, **kwargs)`, whose
+    record holds its step count; returns the final TrainState, from the stage's last
+    checkpoint once the stage has finished."""
+    state = None
+
+    def compute():
+      nonlocal state
+      state = train.train_stage(workdir=self.workdir, stage=name, **kwargs)
+      return {'steps': int(state.step)}
+
+    self.run(name, compute)
+    if state is None:
+      state = train.train_stage(workdir=self.workdir, stage=name, **kwargs)
+    return state

@@ -38,7 +38,8 @@ def trained_predictor(config, workdir, mesh):
 
 def run(config, workdir):
   """Trains the configured model on the train split, evaluates on the eval split, and writes
-  summary.json, results.md, metrics.jsonl and figures into `workdir`. Resumes after a kill."""
+  summary.json, results.md, metrics.jsonl and figures into `workdir`; stages 'supervised'
+  (training) and 'evaluation' (`stages.Runner`: a rerun resumes after a kill)."""
   preflight.for_training(config, workdir, check_config)
   mesh = train.make_mesh(config.num_devices)
   train_source = data.load_source(config.dataset, config.dataset.train_split)
@@ -47,15 +48,16 @@ def run(config, workdir):
   rng = jax.random.key(config.seed)
   variables = stages.initial_variables(model, config, rng)
   tx = train.make_optimizer(config.train, config.train.steps)
-  state = train.train_stage(
-      workdir=workdir, stage='supervised', loss_fn=train.supervised_loss(model), tx=tx,
+  runner = stages.Runner(workdir)
+  state = runner.train(
+      'supervised', loss_fn=train.supervised_loss(model), tx=tx,
       variables=variables,
       batches=stages.train_batches(train_source, config, mesh, seed=config.seed),
       total_steps=config.train.steps, train_cfg=config.train, mesh=mesh,
       rng=jax.random.fold_in(rng, 1), writer=MetricWriter(os.path.join(workdir, 'metrics.jsonl')))
-  confusion = stages.evaluate_model(model, state.variables, eval_source, config, mesh)
   names, split = data.class_names(config.dataset), config.dataset.eval_split
-  result = evaluate_lib.summarize(confusion, names)
+  result = runner.run('evaluation', lambda: evaluate_lib.summarize(
+      stages.evaluate_model(model, state.variables, eval_source, config, mesh), names))
   table = evaluate_lib.miou_table(split, [(f'supervised ({config.train.steps} steps)', result)],
                                   names)
   if jax.process_index() == 0:

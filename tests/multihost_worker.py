@@ -88,8 +88,9 @@ def worker(process_id, port, data_dir, out_dir):
   np.savez(os.path.join(out_dir, f'process_{process_id}.npz'),
            train_ids=example_ids(train_source), eval_ids=example_ids(eval_source),
            train_image=np.stack([b['image'] for b in record]),
-           train_label=np.stack([b['segmentation'] for b in record]),
-           global_image=first['image'], global_label=first['segmentation'], confusion=confusion)
+           train_segmentation=np.stack([b['segmentation'] for b in record]),
+           global_image=first['image'], global_segmentation=first['segmentation'],
+           confusion=confusion)
   variables = jax.device_get(state.variables)
   if process_id == 0:
     with open(os.path.join(out_dir, 'variables.msgpack'), 'wb') as f:

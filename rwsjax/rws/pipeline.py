@@ -173,19 +173,21 @@ def run(config, workdir):
   eval_steps = {name: train.make_eval_step(model, config.dataset.num_classes, mesh, fn)
                 for name, fn in predict.items()}
 
+  runner = stages.Runner(workdir)
+
   def train_supervised(stage, variables, batches, steps, lr):
     tx = train.make_optimizer(_with(config.train, lr=lr), steps)
-    return train.train_stage(workdir=workdir, stage=stage, loss_fn=train.supervised_loss(model),
-                             tx=tx, variables=variables, batches=batches, total_steps=steps,
-                             train_cfg=config.train, mesh=mesh, rng=step_rng, writer=writer)
+    return runner.train(stage, loss_fn=train.supervised_loss(model), tx=tx, variables=variables,
+                        batches=batches, total_steps=steps, train_cfg=config.train, mesh=mesh,
+                        rng=step_rng, writer=writer)
 
   def evaluation(path, net, inference='plain'):
-    """The eval split's IoU of `net` (an RWS network dict), cached at workdir/path."""
+    """The eval split's IoU of `net` (an RWS network dict): stage `path`, recorded there."""
     def compute():
       batches, count = stages.eval_batches(eval_source, config, mesh)
       confusion = train.evaluate(eval_steps[inference], net, batches, mesh, count)
       return evaluate_lib.summarize(confusion, names)
-    return stages.run_stage(path, os.path.join(workdir, path), compute)
+    return runner.run(path, compute, os.path.join(workdir, path))
 
   batches = stages.train_batches(train_source, config, mesh, seed=config.seed)
   state = train_supervised('stage1', init, batches, rws.stage1_steps, config.train.lr)
@@ -196,10 +198,10 @@ def run(config, workdir):
   total_steps, rounds, counts = rws.stage1_steps, [], []
   for r in range(1, rws.max_rounds + 1):
     directory = os.path.join(workdir, f'round_{r}')
-    found = stages.run_stage(
-        f'round_{r}/analysis', os.path.join(directory, 'analysis.json'),
-        lambda: analysis.analyze(model, global_variables, train_source, config, mesh,
-                                 directory, names))
+    found = runner.run(
+        f'round_{r}/analysis', lambda: analysis.analyze(model, global_variables, train_source,
+                                                        config, mesh, directory, names),
+        os.path.join(directory, 'analysis.json'))
     counts.append(found['weak_slices'])
     logging.info('Round %d: T = %.3f, %d weak slices (%.1f%% of the windows).', r,
                  found['threshold'], counts[-1], 100 * (found['weak_share'] or 0))
@@ -208,10 +210,10 @@ def run(config, workdir):
     row['round'] = r
     rounds.append(row)
     if jax.process_index() == 0:
-      stages.run_stage(
-          f'round_{r}/figures', os.path.join(directory, 'figures.json'),
-          lambda: analysis.save_round_figures(directory, model, global_variables, train_source,
-                                              found, config, names))
+      runner.run(
+          f'round_{r}/figures', lambda: analysis.save_round_figures(
+              directory, model, global_variables, train_source, found, config, names),
+          os.path.join(directory, 'figures.json'))
     if analysis.should_stop(counts, rws.min_weak_delta):
       row['trained'] = False
       break
@@ -231,8 +233,8 @@ def run(config, workdir):
     continued = rws.stage3_init == 'stage1'
     frozen = {'global': global_variables, 'local': local_state.variables,
               'threshold': jnp.float32(found['threshold'])}
-    state = train.train_stage(
-        workdir=workdir, stage=f'round_{r}/stage3', loss_fn=fusion_loss(model, config), tx=tx,
+    state = runner.train(
+        f'round_{r}/stage3', loss_fn=fusion_loss(model, config), tx=tx,
         variables=global_variables if continued else init,
         opt_state=state.opt_state if continued else None,
         batches=stages.train_batches(train_source, config, mesh,
@@ -246,9 +248,10 @@ def run(config, workdir):
              for name in ('plain', 'fused')}
     row.update(miou_plain=final['plain']['miou'], miou_fused=final['fused']['miou'])
     global_variables = state.variables
-  cost = stages.run_stage(
-      'inference cost', os.path.join(workdir, 'inference_cost.json'), lambda: inference_cost(
-          eval_steps, net, stages.eval_batches(eval_source, config, mesh)[0][0], mesh))
+  cost = runner.run(
+      'inference cost', lambda: inference_cost(
+          eval_steps, net, stages.eval_batches(eval_source, config, mesh)[0][0], mesh),
+      os.path.join(workdir, 'inference_cost.json'))
   summary = {'method': 'rws', 'eval_split': config.dataset.eval_split,
              'total_steps': total_steps, 'stage1': stage1_eval, 'rws_plain': final['plain'],
              'rws_fused': final['fused'], 'rws': final[rws.inference],
