@@ -6,6 +6,9 @@ Override any config field on the command line, e.g. `--config.train.steps=200`;
 `--config=configs/voc_rws.py:smoke` runs a small variant. The methods and their config switches
 are described in docs/methods.md.
 
+A backbone or dataset of your own: --imports=my_module, a module that registers it (README,
+Extending), and --config.model.backbone or --config.dataset.name naming it.
+
 After training, with the same --config and --workdir:
   --mode=evaluate [--split=NAME] [--config.eval.tta=True]   evaluate the run again
   --mode=predict --images=DIR --out=OUT                      segment a folder of images
@@ -53,6 +56,10 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     'compilation_cache', os.path.join('~', '.cache', 'rwsjax', 'xla'),
     "Directory of JAX's persistent compilation cache, so that a rerun or a run of a related "
     "config skips compiling what an earlier run compiled; empty to disable.")
+_IMPORTS = flags.DEFINE_list(
+    'imports', [], 'Modules to import before the run, e.g. ones that register a backbone '
+    '(rwsjax.models.register_backbone) or a dataset (rwsjax.data.register_dataset) under the '
+    'name the config gives.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -120,6 +127,11 @@ def main(argv):
   from rwsjax import progress  # pylint: disable=g-import-not-at-top
   if not _LIBRARY_LOGS.value:
     progress.quiet_library_logs()
+  for name in _IMPORTS.value:
+    try:
+      importlib.import_module(name)
+    except ImportError as error:
+      sys.exit(f'launch.py: --imports={name} does not import: {error}.')
   if _COMPILATION_CACHE.value:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(_COMPILATION_CACHE.value))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)

@@ -12,8 +12,11 @@ from rwsjax import eventlog
 from test_eventlog import read_events, scalars
 
 
-def launch(*args, timeout=300):
+def launch(*args, timeout=300, pythonpath=None):
+  """launch.py with `args` in a subprocess on the CPU; `pythonpath` is prepended to its path."""
   env = dict(os.environ, JAX_PLATFORMS='cpu')
+  if pythonpath:
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, (pythonpath, env.get('PYTHONPATH'))))
   return subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), *args], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=timeout, check=False)
 

@@ -10,11 +10,12 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from configs_util import load_config
+from configs_util import ROOT, load_config
 from rwsjax import inference
 from rwsjax import losses
 from rwsjax import models
 from rwsjax.rws import analysis as rws_analysis
+from rwsjax.rws import config as rws_config
 from rwsjax.rws import network as rws_network
 from rwsjax.rws import pipeline as rws_pipeline
 from rwsjax.rws import segcam
@@ -31,6 +32,17 @@ def test_should_stop():
   assert not rws_analysis.should_stop([100, 79], 20)
   assert not rws_analysis.should_stop([100, 121], 20)
   assert rws_analysis.should_stop([100, 50, 0], 20)
+
+
+def test_every_rws_switch_has_its_default_and_its_line_in_methods():
+  """The recipe for an RWS variant (README, Extending): its values in `pipeline.CHOICES`, its
+  default in `rws.config.default_config`, `config.rws.<key>: a | b` in docs/methods.md."""
+  defaults = rws_config.default_config()
+  with open(os.path.join(ROOT, 'docs', 'methods.md')) as f:
+    methods = ' '.join(f.read().split())
+  for key, choices in rws_pipeline.CHOICES.items():
+    assert defaults[key] in choices, key
+    assert f'config.rws.{key}: {" | ".join(choices)}`' in methods, key
 
 
 def test_config_errors():

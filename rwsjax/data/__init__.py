@@ -28,7 +28,15 @@ from rwsjax.data import voc
 # Datasets read from config.dataset.manual_dir: name -> (module, TFDS builder class).
 MANUAL = {'voc_aug': (voc, voc.VocAug), 'cocostuff': (cocostuff, cocostuff.CocoStuff164k),
           'ade20k': (ade20k, ade20k.Ade20k), 'cityscapes': (cityscapes, cityscapes.CityscapesFine)}
-DATASETS = ('shapes',) + tuple(MANUAL)
+
+
+def register_dataset(name, module, builder_cls):
+  """Makes config.dataset.name=`name` read the dataset that `builder_cls` prepares from
+  config.dataset.manual_dir: a TFDS builder with the features of `folder.FolderBuilder` (which
+  a dataset of image files and label PNGs subclasses). `module` gives NUM_CLASSES (K,
+  background included), CLASS_NAMES, LAYOUT ({key: path under manual_dir}, for messages) and
+  check_layout(manual_dir), as the modules of the datasets above do."""
+  MANUAL[name] = (module, builder_cls)
 
 
 def _shapes_config(dataset_cfg):
@@ -44,7 +52,7 @@ def num_classes(dataset_cfg):
     return _shapes_config(dataset_cfg).num_object_classes + 1
   if name in MANUAL:
     return MANUAL[name][0].NUM_CLASSES
-  raise ValueError(f'config.dataset.name is {name!r}; expected one of {DATASETS}.')
+  raise ValueError(f'config.dataset.name is {name!r}; expected one of {("shapes", *MANUAL)}.')
 
 
 def class_names(dataset_cfg):

@@ -45,7 +45,7 @@ def default_config():
   c.select_omega = True         # eq. 5 selection; False = integrate every weak-slice pixel
   c.weighted_lambda = True      # eq. 7 lambda; False = n 0.5
   c.eps = 1e-3                  # omega threshold of eq. 5
-  c.fuse_layers = (1, 2, 3, 4)  # stage outputs fused in stage 3; () = plain fine-tuning
+  c.fuse_layers = (1, 2, 3, 4)  # layer outputs fused in stage 3; () = plain fine-tuning
   c.max_slices = 4              # weak slices per image fused in one batch
   c.max_rounds = 4
   c.min_weak_delta = 20         # stop when the weak-slice count changes less than this
