@@ -38,7 +38,7 @@ def test_every_rws_switch_has_its_default_and_its_line_in_methods():
   """The recipe for an RWS variant (README, Extending): its values in `pipeline.CHOICES`, its
   default in `rws.config.default_config`, `config.rws.<key>: a | b` in docs/methods.md."""
   defaults = rws_config.default_config()
-  with open(os.path.join(ROOT, 'docs', 'methods.md')) as f:
+  with open(os.path.join(ROOT, 'docs/methods.md')) as f:
     methods = ' '.join(f.read().split())
   for key, choices in rws_pipeline.CHOICES.items():
     assert defaults[key] in choices, key
