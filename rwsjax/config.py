@@ -54,7 +54,7 @@ def base_config():
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'deeplabv3'        # deeplabv3 | deeplabv3plus | fcn | unet | deeplabv2
-  c.model.backbone = 'resnet18'     # resnet18 | resnet34 | resnet50 | resnet101 | resnet152
+  c.model.backbone = 'resnet18'     # resnet18..resnet152, or a name given to register_backbone
   c.model.output_stride = 8
   c.model.width = 0.25              # channel multiplier of the backbone (1.0 = standard)
   c.model.head_channels = 64        # 256 in the papers
