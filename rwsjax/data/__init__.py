@@ -19,6 +19,7 @@ import jax
 from jax.experimental import multihost_utils
 import tensorflow_datasets as tfds
 
+from rwsjax import config as config_lib
 from rwsjax.data import ade20k
 from rwsjax.data import cityscapes
 from rwsjax.data import cocostuff
@@ -41,8 +42,7 @@ def register_dataset(name, module, builder_cls):
 
 def _shapes_config(dataset_cfg):
   """The ShapesConfig of config.dataset.shapes (defaults when absent)."""
-  params = dataset_cfg.get('shapes')
-  return shapes.shapes_config(**(dict(params) if params is not None else {}))
+  return shapes.shapes_config(**dict(config_lib.field(dataset_cfg, 'dataset', 'shapes')))
 
 
 def num_classes(dataset_cfg):
@@ -65,11 +65,11 @@ def class_names(dataset_cfg):
 def builder_and_download_config(dataset_cfg):
   """(unprepared builder, DownloadConfig or None); checks the config before any work."""
   expected = num_classes(dataset_cfg)
-  given = dataset_cfg.get('num_classes')
+  given = config_lib.field(dataset_cfg, 'dataset', 'num_classes')
   if given is not None and given != expected:
     raise ValueError(f'config.dataset.num_classes is {given} but dataset '
                      f'{dataset_cfg.name!r} has {expected} classes (background included).')
-  data_dir = dataset_cfg.get('data_dir')
+  data_dir = config_lib.field(dataset_cfg, 'dataset', 'data_dir')
   if dataset_cfg.name == 'shapes':
     builder = shapes.SyntheticShapes(config=_shapes_config(dataset_cfg), data_dir=data_dir,
                                      file_format='array_record')
@@ -78,7 +78,7 @@ def builder_and_download_config(dataset_cfg):
   builder = builder_cls(data_dir=data_dir, file_format='array_record')
   if builder.is_prepared():
     return builder, None
-  manual_dir = dataset_cfg.get('manual_dir')
+  manual_dir = config_lib.field(dataset_cfg, 'dataset', 'manual_dir')
   if manual_dir is None:
     raise ValueError(f'config.dataset.manual_dir is not set; {dataset_cfg.name} needs the '
                      f'directory holding {", ".join(module.LAYOUT.values())}.')

@@ -82,15 +82,25 @@ def _positive(model_cfg, key, integer):
   return value
 
 
+def _registered(model_cfg):
+  """The `Backbone` registered as config.model.backbone."""
+  name = _field(model_cfg, 'backbone')
+  if name not in BACKBONES:
+    raise ValueError(f'config.model.backbone={name!r} is not registered; registered: '
+                     f'{list(BACKBONES)} (launch.py --imports names a module that registers '
+                     'one of your own).')
+  return BACKBONES[name]
+
+
 def feature_strides(model_cfg):
   """Stride of 'layer1'..'layer4' w.r.t. the input under config.model (backbone,
   output_stride); for the ResNets 4, 8, then 8/8 (OS 8) or 16/16 (OS 16)."""
-  return dict(BACKBONES[_choice(model_cfg, 'backbone', BACKBONES)].strides(model_cfg))
+  return dict(_registered(model_cfg).strides(model_cfg))
 
 
 def make_backbone(model_cfg):
   """The backbone registered as config.model.backbone, built from config.model."""
-  return BACKBONES[_choice(model_cfg, 'backbone', BACKBONES)].build(model_cfg)
+  return _registered(model_cfg).build(model_cfg)
 
 
 def compute_dtype(model_cfg):
