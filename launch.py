@@ -154,7 +154,9 @@ def main(argv):
   from rwsjax import preflight  # pylint: disable=g-import-not-at-top  (after absl parsed the flags)
   try:
     preflight.check_overrides(preflight.config_overrides(sys.argv[1:]),
-                              getattr(pipeline, 'UNREAD_FIELDS', {}), method)
+                              getattr(pipeline, 'UNREAD_FIELDS', {}), method, config,
+                              {**preflight.CONDITIONAL_FIELDS,
+                               **getattr(pipeline, 'CONDITIONAL_FIELDS', {})})
     run_mode(pipeline, config, os.path.abspath(_WORKDIR.value))
   except preflight.UserInputError as error:
     sys.exit(f'launch.py: {error}')

@@ -55,16 +55,32 @@ def config_overrides(argv):
           if arg.startswith('--config.')]
 
 
-def check_overrides(fields, unread, method):
-  """Refuses an override of a field that the `method` pipeline never reads.
+# Fields every pipeline reads only under a setting: field -> (whether `config` reads it, the
+# setting). Pipelines add their own as CONDITIONAL_FIELDS.
+CONDITIONAL_FIELDS = {
+    'train.momentum': (lambda config: config.train.optimizer == 'sgd',
+                       "config.train.optimizer='sgd'"),
+    'model.upsample': (lambda config: config.model.name == 'unet', "config.model.name='unet'"),
+}
+
+
+def check_overrides(fields, unread, method, config=None, conditional=None):
+  """Refuses an override of a field that the `method` pipeline never reads, or that `config`
+  does not read.
 
   `unread` maps such fields to what the pipeline reads instead (the pipeline module's
-  UNREAD_FIELDS); an override of the field or of anything below it is refused."""
+  UNREAD_FIELDS); an override of the field or of anything below it is refused. `conditional`
+  (default `CONDITIONAL_FIELDS`) maps fields read only under a setting to (whether `config`
+  reads it, the setting)."""
   for field in fields:
     for name, instead in unread.items():
       if field == name or field.startswith(name + '.'):
         raise UserInputError(f'--config.{field} is not read by the {method} pipeline: set '
                              f'{instead} instead.')
+    reads, setting = (conditional or CONDITIONAL_FIELDS).get(field, (None, None))
+    if config is not None and reads is not None and not reads(config):
+      raise UserInputError(f'--config.{field} is read only with {setting}, which this config '
+                           'does not set.')
 
 
 def check_eval_config(eval_cfg):

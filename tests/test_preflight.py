@@ -1,6 +1,7 @@
 """rwsjax.preflight: every check of user input fails with one sentence before any data
 preparation or compute; launch.py prints it alone (docs/design.md: errors a user can cause)."""
 import os
+import re
 
 import pytest
 
@@ -157,3 +158,25 @@ def test_overrides_of_fields_a_pipeline_never_reads_are_refused(tmp_path):
       'launch.py: --config.train.steps is not read by the rws pipeline: set '
       'config.rws.stage1_steps, stage2_steps and stage3_steps instead.')
   assert not os.path.exists(tmp_path / 'tfds') and not os.path.exists(tmp_path / 'run')
+
+
+def test_overrides_of_fields_this_config_does_not_read_are_refused(tmp_path):
+  config = load_config('shapes_rws', 'smoke')
+  conditional = {**preflight.CONDITIONAL_FIELDS, **rws_pipeline.CONDITIONAL_FIELDS}
+  assert config.train.optimizer == 'adamw' and config.rws.weak_rule == 'curve'
+  for field, setting in (('train.momentum', "config.train.optimizer='sgd'"),
+                         ('model.upsample', "config.model.name='unet'"),
+                         ('rws.t_fixed', "config.rws.weak_rule='fixed'")):
+    with pytest.raises(preflight.UserInputError,
+                       match=re.escape(f'--config.{field} is read only with {setting}, ')):
+      preflight.check_overrides(['train.lr', field], {}, 'rws', config, conditional)
+  config.unlock()
+  config.train.optimizer, config.model.name, config.rws.weak_rule = 'sgd', 'unet', 'fixed'
+  preflight.check_overrides(['train.momentum', 'model.upsample', 'rws.t_fixed'], {}, 'rws',
+                            config, conditional)
+  result = launch('--config=configs/shapes_rws.py:smoke', f"--workdir={tmp_path / 'run'}",
+                  '--config.rws.stage3_init=fresh', '--config.rws.stage3_warmup=20', timeout=120)
+  assert last_line(result.stderr) == (
+      "launch.py: --config.rws.stage3_warmup is read only with config.rws.stage3_init='stage1', "
+      'which this config does not set.')
+  assert not os.path.exists(tmp_path / 'run')

@@ -41,6 +41,13 @@ from rwsjax.rws import slices
 
 # Generic fields RWS never reads (`preflight.check_overrides`), and what it reads instead.
 UNREAD_FIELDS = {'train.steps': 'config.rws.stage1_steps, stage2_steps and stage3_steps'}
+# RWS fields read only under a setting (`preflight.check_overrides`).
+CONDITIONAL_FIELDS = {
+    'rws.t_fixed': (lambda config: config.rws.weak_rule == 'fixed', "config.rws.weak_rule='fixed'"),
+    'rws.stage3_warmup': (lambda config: config.rws.stage3_init == 'stage1',
+                          "config.rws.stage3_init='stage1'"),
+    'rws.local_scale': (lambda config: not config.rws.local_size, 'config.rws.local_size=0'),
+}
 CHOICES = {'stage3_init': ('stage1', 'fresh'), 'local_init': ('global', 'init'),
            'attention_region': ('prediction', 'ground_truth'), 'attention': ('last', 'gamma'),
            'weak_rule': ('curve', 'fixed'), 't_rule': slices.T_RULES,
