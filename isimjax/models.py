@@ -9,6 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rwsjax import config as config_lib
 from rwsjax import models
 
 CAM_HEADS = {'deeplabv3': 'DeepLabCAM', 'deeplabv3plus': 'DeepLabCAM', 'unet': 'UNetCAM'}
@@ -58,7 +59,7 @@ def make_cam_model(model_cfg, num_classes):
   """DeepLabCAM (config.model.name deeplabv3 | deeplabv3plus) or UNetCAM (unet, with
   config.model.upsample bilinear | learnable) from config.model; see
   `rwsjax.models.make_backbone` and `make_head` for the other fields."""
-  name = model_cfg.get('name')
+  name = config_lib.field(model_cfg, 'model', 'name')
   if name not in CAM_HEADS:
     raise ValueError(f'config.model.name={name!r} has no CAM variant; expected one of '
                      f'{sorted(CAM_HEADS)} (DeepLabCAM or UNetCAM).')
