@@ -63,7 +63,7 @@ class JaxRunner:
                                          warmup_steps=0))
     tx = train.make_optimizer(cfg, SCHEDULE_STEPS)
     mesh = train.make_mesh()
-    variables = jax.jit(lambda r: train.init_variables(model, (1, args.size, args.size, 3), r))(
+    variables = jax.jit(lambda r: train.random_variables(model, (1, args.size, args.size, 3), r))(
         jax.random.key(0))
     self.state = train.make_train_state(tx, variables, mesh)
     self.batch = train.to_device(batch, mesh)

@@ -103,7 +103,7 @@ def check_pretrained(model_cfg):
   if not path:
     return
   backbone = models.make_backbone(model_cfg)
-  abstract = jax.eval_shape(functools.partial(train.init_variables, backbone, (1, 64, 64, 3)),
+  abstract = jax.eval_shape(functools.partial(train.random_variables, backbone, (1, 64, 64, 3)),
                             jax.random.key(0))
   models.load_pretrained_backbone(abstract, path, model_cfg, scope=())
 

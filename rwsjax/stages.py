@@ -40,7 +40,7 @@ class Predictor(NamedTuple):
 def initial_variables(model, config, rng, image_shape=None):
   """Random variables for `model`, with the backbone from config.model.pretrained if given."""
   shape = image_shape or (1, *config.input.crop_size, 3)
-  variables = jax.jit(lambda r: train.init_variables(model, shape, r))(rng)
+  variables = jax.jit(lambda r: train.random_variables(model, shape, r))(rng)
   if config.model.pretrained:
     logging.info('Backbone weights from %s.', config.model.pretrained)
     return models.load_pretrained_backbone(variables, config.model.pretrained, config.model)

@@ -168,7 +168,7 @@ def schedule_count(opt_state):
               if path[-1].tuple_name == 'ScaleByScheduleState')
 
 
-def init_variables(model, image_shape, rng):
+def random_variables(model, image_shape, rng):
   """Random 'params' and 'batch_stats' for `model` on images of `image_shape` (N, H, W, 3).
 
   The model's other collections (the Seg-Grad-CAM 'perturbations') are not training state.
@@ -384,7 +384,7 @@ def finished_variables(*, workdir, stage, model, tx, total_steps, image_shape, r
       raise ValueError(f'{os.path.join(workdir, stage)} holds no finished run of '
                        f'{total_steps} steps; rerun the pipeline with this workdir to finish '
                        'training.')
-    variables = jax.eval_shape(functools.partial(init_variables, model, image_shape), rng)
+    variables = jax.eval_shape(functools.partial(random_variables, model, image_shape), rng)
     state = checkpointer.restore(
         jax.eval_shape(functools.partial(make_train_state, tx, mesh=mesh), variables))
   finally:

@@ -74,7 +74,7 @@ def model_cfg(backbone='resnet18', output_stride=8, width=WIDTH):
   return {'name': 'fcn', 'backbone': backbone, 'output_stride': output_stride, 'width': width}
 
 
-def init_variables(cfg, size=32):
+def random_variables(cfg, size=32):
   model = models.make_model(cfg, 3)
   return model, model.init(jax.random.key(0, impl='rbg'), jnp.zeros((1, size, size, 3)))
 
@@ -146,7 +146,7 @@ def np_resnet(x, state, depth, output_stride):
 def test_values_land_transposed_in_place(tmp_path, backbone):
   state = fake_state_dict(int(backbone[6:]), WIDTH)
   cfg = model_cfg(backbone)
-  _, variables = init_variables(cfg)
+  _, variables = random_variables(cfg)
   loaded = models.load_pretrained_backbone(variables, save_npz(tmp_path, state), cfg)
   params, stats = loaded['params']['backbone'], loaded['batch_stats']['backbone']
   hwio = lambda key: state[key].transpose(2, 3, 1, 0)  # noqa: E731
@@ -179,7 +179,7 @@ def test_values_land_transposed_in_place(tmp_path, backbone):
 def test_stem_conv_matches_direct_correlation(tmp_path):
   state = fake_state_dict(18, WIDTH)
   cfg = model_cfg()
-  model, variables = init_variables(cfg)
+  model, variables = random_variables(cfg)
   loaded = models.load_pretrained_backbone(variables, save_npz(tmp_path, state), cfg)
   x = np.random.default_rng(1).normal(size=(1, 32, 32, 3)).astype(np.float32)
   _, captured = model.apply(loaded, x, capture_intermediates=True)
@@ -215,7 +215,7 @@ def test_missing_key_is_named(tmp_path):
   state = fake_state_dict(18, WIDTH)
   del state['layer2.0.bn1.running_var']
   cfg = model_cfg()
-  _, variables = init_variables(cfg)
+  _, variables = random_variables(cfg)
   with pytest.raises(ValueError, match=r"lacks key 'layer2\.0\.bn1\.running_var'.*resnet18"):
     models.load_pretrained_backbone(variables, save_npz(tmp_path, state), cfg)
 
@@ -223,7 +223,7 @@ def test_missing_key_is_named(tmp_path):
 def test_wrong_width_names_key_and_shapes(tmp_path):
   state = fake_state_dict(18, WIDTH)
   cfg = model_cfg(width=0.25)
-  _, variables = init_variables(cfg)
+  _, variables = random_variables(cfg)
   with pytest.raises(ValueError, match=r"'conv1\.weight' has shape \(8, 3, 7, 7\), "
                                        r"expected \(16, 3, 7, 7\)"):
     models.load_pretrained_backbone(variables, save_npz(tmp_path, state), cfg)
@@ -232,14 +232,14 @@ def test_wrong_width_names_key_and_shapes(tmp_path):
 def test_deeper_weights_are_unexpected(tmp_path):
   state = fake_state_dict(34, WIDTH)
   cfg = model_cfg()
-  _, variables = init_variables(cfg)
+  _, variables = random_variables(cfg)
   with pytest.raises(ValueError, match=r"has key 'layer1\.2\.bn1\.bias'.*does not have"):
     models.load_pretrained_backbone(variables, save_npz(tmp_path, state), cfg)
 
 
 def test_file_and_config_errors(tmp_path):
   cfg = model_cfg()
-  _, variables = init_variables(cfg)
+  _, variables = random_variables(cfg)
   with pytest.raises(FileNotFoundError, match='config.model.pretrained'):
     models.load_pretrained_backbone(variables, str(tmp_path / 'absent.npz'), cfg)
   (tmp_path / 'weights.h5').write_bytes(b'')
@@ -255,7 +255,7 @@ def test_file_and_config_errors(tmp_path):
 def test_pth_without_torch_says_so(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)
   cfg = model_cfg()
-  _, variables = init_variables(cfg)
+  _, variables = random_variables(cfg)
   (tmp_path / 'weights.pth').write_bytes(b'')
   with pytest.raises(ImportError, match='needs PyTorch'):
     models.load_pretrained_backbone(variables, str(tmp_path / 'weights.pth'), cfg)

@@ -81,8 +81,8 @@ def tiny():
   labels[1, 20:, 20:] = 5
   labels[0, :2] = 255
   batch = {'image': images, 'segmentation': jnp.asarray(labels)}
-  glob = train.init_variables(model, (1, 32, 32, 3), jax.random.key(1))
-  local = train.init_variables(model, (1, 32, 32, 3), jax.random.key(2))
+  glob = train.random_variables(model, (1, 32, 32, 3), jax.random.key(1))
+  local = train.random_variables(model, (1, 32, 32, 3), jax.random.key(2))
   return config, model, batch, glob, local
 
 
@@ -161,7 +161,7 @@ def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
   config, model, batch, glob, local = tiny
   config = config.copy_and_resolve_references()
   rws_cfg, k = config.rws, config.dataset.num_classes
-  refined = train.init_variables(model, (1, 32, 32, 3), jax.random.key(4))
+  refined = train.random_variables(model, (1, 32, 32, 3), jax.random.key(4))
   images = batch['image']
   n = images.shape[0]
   glob_cam = segcam.seg_grad_cam(model, glob, images, max_classes=rws_cfg.max_classes)

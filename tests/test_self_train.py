@@ -103,7 +103,7 @@ def test_each_parameter_gets_the_learning_rate_of_its_part():
   config.train.optimizer = 'sgd'
   config.train.momentum = 0.0
   config.train.weight_decay = 0.0
-  params = train.init_variables(toy_model(), (1, SIZE, SIZE, 3), jax.random.key(0))['params']
+  params = train.random_variables(toy_model(), (1, SIZE, SIZE, 3), jax.random.key(0))['params']
   tx = self_train.make_optimizer(config, total_steps=10)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
@@ -127,7 +127,7 @@ class Harness:
     self.model = toy_model()
     self.source = toy_source()
     self.mesh = train.make_mesh()
-    self.variables = train.init_variables(self.model, (1, SIZE, SIZE, 3), jax.random.key(0))
+    self.variables = train.random_variables(self.model, (1, SIZE, SIZE, 3), jax.random.key(0))
     self.cams = cam.CamExtractor(self.model, config.input, scales=(1.0, 0.5), flip=True,
                                  stride=8, batch_size=4)
 

@@ -34,7 +34,7 @@ def test_a_recorded_stage_is_read_back_not_recomputed(tmp_path):
 
 def train_tiny(runner, counted):
   cfg = train_cfg()
-  variables = train.init_variables(TinySeg(), (1, 6, 6, 3), jax.random.key(0))
+  variables = train.random_variables(TinySeg(), (1, 6, 6, 3), jax.random.key(0))
 
   def factory(start):
     counted.append(start)

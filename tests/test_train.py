@@ -46,7 +46,7 @@ def run(workdir, num_devices, total_steps, stop_at=None, stage='s', lr=0.1):
   mesh = train.make_mesh(num_devices)
   cfg = train_cfg(lr=lr)
   tx = train.make_optimizer(cfg, total_steps)
-  variables = train.init_variables(model, (1, 6, 6, 3), jax.random.key(0))
+  variables = train.random_variables(model, (1, 6, 6, 3), jax.random.key(0))
   losses = []
 
   class Recorder:
@@ -94,7 +94,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert checkpointer.latest_step() == kept
   restored = checkpointer.restore(train.make_train_state(
       train.make_optimizer(train_cfg(), 50),
-      train.init_variables(TinySeg(), (1, 6, 6, 3), jax.random.key(0)), train.make_mesh(1)))
+      train.random_variables(TinySeg(), (1, 6, 6, 3), jax.random.key(0)), train.make_mesh(1)))
   checkpointer.close()
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params))
 
@@ -148,7 +148,7 @@ def test_adamw_option_and_unknown_optimizer():
 def _logged_rates(tx, opt_state, steps):
   """The learning-rate metrics of `steps` train steps of TinySeg from `opt_state`."""
   mesh = train.make_mesh(1)
-  variables = train.init_variables(TinySeg(), (1, 6, 6, 3), jax.random.key(0))
+  variables = train.random_variables(TinySeg(), (1, 6, 6, 3), jax.random.key(0))
   state = train.make_train_state(tx, variables, mesh, opt_state)
   step = train.make_train_step(train.supervised_loss(TinySeg()), tx, mesh)
   rates, iterator = [], batches()(0)
