@@ -34,6 +34,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from isimjax import cam
+from isimjax import config as isim_config
 from isimjax import models as cam_models
 from isimjax import psa
 from isimjax import self_train
@@ -54,6 +55,10 @@ UNREAD_FIELDS = {
     'train.lr': ('config.isim.lr_encoder, lr_decoder and lr_classifier, '
                  'psa.affinity.train.lr and psa.final.train.lr'),
 }
+# Fields read only under a setting (`preflight.check_overrides`): config.psa.* with the PSA stages.
+CONDITIONAL_FIELDS = {
+    f'psa.{key}': (lambda config: config.psa.enabled, 'config.psa.enabled=True')
+    for key in isim_config.isim_config().psa if key != 'enabled'}
 CONFUSION_CHUNK = 1 << 18  # pixels per jitted confusion-matrix call
 MODELS = {'isim': 'isim', 'baseline': 'cls_baseline'}  # table column -> training stage
 

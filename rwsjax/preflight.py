@@ -61,6 +61,8 @@ CONDITIONAL_FIELDS = {
     'train.momentum': (lambda config: config.train.optimizer == 'sgd',
                        "config.train.optimizer='sgd'"),
     'model.upsample': (lambda config: config.model.name == 'unet', "config.model.name='unet'"),
+    'model.head_channels': (lambda config: config.model.name not in ('fcn', 'deeplabv2'),
+                            "config.model.name='deeplabv3', 'deeplabv3plus' or 'unet'"),
 }
 
 
@@ -69,18 +71,21 @@ def check_overrides(fields, unread, method, config=None, conditional=None):
   does not read.
 
   `unread` maps such fields to what the pipeline reads instead (the pipeline module's
-  UNREAD_FIELDS); an override of the field or of anything below it is refused. `conditional`
-  (default `CONDITIONAL_FIELDS`) maps fields read only under a setting to (whether `config`
-  reads it, the setting)."""
+  UNREAD_FIELDS); `conditional` (default `CONDITIONAL_FIELDS`) maps fields read only under a
+  setting to (whether `config` reads them, the setting). Each applies to the field and to
+  anything below it."""
+  def covers(name, field):
+    return field == name or field.startswith(name + '.')
+
   for field in fields:
     for name, instead in unread.items():
-      if field == name or field.startswith(name + '.'):
+      if covers(name, field):
         raise UserInputError(f'--config.{field} is not read by the {method} pipeline: set '
                              f'{instead} instead.')
-    reads, setting = (conditional or CONDITIONAL_FIELDS).get(field, (None, None))
-    if config is not None and reads is not None and not reads(config):
-      raise UserInputError(f'--config.{field} is read only with {setting}, which this config '
-                           'does not set.')
+    for name, (reads, setting) in (conditional or CONDITIONAL_FIELDS).items():
+      if config is not None and covers(name, field) and not reads(config):
+        raise UserInputError(f'--config.{field} is read only with {setting}, which this config '
+                             'does not set.')
 
 
 def check_eval_config(eval_cfg):

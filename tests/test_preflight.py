@@ -174,6 +174,17 @@ def test_overrides_of_fields_this_config_does_not_read_are_refused(tmp_path):
   config.train.optimizer, config.model.name, config.rws.weak_rule = 'sgd', 'unet', 'fixed'
   preflight.check_overrides(['train.momentum', 'model.upsample', 'rws.t_fixed'], {}, 'rws',
                             config, conditional)
+  isim_config = load_config('shapes_isim', 'smoke')
+  isim_conditional = {**preflight.CONDITIONAL_FIELDS, **isim.CONDITIONAL_FIELDS}
+  preflight.check_overrides(['psa.final.epochs', 'psa.alpha'], {}, 'isim', isim_config,
+                            isim_conditional)
+  isim_config.unlock()
+  isim_config.psa.enabled = False
+  preflight.check_overrides(['psa.enabled', 'isim.epochs'], {}, 'isim', isim_config,
+                            isim_conditional)
+  with pytest.raises(preflight.UserInputError, match=re.escape(
+      '--config.psa.final.train.lr is read only with config.psa.enabled=True, ')):
+    preflight.check_overrides(['psa.final.train.lr'], {}, 'isim', isim_config, isim_conditional)
   result = launch('--config=configs/shapes_rws.py:smoke', f"--workdir={tmp_path / 'run'}",
                   '--config.rws.stage3_init=fresh', '--config.rws.stage3_warmup=20', timeout=120)
   assert last_line(result.stderr) == (
