@@ -209,12 +209,12 @@ def test_unet_upsample_modes_differ_by_transposed_convs():
 @pytest.mark.parametrize('key,value', [
     ('name', 'pspnet'), ('backbone', 'resnet20'), ('output_stride', 32), ('dtype', 'float16'),
     ('upsample', 'nearest'), ('width', 0), ('head_channels', 0), ('head_channels', 1.5)])
-def test_build_model_rejects_bad_config(key, value):
+def test_make_model_rejects_bad_config(key, value):
   with pytest.raises(ValueError, match=rf'config\.model\.{key}='):
     models.make_model(make_cfg(**{key: value}), 5)
 
 
-def test_build_model_error_lists_choices_and_accepts_dict():
+def test_make_model_error_lists_choices_and_accepts_dict():
   with pytest.raises(ValueError, match="'resnet18', 'resnet34', 'resnet50'"):
     models.make_model({'name': 'fcn', 'backbone': 'vgg16', 'output_stride': 8}, 5)
   with pytest.raises(ValueError, match=r'config\.model\.output_stride'):
