@@ -155,8 +155,7 @@ def main(argv):
   try:
     preflight.check_overrides(preflight.config_overrides(sys.argv[1:]),
                               getattr(pipeline, 'UNREAD_FIELDS', {}), method, config,
-                              {**preflight.CONDITIONAL_FIELDS,
-                               **getattr(pipeline, 'CONDITIONAL_FIELDS', {})})
+                              getattr(pipeline, 'CONDITIONAL_FIELDS', {}))
     run_mode(pipeline, config, os.path.abspath(_WORKDIR.value))
   except preflight.UserInputError as error:
     sys.exit(f'launch.py: {error}')

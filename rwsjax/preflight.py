@@ -71,18 +71,20 @@ def check_overrides(fields, unread, method, config=None, conditional=None):
   does not read.
 
   `unread` maps such fields to what the pipeline reads instead (the pipeline module's
-  UNREAD_FIELDS); `conditional` (default `CONDITIONAL_FIELDS`) maps fields read only under a
-  setting to (whether `config` reads them, the setting). Each applies to the field and to
-  anything below it."""
+  UNREAD_FIELDS); `conditional` maps the pipeline's own fields read only under a setting (its
+  CONDITIONAL_FIELDS) to (whether `config` reads them, the setting), and `CONDITIONAL_FIELDS`
+  apply to every pipeline. Each applies to the field and to anything below it."""
   def covers(name, field):
     return field == name or field.startswith(name + '.')
+
+  conditional = {**CONDITIONAL_FIELDS, **(conditional or {})}
 
   for field in fields:
     for name, instead in unread.items():
       if covers(name, field):
         raise UserInputError(f'--config.{field} is not read by the {method} pipeline: set '
                              f'{instead} instead.')
-    for name, (reads, setting) in (conditional or CONDITIONAL_FIELDS).items():
+    for name, (reads, setting) in conditional.items():
       if config is not None and covers(name, field) and not reads(config):
         raise UserInputError(f'--config.{field} is read only with {setting}, which this config '
                              'does not set.')

@@ -162,29 +162,29 @@ def test_overrides_of_fields_a_pipeline_never_reads_are_refused(tmp_path):
 
 def test_overrides_of_fields_this_config_does_not_read_are_refused(tmp_path):
   config = load_config('shapes_rws', 'smoke')
-  conditional = {**preflight.CONDITIONAL_FIELDS, **rws_pipeline.CONDITIONAL_FIELDS}
   assert config.train.optimizer == 'adamw' and config.rws.weak_rule == 'curve'
   for field, setting in (('train.momentum', "config.train.optimizer='sgd'"),
                          ('model.upsample', "config.model.name='unet'"),
                          ('rws.t_fixed', "config.rws.weak_rule='fixed'")):
     with pytest.raises(preflight.UserInputError,
                        match=re.escape(f'--config.{field} is read only with {setting}, ')):
-      preflight.check_overrides(['train.lr', field], {}, 'rws', config, conditional)
+      preflight.check_overrides(['train.lr', field], {}, 'rws', config,
+                                rws_pipeline.CONDITIONAL_FIELDS)
   config.unlock()
   config.train.optimizer, config.model.name, config.rws.weak_rule = 'sgd', 'unet', 'fixed'
   preflight.check_overrides(['train.momentum', 'model.upsample', 'rws.t_fixed'], {}, 'rws',
-                            config, conditional)
+                            config, rws_pipeline.CONDITIONAL_FIELDS)
   isim_config = load_config('shapes_isim', 'smoke')
-  isim_conditional = {**preflight.CONDITIONAL_FIELDS, **isim.CONDITIONAL_FIELDS}
   preflight.check_overrides(['psa.final.epochs', 'psa.alpha'], {}, 'isim', isim_config,
-                            isim_conditional)
+                            isim.CONDITIONAL_FIELDS)
   isim_config.unlock()
   isim_config.psa.enabled = False
   preflight.check_overrides(['psa.enabled', 'isim.epochs'], {}, 'isim', isim_config,
-                            isim_conditional)
+                            isim.CONDITIONAL_FIELDS)
   with pytest.raises(preflight.UserInputError, match=re.escape(
       '--config.psa.final.train.lr is read only with config.psa.enabled=True, ')):
-    preflight.check_overrides(['psa.final.train.lr'], {}, 'isim', isim_config, isim_conditional)
+    preflight.check_overrides(['psa.final.train.lr'], {}, 'isim', isim_config,
+                              isim.CONDITIONAL_FIELDS)
   result = launch('--config=configs/shapes_rws.py:smoke', f"--workdir={tmp_path / 'run'}",
                   '--config.rws.stage3_init=fresh', '--config.rws.stage3_warmup=20', timeout=120)
   assert last_line(result.stderr) == (
