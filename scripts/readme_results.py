@@ -9,6 +9,7 @@ results.md.
 
   python scripts/readme_results.py --out=runs/readme                     # everything
   python scripts/readme_results.py --out=runs/readme --only=shapes_rws --seeds=0
+  python scripts/readme_results.py --out=runs/readme --only=shapes_fine_rws --controls=local_scale-1
   python scripts/readme_results.py --out=runs/readme --list              # the commands
   python scripts/readme_results.py --out=runs/readme --report            # tables so far
 """
@@ -122,13 +123,23 @@ def table(title, rows, seeds):
   return '\n'.join(lines)
 
 
-def rws_experiment(name, config, out, seeds, mode, controls=True):
-  """The main run and every control of one RWS config, per seed; the table and T lines."""
-  main, control_runs = [], {label: [] for label, _, _ in RWS_CONTROLS}
+def selected_controls(names):
+  """RWS_CONTROLS whose directory name is in `names` (None: all of them)."""
+  known = [control_name(overrides) for _, _, overrides in RWS_CONTROLS]
+  unknown = sorted(set(names or ()) - set(known))
+  if unknown:
+    raise ValueError(f"unknown controls {unknown}; choose from {', '.join(known)}")
+  return tuple(c for c, n in zip(RWS_CONTROLS, known) if names is None or n in names)
+
+
+def rws_experiment(name, config, out, seeds, mode, controls=RWS_CONTROLS):
+  """The main run and the given controls of one RWS config, per seed; the table and T
+  lines."""
+  main, control_runs = [], {label: [] for label, _, _ in controls}
   for seed in seeds:
     main_dir = os.path.join(out, name, f'seed{seed}', 'rws')
     main.append(run(launch_command(config, main_dir, seed), main_dir, mode))
-    for label, level, overrides in RWS_CONTROLS if controls else ():
+    for label, level, overrides in controls:
       workdir = os.path.join(out, name, f'seed{seed}', control_name(overrides))
       if mode == 'run':
         copy_shared(main_dir, workdir, level)
@@ -149,11 +160,11 @@ def rws_experiment(name, config, out, seeds, mode, controls=True):
           ('RWS plain (the refined network alone)', miou(main, 'rws_plain')),
           ('**RWS fused (the RWS network)**', miou(main, 'rws_fused'))]
   rows += [(f'RWS fused, {label}', miou(control_runs[label], 'rws_fused'))
-           for label, _, _ in RWS_CONTROLS if control_runs[label]]
+           for label, _, _ in controls if control_runs[label]]
   rows += [(f'RWS plain, {label}', miou(control_runs[label], 'rws_plain'))
-           for label, _, _ in RWS_CONTROLS if control_runs[label]]
+           for label, _, _ in controls if control_runs[label]]
   rows += [(f'its own baseline, {label}', miou(control_runs[label], 'baseline'))
-           for label, _, overrides in RWS_CONTROLS
+           for label, _, overrides in controls
            if control_runs[label] and control_name(overrides) in OWN_BASELINE]
   first = [s['rounds'][0] for s in main_runs]
   thresholds = ' / '.join(f"{r['threshold']:.3f}" for r in first)
@@ -184,17 +195,24 @@ def main():
   parser.add_argument('--list', action='store_true', help='print the commands, run nothing')
   parser.add_argument('--main-only', action='store_true',
                       help="the RWS experiments' main runs only, without the controls")
+  parser.add_argument('--controls', default=None,
+                      help='comma-separated control directory names (e.g. '
+                      'select_omega-False,local_scale-1); default all')
   parser.add_argument('--report', action='store_true',
                       help='print the tables of the runs that exist, run nothing')
   args = parser.parse_args()
   mode = 'list' if args.list else 'report' if args.report else 'run'
   seeds = [int(s) for s in args.seeds.split(',')]
   out = os.path.abspath(args.out)
+  try:
+    controls = selected_controls(args.controls and args.controls.split(','))
+  except ValueError as e:
+    parser.error(str(e))
   single = {name: (config, overrides) for name, config, overrides in SINGLE_RUNS}
   for name in args.only.split(','):
     if name in RWS_EXPERIMENTS:
       text = rws_experiment(name, RWS_EXPERIMENTS[name], out, seeds, mode,
-                            controls=not args.main_only)
+                            controls=() if args.main_only else controls)
     elif name in single:
       text = single_run(name, *single[name], out, mode)
     else:

@@ -53,3 +53,17 @@ def test_table_mean_and_sample_sd():
   lines = text.splitlines()
   assert lines[2] == '| row | 0.500 | 0.600 | 0.800 | 0.633 ± 0.153 |'
   assert lines[3] == '| missing | 0.250 | - | - | 0.250 |'
+
+
+def test_selected_controls_by_directory_name():
+  script = _script()
+  assert script.selected_controls(None) == script.RWS_CONTROLS
+  chosen = script.selected_controls(['local_scale-1', 'slices-arbitrary'])
+  assert [script.control_name(o) for _, _, o in chosen] == ['slices-arbitrary', 'local_scale-1']
+  assert script.selected_controls([]) == ()
+  try:
+    script.selected_controls(['local_scale-3'])
+  except ValueError as e:
+    assert 'local_scale-3' in str(e)
+  else:
+    raise AssertionError('an unknown control must be refused')
