@@ -45,15 +45,15 @@ def test_every_rws_switch_has_its_default_and_its_line_in_methods():
     assert f'config.rws.{key}: {" | ".join(choices)}`' in methods, key
 
 
-def test_fine_testbed_is_shapes_rws_with_small_markers_and_a_longer_stage1():
-  """configs/shapes_fine_rws.py differs from configs/shapes_rws.py in the fine classes and,
-  full size only, the stage-1 length; its :smoke stays the smoke run."""
+def test_fine_testbed_is_shapes_rws_with_small_markers_and_sparser_curve_bins_left_out():
+  """configs/shapes_fine_rws.py differs from configs/shapes_rws.py in the fine classes and
+  t_min_share only, full size and :smoke."""
   for arg in (None, 'smoke'):
     base, fine = load_config('shapes_rws', arg), load_config('shapes_fine_rws', arg)
-    assert fine.dataset.shapes.fine_classes == 3
-    assert fine.rws.stage1_steps == (1200 if arg is None else base.rws.stage1_steps)
+    assert (fine.dataset.shapes.fine_classes, fine.rws.t_min_share) == (3, 0.05)
+    assert base.rws.t_min_share == 0.01
     fine.dataset.shapes.fine_classes = base.dataset.shapes.fine_classes
-    fine.rws.stage1_steps = base.rws.stage1_steps
+    fine.rws.t_min_share = base.rws.t_min_share
     assert fine.to_dict() == base.to_dict()
 
 
