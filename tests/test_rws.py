@@ -34,6 +34,15 @@ def test_should_stop():
   assert rws_analysis.should_stop([100, 50, 0], 20)
 
 
+def test_weak_share_advice_outside_a_tenth_to_a_half():
+  advice = rws_analysis.weak_share_advice
+  for share in (None, 0.1, 0.2, 0.5):
+    assert advice(share, 'curve') is None
+  assert 't_min_share' in advice(0.035, 'curve') and '3.5%' in advice(0.035, 'curve')
+  assert 'background_class' in advice(0.99, 'curve') and '99.0%' in advice(0.99, 'curve')
+  assert advice(0.99, 'fixed') is None and advice(0.01, 'fixed') is None
+
+
 def test_every_rws_switch_has_its_default_and_its_line_in_methods():
   """The recipe for an RWS variant (README, Extending): its values in `pipeline.CHOICES`, its
   default in `rws.config.default_config`, `config.rws.<key>: a | b` in docs/methods.md."""

@@ -139,6 +139,19 @@ def should_stop(counts, min_weak_delta):
   return len(counts) > 1 and abs(counts[-1] - counts[-2]) < min_weak_delta
 
 
+def weak_share_advice(share, rule, low=0.1, high=0.5):
+  """A sentence for the log when the curve's T leaves a weak share outside [low, high]
+  (docs/methods.md RWS 4), else None. The paper's premise is a minority of weak windows."""
+  if share is None or rule != 'curve' or low <= share <= high:
+    return None
+  if share > high:
+    return (f'{share:.1%} of the windows are weak: the selection hardly selects (is a '
+            'background class set in config.dataset.background_class?).')
+  return (f'only {share:.1%} of the windows are weak: T_c may sit in the sparse low-attention '
+          'end of a curve (round_N/threshold_curve.png); a larger config.rws.t_min_share '
+          'leaves those bins out.')
+
+
 def save_round_figures(directory, model, variables, source, analysis, config, names):
   """Heatmaps per layer (Fig. 5), this round's weak slices on images, and the T curve (Fig. 2)
   in `directory`; returns {'figures': their file names}."""

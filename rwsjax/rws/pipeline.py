@@ -212,6 +212,9 @@ def run(config, workdir):
     counts.append(found['weak_slices'])
     logging.info('Round %d: T = %.3f, %d weak slices (%.1f%% of the windows).', r,
                  found['threshold'], counts[-1], 100 * (found['weak_share'] or 0))
+    advice = analysis.weak_share_advice(found['weak_share'], rws.weak_rule)
+    if advice:
+      logging.warning('Round %d: %s', r, advice)
     row = {key: found[key] for key in ('threshold', 'per_class_threshold', 'weak_slices',
                                           'windows', 'weak_share', 'weak_share_per_class')}
     row['round'] = r
