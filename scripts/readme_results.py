@@ -132,6 +132,13 @@ def selected_controls(names):
   return tuple(c for c, n in zip(RWS_CONTROLS, known) if names is None or n in names)
 
 
+def first_round(summaries):
+  """'T: ...; weak windows: ...' of the first round of each run that exists, seed by seed."""
+  first = [s['rounds'][0] for s in summaries if s is not None]
+  return ('T: ' + ' / '.join(f"{r['threshold']:.3f}" for r in first) + '; weak windows: '
+          + ' / '.join(f"{r['weak_share']:.1%}" for r in first))
+
+
 def rws_experiment(name, config, out, seeds, mode, controls=RWS_CONTROLS):
   """The main run and the given controls of one RWS config, per seed; the table and T
   lines."""
@@ -166,13 +173,15 @@ def rws_experiment(name, config, out, seeds, mode, controls=RWS_CONTROLS):
   rows += [(f'its own baseline, {label}', miou(control_runs[label], 'baseline'))
            for label, _, overrides in controls
            if control_runs[label] and control_name(overrides) in OWN_BASELINE]
-  first = [s['rounds'][0] for s in main_runs]
-  thresholds = ' / '.join(f"{r['threshold']:.3f}" for r in first)
-  shares = ' / '.join(f"{r['weak_share']:.1%}" for r in first)
-  notes = [f'T: {thresholds}; weak windows: {shares}; inference ms per image plain / fused: '
-           + ', '.join(
-               f"{s['inference_ms_per_image']['plain']:.1f} / "
-               f"{s['inference_ms_per_image']['fused']:.1f}" for s in main_runs)]
+  notes = [first_round(main_runs) + '; inference ms per image plain / fused: ' + ', '.join(
+      f"{s['inference_ms_per_image']['plain']:.1f} / "
+      f"{s['inference_ms_per_image']['fused']:.1f}" for s in main_runs)]
+  per_class = [s['rounds'][0]['weak_share_per_class'] for s in main_runs]
+  notes.append('weak windows per class: ' + ', '.join(
+      f"{c} {' / '.join('-' if p[c] is None else f'{p[c]:.1%}' for p in per_class)}"
+      for c in per_class[0]))
+  notes += [f'{label}: {first_round(control_runs[label])}'
+            for label, _, _ in controls if any(control_runs[label])]
   return table(f'{name}, validation mIoU', rows, seeds) + '\n\n' + '\n'.join(notes)
 
 

@@ -67,3 +67,10 @@ def test_selected_controls_by_directory_name():
     assert 'local_scale-3' in str(e)
   else:
     raise AssertionError('an unknown control must be refused')
+
+
+def test_first_round_line_skips_missing_runs():
+  script = _script()
+  summaries = [{'rounds': [{'threshold': 0.4419, 'weak_share': 0.2376}]}, None,
+               {'rounds': [{'threshold': 0.375, 'weak_share': 0.22032}, {}]}]
+  assert script.first_round(summaries) == 'T: 0.442 / 0.375; weak windows: 23.8% / 22.0%'
