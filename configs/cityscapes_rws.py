@@ -12,9 +12,9 @@ run a third of stage 1's iterations. A street scene holds most of the 19 classes
 Seg-Grad-CAM gets 12 class slots per image (rws.max_classes; set 19 for all of them, at one
 backward pass per slot): the less frequent predicted classes beyond them get no attention and
 take no part in T or the weak decision; every class is a real class (no background class).
-A 512x1024 crop has twice the windows of a 512x512 one, hence 8 weak slices per image in
-stage 3 and at inference (rws.max_slices). `--mode=predict` keeps 2048-pixel frames whole
-(eval.max_side).
+A 512x1024 crop has twice the windows of a 512x512 one; every weak window is refined, the
+local model taking rws.slice_chunk of them at a time. `--mode=predict` keeps 2048-pixel frames
+whole (eval.max_side).
 `:smoke` shrinks everything to seconds on CPU (the tests run it on a fake Cityscapes tree of
 32x64 images).
 """
@@ -25,7 +25,7 @@ def get_config(arg=None):
   config = rws_config.paper_config(
       dataset='cityscapes', num_classes=19, crop_size=(512, 1024), batch_size=8,
       eval_pad_size=(1024, 2048), lr=0.01, weight_decay=5e-4, iterations=80000, max_classes=12,
-      max_slices=8, background_class=None)
+      background_class=None)
   config.eval.max_side = 2048
   if arg == 'smoke':
     rws_config.shrink_for_smoke(config)

@@ -40,7 +40,6 @@ def get_config(arg=None):
   config.rws.min_pixels = 32 * 32 // 16
   config.rws.local_batch_size = 32
   config.rws.max_classes = 5
-  config.rws.max_slices = 4
   config.rws.max_rounds = 1
   if arg == 'smoke':
     rws_config.shrink_for_smoke(config)

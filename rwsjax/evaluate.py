@@ -13,16 +13,18 @@ def confusion_matrix(labels, preds, num_classes, ignore_label=IGNORE_LABEL, weig
     preds: integer array of predictions, same shape.
     num_classes: K.
     ignore_label: label value that is not counted.
-    weights: optional array broadcastable to `labels` (0 drops a pixel, e.g. padding).
+    weights: optional integer array broadcastable to `labels`: how many times each pixel
+      counts (0 drops it, e.g. padding; 2 counts a pixel of two overlapping windows twice).
   """
   labels = jnp.asarray(labels).astype(jnp.int32)
   preds = jnp.asarray(preds).astype(jnp.int32)
   valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
+  counts = valid.astype(jnp.int32)
   if weights is not None:
-    valid = valid & (jnp.broadcast_to(weights, labels.shape) > 0)
+    counts = counts * jnp.broadcast_to(weights, labels.shape).astype(jnp.int32)
   index = jnp.where(valid, labels * num_classes + jnp.clip(preds, 0, num_classes - 1), 0)
   counts = jnp.zeros(num_classes * num_classes, jnp.int32).at[index.ravel()].add(
-      valid.ravel().astype(jnp.int32))
+      counts.ravel())
   return counts.reshape(num_classes, num_classes)
 
 

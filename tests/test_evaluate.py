@@ -42,6 +42,8 @@ def test_weights_drop_padded_examples_and_summary():
   weights = np.array([[1, 1], [0, 0]])  # second row is padding
   confusion = np.asarray(evaluate.confusion_matrix(labels, preds, 2, weights=weights))
   np.testing.assert_array_equal(confusion, [[1, 0], [0, 1]])
+  counted = np.asarray(evaluate.confusion_matrix(labels, preds, 2, weights=2 * weights + 1))
+  np.testing.assert_array_equal(counted, [[3, 0], [2, 3]])  # a weight w counts a pixel w times
   summary = evaluate.summarize(confusion, ['bg', 'fg'])
   assert summary['miou'] == 1.0 and summary['per_class_iou'] == {'bg': 1.0, 'fg': 1.0}
   assert summary['pixel_accuracy'] == 1.0

@@ -136,8 +136,13 @@ def test_fused_loss_mixes_local_features_into_weak_slices(tiny):
   extra = {'global': glob, 'local': local, 'threshold': jnp.float32(1.01)}
   loss_fn = rws_pipeline.fusion_loss(model, config)
   loss, (_, stats) = loss_fn(glob['params'], glob['batch_stats'], batch, rng, extra)
-  assert float(stats['weak_slices']) == config.rws.max_slices
+  windows = len(slices.window_boxes(32, 32, config.rws.slice_size, config.rws.slice_stride))
+  assert float(stats['weak_slices']) == windows and float(stats['left_out']) == 0
   assert 0 < float(stats['selected']) <= 1
+  config.rws.max_slices = 2
+  capped = rws_pipeline.fusion_loss(model, config)(glob['params'], glob['batch_stats'], batch,
+                                                   rng, extra)[1][1]
+  assert float(capped['weak_slices']) == 2 and float(capped['left_out']) == windows - 2
   _, drop_rng = jax.random.split(rng)
   assert not np.isclose(loss, plain_loss(model, glob['params'], glob['batch_stats'], batch,
                                          drop_rng))
@@ -175,12 +180,15 @@ def _window_entries(result, regions, per_pixel, boxes, num_classes, background, 
   return out
 
 
-def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
+@pytest.mark.parametrize('max_slices, chunk', [(0, 32), (0, 3), (2, 32)])
+def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny, max_slices, chunk):
   """rws_logits against the steps of docs/methods.md RWS 11 composed by hand: prediction-region
-  attention, weak windows under T (weakest first), the local model on the enlarged slices,
-  eq. 5-7 per pixel (test_fusion's loop reference) and the fused forward pass."""
+  attention, weak windows under T (weakest first; every one, or at most `max_slices`), the
+  local model on the enlarged slices (`slice_chunk` at a time), eq. 5-7 per pixel
+  (test_fusion's loop reference) and the fused forward pass."""
   config, model, batch, glob, local = tiny
   config = config.copy_and_resolve_references()
+  config.rws.max_slices, config.rws.slice_chunk = max_slices, chunk
   rws_cfg, k = config.rws, config.dataset.num_classes
   refined = train.random_variables(model, (1, 32, 32, 3), jax.random.key(4))
   images = batch['image']
@@ -196,14 +204,21 @@ def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
   m = len(values) // 5
   m = next(i for i in range(m, len(values)) if values[i] - values[i - 1] > 1e-4)
   threshold = (values[m - 1] + values[m]) / 2
-  chosen, valid = np.zeros((n, rws_cfg.max_slices), np.int32), np.zeros((n, 4), bool)
+  slots = max_slices or len(boxes)
+  chosen, valid = np.zeros((n, slots), np.int32), np.zeros((n, slots), bool)
+  weak_windows = 0
   for i in range(n):
     weak = sorted((min(v for v in entries[i, w].values() if v < threshold), w)
                   for w in range(len(boxes))
                   if any(v < threshold for v in entries[i, w].values()))
-    for s, (_, w) in enumerate(weak[:rws_cfg.max_slices]):
+    weak_windows += len(weak)
+    for s, (_, w) in enumerate(weak[:slots]):
       chosen[i, s], valid[i, s] = w, True
-  assert 0 < valid.sum() < valid.size
+  assert 0 < weak_windows < n * len(boxes)
+  if max_slices:
+    assert valid.sum() == n * max_slices < weak_windows  # the cap leaves weak windows out
+  else:
+    assert valid.sum() == weak_windows
   size, side = rws_cfg.slice_size, rws_network.local_size(rws_cfg)
   box = boxes[chosen]
   crops = np.stack([np.asarray(images)[i, y0:y1, x0:x1] for i in range(n)
@@ -224,7 +239,7 @@ def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
     lg = jax.image.resize(jax.image.resize(local_gamma, (len(crops), *f.shape[1:3]),
                                            'bilinear'), (len(crops), w, w), 'bilinear')
     lf = jax.image.resize(f, (len(crops), w, w, f.shape[-1]), 'bilinear')
-    split = lambda x: np.asarray(x).reshape((n, rws_cfg.max_slices) + x.shape[1:])
+    split = lambda x: np.asarray(x).reshape((n, slots) + x.shape[1:])
     weight, _, local_part = fusion_reference(
         np.asarray(a), np.asarray(g), box, valid, split(lf), split(la), split(lg),
         np.zeros((n, h, h, f.shape[-1]), np.float32), stride, rws_cfg.eps, True, True)

@@ -46,16 +46,22 @@ def default_config():
   c.weighted_lambda = True      # eq. 7 lambda; False = n 0.5
   c.eps = 1e-3                  # omega threshold of eq. 5
   c.fuse_layers = (1, 2, 3, 4)  # layer outputs fused in stage 3; () = plain fine-tuning
-  c.max_slices = 4              # weak slices per image fused in one batch
+  c.max_slices = 0              # weak slices refined per image; 0 = every weak slice
+  c.slice_chunk = 32            # slices per call of the local model (memory bound)
   c.max_rounds = 4
   c.min_weak_delta = 20         # stop when the weak-slice count changes less than this
   c.inference = 'fused'         # the RWS network (fused) | the refined network alone (plain)
+  c.integration = 'retrain'     # retrain: stage 3 trains the global model with the fusion |
+                                # inference: no stage 3, the fusion joins the global model
+                                # at inference only
+  c.premise = True              # measure each round part by part on the evaluation split's
+                                # weak windows (round_N/premise.json)
   c.baseline = True             # also train the equal-budget supervised baseline
   return c
 
 
 def paper_config(*, dataset, num_classes, crop_size, batch_size, eval_pad_size, lr,
-                 weight_decay, iterations, max_classes, background_class=None, max_slices=4,
+                 weight_decay, iterations, max_classes, background_class=None,
                  eval_batch_size=None):
   """A full experiment config with the RWS paper's section V settings for a real dataset.
 
@@ -96,7 +102,6 @@ def paper_config(*, dataset, num_classes, crop_size, batch_size, eval_pad_size, 
   config.rws.min_pixels = 128 * 128 // 16
   config.rws.local_batch_size = 16
   config.rws.max_classes = max_classes
-  config.rws.max_slices = max_slices
   return config
 
 

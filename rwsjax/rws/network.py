@@ -94,22 +94,140 @@ def window_scores(attention, rws_cfg, num_classes, background_class, labels=None
   return scores._replace(present=scores.present & part[:, None, :])
 
 
+def slot_count(rws_cfg, num_windows):
+  """S, the window slots of an image: every window (`max_slices: 0`, the default: every weak
+  window is refined) or at most `max_slices` (docs/methods.md RWS 7)."""
+  return min(rws_cfg.max_slices, num_windows) if rws_cfg.max_slices else num_windows
+
+
 def choose_slices(scores, threshold, rws_cfg, rng):
-  """Up to `max_slices` windows per image: the weakest under T, or as many random windows
-  (switch `slices: arbitrary`). Returns index (N, S) and valid (N, S)."""
+  """The windows to refine: the weak ones under T, weakest first, or as many random windows
+  (switch `slices: arbitrary`), in `slot_count` slots per image.
+
+  Returns index (N, S), valid (N, S) and the number of weak windows of each image (N,), which
+  exceeds the valid slots only under a `max_slices` cap.
+  """
   weak = slices.weak_mask(scores.attention, scores.present, threshold)
+  count = jnp.sum(jnp.any(weak, axis=-1), axis=-1)
+  slots = slot_count(rws_cfg, weak.shape[1])
   if rws_cfg.slices == 'arbitrary':
-    return slices.select_arbitrary(rng, weak.any(-1), rws_cfg.max_slices)
-  return slices.select_top_weak(scores.attention, weak, rws_cfg.max_slices)
+    return (*slices.select_arbitrary(rng, weak.any(-1), slots), count)
+  return (*slices.select_top_weak(scores.attention, weak, slots), count)
+
+
+def map_selected(fn, inputs, selected, chunk):
+  """`fn` over the selected rows of `inputs` (a pytree of (M, ...) arrays), `chunk` rows per
+  call; rows that are not selected get zeros.
+
+  Selected rows are gathered first, and calls past the last selected row are skipped
+  (`lax.cond`), so the cost follows the number of selected rows and the memory one chunk.
+  `fn` must treat rows independently (eval-mode models do).
+  """
+  m = selected.shape[0]
+  chunk = max(1, min(chunk, m))
+  calls = -(-m // chunk)
+  order = jnp.argsort(~selected, stable=True)
+  count = jnp.sum(selected)
+
+  def gather(x):
+    x = x[order]
+    return jnp.pad(x, [(0, calls * chunk - m)] + [(0, 0)] * (x.ndim - 1))
+
+  gathered = jax.tree.map(gather, inputs)
+  part = lambda i: jax.tree.map(
+      lambda x: jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk), gathered)
+  shapes = jax.eval_shape(fn, part(0))
+  zeros = lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  out = jax.lax.map(lambda i: jax.lax.cond(i * chunk < count, fn, zeros, part(i)),
+                    jnp.arange(calls))
+  inverse = jnp.argsort(order)
+  keep = lambda x: jnp.where(selected.reshape((m,) + (1,) * (x.ndim - 1)), x,
+                             jnp.zeros((), x.dtype))
+  return jax.tree.map(lambda x: keep(x.reshape((calls * chunk,) + x.shape[2:])[:m][inverse]),
+                      out)
+
+
+class WeakSlices(NamedTuple):
+  """The windows of a batch that the RWS network refines (docs/methods.md RWS 4, 7, 11).
+
+  attention: the global model's `Attention`.
+  boxes: (N, S, 4) int32 window boxes (y0, x0, y1, x1), weakest first.
+  valid: (N, S) bool, False on empty slots.
+  weak_count: (N,) weak windows of each image; above the valid slots only under a
+    `max_slices` cap.
+  eligible: (N, W) windows where some class takes part (`window_scores`): only these can be
+    weak.
+  """
+  attention: Attention
+  boxes: jax.Array
+  valid: jax.Array
+  weak_count: jax.Array
+  eligible: jax.Array
+
+
+def weak_slices(model, variables, threshold, images, config, rng, labels=None, valid=None):
+  """The global model's attention on `images` and the windows to refine under `threshold`.
+
+  `labels` only with `attention_region: ground_truth` in training; `valid` (N, H, W) False on
+  padding, where no region and hence no weak window is."""
+  rws, k = config.rws, config.dataset.num_classes
+  attention = attention_maps(model, variables, images, num_classes=k,
+                             max_classes=rws.max_classes, labels=labels, valid=valid)
+  scores = window_scores(attention, rws, k, config.dataset.background_class)
+  index, chosen, count = choose_slices(scores, threshold, rws, rng)
+  boxes = jnp.asarray(slices.window_boxes(*images.shape[1:3], rws.slice_size,
+                                          rws.slice_stride))[index]
+  return WeakSlices(attention, boxes, chosen, count, jnp.any(scores.present, axis=-1))
+
+
+def zoom(crops, side, method='bilinear'):
+  """Square crops (M, s, s, ...) resized to (M, side, side, ...) (the local model's view)."""
+  if crops.shape[1] == side:
+    return crops
+  return jax.image.resize(crops, (crops.shape[0], side, side) + crops.shape[3:], method)
+
+
+def local_outputs(model, variables, crops, config, crop_labels=None, with_logits=False):
+  """The local model on window crops (docs/methods.md RWS 5-6): per fused layer, A_i^s,
+  Gamma_i^s and F_i^s on the window's footprint of that layer's feature grid, and the local
+  logits at the window's size.
+
+  Args:
+    crops: (M, s, s, 3) window crops at the global scale (s = slice_size); the model sees them
+      resized to `local_size`.
+    crop_labels: (M, s, s) ground truth, only with `attention_region: ground_truth`.
+
+  Returns:
+    {'layers': layer -> (A (M, h, w), Gamma (M, h, w), F (M, h, w, ch))}, with 'logits'
+    (M, s, s, K) when `with_logits`.
+  """
+  rws, size = config.rws, config.rws.slice_size
+  strides = models.feature_strides(config.model)
+  side = local_size(rws)
+  if crop_labels is not None:
+    crop_labels = zoom(crop_labels, side, 'nearest')
+  attention = attention_maps(model, variables, zoom(crops, side),
+                             num_classes=config.dataset.num_classes,
+                             max_classes=rws.max_classes, labels=crop_labels)
+  maps = segcam.feature_attention(attention.maps, attention.gamma, attention.result.features)
+  layers = {}
+  for name in fused_layers(rws):
+    footprint = size // strides[name]
+    a, g = (zoom(m, footprint) for m in maps[name])
+    layers[name] = (a, g, zoom(attention.result.features[name], footprint))
+  out = {'layers': layers}
+  if with_logits:
+    out['logits'] = zoom(attention.result.logits, size)
+  return out
 
 
 def fusion_plans(model, frozen, images, config, rng, labels=None, valid=None):
   """Everything the RWS network adds to a forward pass (docs/methods.md RWS 6, 7, 11).
 
-  The frozen global model's attention on `images`, the weak windows under T, the frozen local
-  model's features and attention on those windows (resized by `local_scale`, then brought
-  back to the window's footprint on each layer's feature grid), and the selection and weights
-  of eq. 5-7. Stage 3 (on augmented batches) and inference call this same function.
+  The frozen global model's attention on `images`, the weak windows under T (every one, or
+  at most `max_slices` per image), the frozen local model's features and attention on them
+  (`local_outputs`, `rws.slice_chunk` windows per call), and the selection and weights of eq.
+  5-7. Stage 3 (on augmented batches) and inference call this same function.
 
   Args:
     model: the segmentation model (all three roles share its architecture).
@@ -122,52 +240,45 @@ def fusion_plans(model, frozen, images, config, rng, labels=None, valid=None):
     valid: optional (N, H, W) bool, False on padding: no window is weak for padding pixels.
 
   Returns:
-    (layer -> `fusion.FusionPlan`, stats {'weak_slices': per image, 'selected': share}).
+    (layer -> `fusion.FusionPlan`, stats per image: 'weak_slices' refined, 'left_out' weak
+    windows beyond the `max_slices` cap, and 'selected', the share of selected feature pixels).
   """
-  rws, k = config.rws, config.dataset.num_classes
-  background = config.dataset.background_class
-  layers = fused_layers(rws)
-  if not layers:
+  if not fused_layers(config.rws):
     return {}, {}
-  n, height, width = images.shape[:3]
-  size, local = rws.slice_size, local_size(rws)
-  strides = models.feature_strides(config.model)
-  attention = attention_maps(model, frozen['global'], images, num_classes=k,
-                             max_classes=rws.max_classes, labels=labels, valid=valid)
-  scores = window_scores(attention, rws, k, background)
-  index, valid = choose_slices(scores, frozen['threshold'], rws, rng)
-  boxes = jnp.asarray(slices.window_boxes(height, width, size, rws.slice_stride))[index]
-  crops = slices.crop_windows(images, boxes, size).reshape((-1, size, size, 3))
-  crop_labels = None
+  found = weak_slices(model, frozen['global'], frozen['threshold'], images, config, rng,
+                      labels=labels, valid=valid)
+  return plans_for(model, frozen['local'], found, images, config, labels)
+
+
+def plans_for(model, local_variables, found, images, config, labels=None, with_logits=False):
+  """(plans, stats) of `fusion_plans` for the windows `found` (`weak_slices`), and with
+  `with_logits` the local logits of each slot (N, S, s, s, K) too."""
+  rws = config.rws
+  n, size = images.shape[0], rws.slice_size
+  slots = found.boxes.shape[1]
+  inputs = {'crops': slices.crop_windows(images, found.boxes, size).reshape((-1, size, size, 3))}
   if labels is not None:
-    crop_labels = slices.crop_windows(labels, boxes, size).reshape((-1, size, size))
-  if local != size:
-    crops = jax.image.resize(crops, (crops.shape[0], local, local, 3), 'bilinear')
-    if crop_labels is not None:
-      crop_labels = jax.image.resize(crop_labels, (crops.shape[0], local, local), 'nearest')
-  local_attention = attention_maps(model, frozen['local'], crops, num_classes=k,
-                                   max_classes=rws.max_classes, labels=crop_labels)
-
-  def on_window(x, name):
-    """(N*S, h', w', ...) at the local resolution -> (N, S, h, w, ...) on the window's grid."""
-    side = size // strides[name]
-    x = x.reshape((n, rws.max_slices) + x.shape[1:])
-    if x.shape[2] != side:
-      x = jax.image.resize(x, x.shape[:2] + (side, side) + x.shape[4:], 'bilinear')
-    return x
-
+    inputs['labels'] = slices.crop_windows(labels, found.boxes, size).reshape((-1, size, size))
+  local = map_selected(
+      lambda x: local_outputs(model, local_variables, x['crops'], config, x.get('labels'),
+                              with_logits),
+      inputs, found.valid.reshape(-1), rws.slice_chunk)
+  per_image = lambda x: x.reshape((n, slots) + x.shape[1:])
+  attention = found.attention
   global_maps = segcam.feature_attention(attention.maps, attention.gamma,
                                          attention.result.features)
-  local_maps = segcam.feature_attention(local_attention.maps, local_attention.gamma,
-                                        local_attention.result.features)
+  layers = {name: tuple(per_image(x) for x in maps) for name, maps in local['layers'].items()}
   plans = fusion.fusion_plans(
-      global_maps,
-      {name: tuple(on_window(m, name) for m in local_maps[name]) for name in layers},
-      {name: on_window(local_attention.result.features[name], name) for name in layers},
-      boxes, valid, strides, layers=layers, eps=rws.eps, select_omega=rws.select_omega,
-      weighted_lambda=rws.weighted_lambda)
-  stats = {'weak_slices': jnp.sum(valid) / n,
+      global_maps, {name: maps[:2] for name, maps in layers.items()},
+      {name: maps[2] for name, maps in layers.items()}, found.boxes, found.valid,
+      models.feature_strides(config.model), layers=tuple(layers), eps=rws.eps,
+      select_omega=rws.select_omega, weighted_lambda=rws.weighted_lambda)
+  refined = jnp.sum(found.valid, axis=-1)
+  stats = {'weak_slices': jnp.mean(refined),
+           'left_out': jnp.mean(found.weak_count - jnp.minimum(found.weak_count, refined)),
            'selected': jnp.mean(jnp.stack([p.selected.mean() for p in plans.values()]))}
+  if with_logits:
+    return plans, stats, per_image(local['logits'])
   return plans, stats
 
 
@@ -191,9 +302,9 @@ def rws_logits(model, variables, images, config, valid=None):
   return logits[:, :height, :width]
 
 
-def pad_for_windows(x, config):
-  """Images (N, H, W, 3) or masks (N, H, W) padded at the bottom and right with zeros (the
-  normalised mean; False) so that every window lands on every feature grid
+def pad_for_windows(x, config, value=0):
+  """Images (N, H, W, 3) or masks (N, H, W) padded at the bottom and right with `value` (0:
+  the normalised mean; False) so that every window lands on every feature grid
   (`fusion.check_geometry`): sides at least `slice_size` and multiples of the largest feature
   stride. Sizes that already fit are left as they are."""
   stride = max(models.feature_strides(config.model).values())
@@ -201,7 +312,7 @@ def pad_for_windows(x, config):
   pads = [(0, 0)] + [(0, max(size, -(-n // stride) * stride) - n) for n in x.shape[1:3]]
   if not any(p for _, p in pads):
     return x
-  return jnp.pad(x, pads + [(0, 0)] * (x.ndim - 3))
+  return jnp.pad(x, pads + [(0, 0)] * (x.ndim - 3), constant_values=value)
 
 
 def plain_network(variables):

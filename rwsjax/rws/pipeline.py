@@ -36,6 +36,7 @@ from rwsjax.progress import MetricWriter, median_seconds
 from rwsjax.rws import analysis
 from rwsjax.rws import fusion
 from rwsjax.rws import network
+from rwsjax.rws import premise
 from rwsjax.rws import slices
 
 
@@ -44,15 +45,20 @@ UNREAD_FIELDS = {'train.steps': 'config.rws.stage1_steps, stage2_steps and stage
 # RWS fields read only under a setting (`preflight.check_overrides`).
 CONDITIONAL_FIELDS = {
     'rws.t_fixed': (lambda config: config.rws.weak_rule == 'fixed', "config.rws.weak_rule='fixed'"),
-    'rws.stage3_warmup': (lambda config: config.rws.stage3_init == 'stage1',
-                          "config.rws.stage3_init='stage1'"),
+    'rws.stage3_warmup': (lambda config: (config.rws.integration == 'retrain'
+                                          and config.rws.stage3_init == 'stage1'),
+                          "config.rws.integration='retrain' and config.rws.stage3_init='stage1'"),
     'rws.local_scale': (lambda config: not config.rws.local_size, 'config.rws.local_size=0'),
+    **{f'rws.{key}': (lambda config: config.rws.integration == 'retrain',
+                      "config.rws.integration='retrain'")
+       for key in ('stage3_steps', 'stage3_lr', 'stage3_init')},
 }
 CHOICES = {'stage3_init': ('stage1', 'fresh'), 'local_init': ('global', 'init'),
            'attention_region': ('prediction', 'ground_truth'), 'attention': ('last', 'gamma'),
            'weak_rule': ('curve', 'fixed'), 't_rule': slices.T_RULES,
            't_slope_unit': slices.SLOPE_UNITS, 'slices': ('weak', 'arbitrary'),
-           'weak_classes': ('foreground', 'all'), 'inference': ('fused', 'plain')}
+           'weak_classes': ('foreground', 'all'), 'inference': ('fused', 'plain'),
+           'integration': ('retrain', 'inference')}
 
 
 def check_config(config):
@@ -70,6 +76,10 @@ def check_config(config):
                      f'{config.dataset.num_classes} classes; use None when there is none.')
   if not 0 <= rws.t_min_share < 1:
     raise ValueError(f'config.rws.t_min_share={rws.t_min_share}; expected a share in [0, 1).')
+  if rws.max_slices < 0 or rws.slice_chunk < 1:
+    raise ValueError(f'config.rws.max_slices={rws.max_slices} and config.rws.slice_chunk='
+                     f'{rws.slice_chunk}; expected max_slices >= 0 (0: every weak slice) and '
+                     'slice_chunk >= 1.')
   if rws.local_scale <= 0:
     raise ValueError(f'config.rws.local_scale={rws.local_scale} must be positive.')
   strides = models.feature_strides(config.model)
@@ -129,6 +139,10 @@ def results_table(summary, names):
     share = '-' if r['weak_share'] is None else f"{r['weak_share']:.1%}"
     lines.append(f"| {r['round']} | {r['threshold']:.3f} | {r['weak_slices']} | {share} | "
                  f"{after} |")
+  for r in summary['rounds']:
+    if 'premise' in r:
+      lines += ['', f"Round {r['round']}, part by part. "
+                + premise.table(r['premise'], summary['eval_split'], names)]
   return '\n'.join(lines)
 
 
@@ -237,26 +251,33 @@ def run(config, workdir):
         f'round_{r}/stage2', local_start,
         lambda start, ds=crop_batches: input_pipeline.prefetch(ds, start), rws.stage2_steps,
         config.train.lr)
-    stage3_cfg, offset, warmup_from = schedule_config(config, r, rws.stage3_init)
-    tx = train.make_optimizer(stage3_cfg, rws.stage3_steps, offset=offset,
-                              warmup_from=warmup_from)
-    continued = rws.stage3_init == 'stage1'
     frozen = {'global': global_variables, 'local': local_state.variables,
               'threshold': jnp.float32(found['threshold'])}
-    state = runner.train(
-        f'round_{r}/stage3', loss_fn=fusion_loss(model, config), tx=tx,
-        variables=global_variables if continued else init,
-        opt_state=state.opt_state if continued else None,
-        batches=stages.train_batches(train_source, config, mesh,
-                                     seed=config.seed + 1000 * r),
-        total_steps=rws.stage3_steps, train_cfg=config.train, mesh=mesh, rng=step_rng,
-        writer=writer, extra=frozen)
+    total_steps += rws.stage2_steps
+    if rws.integration == 'retrain':
+      stage3_cfg, offset, warmup_from = schedule_config(config, r, rws.stage3_init)
+      tx = train.make_optimizer(stage3_cfg, rws.stage3_steps, offset=offset,
+                                warmup_from=warmup_from)
+      continued = rws.stage3_init == 'stage1'
+      state = runner.train(
+          f'round_{r}/stage3', loss_fn=fusion_loss(model, config), tx=tx,
+          variables=global_variables if continued else init,
+          opt_state=state.opt_state if continued else None,
+          batches=stages.train_batches(train_source, config, mesh,
+                                       seed=config.seed + 1000 * r),
+          total_steps=rws.stage3_steps, train_cfg=config.train, mesh=mesh, rng=step_rng,
+          writer=writer, extra=frozen)
+      total_steps += rws.stage3_steps
     net = {'model': state.variables, **frozen}
-    total_steps += rws.stage2_steps + rws.stage3_steps
     row['trained'] = True
     final = {name: evaluation(f'round_{r}/eval_{name}.json', net, name)
              for name in ('plain', 'fused')}
     row.update(miou_plain=final['plain']['miou'], miou_fused=final['fused']['miou'])
+    if rws.premise:
+      row['premise'] = runner.run(
+          f'round_{r}/premise', lambda: premise.measure(model, net, eval_source, config, mesh,
+                                                        names),
+          os.path.join(directory, 'premise.json'))
     global_variables = state.variables
   cost = runner.run(
       'inference cost', lambda: inference_cost(
@@ -285,8 +306,9 @@ def run(config, workdir):
 
 def finished_network(config, workdir, model, mesh):
   """The RWS network of a finished run in `workdir` (`rws_logits`' variables): the refined
-  model of the last trained round, the model whose attention that round used, its local
-  model and its T; a run whose first round trained nothing gives `plain_network` of stage 1.
+  model of the last trained round (with `integration: inference`, the model whose attention
+  that round used), that model, its local model and its T; a run whose first round trained
+  nothing gives `plain_network` of stage 1.
   Raises ValueError when stage 1 has not finished."""
   rws = config.rws
   shape = (1, *input_pipeline.pair(config.input.crop_size), 3)
@@ -298,16 +320,18 @@ def finished_network(config, workdir, model, mesh):
                                     total_steps=steps, image_shape=shape, rng=rng, mesh=mesh)
 
   global_variables, net = restore('stage1', rws.stage1_steps), None
+  retrain = rws.integration == 'retrain'
   for r in range(1, rws.max_rounds + 1):
-    stage3 = os.path.join(workdir, f'round_{r}', 'stage3', 'checkpoints')
-    if not os.path.isdir(stage3):
+    last = 'stage3' if retrain else 'stage2'
+    if not os.path.isdir(os.path.join(workdir, f'round_{r}', last, 'checkpoints')):
       break
     with open(os.path.join(workdir, f'round_{r}', 'analysis.json')) as f:
       threshold = json.load(f)['threshold']
-    net = {'model': restore(f'round_{r}/stage3', rws.stage3_steps),
-               'global': global_variables,
-               'local': restore(f'round_{r}/stage2', rws.stage2_steps),
-               'threshold': jnp.float32(threshold)}
+    net = {'model': (restore(f'round_{r}/stage3', rws.stage3_steps) if retrain
+                     else global_variables),
+           'global': global_variables,
+           'local': restore(f'round_{r}/stage2', rws.stage2_steps),
+           'threshold': jnp.float32(threshold)}
     global_variables = net['model']
   return net or network.plain_network(global_variables)
 
