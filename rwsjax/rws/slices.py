@@ -272,8 +272,8 @@ def hinge_knee(mean_iou, counts, kept, min_gain=0.0, steps=KNEE_STEPS):
   The fit with the knee lowers the squared error of the flat fit (a = 0) by a^2 Sxx, Sxx the
   weighted sum of squares of max(k - x_i, 0) about its mean; the knee is the k of the largest
   drop, where that drop exceeds `min_gain` (K,) (with noise sd s, (z s)^2 asks the rise a to
-  be z standard errors s / sqrt(Sxx) above 0). Elsewhere the curve is flat and k is the first
-  kept centre; nan without kept bins.
+  be z standard errors s / sqrt(Sxx) above 0). Where no k gives such a drop the curve is
+  flat and k is the first kept centre; nan without kept bins.
   """
   bins = kept.shape[1]
   centres = (np.arange(bins) + 0.5) / bins
