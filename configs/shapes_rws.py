@@ -14,6 +14,7 @@ Switches (each lands in summary.json under "config"; docs in rwsjax/rws/config.p
   --config.rws.weak_rule=fixed --config.rws.t_fixed=0.4     T sweep (Fig. 9)
   --config.rws.attention_region=ground_truth   attention on the ground-truth region (training)
   --config.rws.t_rule=last_flat --config.rws.t_min_share=0  the earlier reading of T
+  --config.rws.t_rule=robust               the first flat point judged against the curve's noise
   --config.rws.weak_classes=all            the background takes part in T and weak slices
   --config.rws.local_scale=1               the local model sees slices at the global scale
   --config.rws.stage3_init=fresh           stage 3 from the initial weights, full schedule

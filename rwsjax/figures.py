@@ -143,16 +143,22 @@ def save_slices(path, images, boxes):
 
 
 def save_threshold_curve(path, curve, threshold, per_class_threshold, class_names):
-  """RWS Fig. 2: mean window IoU against window attention per class, with T marked.
+  """RWS Fig. 2: mean window IoU against window attention per class, with T marked; returns
+  the saved figure.
 
   `curve` has 'centres' (bins,), 'mean_iou' (K, bins) with negative values in empty bins,
   'counts' (K, bins) and optionally 'kept' (K, bins), the bins populated enough to be on the
-  curve (filled markers; hollow markers are bins left out). Below, the windows per bin.
+  curve (filled markers; hollow markers are bins left out), 'se' (K, bins), the standard
+  error of each kept bin's mean (error bars of +-se; negative or nan: none), and 'knee' (K,)
+  per class (None: none), the knee of the rising-then-flat fit (a triangle on the curve).
+  Below, the windows per bin.
   """
   centres = np.asarray(curve['centres'])
   mean_iou = np.asarray(curve['mean_iou'], np.float64)
   counts = np.asarray(curve['counts'])
   kept = np.asarray(curve.get('kept', counts > 0), bool)
+  se = np.asarray(curve.get('se', np.full(counts.shape, np.nan)), np.float64)
+  knees = curve.get('knee', [None] * len(counts))
   fig, (ax, bottom) = plt.subplots(2, 1, figsize=(6, 5.8), sharex=True,
                                    gridspec_kw={'height_ratios': [3, 1.3]})
   for k, name in enumerate(class_names):
@@ -162,6 +168,13 @@ def save_threshold_curve(path, curve, threshold, per_class_threshold, class_name
     label = name if t_class is None else f'{name} (T_c {t_class:.2f})'
     line, = ax.plot(centres[kept[k]], mean_iou[k, kept[k]], marker='o', markersize=3,
                     linewidth=1, label=label)
+    bars = kept[k] & (se[k] >= 0)
+    if bars.any():
+      ax.errorbar(centres[bars], mean_iou[k, bars], yerr=se[k, bars], linestyle='none',
+                  color=line.get_color(), linewidth=0.8, capsize=1.5)
+    if knees[k] is not None and kept[k].any():
+      ax.plot(knees[k], np.interp(knees[k], centres[kept[k]], mean_iou[k, kept[k]]),
+              marker='v', markersize=6, color=line.get_color())
     sparse = (counts[k] > 0) & ~kept[k]
     ax.plot(centres[sparse], mean_iou[k, sparse], linestyle='none', marker='o', markersize=3,
             markerfacecolor='none', color=line.get_color())
@@ -176,8 +189,9 @@ def save_threshold_curve(path, curve, threshold, per_class_threshold, class_name
   ax.set_xlim(0, 1)
   ax.set_ylim(0, 1)
   ax.legend(fontsize=7, ncol=2)
-  ax.set_title('filled: bins on the curve; hollow: too few windows', fontsize=8)
+  ax.set_title('filled: bins on the curve (bars: +-1 standard error); hollow: too few '
+               'windows; triangle: knee of the fit', fontsize=8)
   bottom.set_yscale('log')
   bottom.set_ylabel('windows')
   bottom.set_xlabel('window mean attention')
-  _save(fig, path)
+  return _save(fig, path)

@@ -57,3 +57,22 @@ def test_grid_without_names_labels_classes_by_index(tmp_path):
                           ['label', 'CAM'], value_label='CAM')
   assert [name for name, _ in legend_entries(fig)] == ['0', '2']
   assert colorbar_labels(fig) == ['CAM']
+
+
+def test_threshold_curve_has_error_bars_of_one_standard_error_and_the_knee(tmp_path):
+  curve = {'centres': [0.125, 0.375, 0.625, 0.875],
+           'mean_iou': [[0.2, 0.5, 0.6, 0.55], [0.3, 0.3, -1.0, 0.4]],
+           'counts': [[40, 30, 20, 1], [10, 10, 0, 10]],
+           'kept': [[True, True, True, False], [True, True, False, True]],
+           'se': [[0.02, 0.03, 0.05, -1.0], [-1.0, -1.0, -1.0, -1.0]],
+           'knee': [0.5, None]}
+  path = tmp_path / 'curve.png'
+  fig = figures.save_threshold_curve(str(path), curve, 0.3, [0.375, 0.125], NAMES[:2])
+  ax = fig.axes[0]
+  (bars,) = ax.containers  # class 1 has no standard errors
+  segments = np.asarray(bars.lines[2][0].get_segments())
+  np.testing.assert_allclose(segments[:, :, 0], [[0.125] * 2, [0.375] * 2, [0.625] * 2])
+  np.testing.assert_allclose(segments[:, :, 1], [[0.18, 0.22], [0.47, 0.53], [0.55, 0.65]])
+  (knee,) = [line for line in ax.lines if line.get_marker() == 'v']
+  np.testing.assert_allclose(np.ravel(knee.get_xydata()), [0.5, 0.55])  # on the kept curve
+  assert PIL.Image.open(path).size[0] > 0

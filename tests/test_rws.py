@@ -82,6 +82,7 @@ def test_config_errors():
       ('rws', 'fuse_layers', (0, 4), 'config.rws.fuse_layers'),
       ('rws', 'slice_stride', 4, 'multiples of the layer2 feature stride 8'),
       ('rws', 'local_scale', 1.25, "local model's input side 20"),
+      ('rws', 't_noise_z', -1.0, 'config.rws.t_noise_z=-1.0'),
       ('dataset', 'background_class', 7, 'background_class=7')):
     config = load_config('shapes_rws', 'smoke')
     config[section][key] = value
@@ -326,6 +327,18 @@ def test_analyze_matches_a_naive_loop(tiny, tmp_path):
                                   [by_class[c][1] for c in range(7)], config.rws.t_bins,
                                   config.rws.t_slope, config.rws.t_min_share, 2)
   assert analysis['threshold'] == pytest.approx(t, abs=1e-6)
+  bins, curve = config.rws.t_bins, analysis['curve']
+  for c in range(7):  # each kept bin's standard error from the pooled within-bin sd (this
+    # random model's window IoU is constant within each bin: s = 0)
+    index = np.minimum((np.asarray(by_class[c][0]) * bins).astype(int), bins - 1)
+    iou = np.asarray(by_class[c][1])
+    kept = [b for b in range(bins) if curve['kept'][c][b]]
+    within = sum(np.sum((iou[index == b] - iou[index == b].mean()) ** 2) for b in kept)
+    dof = sum(np.sum(index == b) for b in kept) - len(kept)
+    sd = np.sqrt(within / dof) if dof > 0 else 0.0
+    np.testing.assert_allclose(curve['se'][c], [sd / np.sqrt(np.sum(index == b)) if b in kept
+                                                else -1.0 for b in range(bins)], atol=1e-5)
+    assert (curve['knee'][c] is None) == (not kept)
   np.testing.assert_allclose([np.nan if v is None else v
                               for v in analysis['per_class_threshold']], per_class, atol=1e-6)
   weak = sorted((i, *boxes[w]) for (i, w), per in entries.items()

@@ -34,13 +34,14 @@ def make_scorer(model, config):
   return score
 
 
-def threshold(counts, sums, rws_cfg):
-  """T, per-class T_c and the curves from the dataset's histogram (docs/methods.md RWS 4); with
-  `weak_rule: fixed` T is `t_fixed` and the curve is still reported."""
+def threshold(counts, sums, squares, rws_cfg):
+  """T, per-class T_c and the curves from the dataset's histogram (`slices.curve_histogram`,
+  docs/methods.md RWS 4); with `weak_rule: fixed` T is `t_fixed` and the curve is still
+  reported."""
   t, per_class, curves = slices.threshold_from_histogram(
-      counts, sums, rule=rws_cfg.t_rule, slope=rws_cfg.t_slope,
+      counts, sums, squares, rule=rws_cfg.t_rule, slope=rws_cfg.t_slope,
       slope_unit=rws_cfg.t_slope_unit, min_share=rws_cfg.t_min_share,
-      min_windows=rws_cfg.t_min_windows)
+      min_windows=rws_cfg.t_min_windows, z=rws_cfg.t_noise_z)
   if rws_cfg.weak_rule == 'fixed':
     t = float(rws_cfg.t_fixed)
   return t, per_class, curves
@@ -69,11 +70,13 @@ def _share(part, whole):
 def analyze(model, variables, source, config, mesh, directory, names):
   """Scores every window of the training split, computes T and lists the weak slices.
 
-  Writes `directory/slices_process<i>.npz` (boxes (M, 5) rows (example index, y0, x0, y1, x1)
-  of this process's part of the split) and returns a JSON-ready dict: T, per-class T, the
-  curve, the weak-slice count over all processes and the share of weak windows per class and
-  overall. Only the scored (window, class) entries are kept, never a (images, windows,
-  classes) array.
+  The curve's histogram (`slices.curve_histogram`: counts, IoU sums and sums of squares) is
+  accumulated over batches and summed over processes. Writes `directory/slices_process<i>.npz`
+  (boxes (M, 5) rows (example index, y0, x0, y1, x1) of this process's part of the split) and
+  returns a JSON-ready dict: T, per-class T, the curve (with each kept bin's standard error
+  'se', -1 elsewhere, and each class's 'knee'), the weak-slice count over all processes and the
+  share of weak windows per class and overall. Only the scored (window, class) entries are
+  kept, never a (images, windows, classes) array.
   """
   rws, k = config.rws, config.dataset.num_classes
   score = make_scorer(model, config)
@@ -89,17 +92,17 @@ def analyze(model, variables, source, config, mesh, directory, names):
         variables, device['image'], device['segmentation'], device['valid']))
     keep = batch['mask']
     present = present & keep[:, None, None]
-    counts, sums = slices.curve_histogram(attention, iou, present, bins=rws.t_bins)
-    hist = (counts, sums) if hist is None else (hist[0] + counts, hist[1] + sums)
+    part = slices.curve_histogram(attention, iou, present, bins=rws.t_bins)
+    hist = part if hist is None else tuple(a + b for a, b in zip(hist, part))
     image, window, cls = np.nonzero(present[keep])
     entries.append((image + sum(len(x) for x in indices), window, cls,
                     attention[keep][image, window, cls]))
     indices.append(batch['index'][keep])
     if (i + 1) % max(1, count // 4) == 0:
       progress.log(i + 1)
-  counts, sums = (multihost_utils.process_allgather(x).sum(0) if jax.process_count() > 1 else x
-                  for x in hist)
-  t, per_class, curves = threshold(counts, sums, rws)
+  hist = (multihost_utils.process_allgather(x).sum(0) if jax.process_count() > 1 else x
+          for x in hist)
+  t, per_class, curves = threshold(*hist, rws)
   example = np.concatenate(indices)
   entries = tuple(np.concatenate(column) for column in zip(*entries))
   weak, scored, weak_per_class = weak_windows(entries, len(example), len(boxes), t, k)
@@ -125,7 +128,9 @@ def analyze(model, variables, source, config, mesh, directory, names):
                     'mean_iou': np.where(np.isnan(curves['mean_iou']), -1.0,
                                          curves['mean_iou']).tolist(),
                     'counts': curves['counts'].tolist(),
-                    'kept': curves['kept'].tolist()}}
+                    'kept': curves['kept'].tolist(),
+                    'se': np.where(curves['kept'], curves['se'], -1.0).tolist(),
+                    'knee': [None if np.isnan(v) else float(v) for v in curves['knee']]}}
 
 
 def load_weak_boxes(directory):

@@ -32,7 +32,10 @@ def default_config():
   c.max_classes = 6             # Seg-Grad-CAM class slots per image (most frequent classes)
   c.weak_rule = 'curve'         # curve: T from the IoU-attention curve | fixed: T = t_fixed
   c.t_fixed = 0.3
-  c.t_rule = 'first_flat'       # first_flat: lowest flat point (paper) | last_flat
+  c.t_rule = 'first_flat'       # first_flat: lowest flat point (paper) | last_flat | robust:
+                                # the lowest flat point judged against the curve's noise
+  c.t_noise_z = 2.0             # t_rule=robust: a step is clearly flat or steep beyond z
+                                # standard errors of its rise; the knee's rise must pass z too
   c.t_bins = 20
   c.t_slope = 0.02
   c.t_slope_unit = 'attention'  # slope per unit of attention | per bin step

@@ -45,6 +45,7 @@ UNREAD_FIELDS = {'train.steps': 'config.rws.stage1_steps, stage2_steps and stage
 # RWS fields read only under a setting (`preflight.check_overrides`).
 CONDITIONAL_FIELDS = {
     'rws.t_fixed': (lambda config: config.rws.weak_rule == 'fixed', "config.rws.weak_rule='fixed'"),
+    'rws.t_noise_z': (lambda config: config.rws.t_rule == 'robust', "config.rws.t_rule='robust'"),
     'rws.stage3_warmup': (lambda config: (config.rws.integration == 'retrain'
                                           and config.rws.stage3_init == 'stage1'),
                           "config.rws.integration='retrain' and config.rws.stage3_init='stage1'"),
@@ -74,6 +75,8 @@ def check_config(config):
   if background is not None and not 0 <= background < config.dataset.num_classes:
     raise ValueError(f'config.dataset.background_class={background} is not a class of the '
                      f'{config.dataset.num_classes} classes; use None when there is none.')
+  if not 0 <= rws.t_noise_z < float('inf'):
+    raise ValueError(f'config.rws.t_noise_z={rws.t_noise_z}; expected a finite number >= 0.')
   if not 0 <= rws.t_min_share < 1:
     raise ValueError(f'config.rws.t_min_share={rws.t_min_share}; expected a share in [0, 1).')
   if rws.max_slices < 0 or rws.slice_chunk < 1:

@@ -152,7 +152,9 @@ def window_iou(labels, preds, num_classes, size, stride):
 
 
 def curve_histogram(attention, iou, present, *, bins=20):
-  """Window count and IoU sum per class and attention bin (host numpy, paper Fig. 2).
+  """Window count, IoU sum and IoU sum of squares per class and attention bin (host numpy,
+  paper Fig. 2; the squares give the within-bin variance of `threshold_from_histogram`'s
+  robust rule).
 
   Bins are `bins` equal bins on [0, 1] (attention 1 falls in the last one). Histograms of
   several batches add up, so a dataset is accumulated without keeping every window.
@@ -162,7 +164,7 @@ def curve_histogram(attention, iou, present, *, bins=20):
     bins: number of attention bins.
 
   Returns:
-    counts (K, bins) int64 and iou_sums (K, bins) float64.
+    counts (K, bins) int64, iou_sums (K, bins) float64 and iou_squares (K, bins) float64.
   """
   attention = np.asarray(attention, np.float64)
   num_classes = attention.shape[-1]
@@ -171,12 +173,19 @@ def curve_histogram(attention, iou, present, *, bins=20):
   index = (index + bins * np.arange(num_classes))[present]
   size = num_classes * bins
   counts = np.bincount(index, minlength=size).reshape(num_classes, bins)
-  sums = np.bincount(index, weights=np.asarray(iou, np.float64)[present], minlength=size)
-  return counts, sums.reshape(num_classes, bins)
+  iou = np.asarray(iou, np.float64)[present]
+  sums = np.bincount(index, weights=iou, minlength=size)
+  squares = np.bincount(index, weights=iou * iou, minlength=size)
+  return counts, sums.reshape(num_classes, bins), squares.reshape(num_classes, bins)
 
 
-T_RULES = ('first_flat', 'last_flat')
+T_RULES = ('first_flat', 'last_flat', 'robust')
 SLOPE_UNITS = ('attention', 'bin')
+# Grid points per bin width on which `hinge_knee` scans the knee; bin centres lie on the grid.
+KNEE_STEPS = 20
+# A bin's within-bin sum of squares below this share of its sum of squares is rounding error
+# of Q - S^2 / n: windows of equal IoU give s = 0 exactly (`pooled_within_sd`).
+ROUNDING = 1e-9
 
 
 def _next_kept(kept):
@@ -187,34 +196,44 @@ def _next_kept(kept):
   return np.concatenate([later[:, 1:], np.full((kept.shape[0], 1), bins)], axis=1)
 
 
-def _slopes(mean_iou, kept, unit):
-  """Slope from each kept bin to the next kept bin, and whether that next bin exists.
-
-  unit 'attention': IoU per unit of attention (both axes on [0, 1]); 'bin': IoU per bin step.
-  """
+def _steps(kept, unit):
+  """Per bin: the next kept bin (`bins` where none), whether the bin is kept and has one, and
+  the run to it: in attention ('attention', both axes on [0, 1]) or in bin steps ('bin')."""
   bins = kept.shape[1]
   following = _next_kept(kept)
   has_next = kept & (following < bins)
-  safe_next = np.minimum(following, bins - 1)
-  run = (safe_next - np.arange(bins)).astype(np.float64)
+  run = (np.minimum(following, bins - 1) - np.arange(bins)).astype(np.float64)
   if unit == 'attention':
     run = run / bins
-  rise = np.take_along_axis(mean_iou, safe_next, axis=1) - mean_iou
-  with np.errstate(invalid='ignore', divide='ignore'):
-    slope = np.where(has_next, rise / np.where(has_next, run, 1.0), np.nan)
+  return following, has_next, np.where(has_next, run, 1.0)
+
+
+def _slopes(mean_iou, kept, unit):
+  """Slope from each kept bin to the next kept bin (nan where there is none), whether that
+  next bin exists, and its index (`_steps`). unit 'attention': IoU per unit of attention;
+  'bin': IoU per bin step."""
+  bins = kept.shape[1]
+  following, has_next, run = _steps(kept, unit)
+  rise = np.take_along_axis(mean_iou, np.minimum(following, bins - 1), axis=1) - mean_iou
+  with np.errstate(invalid='ignore'):
+    slope = np.where(has_next, rise / run, np.nan)
   return slope, has_next, following
+
+
+def _first_or_highest(flat, kept):
+  """Per class, the lowest bin where `flat` holds, else the highest kept bin (-1: none)."""
+  bins = kept.shape[1]
+  first = np.where(flat.any(axis=1), np.argmax(flat, axis=1), bins)
+  highest = np.max(np.where(kept, np.arange(bins), -1), axis=1)
+  return np.where(first < bins, first, highest)
 
 
 def first_flat(mean_iou, kept, slope, unit):
   """T_c = the lowest kept bin whose slope to the next kept bin is below `slope` (paper Fig. 2:
   "the minimum attention value on the curve with a slope below 0.02"); a class whose curve
   never flattens takes its highest kept bin. Returns bin indices (K,), -1 without kept bins."""
-  bins = kept.shape[1]
   slopes, has_next, _ = _slopes(mean_iou, kept, unit)
-  flat = has_next & (slopes < slope)
-  first = np.where(flat.any(axis=1), np.argmax(flat, axis=1), bins)
-  highest = np.max(np.where(kept, np.arange(bins), -1), axis=1)
-  return np.where(first < bins, first, highest)
+  return _first_or_highest(has_next & (slopes < slope), kept)
 
 
 def last_flat(mean_iou, kept, slope, unit):
@@ -231,34 +250,115 @@ def last_flat(mean_iou, kept, slope, unit):
   return np.where(start != highest, start, -1)
 
 
-def threshold_from_histogram(counts, iou_sums, *, rule='first_flat', slope=0.02,
-                             slope_unit='attention', min_share=0.01, min_windows=10):
+def pooled_within_sd(counts, iou_sums, iou_squares, kept):
+  """(K,) pooled within-bin standard deviation s of each class's window IoU over its kept
+  bins (docs/methods.md RWS 4, `t_rule: robust`): s^2 = sum over kept bins of
+  (Q_i - S_i^2 / n_i) / (N - B), N windows in kept bins, B kept bins; s = 0 when N - B <= 0.
+  A bin's Q_i - S_i^2 / n_i below `ROUNDING` of Q_i counts as 0."""
+  counts = np.asarray(counts, np.float64)
+  squares = np.asarray(iou_squares, np.float64)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    within = squares - np.asarray(iou_sums, np.float64) ** 2 / counts
+  within = np.where(kept & (within > ROUNDING * squares), within, 0.0)
+  dof = np.sum(np.where(kept, counts, 0.0), axis=1) - kept.sum(axis=1)
+  return np.sqrt(np.where(dof > 0, within.sum(axis=1) / np.maximum(dof, 1.0), 0.0))
+
+
+def hinge_knee(mean_iou, counts, kept, min_gain=0.0, steps=KNEE_STEPS):
+  """(K,) knee k of a rising-then-flat fit to each class's kept curve (docs/methods.md RWS 4):
+  weighted least squares (weights n_i) of y_i ~ p - a max(k - x_i, 0) with a >= 0, k scanned
+  on a grid of `steps` points per bin width from the first to the last kept bin centre.
+
+  The fit with the knee lowers the squared error of the flat fit (a = 0) by a^2 Sxx, Sxx the
+  weighted sum of squares of max(k - x_i, 0) about its mean; the knee is the k of the largest
+  drop, where that drop exceeds `min_gain` (K,) (with noise sd s, (z s)^2 asks the rise a to
+  be z standard errors s / sqrt(Sxx) above 0). Where no k gives such a drop the curve is
+  flat and k is the first kept centre; nan without kept bins.
+  """
+  bins = kept.shape[1]
+  centres = (np.arange(bins) + 0.5) / bins
+  grid = (np.arange((bins - 1) * steps + 1) / steps + 0.5) / bins
+  weight = np.where(kept, counts, 0).astype(np.float64)
+  weighted_iou = weight * np.where(kept, mean_iou, 0.0)
+  total = np.maximum(weight.sum(axis=1, keepdims=True), 1.0)
+  hinge = np.maximum(grid[:, None] - centres[None, :], 0.0)  # (grid, bins)
+  sum_h = weight @ hinge.T  # (K, grid)
+  sxx = weight @ (hinge * hinge).T - sum_h ** 2 / total
+  sxy = weighted_iou @ hinge.T - sum_h * weighted_iou.sum(axis=1, keepdims=True) / total
+  rising = (sxy < 0) & (sxx > 0)  # the fitted a = -sxy / sxx is positive
+  with np.errstate(invalid='ignore', divide='ignore'):
+    gain = np.where(rising, sxy ** 2 / np.where(rising, sxx, 1.0), 0.0)
+  gain = np.where(gain > np.reshape(min_gain, (-1, 1)), gain, 0.0)
+  first = np.where(kept.any(axis=1), np.argmax(kept, axis=1), bins)
+  last = np.max(np.where(kept, np.arange(bins), -1), axis=1)
+  inside = (grid >= centres[np.minimum(first, bins - 1)][:, None]) & (
+      grid <= centres[np.maximum(last, 0)][:, None])
+  knee = grid[np.argmax(np.where(inside, gain, -1.0), axis=1)]
+  return np.where(kept.any(axis=1), knee, np.nan)
+
+
+def robust_flat(mean_iou, kept, slope, unit, se, knee, z):
+  """T_c by the noise-aware reading of the first flat point (switch `t_rule: robust`,
+  docs/methods.md RWS 4); returns bin indices (K,), -1 without kept bins.
+
+  A step from kept bin b to the next kept bin b' is clearly flat when its slope plus
+  z se_r / run is below `slope`, clearly steep when its slope minus that is at least `slope`,
+  and ambiguous otherwise (se_r = sqrt(se_b^2 + se_b'^2), se_b = s / sqrt(n_b) with s
+  from `pooled_within_sd`); an ambiguous step counts as flat when x_b is at or after the
+  class's `knee` (`hinge_knee`, whose rise must be z standard errors above 0).
+  T_c is the first flat bin, else the highest kept bin: a curve that never flattens takes
+  its highest kept bin, one flat from the start its lowest. With se = 0 this is `first_flat`.
+  """
+  bins = kept.shape[1]
+  slopes, has_next, following = _slopes(mean_iou, kept, unit)
+  run = _steps(kept, unit)[2]
+  se_next = np.take_along_axis(se, np.minimum(following, bins - 1), axis=1)
+  band = np.where(has_next, z * np.sqrt(se ** 2 + se_next ** 2) / run, 0.0)
+  clearly_flat = has_next & (slopes + band < slope)
+  clearly_steep = has_next & (slopes - band >= slope)
+  centres = (np.arange(bins) + 0.5) / bins
+  after_knee = centres[None, :] >= knee[:, None]
+  return _first_or_highest(clearly_flat | (has_next & ~clearly_steep & after_knee), kept)
+
+
+def threshold_from_histogram(counts, iou_sums, iou_squares=None, *, rule='first_flat',
+                             slope=0.02, slope_unit='attention', min_share=0.01,
+                             min_windows=10, z=2.0):
   """Weak-slice threshold T from the IoU vs attention curve (paper Fig. 2, docs/methods.md RWS 4).
 
   Per class the curve is the mean IoU per kept bin at the bin centres; a bin is kept when it
   holds at least `min_share` of the class's windows (and at least one), and slopes join
-  consecutive kept bins. T_c comes from `rule` (`first_flat`, the paper's reading, or
-  `last_flat`). A class takes part when it has at least `min_windows` windows and two kept
-  bins (and, for `last_flat`, a curve that ends flat); T is the mean of the T_c that take
-  part, and with none there is no evidence of weak slices and T = 0 (no window is weak).
+  consecutive kept bins. T_c comes from `rule`: `first_flat` (the paper's reading),
+  `last_flat`, or `robust` (`robust_flat`: the first flat point judged against the curve's
+  noise, equal to `first_flat` on noise-free curves). A class takes part when it has at least
+  `min_windows` windows and two kept bins (and, for `last_flat`, a curve that ends flat); T is
+  the mean of the T_c that take part, and with none there is no evidence of weak slices and
+  T = 0 (no window is weak).
 
   Args:
-    counts, iou_sums: (K, bins) from `curve_histogram` (summed over a dataset).
-    rule: 'first_flat' or 'last_flat' (switch `t_rule`).
+    counts, iou_sums, iou_squares: (K, bins) from `curve_histogram` (summed over a dataset);
+      `iou_squares` is needed by `robust` and gives the 'se' of the curves.
+    rule: 'first_flat', 'last_flat' or 'robust' (switch `t_rule`).
     slope: slope limit (switch `t_slope`).
     slope_unit: 'attention' (IoU per unit of attention) or 'bin' (IoU per bin step).
     min_share: share of a class's windows a bin needs to be kept (switch `t_min_share`).
     min_windows: windows a class needs to take part.
+    z: width of the noise band in standard errors (switch `t_noise_z`; `robust` only).
 
   Returns:
     T (float), per-class T_c (K,) with nan for classes that take no part, and the curves as a
-    dict with 'centres' (bins,), 'mean_iou' (K, bins) (nan in empty bins), 'counts' (K, bins)
-    and 'kept' (K, bins) bool.
+    dict with 'centres' (bins,), 'mean_iou' (K, bins) (nan in empty bins), 'counts' (K, bins),
+    'kept' (K, bins) bool, 'se' (K, bins) the standard error of each kept bin's mean (nan
+    elsewhere, and everywhere without `iou_squares`) and 'knee' (K,) the knee of the
+    rising-then-flat fit (`hinge_knee`, nan without kept bins).
   """
   if rule not in T_RULES:
     raise ValueError(f'config.rws.t_rule={rule!r}; expected one of {T_RULES}.')
   if slope_unit not in SLOPE_UNITS:
     raise ValueError(f'config.rws.t_slope_unit={slope_unit!r}; expected one of {SLOPE_UNITS}.')
+  if rule == 'robust' and (iou_squares is None or not 0 <= z < np.inf):
+    raise ValueError(f'config.rws.t_rule=robust needs the IoU sums of squares and a finite '
+                     f'config.rws.t_noise_z >= 0 (got {z}).')
   counts = np.asarray(counts)
   bins = counts.shape[1]
   centres = (np.arange(bins) + 0.5) / bins
@@ -266,18 +366,26 @@ def threshold_from_histogram(counts, iou_sums, *, rule='first_flat', slope=0.02,
   kept = (counts > 0) & (counts >= min_share * total)
   with np.errstate(invalid='ignore', divide='ignore'):
     mean_iou = np.where(counts > 0, np.asarray(iou_sums, np.float64) / counts, np.nan)
-  index = (first_flat if rule == 'first_flat' else last_flat)(mean_iou, kept, slope, slope_unit)
+  sd = (np.zeros(len(counts)) if iou_squares is None
+        else pooled_within_sd(counts, iou_sums, iou_squares, kept))
+  with np.errstate(invalid='ignore', divide='ignore'):
+    se = np.where(kept & (iou_squares is not None), sd[:, None] / np.sqrt(counts), np.nan)
+  knee = hinge_knee(mean_iou, counts, kept, min_gain=(z * sd) ** 2)
+  if rule == 'robust':
+    index = robust_flat(mean_iou, kept, slope, slope_unit, se, knee, z)
+  else:
+    index = (first_flat if rule == 'first_flat' else last_flat)(mean_iou, kept, slope,
+                                                                 slope_unit)
   usable = (total[:, 0] >= min_windows) & (kept.sum(axis=1) >= 2) & (index >= 0)
   per_class = np.where(usable, centres[np.clip(index, 0, bins - 1)], np.nan)
   threshold = float(np.nanmean(per_class)) if usable.any() else 0.0
   return threshold, per_class, {'centres': centres, 'mean_iou': mean_iou, 'counts': counts,
-                                'kept': kept}
+                                'kept': kept, 'se': se, 'knee': knee}
 
 
 def threshold_from_curve(attention, iou, present, *, bins=20, **kwargs):
   """T from window scores in one call: `curve_histogram` then `threshold_from_histogram`."""
-  counts, sums = curve_histogram(attention, iou, present, bins=bins)
-  return threshold_from_histogram(counts, sums, **kwargs)
+  return threshold_from_histogram(*curve_histogram(attention, iou, present, bins=bins), **kwargs)
 
 
 def weak_mask(attention, present, threshold):
