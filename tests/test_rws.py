@@ -66,6 +66,36 @@ def test_fine_testbed_is_shapes_rws_with_small_markers_and_sparser_curve_bins_le
     assert fine.to_dict() == base.to_dict()
 
 
+def test_class_thresholds_hold_the_background_to_its_own_curve():
+  """analysis.threshold (docs/methods.md RWS 4): every class is held to T, the mean of the
+  T_c; under weak_classes='own_threshold' the background is held to its own T_c and takes no
+  part in T; weak_windows compares each entry with its class's threshold."""
+  rng = np.random.default_rng(0)
+  att = rng.uniform(size=(4000, 3))
+  knees = np.array([0.2, 0.5, 0.7])
+  iou = 0.1 + 0.6 * np.minimum(att / knees, 1.0)  # noise-free: T_c is the paper's first flat
+  hist = slices.curve_histogram(att, iou, np.ones(att.shape, bool))
+  rws = rws_config.default_config()
+  _, per_class, _ = slices.threshold_from_histogram(*hist)
+  assert per_class[0] < per_class[1] < per_class[2]
+  rws.weak_classes = 'all'
+  t, thresholds, _, _ = rws_analysis.threshold(*hist, rws, background=0)
+  assert t == pytest.approx(per_class.mean()) and np.all(thresholds == t)
+  rws.weak_classes = 'own_threshold'
+  t, thresholds, _, _ = rws_analysis.threshold(*hist, rws, background=0)
+  assert t == pytest.approx(per_class[1:].mean())
+  np.testing.assert_allclose(thresholds, [per_class[0], t, t])
+  rws.weak_rule, rws.t_fixed = 'fixed', 0.4
+  assert np.all(rws_analysis.threshold(*hist, rws, background=0)[1] == 0.4)
+  entries = (np.array([0, 0, 1, 2]), np.array([0, 1, 1, 0]), np.array([0, 1, 0, 2]),
+             np.array([0.3, 0.3, 0.1, 0.5]))
+  weak, scored, weak_per_class = rws_analysis.weak_windows(entries, 3, 2,
+                                                           np.array([0.2, 0.4, 0.6]), 3)
+  np.testing.assert_array_equal(weak, [[False, True], [False, True], [True, False]])
+  np.testing.assert_array_equal(scored, [2, 1, 1])
+  np.testing.assert_array_equal(weak_per_class, [1, 1, 1])
+
+
 def test_config_errors():
   config = load_config('shapes_rws', 'smoke')
   rws_pipeline.check_config(config)

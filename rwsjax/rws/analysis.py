@@ -7,6 +7,7 @@ import os
 
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 
 from rwsjax import figures
@@ -34,28 +35,45 @@ def make_scorer(model, config):
   return score
 
 
-def threshold(counts, sums, squares, rws_cfg):
-  """T, per-class T_c and the curves from the dataset's histogram (`slices.curve_histogram`,
-  docs/methods.md RWS 4); with `weak_rule: fixed` T is `t_fixed` and the curve is still
-  reported."""
+def threshold(counts, sums, squares, rws_cfg, background=None):
+  """T, the threshold of each class, per-class T_c and the curves from the dataset's histogram
+  (`slices.curve_histogram`, docs/methods.md RWS 4).
+
+  Every class is held to T, the mean of the T_c that take part; with `weak_classes:
+  own_threshold` the background class takes no part in T and is held to its own T_c (0, never
+  weak, where it takes no part). With `weak_rule: fixed` every threshold is `t_fixed` and the
+  curve is still reported. Returns (T, (K,) thresholds, (K,) T_c, curves).
+  """
   t, per_class, curves = slices.threshold_from_histogram(
       counts, sums, squares, rule=rws_cfg.t_rule, slope=rws_cfg.t_slope,
       slope_unit=rws_cfg.t_slope_unit, min_share=rws_cfg.t_min_share,
       min_windows=rws_cfg.t_min_windows, z=rws_cfg.t_noise_z)
+  own = rws_cfg.weak_classes == 'own_threshold' and background is not None
+  if own:
+    foreground = np.delete(per_class, background)
+    t = float(np.nanmean(foreground)) if np.isfinite(foreground).any() else 0.0
   if rws_cfg.weak_rule == 'fixed':
     t = float(rws_cfg.t_fixed)
-  return t, per_class, curves
+  thresholds = np.full(len(per_class), t)
+  if own and rws_cfg.weak_rule == 'curve':
+    thresholds[background] = np.nan_to_num(per_class[background], nan=0.0)
+  return t, thresholds, per_class, curves
 
 
-def weak_windows(entries, num_images, num_windows, threshold_value, num_classes):
+def network_threshold(record):
+  """The (K,) class thresholds of a round's analysis record, as the RWS network holds them."""
+  return jnp.asarray(record['class_thresholds'], jnp.float32)
+
+
+def weak_windows(entries, num_images, num_windows, thresholds, num_classes):
   """Weak windows from the scored (image, window, class, attention) entries of a split.
 
-  A window is weak when a class that takes part in it has attention below T (docs/methods.md RWS
-  4). Returns the (num_images, num_windows) weak mask and, per class, the windows where it
-  takes part and those where it is weak.
+  A window is weak when a class that takes part in it has attention below its class's
+  threshold, (K,) `thresholds` (docs/methods.md RWS 4). Returns the (num_images, num_windows)
+  weak mask and, per class, the windows where it takes part and those where it is weak.
   """
   image, window, cls, attention = entries
-  weak_entry = attention < threshold_value
+  weak_entry = attention < thresholds[cls]
   weak = np.zeros((num_images, num_windows), bool)
   weak[image[weak_entry], window[weak_entry]] = True
   scored = np.bincount(cls, minlength=num_classes)
@@ -102,10 +120,10 @@ def analyze(model, variables, source, config, mesh, directory, names):
       progress.log(i + 1)
   hist = (multihost_utils.process_allgather(x).sum(0) if jax.process_count() > 1 else x
           for x in hist)
-  t, per_class, curves = threshold(*hist, rws)
+  t, thresholds, per_class, curves = threshold(*hist, rws, config.dataset.background_class)
   example = np.concatenate(indices)
   entries = tuple(np.concatenate(column) for column in zip(*entries))
-  weak, scored, weak_per_class = weak_windows(entries, len(example), len(boxes), t, k)
+  weak, scored, weak_per_class = weak_windows(entries, len(example), len(boxes), thresholds, k)
   if rws.slices == 'arbitrary':
     weak = np.asarray(slices.arbitrary_windows(
         jax.random.fold_in(jax.random.key(config.seed), jax.process_index()), weak))
@@ -118,7 +136,7 @@ def analyze(model, variables, source, config, mesh, directory, names):
     totals = multihost_utils.process_allgather(totals).sum(0)
   num_weak, num_windows = int(totals[0]), int(totals[1])
   scored, weak_per_class = totals[2:2 + k], totals[2 + k:]
-  return {'threshold': t,
+  return {'threshold': t, 'class_thresholds': thresholds.tolist(),
           'per_class_threshold': [None if np.isnan(v) else float(v) for v in per_class],
           'weak_slices': num_weak, 'windows': num_windows,
           'weak_share': _share(num_weak, num_windows),

@@ -12,12 +12,13 @@ def default_config():
   c = ml_collections.ConfigDict()
   c.stage1_steps = 600          # global model (stage 1)
   c.stage2_steps = 300          # local model on weak slices, per round
+  c.stage2_warmup = 0           # steps of stage 2's linear warm-up to config.train.lr
   c.stage3_steps = 300          # refined global model, per round
   c.stage3_init = 'stage1'      # stage1: continue the global model's weights and optimizer
                                 # state after a warm-up from its final rate | fresh: from the
                                 # initial weights with a full schedule
-  c.stage3_lr = 0.01            # stage 3's peak rate (after the warm-up; fresh: initial rate)
-  c.stage3_warmup = 0           # steps of the linear warm-up (stage3_init=stage1)
+  c.stage3_lr = 1.5e-3          # stage 3's peak rate (after the warm-up; fresh: initial rate)
+  c.stage3_warmup = 30          # steps of the linear warm-up (stage3_init=stage1)
   c.slice_size = 128            # window side in pixels (paper Fig. 10)
   c.slice_stride = 64
   c.local_scale = 2.0           # slices are resized by this factor for the local model

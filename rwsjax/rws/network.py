@@ -69,8 +69,8 @@ def taking_part(result, num_classes, rws_cfg, background_class):
   """(N, K) bool: the classes of each image whose windows count for T and the weak decision.
 
   A class without a Seg-Grad-CAM slot has unknown attention, not low attention, so it takes
-  no part; nor does the background class (`config.dataset.background_class`) unless
-  `weak_classes='all'` (docs/methods.md RWS 4).
+  no part; nor does the background class (`config.dataset.background_class`) under
+  `weak_classes='foreground'` (docs/methods.md RWS 4).
   """
   slotted = jnp.any((result.class_ids[..., None] == jnp.arange(num_classes))
                     & result.class_mask[..., None], axis=1)
@@ -232,7 +232,7 @@ def fusion_plans(model, frozen, images, config, rng, labels=None, valid=None):
   Args:
     model: the segmentation model (all three roles share its architecture).
     frozen: {'global': variables giving A_i, 'local': variables giving F^s and A^s,
-      'threshold': T}.
+      'threshold': T, a scalar or one per class (K,) (`analysis.network_threshold`)}.
     images: (N, H, W, 3).
     config: the experiment config.
     rng: key for `slices: arbitrary`.

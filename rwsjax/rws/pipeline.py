@@ -19,7 +19,6 @@ import os
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from rwsjax import data
@@ -58,7 +57,8 @@ CHOICES = {'stage3_init': ('stage1', 'fresh'), 'local_init': ('global', 'init'),
            'attention_region': ('prediction', 'ground_truth'), 'attention': ('last', 'gamma'),
            'weak_rule': ('curve', 'fixed'), 't_rule': slices.T_RULES,
            't_slope_unit': slices.SLOPE_UNITS, 'slices': ('weak', 'arbitrary'),
-           'weak_classes': ('foreground', 'all'), 'inference': ('fused', 'plain'),
+           'weak_classes': ('foreground', 'all', 'own_threshold'),
+           'inference': ('fused', 'plain'),
            'integration': ('retrain', 'inference')}
 
 
@@ -199,8 +199,8 @@ def run(config, workdir):
 
   runner = stages.Runner(workdir)
 
-  def train_supervised(stage, variables, batches, steps, lr):
-    tx = train.make_optimizer(_with(config.train, lr=lr), steps)
+  def train_supervised(stage, variables, batches, steps, **fields):
+    tx = train.make_optimizer(_with(config.train, **fields), steps)
     return runner.train(stage, loss_fn=train.supervised_loss(model), tx=tx, variables=variables,
                         batches=batches, total_steps=steps, train_cfg=config.train, mesh=mesh,
                         rng=step_rng, writer=writer)
@@ -214,7 +214,7 @@ def run(config, workdir):
     return runner.run(path, compute, os.path.join(workdir, path))
 
   batches = stages.train_batches(train_source, config, mesh, seed=config.seed)
-  state = train_supervised('stage1', init, batches, rws.stage1_steps, config.train.lr)
+  state = train_supervised('stage1', init, batches, rws.stage1_steps)
   global_variables = state.variables
   net = network.plain_network(global_variables)
   stage1_eval = evaluation('stage1/eval.json', net)
@@ -253,9 +253,9 @@ def run(config, workdir):
     local_state = train_supervised(
         f'round_{r}/stage2', local_start,
         lambda start, ds=crop_batches: input_pipeline.prefetch(ds, start), rws.stage2_steps,
-        config.train.lr)
+        warmup_steps=rws.stage2_warmup)
     frozen = {'global': global_variables, 'local': local_state.variables,
-              'threshold': jnp.float32(found['threshold'])}
+              'threshold': analysis.network_threshold(found)}
     total_steps += rws.stage2_steps
     if rws.integration == 'retrain':
       stage3_cfg, offset, warmup_from = schedule_config(config, r, rws.stage3_init)
@@ -291,7 +291,7 @@ def run(config, workdir):
              'rws_fused': final['fused'], 'rws': final[rws.inference],
              'inference_ms_per_image': cost, 'rounds': rounds}
   if rws.baseline:
-    baseline = train_supervised('baseline', init, batches, total_steps, config.train.lr)
+    baseline = train_supervised('baseline', init, batches, total_steps)
     summary['baseline'] = evaluation('baseline/eval.json',
                                      network.plain_network(baseline.variables))
   table = results_table(summary, names)
@@ -329,12 +329,12 @@ def finished_network(config, workdir, model, mesh):
     if not os.path.isdir(os.path.join(workdir, f'round_{r}', last, 'checkpoints')):
       break
     with open(os.path.join(workdir, f'round_{r}', 'analysis.json')) as f:
-      threshold = json.load(f)['threshold']
+      threshold = analysis.network_threshold(json.load(f))
     net = {'model': (restore(f'round_{r}/stage3', rws.stage3_steps) if retrain
                      else global_variables),
            'global': global_variables,
            'local': restore(f'round_{r}/stage2', rws.stage2_steps),
-           'threshold': jnp.float32(threshold)}
+           'threshold': threshold}
     global_variables = net['model']
   return net or network.plain_network(global_variables)
 

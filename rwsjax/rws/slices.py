@@ -389,7 +389,8 @@ def threshold_from_curve(attention, iou, present, *, bins=20, **kwargs):
 
 
 def weak_mask(attention, present, threshold):
-  """(N, W, K) weak windows per class: present and mean attention < T (docs/methods.md RWS 4).
+  """(N, W, K) weak windows per class: present and mean attention < T (docs/methods.md RWS 4);
+  `threshold` is T or one threshold per class (K,).
 
   With `weak_rule: fixed` the threshold is `t_fixed` instead of the curve's T.
   """
