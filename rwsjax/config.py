@@ -37,8 +37,11 @@ def base_config():
   c.dataset.shapes.image_size = 96
   c.dataset.shapes.num_object_classes = 6
   c.dataset.shapes.seed = 0
-  c.dataset.shapes.fine_classes = 0  # the last n classes carry small markers (fine scale)
+  c.dataset.shapes.fine_classes = 0  # the last n classes are fine-scale (small marker or texture)
   c.dataset.shapes.fine_marker = 0   # their marker side in pixels; 0 = half the usual side
+  c.dataset.shapes.coding = 'marker'  # marker (small marker on a plain body) | texture (body-wide)
+  c.dataset.shapes.texture_period = 8  # texture coding: the other classes' period in pixels
+  c.dataset.shapes.fine_period = 3   # texture coding: the fine classes' period in pixels
 
   c.input = ml_collections.ConfigDict()
   c.input.crop_size = (96, 96)      # (h, w) of training crops

@@ -96,6 +96,26 @@ def test_class_thresholds_hold_the_background_to_its_own_curve():
   np.testing.assert_array_equal(weak_per_class, [1, 1, 1])
 
 
+def test_texture_testbed_is_shapes_rws_with_texture_coding_and_quarter_side_windows():
+  """configs/shapes_texture_rws.py differs from configs/shapes_rws.py in the coding, the fine
+  classes and (full size) windows a quarter of the image side, full size and :smoke; its
+  geometry passes the RWS checks."""
+  windows = ('slice_size', 'slice_stride', 'min_pixels')
+  for arg in (None, 'smoke'):
+    base, texture = load_config('shapes_rws', arg), load_config('shapes_texture_rws', arg)
+    rws_pipeline.check_config(texture)
+    shapes = texture.dataset.shapes
+    assert (shapes.coding, shapes.fine_classes) == ('texture', 3)
+    assert (base.dataset.shapes.coding, base.dataset.shapes.fine_classes) == ('marker', 0)
+    if arg is None:
+      assert [texture.rws[k] for k in windows] == [24, 16, 36]
+      assert shapes.image_size == 4 * texture.rws.slice_size
+    for key in windows:
+      texture.rws[key] = base.rws[key]
+    shapes.coding, shapes.fine_classes = 'marker', 0
+    assert texture.to_dict() == base.to_dict()
+
+
 def test_config_errors():
   config = load_config('shapes_rws', 'smoke')
   rws_pipeline.check_config(config)

@@ -10,7 +10,8 @@ Fields of config.dataset read here:
   num_classes: K including background; checked against the dataset.
   train_split, eval_split: split names ('train', 'validation'), used by the trainers.
   shapes: shapes only, ConfigDict with any of num_train, num_val, image_size,
-    num_object_classes, max_objects, clutter, ignore_border, seed (see `shapes.render`).
+    num_object_classes, max_objects, clutter, ignore_border, seed, fine_classes, fine_marker,
+    coding, texture_period, fine_period (see `shapes.render`).
 
 Sources are TFDS array_record data sources: len(source), source[i] -> {'image' uint8 (H, W, 3),
 'segmentation' uint8 (H, W, 1), 'labels' bool (K-1,), 'id' bytes}.
@@ -59,7 +60,8 @@ def class_names(dataset_cfg):
   """Class names in class index order (background first where the dataset has one)."""
   if dataset_cfg.name in MANUAL:
     return list(MANUAL[dataset_cfg.name][0].CLASS_NAMES)
-  return shapes.class_names(num_classes(dataset_cfg) - 1)
+  shapes_cfg = _shapes_config(dataset_cfg)
+  return shapes.class_names(shapes_cfg.num_object_classes, shapes_cfg.coding)
 
 
 def builder_and_download_config(dataset_cfg):

@@ -1,11 +1,16 @@
 """Synthetic VOC-like segmentation data ('shapes'): generator, TFDS builder and a figure helper.
 
-Every object has a large plain body drawn from one shape and colour distribution shared by all
-classes; its class is told only by a small marker symbol inside the body, so a class activation
-map covers the marker and rarely the whole body, as on real photographs. Backgrounds are
-textured and cluttered with speckled and striped blobs, lines and marker-like decoys that are not
-objects; 1 to `max_objects` objects are drawn in sequence, later ones occluding earlier ones
-(never their markers), and thin background lines may cross objects. Pixel labels are uint8 with
+Every object has a large body drawn from one shape and colour distribution shared by all
+classes. Its class is coded in one of two ways (`coding`):
+  marker (default): the body is plain and a small marker symbol inside it tells the class, so a
+    class activation map covers the marker and rarely the whole body, as on real photographs.
+    Backgrounds are cluttered with speckled and striped blobs, lines and marker-like decoys.
+  texture: a periodic texture of two colours covers the whole body (stripes in four directions,
+    a checkerboard, a dot grid), so any window inside an object carries its class; the last
+    `fine_classes` classes have a fine period that only a close view resolves. Background clutter
+    is speckled and smooth blobs and lines, nothing periodic.
+1 to `max_objects` objects are drawn in sequence, later ones occluding earlier ones (never
+their markers), and thin background lines may cross objects. Pixel labels are uint8 with
 0 = background, 1..K-1 = object classes and 255 = ignore on the inner contour of each object
 (as VOC marks object boundaries).
 
@@ -15,7 +20,9 @@ share a cache directory.
 """
 import colorsys
 import dataclasses
+import functools
 import io
+import math
 
 from matplotlib.figure import Figure
 import numpy as np
@@ -28,6 +35,15 @@ from rwsjax.data.pipeline import image_labels
 from rwsjax.losses import IGNORE_LABEL
 
 MARKERS = ('cross', 'ring', 'checker', 'stripes', 'saltire', 'dot', 'bars', 'frame', 'wedge')
+# Texture classes in class order: (name, pattern, direction of the pattern's u axis in degrees,
+# counter-clockwise as seen). Stripes run along u; every pattern inks half of the plane, so
+# textures of one period mix their two colours alike when blurred.
+TEXTURES = (('hstripes', 'stripes', 0), ('vstripes', 'stripes', 90), ('diag45', 'stripes', 45),
+            ('diag135', 'stripes', 135), ('checker', 'checker', 0), ('dots', 'dots', 0))
+CODINGS = ('marker', 'texture')
+# ShapesConfig fields after these defaults: the config name spells them only off their defaults,
+# so the names (cache directories) of marker-coded datasets stay those they always had.
+CODING_FIELDS = ('coding', 'texture_period', 'fine_period')
 SPLITS = ('train', 'validation')
 MIN_IMAGE_SIZE = 28  # Four marker sides: room for a body around a marker.
 
@@ -131,6 +147,41 @@ def _striped(rng, grid, colour):
   return colour + (rng.uniform(20, 50) * np.sin(2 * np.pi * phase / period))[..., None]
 
 
+def _stripes(u, v):
+  """Ink of stripes along u: half of every period in v."""
+  del u  # Constant along the stripes.
+  return v % 1 < 0.5
+
+
+def _checker(u, v):
+  """Ink of a checkerboard with two squares per period in u and in v."""
+  return (np.floor(2 * u) + np.floor(2 * v)) % 2 == 0
+
+
+def _dots(u, v):
+  """Ink of a square grid of dots covering half of each cell (radius sqrt(1 / (2 pi)))."""
+  return np.hypot(u % 1 - 0.5, v % 1 - 0.5) < np.sqrt(0.5 / np.pi)
+
+
+# Pattern -> ink (bool) at frame coordinates (u, v) in periods.
+PATTERNS = {'stripes': _stripes, 'checker': _checker, 'dots': _dots}
+
+
+def texture_coverage(y, x, pattern, period, angle, phase, samples=4):
+  """Share of each pixel (centres y, x: arrays of one shape) inked by `pattern` (PATTERNS).
+
+  The pattern's frame has its u axis at `angle` degrees counter-clockwise as seen (image rows
+  grow downwards), `period` pixels per unit and offset `phase` (u0, v0) in periods; each pixel
+  averages samples x samples points (anti-aliasing)."""
+  offsets = (np.arange(samples, dtype=np.float32) + 0.5) / samples - 0.5
+  y = y[None, None] + offsets.reshape((samples, 1) + (1,) * np.ndim(y))
+  x = x[None, None] + offsets.reshape((1, samples) + (1,) * np.ndim(x))
+  cos, sin = math.cos(math.radians(angle)) / period, math.sin(math.radians(angle)) / period
+  u = x * cos - y * sin + float(phase[0])
+  v = x * sin + y * cos + float(phase[1])
+  return PATTERNS[pattern](u, v).mean((0, 1), dtype=np.float32)
+
+
 def _inner_boxes(mask, side):
   """Top-left corners (i, j) of all side x side windows lying entirely inside `mask`."""
   integral = np.pad(mask.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
@@ -164,6 +215,34 @@ def _draw_clutter(rng, image, grid, size, count, side):
       decoy = np.kron(rng.random((3, 3)) < 0.5, np.ones((side, side), bool))[:side, :side]
       i, j = rng.integers(0, size - side + 1, 2)
       image[i:i + side, j:j + side][decoy] = _ink(rng, colour)
+
+
+def _draw_plain_clutter(rng, image, grid, size, count):
+  """Background clutter without anything periodic (texture coding): speckled and smooth blobs
+  and lines (label 0)."""
+  for kind in rng.integers(0, 3, count):
+    colour = _random_colour(rng)
+    if kind == 2:
+      image[_line_mask(rng, grid, size)] = colour
+    else:
+      painter = _speckled if kind == 0 else _shaded
+      _paint(image, _blob_mask(rng, grid, size, (0.08, 0.3))[0], painter(rng, grid, colour))
+
+
+def _draw_textured(rng, image, label, grid, size, cls, periods):
+  """Draws one object of class `cls` covered by its texture (TEXTURES[cls - 1]) at about
+  `periods[cls - 1]` pixels: period +-10%, direction +-4 degrees, random phase, body colour and
+  an ink colour of clear lightness contrast. Always fits: returns True."""
+  body, _ = _blob_mask(rng, grid, size, (0.15, 0.3))
+  _, pattern, angle = TEXTURES[cls - 1]
+  coverage = texture_coverage(grid[0][body], grid[1][body], pattern,
+                              periods[cls - 1] * rng.uniform(0.9, 1.1),
+                              angle + rng.uniform(-4, 4), rng.random(2))
+  colour = _random_colour(rng)
+  ink = _ink(rng, colour)
+  image[body] = _shaded(rng, grid, colour)[body] + coverage[:, None] * (ink - colour)
+  label[body] = cls
+  return True
 
 
 def _draw_object(rng, image, label, protected, grid, size, cls, patterns, tries=10):
@@ -212,35 +291,57 @@ def class_markers(image_size, num_object_classes, fine_classes=0, fine_marker=0)
   return patterns
 
 
+def class_periods(num_object_classes, fine_classes=0, texture_period=8, fine_period=3):
+  """Texture period of each object class in pixels, class 1 first: the last `fine_classes`
+  classes at `fine_period`, the others at `texture_period`."""
+  coarse = num_object_classes - fine_classes
+  return (texture_period,) * coarse + (fine_period,) * fine_classes
+
+
 def render(rng, image_size=96, num_object_classes=6, max_objects=4, clutter=4,
-           ignore_border=True, fine_classes=0, fine_marker=0):
+           ignore_border=True, fine_classes=0, fine_marker=0, coding='marker', texture_period=8,
+           fine_period=3):
   """One synthetic example: (image uint8 (S, S, 3), label uint8 (S, S)).
 
   Args:
     rng: numpy Generator; the example is a pure function of its state.
     image_size: S.
-    num_object_classes: object classes 1..num_object_classes (at most len(MARKERS)).
+    num_object_classes: object classes 1..num_object_classes (at most len(MARKERS), or
+      len(TEXTURES) with texture coding).
     max_objects: objects per image are uniform in [1, max_objects].
     clutter: background clutter items are uniform in [clutter // 2, clutter].
     ignore_border: mark the inner contour of every object with IGNORE_LABEL.
-    fine_classes, fine_marker: the last `fine_classes` classes have small markers
-      (`class_markers`); 0 keeps every marker at the usual size.
+    fine_classes: the last `fine_classes` classes are fine-scale: small markers
+      (`class_markers`) or textures of period `fine_period` (`class_periods`).
+    fine_marker: marker coding, the fine classes' marker side; 0 = half the usual side.
+    coding: 'marker' (a marker inside a plain body) or 'texture' (a texture over the body).
+    texture_period, fine_period: texture coding, the period in pixels of the other classes'
+      and of the fine classes' textures.
   """
+  if coding not in CODINGS:
+    raise ValueError(f'coding={coding!r}; expected one of {CODINGS}.')
   size = image_size
   grid = _grid(size)
-  patterns = class_markers(size, num_object_classes, fine_classes, fine_marker)
   image = _smooth_field(rng, size, rng.uniform(15, 40)) + _random_colour(rng)
   image += rng.normal(0, rng.uniform(3, 10), image.shape)
-  _draw_clutter(rng, image, grid, size, int(rng.integers(clutter // 2, clutter + 1)),
-                marker_size(size))
+  count = int(rng.integers(clutter // 2, clutter + 1))
   label = np.zeros((size, size), np.uint8)
   protected = np.zeros((size, size), bool)
+  if coding == 'marker':
+    _draw_clutter(rng, image, grid, size, count, marker_size(size))
+    draw = functools.partial(_draw_object, rng, image, label, protected, grid, size,
+                             patterns=class_markers(size, num_object_classes, fine_classes,
+                                                    fine_marker))
+  else:
+    _draw_plain_clutter(rng, image, grid, size, count)
+    draw = functools.partial(_draw_textured, rng, image, label, grid, size,
+                             periods=class_periods(num_object_classes, fine_classes,
+                                                   texture_period, fine_period))
   drawn = 0
   for cls in rng.integers(1, num_object_classes + 1, int(rng.integers(1, max_objects + 1))):
-    drawn += _draw_object(rng, image, label, protected, grid, size, cls, patterns)
+    drawn += draw(cls)
   while not drawn:
-    drawn = _draw_object(rng, image, label, protected, grid, size,
-                         int(rng.integers(1, num_object_classes + 1)), patterns)
+    drawn = draw(int(rng.integers(1, num_object_classes + 1)))
   if rng.random() < 0.5:
     occluder = _line_mask(rng, grid, size) & ~protected
     image[occluder] = _random_colour(rng)
@@ -276,6 +377,18 @@ class ShapesConfig(tfds.core.BuilderConfig):
   seed: int = 0
   fine_classes: int = 0
   fine_marker: int = 0
+  coding: str = 'marker'
+  texture_period: int = 8
+  fine_period: int = 3
+
+
+def _name(values, defaults):
+  """Config name: every parameter, but CODING_FIELDS only when one of them is off its default."""
+  named = {k: v for k, v in values.items() if k not in CODING_FIELDS}
+  if any(values[k] != defaults[k] for k in CODING_FIELDS):
+    named.update((k, values[k]) for k in CODING_FIELDS)
+  return '-'.join(f'{k.removeprefix("num_")}{v if isinstance(v, str) else int(v)}'
+                  for k, v in named.items())
 
 
 def shapes_config(**params):
@@ -285,18 +398,26 @@ def shapes_config(**params):
   unknown = sorted(set(params) - set(fields))
   if unknown:
     raise ValueError(f'config.dataset.shapes has unknown key(s) {unknown}; valid keys: {fields}.')
-  values = {k: params.get(k, ShapesConfig.__dataclass_fields__[k].default) for k in fields}
-  if not 1 <= values['num_object_classes'] <= len(MARKERS):
-    raise ValueError(f'config.dataset.shapes.num_object_classes must be in [1, {len(MARKERS)}], '
-                     f'got {values["num_object_classes"]}.')
+  defaults = {k: ShapesConfig.__dataclass_fields__[k].default for k in fields}
+  values = {k: params.get(k, defaults[k]) for k in fields}
+  if values['coding'] not in CODINGS:
+    raise ValueError(f'config.dataset.shapes.coding={values["coding"]!r}; expected one of '
+                     f'{CODINGS}.')
+  for key in ('texture_period', 'fine_period'):
+    if values[key] != int(values[key]) or values[key] < 2:
+      raise ValueError(f'config.dataset.shapes.{key} must be a whole number of at least 2 '
+                       f'pixels, got {values[key]}.')
+  most = len(MARKERS) if values['coding'] == 'marker' else len(TEXTURES)
+  if not 1 <= values['num_object_classes'] <= most:
+    raise ValueError(f'config.dataset.shapes.num_object_classes must be in [1, {most}] with '
+                     f'{values["coding"]} coding, got {values["num_object_classes"]}.')
   if not 0 <= values['fine_classes'] <= values['num_object_classes']:
     raise ValueError('config.dataset.shapes.fine_classes must be in [0, num_object_classes], '
                      f'got {values["fine_classes"]}.')
   if values['image_size'] < MIN_IMAGE_SIZE:
     raise ValueError(f'config.dataset.shapes.image_size must be at least {MIN_IMAGE_SIZE}, '
                      f'got {values["image_size"]}.')
-  name = '-'.join(f'{k.removeprefix("num_")}{int(v)}' for k, v in values.items())
-  return ShapesConfig(name=name, **values)
+  return ShapesConfig(name=_name(values, defaults), **values)
 
 
 class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
@@ -336,7 +457,8 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
     for index in progress.logged(range(count), f'preparing shapes {split}', count):
       image, label = render(example_rng(cfg.seed, split, index), cfg.image_size,
                             cfg.num_object_classes, cfg.max_objects, cfg.clutter,
-                            cfg.ignore_border, cfg.fine_classes, cfg.fine_marker)
+                            cfg.ignore_border, cfg.fine_classes, cfg.fine_marker, cfg.coding,
+                            cfg.texture_period, cfg.fine_period)
       yield index, {
           'image': _png(image),
           'segmentation': _png(label),
@@ -345,9 +467,10 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
       }
 
 
-def class_names(num_object_classes):
-  """['background', <marker names>...] for the first `num_object_classes` markers."""
-  return ['background', *MARKERS[:num_object_classes]]
+def class_names(num_object_classes, coding='marker'):
+  """['background', <marker or texture names>...] of the first `num_object_classes` classes."""
+  names = MARKERS if coding == 'marker' else [name for name, _, _ in TEXTURES]
+  return ['background', *names[:num_object_classes]]
 
 
 def plot_examples(source, path, n=4, names=None):

@@ -1,0 +1,44 @@
+"""RWS on a shapes variant where the evidence of a class lies inside every window of it.
+
+On the marker-coded shapes data a class is told only by a small marker on a large plain body,
+so most windows of an object hold a body without its marker and a local model cannot segment
+them better than the global model, which sees the marker in context. Here every object is
+covered by its class texture (config.dataset.shapes.coding='texture': stripes in four
+directions, a checkerboard, a dot grid), so any window inside an object carries its class. The
+last three classes (diag135, checker, dots) have a 3-pixel period, below one cell of the
+model's stride-8 features, and mix their colours alike when blurred: at 1x the global model
+can hardly tell them apart, while the local model sees weak slices enlarged twice
+(rws.local_scale). Windows are a quarter of the image side, as in the paper (128-pixel slices
+on 512-pixel crops): 24-pixel slices at stride 16 on 96-pixel images. Everything else is
+configs/shapes_rws.py.
+
+  python launch.py --config=configs/shapes_texture_rws.py --workdir=runs/shapes_texture_rws
+  python launch.py --config=configs/shapes_texture_rws.py:smoke --workdir=/tmp/texture_smoke
+
+Every switch of configs/shapes_rws.py applies.
+"""
+import importlib.util
+import os
+
+from rwsjax.rws import config as rws_config
+
+
+def _shapes_rws():
+  """configs/shapes_rws.py, loaded by path (config files are not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'shapes_rws.py')
+  spec = importlib.util.spec_from_file_location('shapes_rws_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(arg=None):
+  config = _shapes_rws().get_config()
+  config.dataset.shapes.coding = 'texture'
+  config.dataset.shapes.fine_classes = 3
+  config.rws.slice_size = 24
+  config.rws.slice_stride = 16
+  config.rws.min_pixels = 24 * 24 // 16
+  if arg == 'smoke':
+    rws_config.shrink_for_smoke(config)
+  return config
