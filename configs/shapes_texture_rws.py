@@ -17,23 +17,14 @@ configs/shapes_rws.py.
 
 Every switch of configs/shapes_rws.py applies.
 """
-import importlib.util
 import os
 
+from rwsjax import config as config_lib
 from rwsjax.rws import config as rws_config
 
 
-def _shapes_rws():
-  """configs/shapes_rws.py, loaded by path (config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'shapes_rws.py')
-  spec = importlib.util.spec_from_file_location('shapes_rws_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(arg=None):
-  config = _shapes_rws().get_config()
+  config = config_lib.from_file(os.path.join(os.path.dirname(__file__), 'shapes_rws.py'))
   config.dataset.shapes.coding = 'texture'
   config.dataset.shapes.fine_classes = 3
   config.rws.slice_size = 24

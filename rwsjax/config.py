@@ -6,6 +6,8 @@ the full run. `field` gives code that receives a partial config section (a test'
 benchmark's) the same defaults, so each default is declared once, in `base_config`.
 """
 import functools
+import importlib.util
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -93,6 +95,16 @@ def base_config():
   c.figures = ml_collections.ConfigDict()
   c.figures.num_examples = 4        # images shown in prediction / heatmap figures
   return c
+
+
+def from_file(path, arg=None):
+  """`get_config(arg)` of the config file at `path`, loaded by path (config files are not a
+  package), so that one config file can build on another."""
+  spec = importlib.util.spec_from_file_location(
+      'config_' + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 @functools.cache
