@@ -23,6 +23,7 @@ from rwsjax.rws import slices
 from rwsjax import train
 from rwsjax.data import pipeline
 from test_fusion import _reference as fusion_reference
+from test_segcam import PadFreeSeg, TinySeg, pad_bottom_right, padfree_variables, setup_model
 
 
 def test_should_stop():
@@ -147,6 +148,76 @@ def test_fused_loss_mixes_local_features_into_weak_slices(tiny):
   assert np.isfinite(same)
 
 
+def _cross_entropy_numpy(logits, labels, ignore=255):
+  """Mean softmax cross-entropy over the labelled pixels, in float64 numpy."""
+  logits = np.asarray(logits, np.float64)
+  labels = np.asarray(labels)
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_softmax = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  keep = labels != ignore
+  picked = np.take_along_axis(log_softmax, np.where(keep, labels, 0)[..., None], -1)[..., 0]
+  return -picked[keep].mean()
+
+
+def _small_rws(monkeypatch, model, strides, num_classes):
+  """The smoke config for a test model of test_segcam (layer strides `strides`) on 16x16
+  images: 8-pixel windows at stride 4 (8 with stride-1 layers), seen at 8 pixels by the local
+  model, every class but the background taking part; `models.feature_strides` gives
+  `strides`."""
+  monkeypatch.setattr(models, 'feature_strides', lambda model_cfg: dict(strides))
+  config = load_config('shapes_rws', 'smoke')
+  config.dataset.num_classes = num_classes
+  config.rws.slice_size, config.rws.local_scale = 8, 1.0
+  config.rws.slice_stride = max(4, max(strides.values()))
+  config.rws.min_pixels = 4
+  return config, model
+
+
+def test_fused_loss_equals_a_hand_composed_forward_pass(monkeypatch):
+  """Stage 3's loss (docs/methods.md RWS 7) against its parts: the plans of
+  network.fusion_plans on the batch (with its padding mask), eq. 6 written out in a layer hook
+  of a training-mode forward pass (BatchNorm statistics of the batch), and the cross-entropy
+  in numpy."""
+  config, model = _small_rws(monkeypatch, TinySeg(num_classes=5),
+                             {'layer1': 1, 'layer2': 2, 'layer3': 2, 'layer4': 4}, 5)
+  config.rws.weak_classes = 'all'
+  glob, images = setup_model(model, n=2, size=16, seed=21)
+  local, _ = setup_model(model, n=2, size=16, seed=22)
+  valid = np.ones((2, 16, 16), bool)
+  valid[1, 12:] = valid[1, :, 14:] = False
+  labels = np.random.default_rng(23).choice([0, 1, 2, 3, 4, 255], size=(2, 16, 16))
+  labels = np.where(valid, labels, 255)
+  batch = {'image': images, 'segmentation': jnp.asarray(labels), 'valid': jnp.asarray(valid)}
+  extra = {'global': glob, 'local': local, 'threshold': jnp.float32(0.6)}
+  rng = jax.random.key(5)
+
+  @jax.jit
+  def both(batch, extra):
+    """The loss, and its parts composed by hand (one compilation for both)."""
+    loss, (batch_stats, stats) = rws_pipeline.fusion_loss(model, config)(
+        glob['params'], glob['batch_stats'], batch, rng, extra)
+    plan_rng, dropout_rng = jax.random.split(rng)
+    plans, _ = rws_network.fusion_plans(model, extra, batch['image'], config, plan_rng,
+                                        valid=batch['valid'])
+
+    def hook(name, x):
+      plan = plans[name]
+      return plan.weight * x + (1 - plan.weight) * plan.local
+
+    logits, updates = model.apply(glob, batch['image'], train=True, mutable=['batch_stats'],
+                                  rngs={'dropout': dropout_rng}, layer_hook=hook)
+    plain = model.apply(glob, batch['image'], train=True, mutable=['batch_stats'])[0]
+    selected = {name: p.selected.any() for name, p in plans.items()}
+    return loss, batch_stats, stats, logits, updates['batch_stats'], plain, selected
+
+  loss, batch_stats, stats, logits, updates, plain, selected = both(batch, extra)
+  assert 0 < float(stats['weak_slices']) and all(map(bool, selected.values()))
+  np.testing.assert_allclose(float(loss), _cross_entropy_numpy(logits, labels), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(batch_stats), jax.tree.leaves(updates)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert abs(float(loss) - _cross_entropy_numpy(plain, labels)) > 1e-4
+
+
 def _attention_by_hand(result, regions):
   """A_i(m, n) = H_i^{c(m, n)}(m, n) by a loop over pixels (eq. 2), and Gamma (eq. 3)."""
   heat = {k: np.asarray(v) for k, v in result.heatmaps.items()}
@@ -246,14 +317,45 @@ def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny):
                              atol=1e-5)
 
 
-def test_rws_network_pads_any_image_size(tiny):
+def test_rws_network_pads_any_image_size(tiny, monkeypatch):
+  """Shapes of the padded network; then its values: for a model that cannot see zero padding
+  (test_segcam.PadFreeSeg) and windows tiling the image (slice_stride = slice_size, sides
+  multiples of it), an image padded at the bottom and right with its valid mask gives the
+  image's own fused logits on the image. The padding adds only windows wholly in the padding,
+  which are never weak; with other window geometry the padded image has other windows (the
+  last row and column move to the edge), and no equality is claimed (docs/methods.md RWS 11)."""
   config, model, batch, glob, local = tiny
   network = {'model': glob, 'global': glob, 'local': local, 'threshold': jnp.float32(1.01)}
   images = batch['image'][:, :27, :13]
-  logits = rws_network.rws_logits(model, network, images, config)
+  logits = jax.eval_shape(lambda x: rws_network.rws_logits(model, network, x, config), images)
   assert logits.shape == (2, 27, 13, config.dataset.num_classes)
   assert rws_network.pad_for_windows(images, config).shape == (2, 32, 16, 3)
   assert rws_network.pad_for_windows(batch['image'], config).shape == (2, 32, 32, 3)
+
+  config, model = _small_rws(monkeypatch, PadFreeSeg(num_classes=5),
+                             dict.fromkeys(models.LAYER_NAMES, 1), 5)
+  config.rws.slice_stride, config.rws.max_slices = 8, 6
+  images = jnp.asarray(np.random.default_rng(31).normal(size=(2, 16, 24, 3)), jnp.float32)
+  padded = pad_bottom_right(images, 32, 32)
+  valid = pad_bottom_right(jnp.ones((2, 16, 24), bool), 32, 32, False)
+  network = {name: padfree_variables(model, seed)
+             for name, seed in (('model', 32), ('global', 33), ('local', 34))}
+  attention = rws_network.attention_maps(model, network['global'], images, num_classes=5,
+                                         max_classes=config.rws.max_classes)
+  scores = rws_network.window_scores(attention, config.rws, 5, 0)
+  values = np.sort(np.asarray(scores.attention)[np.asarray(scores.present)])
+  gaps = np.nonzero(np.diff(values) > 1e-3)[0]
+  middle = gaps[np.argmin(np.abs(gaps - len(values) // 2))]
+  network['threshold'] = jnp.float32((values[middle] + values[middle + 1]) / 2)
+  weak = np.asarray(slices.weak_mask(scores.attention, scores.present, network['threshold']))
+  assert 0 < weak.sum() < weak.size  # 6 windows per image, some weak and some not
+  fused = jax.jit(lambda v, x, m: rws_network.rws_logits(model, v, x, config, m))
+  on_image = fused(network, images, None)
+  on_padded = fused(network, padded, valid)
+  np.testing.assert_allclose(on_padded[:, :16, :24], on_image, atol=1e-4, rtol=1e-4)
+  blind = fused(network, padded, jnp.ones_like(valid))  # padding taken for image
+  assert not np.allclose(blind[:, :16, :24], on_image, atol=1e-2)
+  assert not np.allclose(on_image, rws_network.plain_logits(model, network, images), atol=1e-3)
 
 
 def _naive_threshold(attention_by_class, iou_by_class, bins, slope, min_share, min_windows):
@@ -279,20 +381,22 @@ def test_analyze_matches_a_naive_loop(tiny, tmp_path):
   config.input.eval_batch_size = 4
   config.rws.t_min_windows = 2
   rng = np.random.default_rng(5)
+  pixels = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+  images = ((pixels - np.float32(config.input.mean)) / np.float32(config.input.std)).astype(
+      np.float32)
+  # Labels agree with the model's prediction but for a random block and an ignored row, so
+  # that the window IoUs, and with them the curve, vary.
+  agree = np.asarray(jnp.argmax(model.apply(glob, jnp.asarray(images), train=False), -1))
   source = []
-  for _ in range(6):
-    label = np.zeros((32, 32), np.uint8)
+  for pixel, label in zip(pixels, agree.astype(np.uint8)):
     label[rng.integers(0, 16):, rng.integers(0, 20):] = rng.integers(1, 7)
     label[rng.integers(0, 32), :] = 255
-    source.append({'image': rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
-                   'segmentation': label[..., None],
+    source.append({'image': pixel, 'segmentation': label[..., None],
                    'labels': np.bincount(label.ravel(), minlength=256)[1:7] > 0})
   names = [f'c{i}' for i in range(7)]
   mesh = train.make_mesh()
   analysis = rws_analysis.analyze(model, glob, source, config, mesh, str(tmp_path), names)
   boxes = slices.window_boxes(32, 32, config.rws.slice_size, config.rws.slice_stride)
-  images = np.stack([(s['image'] - np.float32(config.input.mean)) / np.float32(config.input.std)
-                     for s in source]).astype(np.float32)
   labels = np.stack([s['segmentation'][..., 0] for s in source]).astype(np.int32)
   cam = segcam.seg_grad_cam(model, glob, jnp.asarray(images), max_classes=config.rws.max_classes)
   preds = np.asarray(jnp.argmax(cam.logits, -1))
@@ -315,6 +419,9 @@ def test_analyze_matches_a_naive_loop(tiny, tmp_path):
                               for v in analysis['per_class_threshold']], per_class, atol=1e-6)
   weak = sorted((i, *boxes[w]) for (i, w), per in entries.items()
                 if any(a < t for a in per.values()))
+  # The comparison means something: the IoUs vary, T > 0, some windows are weak, some not.
+  assert len({round(v, 6) for c in by_class for v in by_class[c][1]}) > 1
+  assert t > 0 and 0 < len(weak) < 6 * len(boxes)
   assert sorted(map(tuple, rws_analysis.load_weak_boxes(str(tmp_path)).tolist())) == weak
   assert analysis['weak_slices'] == len(weak) and analysis['windows'] == 6 * len(boxes)
   assert analysis['weak_share'] == pytest.approx(len(weak) / (6 * len(boxes)))
