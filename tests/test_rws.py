@@ -1,6 +1,7 @@
-"""The RWS pipeline: round stop rule, config checks, the stage-3 fused loss, the RWS network
-against a hand-composed fused forward pass, the analysis against a naive loop, and a smoke run
-of all stages with kill-and-resume."""
+"""The RWS pipeline: round stop rule, config checks, the stage-3 fused loss against its parts,
+the RWS network against a hand-composed fused forward pass and on padded images, the analysis
+against a naive loop, what each stage starts from, and a smoke run of all stages with
+kill-and-resume."""
 import json
 import os
 
@@ -14,6 +15,7 @@ from configs_util import ROOT, load_config
 from rwsjax import inference
 from rwsjax import losses
 from rwsjax import models
+from rwsjax import stages
 from rwsjax.rws import analysis as rws_analysis
 from rwsjax.rws import config as rws_config
 from rwsjax.rws import network as rws_network
@@ -539,6 +541,87 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   logits = rws_network.rws_logits(model, network,
                                   pipeline.normalize(image, config.input)[None], config)
   np.testing.assert_array_equal(np.asarray(PIL.Image.open(mask)), np.argmax(logits[0], -1))
+
+
+class _StopBeforeStage3(Exception):
+  """Ends a recorded smoke run where round 1's stage 3 would start training."""
+
+
+@pytest.fixture(scope='module')
+def stage_starts(tmp_path_factory):
+  """What each training stage of the smoke pipeline receives, for two settings: a list of
+  {stage: (Runner.train's keyword arguments, the state it returned)}. The first run uses the
+  defaults (local_init=global, stage3_init=stage1); the second, in the same workdir, uses
+  local_init=init and stage3_init=fresh and reads stage 1, the analysis and stage 2 back from
+  the first. Both end where stage 3 would start training; the rest of the pipeline is the
+  smoke test's."""
+  root = tmp_path_factory.mktemp('stage_starts')
+  original = stages.Runner.train
+  runs = []
+
+  def recording(self, name, **kwargs):
+    if name.endswith('stage3'):
+      runs[-1][name] = (kwargs, None)
+      raise _StopBeforeStage3(name)
+    state = original(self, name, **kwargs)
+    runs[-1][name] = (kwargs, state)
+    return state
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(stages.Runner, 'train', recording)
+    for local_init, stage3_init in (('global', 'stage1'), ('init', 'fresh')):
+      config = load_config('shapes_rws', 'smoke')
+      config.dataset.data_dir = str(root / 'tfds')
+      config.rws.local_init, config.rws.stage3_init = local_init, stage3_init
+      runs.append({})
+      with pytest.raises(_StopBeforeStage3):
+        rws_pipeline.run(config, str(root / 'run'))
+  config = load_config('shapes_rws', 'smoke')
+  model = models.make_model(config.model, config.dataset.num_classes)
+  init = stages.initial_variables(model, config, jax.random.key(config.seed))
+  return runs, init
+
+
+def _assert_same_tree(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def _differs(a, b):
+  return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_stage2_starts_from_local_init(stage_starts):
+  """local_init=global: stage 2 starts from stage 1's final weights; init: from the weights
+  stage 1 started from, `stages.initial_variables` (docs/methods.md RWS 5)."""
+  (default, switched), init = stage_starts
+  (stage1_given, stage1), (stage2_given, _) = default['stage1'], default['round_1/stage2']
+  _assert_same_tree(stage1_given['variables'], init)
+  assert _differs(stage1.variables, init)  # stage 1 trained: the two starts differ
+  _assert_same_tree(stage2_given['variables'], stage1.variables)
+  _assert_same_tree(switched['stage1'][1].variables, stage1.variables)  # read back
+  _assert_same_tree(switched['round_1/stage2'][0]['variables'], init)
+  for run in (default, switched):
+    assert run['round_1/stage2'][0].get('opt_state') is None
+
+
+def test_stage3_starts_from_stage3_init(stage_starts):
+  """stage3_init=stage1: stage 3 starts from stage 1's final weights and optimizer state;
+  fresh: from the initial weights and a new optimizer (docs/methods.md RWS 7). Either way
+  its frozen networks are stage 1's model and the round's local model."""
+  (default, switched), init = stage_starts
+  stage1 = default['stage1'][1]
+  continued, _ = default['round_1/stage3']
+  _assert_same_tree(continued['variables'], stage1.variables)
+  _assert_same_tree(continued['opt_state'], stage1.opt_state)
+  fresh, _ = switched['round_1/stage3']
+  _assert_same_tree(fresh['variables'], init)
+  assert fresh['opt_state'] is None
+  for run in (default, switched):
+    given, _ = run['round_1/stage3']
+    _assert_same_tree(given['extra']['global'], stage1.variables)
+    _assert_same_tree(given['extra']['local'], run['round_1/stage2'][1].variables)
 
 
 def test_stage3_schedule_warms_up_from_stage1s_final_rate():
