@@ -1,6 +1,7 @@
-"""The RWS pipeline: round stop rule, config checks, the stage-3 fused loss, the RWS network
-against a hand-composed fused forward pass, the analysis against a naive loop, and a smoke run
-of all stages with kill-and-resume."""
+"""The RWS pipeline: round stop rule, config checks, the stage-3 fused loss against its parts,
+the RWS network against a hand-composed fused forward pass and on padded images, the analysis
+against a naive loop, what each stage starts from, and a smoke run of all stages with
+kill-and-resume."""
 import json
 import os
 
@@ -14,6 +15,7 @@ from configs_util import ROOT, load_config
 from rwsjax import inference
 from rwsjax import losses
 from rwsjax import models
+from rwsjax import stages
 from rwsjax.rws import analysis as rws_analysis
 from rwsjax.rws import config as rws_config
 from rwsjax.rws import network as rws_network
@@ -23,6 +25,7 @@ from rwsjax.rws import slices
 from rwsjax import train
 from rwsjax.data import pipeline
 from test_fusion import _reference as fusion_reference
+from test_segcam import PadFreeSeg, TinySeg, pad_bottom_right, padfree_variables, setup_model
 
 
 def test_should_stop():
@@ -203,6 +206,76 @@ def test_fused_loss_mixes_local_features_into_weak_slices(tiny):
   assert np.isfinite(same)
 
 
+def _cross_entropy_numpy(logits, labels, ignore=255):
+  """Mean softmax cross-entropy over the labelled pixels, in float64 numpy."""
+  logits = np.asarray(logits, np.float64)
+  labels = np.asarray(labels)
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_softmax = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  keep = labels != ignore
+  picked = np.take_along_axis(log_softmax, np.where(keep, labels, 0)[..., None], -1)[..., 0]
+  return -picked[keep].mean()
+
+
+def _small_rws(monkeypatch, model, strides, num_classes):
+  """The smoke config for a test model of test_segcam (layer strides `strides`) on 16x16
+  images: 8-pixel windows at stride 4 (8 with stride-1 layers), seen at 8 pixels by the local
+  model, every class but the background taking part; `models.feature_strides` gives
+  `strides`."""
+  monkeypatch.setattr(models, 'feature_strides', lambda model_cfg: dict(strides))
+  config = load_config('shapes_rws', 'smoke')
+  config.dataset.num_classes = num_classes
+  config.rws.slice_size, config.rws.local_scale = 8, 1.0
+  config.rws.slice_stride = max(4, max(strides.values()))
+  config.rws.min_pixels = 4
+  return config, model
+
+
+def test_fused_loss_equals_a_hand_composed_forward_pass(monkeypatch):
+  """Stage 3's loss (docs/methods.md RWS 7) against its parts: the plans of
+  network.fusion_plans on the batch (with its padding mask), eq. 6 written out in a layer hook
+  of a training-mode forward pass (BatchNorm statistics of the batch), and the cross-entropy
+  in numpy."""
+  config, model = _small_rws(monkeypatch, TinySeg(num_classes=5),
+                             {'layer1': 1, 'layer2': 2, 'layer3': 2, 'layer4': 4}, 5)
+  config.rws.weak_classes = 'all'
+  glob, images = setup_model(model, n=2, size=16, seed=21)
+  local, _ = setup_model(model, n=2, size=16, seed=22)
+  valid = np.ones((2, 16, 16), bool)
+  valid[1, 12:] = valid[1, :, 14:] = False
+  labels = np.random.default_rng(23).choice([0, 1, 2, 3, 4, 255], size=(2, 16, 16))
+  labels = np.where(valid, labels, 255)
+  batch = {'image': images, 'segmentation': jnp.asarray(labels), 'valid': jnp.asarray(valid)}
+  extra = {'global': glob, 'local': local, 'threshold': jnp.float32(0.6)}
+  rng = jax.random.key(5)
+
+  @jax.jit
+  def both(batch, extra):
+    """The loss, and its parts composed by hand (one compilation for both)."""
+    loss, (batch_stats, stats) = rws_pipeline.fusion_loss(model, config)(
+        glob['params'], glob['batch_stats'], batch, rng, extra)
+    plan_rng, dropout_rng = jax.random.split(rng)
+    plans, _ = rws_network.fusion_plans(model, extra, batch['image'], config, plan_rng,
+                                        valid=batch['valid'])
+
+    def hook(name, x):
+      plan = plans[name]
+      return plan.weight * x + (1 - plan.weight) * plan.local
+
+    logits, updates = model.apply(glob, batch['image'], train=True, mutable=['batch_stats'],
+                                  rngs={'dropout': dropout_rng}, layer_hook=hook)
+    plain = model.apply(glob, batch['image'], train=True, mutable=['batch_stats'])[0]
+    selected = {name: p.selected.any() for name, p in plans.items()}
+    return loss, batch_stats, stats, logits, updates['batch_stats'], plain, selected
+
+  loss, batch_stats, stats, logits, updates, plain, selected = both(batch, extra)
+  assert 0 < float(stats['weak_slices']) and all(map(bool, selected.values()))
+  np.testing.assert_allclose(float(loss), _cross_entropy_numpy(logits, labels), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(batch_stats), jax.tree.leaves(updates)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert abs(float(loss) - _cross_entropy_numpy(plain, labels)) > 1e-4
+
+
 def _attention_by_hand(result, regions):
   """A_i(m, n) = H_i^{c(m, n)}(m, n) by a loop over pixels (eq. 2), and Gamma (eq. 3)."""
   heat = {k: np.asarray(v) for k, v in result.heatmaps.items()}
@@ -312,14 +385,45 @@ def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny, max_slices,
                              atol=1e-5)
 
 
-def test_rws_network_pads_any_image_size(tiny):
+def test_rws_network_pads_any_image_size(tiny, monkeypatch):
+  """Shapes of the padded network; then its values: for a model that cannot see zero padding
+  (test_segcam.PadFreeSeg) and windows tiling the image (slice_stride = slice_size, sides
+  multiples of it), an image padded at the bottom and right with its valid mask gives the
+  image's own fused logits on the image. The padding adds only windows wholly in the padding,
+  which are never weak; with other window geometry the padded image has other windows (the
+  last row and column move to the edge), and no equality is claimed (docs/methods.md RWS 11)."""
   config, model, batch, glob, local = tiny
   network = {'model': glob, 'global': glob, 'local': local, 'threshold': jnp.float32(1.01)}
   images = batch['image'][:, :27, :13]
-  logits = rws_network.rws_logits(model, network, images, config)
+  logits = jax.eval_shape(lambda x: rws_network.rws_logits(model, network, x, config), images)
   assert logits.shape == (2, 27, 13, config.dataset.num_classes)
   assert rws_network.pad_for_windows(images, config).shape == (2, 32, 16, 3)
   assert rws_network.pad_for_windows(batch['image'], config).shape == (2, 32, 32, 3)
+
+  config, model = _small_rws(monkeypatch, PadFreeSeg(num_classes=5),
+                             dict.fromkeys(models.LAYER_NAMES, 1), 5)
+  config.rws.slice_stride, config.rws.max_slices = 8, 6
+  images = jnp.asarray(np.random.default_rng(31).normal(size=(2, 16, 24, 3)), jnp.float32)
+  padded = pad_bottom_right(images, 32, 32)
+  valid = pad_bottom_right(jnp.ones((2, 16, 24), bool), 32, 32, False)
+  network = {name: padfree_variables(model, seed)
+             for name, seed in (('model', 32), ('global', 33), ('local', 34))}
+  attention = rws_network.attention_maps(model, network['global'], images, num_classes=5,
+                                         max_classes=config.rws.max_classes)
+  scores = rws_network.window_scores(attention, config.rws, 5, 0)
+  values = np.sort(np.asarray(scores.attention)[np.asarray(scores.present)])
+  gaps = np.nonzero(np.diff(values) > 1e-3)[0]
+  middle = gaps[np.argmin(np.abs(gaps - len(values) // 2))]
+  network['threshold'] = jnp.float32((values[middle] + values[middle + 1]) / 2)
+  weak = np.asarray(slices.weak_mask(scores.attention, scores.present, network['threshold']))
+  assert 0 < weak.sum() < weak.size  # 6 windows per image, some weak and some not
+  fused = jax.jit(lambda v, x, m: rws_network.rws_logits(model, v, x, config, m))
+  on_image = fused(network, images, None)
+  on_padded = fused(network, padded, valid)
+  np.testing.assert_allclose(on_padded[:, :16, :24], on_image, atol=1e-4, rtol=1e-4)
+  blind = fused(network, padded, jnp.ones_like(valid))  # padding taken for image
+  assert not np.allclose(blind[:, :16, :24], on_image, atol=1e-2)
+  assert not np.allclose(on_image, rws_network.plain_logits(model, network, images), atol=1e-3)
 
 
 def _naive_threshold(attention_by_class, iou_by_class, bins, slope, min_share, min_windows):
@@ -345,20 +449,22 @@ def test_analyze_matches_a_naive_loop(tiny, tmp_path):
   config.input.eval_batch_size = 4
   config.rws.t_min_windows = 2
   rng = np.random.default_rng(5)
+  pixels = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+  images = ((pixels - np.float32(config.input.mean)) / np.float32(config.input.std)).astype(
+      np.float32)
+  # Labels agree with the model's prediction but for a random block and an ignored row, so
+  # that the window IoUs, and with them the curve, vary.
+  agree = np.asarray(jnp.argmax(model.apply(glob, jnp.asarray(images), train=False), -1))
   source = []
-  for _ in range(6):
-    label = np.zeros((32, 32), np.uint8)
+  for pixel, label in zip(pixels, agree.astype(np.uint8)):
     label[rng.integers(0, 16):, rng.integers(0, 20):] = rng.integers(1, 7)
     label[rng.integers(0, 32), :] = 255
-    source.append({'image': rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
-                   'segmentation': label[..., None],
+    source.append({'image': pixel, 'segmentation': label[..., None],
                    'labels': np.bincount(label.ravel(), minlength=256)[1:7] > 0})
   names = [f'c{i}' for i in range(7)]
   mesh = train.make_mesh()
   analysis = rws_analysis.analyze(model, glob, source, config, mesh, str(tmp_path), names)
   boxes = slices.window_boxes(32, 32, config.rws.slice_size, config.rws.slice_stride)
-  images = np.stack([(s['image'] - np.float32(config.input.mean)) / np.float32(config.input.std)
-                     for s in source]).astype(np.float32)
   labels = np.stack([s['segmentation'][..., 0] for s in source]).astype(np.int32)
   cam = segcam.seg_grad_cam(model, glob, jnp.asarray(images), max_classes=config.rws.max_classes)
   preds = np.asarray(jnp.argmax(cam.logits, -1))
@@ -393,6 +499,9 @@ def test_analyze_matches_a_naive_loop(tiny, tmp_path):
                               for v in analysis['per_class_threshold']], per_class, atol=1e-6)
   weak = sorted((i, *boxes[w]) for (i, w), per in entries.items()
                 if any(a < t for a in per.values()))
+  # The comparison means something: the IoUs vary, T > 0, some windows are weak, some not.
+  assert len({round(v, 6) for c in by_class for v in by_class[c][1]}) > 1
+  assert t > 0 and 0 < len(weak) < 6 * len(boxes)
   assert sorted(map(tuple, rws_analysis.load_weak_boxes(str(tmp_path)).tolist())) == weak
   assert analysis['weak_slices'] == len(weak) and analysis['windows'] == 6 * len(boxes)
   assert analysis['weak_share'] == pytest.approx(len(weak) / (6 * len(boxes)))
@@ -510,6 +619,87 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   logits = rws_network.rws_logits(model, network,
                                   pipeline.normalize(image, config.input)[None], config)
   np.testing.assert_array_equal(np.asarray(PIL.Image.open(mask)), np.argmax(logits[0], -1))
+
+
+class _StopBeforeStage3(Exception):
+  """Ends a recorded smoke run where round 1's stage 3 would start training."""
+
+
+@pytest.fixture(scope='module')
+def stage_starts(tmp_path_factory):
+  """What each training stage of the smoke pipeline receives, for two settings: a list of
+  {stage: (Runner.train's keyword arguments, the state it returned)}. The first run uses the
+  defaults (local_init=global, stage3_init=stage1); the second, in the same workdir, uses
+  local_init=init and stage3_init=fresh and reads stage 1, the analysis and stage 2 back from
+  the first. Both end where stage 3 would start training; the rest of the pipeline is the
+  smoke test's."""
+  root = tmp_path_factory.mktemp('stage_starts')
+  original = stages.Runner.train
+  runs = []
+
+  def recording(self, name, **kwargs):
+    if name.endswith('stage3'):
+      runs[-1][name] = (kwargs, None)
+      raise _StopBeforeStage3(name)
+    state = original(self, name, **kwargs)
+    runs[-1][name] = (kwargs, state)
+    return state
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(stages.Runner, 'train', recording)
+    for local_init, stage3_init in (('global', 'stage1'), ('init', 'fresh')):
+      config = load_config('shapes_rws', 'smoke')
+      config.dataset.data_dir = str(root / 'tfds')
+      config.rws.local_init, config.rws.stage3_init = local_init, stage3_init
+      runs.append({})
+      with pytest.raises(_StopBeforeStage3):
+        rws_pipeline.run(config, str(root / 'run'))
+  config = load_config('shapes_rws', 'smoke')
+  model = models.make_model(config.model, config.dataset.num_classes)
+  init = stages.initial_variables(model, config, jax.random.key(config.seed))
+  return runs, init
+
+
+def _assert_same_tree(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def _differs(a, b):
+  return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_stage2_starts_from_local_init(stage_starts):
+  """local_init=global: stage 2 starts from stage 1's final weights; init: from the weights
+  stage 1 started from, `stages.initial_variables` (docs/methods.md RWS 5)."""
+  (default, switched), init = stage_starts
+  (stage1_given, stage1), (stage2_given, _) = default['stage1'], default['round_1/stage2']
+  _assert_same_tree(stage1_given['variables'], init)
+  assert _differs(stage1.variables, init)  # stage 1 trained: the two starts differ
+  _assert_same_tree(stage2_given['variables'], stage1.variables)
+  _assert_same_tree(switched['stage1'][1].variables, stage1.variables)  # read back
+  _assert_same_tree(switched['round_1/stage2'][0]['variables'], init)
+  for run in (default, switched):
+    assert run['round_1/stage2'][0].get('opt_state') is None
+
+
+def test_stage3_starts_from_stage3_init(stage_starts):
+  """stage3_init=stage1: stage 3 starts from stage 1's final weights and optimizer state;
+  fresh: from the initial weights and a new optimizer (docs/methods.md RWS 7). Either way
+  its frozen networks are stage 1's model and the round's local model."""
+  (default, switched), init = stage_starts
+  stage1 = default['stage1'][1]
+  continued, _ = default['round_1/stage3']
+  _assert_same_tree(continued['variables'], stage1.variables)
+  _assert_same_tree(continued['opt_state'], stage1.opt_state)
+  fresh, _ = switched['round_1/stage3']
+  _assert_same_tree(fresh['variables'], init)
+  assert fresh['opt_state'] is None
+  for run in (default, switched):
+    given, _ = run['round_1/stage3']
+    _assert_same_tree(given['extra']['global'], stage1.variables)
+    _assert_same_tree(given['extra']['local'], run['round_1/stage2'][1].variables)
 
 
 def test_stage3_schedule_warms_up_from_stage1s_final_rate():

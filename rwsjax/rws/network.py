@@ -44,16 +44,17 @@ def attention_maps(model, variables, images, *, num_classes, max_classes, labels
   Without `labels` (switch `attention_region: prediction`, and always at test time) the
   slots hold the classes present in the prediction and H_i^c is kept where c is predicted;
   with `labels` (`ground_truth`) the slots hold the ground-truth classes and H_i^c is kept on
-  c's ground truth. `valid` (N, H, W), False on padding, keeps predicted regions on the image.
+  c's ground truth. `valid` (N, H, W), False on padding, keeps predicted regions on the image
+  and makes padding invisible to Seg-Grad-CAM (`segcam.seg_grad_cam`) on both paths.
   """
   if labels is None:
-    result = segcam.seg_grad_cam(model, variables, images, max_classes=max_classes)
+    result = segcam.seg_grad_cam(model, variables, images, max_classes=max_classes, valid=valid)
     regions = jnp.argmax(result.logits, axis=-1)
     if valid is not None:
       regions = jnp.where(valid, regions, -1)
   else:
     classes, _ = segcam.present_classes(labels, num_classes, max_classes)
-    result = segcam.seg_grad_cam(model, variables, images, classes=classes)
+    result = segcam.seg_grad_cam(model, variables, images, classes=classes, valid=valid)
     regions = labels
   maps = segcam.region_attention(result.heatmaps, result.class_ids, result.class_mask, regions)
   gamma, _ = segcam.gamma_and_omega(maps)

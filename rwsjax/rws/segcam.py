@@ -21,7 +21,8 @@ from rwsjax.models.backbone import LAYER_NAMES as LAYERS
 class SegCamResult(NamedTuple):
   """Seg-Grad-CAM of a batch.
 
-  heatmaps: layer -> (N, C, H, W) float32 in [0, 1] at input size (zeros in padded slots).
+  heatmaps: layer -> (N, C, H, W) float32 in [0, 1] at input size (zeros in padded slots and,
+    given `valid`, on padded pixels).
   class_ids: (N, C) int32 class of each slot, -1 in padded slots.
   class_mask: (N, C) bool, True for real slots.
   logits: (N, H, W, K) the model's output.
@@ -60,7 +61,7 @@ def present_classes(label_map, num_classes, max_classes):
           jnp.pad(mask, ((0, 0), (0, pad))))
 
 
-def normalize_heatmaps(raw, size):
+def normalize_heatmaps(raw, size, cells=None):
   """ReLU, then min-max to [0, 1] per map, then bilinear resize (eq. 1, docs/methods.md RWS 2).
 
   The order is fixed: normalising before the resize keeps the layer's own extremes at 0 and 1
@@ -69,13 +70,44 @@ def normalize_heatmaps(raw, size):
   Args:
     raw: (..., h, w) un-rectified maps sum_k alpha^k F^k.
     size: (H, W) output size; resize is half-pixel bilinear (`jax.image.resize`).
+    cells: optional bool mask broadcastable to `raw`, the valid feature cells
+      (`feature_cells`): the minimum and maximum are taken over them only, and the other cells
+      are clipped to [0, 1] before the resize. None (no padding) uses every cell.
   """
   cam = jax.nn.relu(raw.astype(jnp.float32))
-  low = jnp.min(cam, axis=(-2, -1), keepdims=True)
-  span = jnp.max(cam, axis=(-2, -1), keepdims=True) - low
+  if cells is None:
+    low = jnp.min(cam, axis=(-2, -1), keepdims=True)
+    span = jnp.max(cam, axis=(-2, -1), keepdims=True) - low
+  else:
+    cells = jnp.broadcast_to(cells, cam.shape)
+    any_cell = jnp.any(cells, axis=(-2, -1), keepdims=True)
+    low = jnp.where(any_cell, jnp.min(jnp.where(cells, cam, jnp.inf), axis=(-2, -1),
+                                      keepdims=True), 0.0)
+    span = jnp.where(any_cell, jnp.max(jnp.where(cells, cam, -jnp.inf), axis=(-2, -1),
+                                       keepdims=True) - low, 0.0)
   cam = jnp.where(span > 0, (cam - low) / jnp.where(span > 0, span, 1.0), 0.0)
+  if cells is not None:
+    cam = jnp.clip(cam, 0.0, 1.0)
   cam = jax.image.resize(cam, cam.shape[:-2] + tuple(size), 'bilinear')
   return jnp.clip(cam, 0.0, 1.0)
+
+
+def feature_cells(valid, shape):
+  """(N, h, w) bool: the cells of a layer's (h, w) feature grid that lie on the image.
+
+  A cell of a layer with stride s is valid when the input pixel at its centre is,
+  valid[:, s*y + s//2, s*x + s//2] (docs/methods.md RWS 2). s is read from the grid, H / h and
+  W / w; for a side that is not a multiple of its grid the pixel is floor((y + 1/2) H / h),
+  which is the same formula whenever H = s h.
+
+  Args:
+    valid: (N, H, W) bool, False on padding.
+    shape: (h, w) of the layer's features.
+  """
+  (height, width), (h, w) = valid.shape[1:3], shape
+  rows = ((2 * jnp.arange(h) + 1) * height) // (2 * h)
+  cols = ((2 * jnp.arange(w) + 1) * width) // (2 * w)
+  return valid[:, rows[:, None], cols[None, :]]
 
 
 def find_layers(tree, layers):
@@ -94,18 +126,32 @@ def find_layers(tree, layers):
   return found
 
 
-def _class_cotangents(logits, class_ids):
-  """dS_c/dlogits per slot: 1 on channel c at the pixels predicted as c (eq. 1), (C, N, H, W, K)."""
+def _class_cotangents(logits, class_ids, valid=None):
+  """dS_c/dlogits per slot: 1 on channel c at the pixels predicted as c (eq. 1), (C, N, H, W, K);
+  with `valid` (N, H, W) only at the pixels predicted as c that are image, not padding."""
   pred = jnp.argmax(logits, axis=-1)
   ids = class_ids.T[:, :, None, None]
-  region = (pred[None] == ids)[..., None]
+  region = pred[None] == ids
+  if valid is not None:
+    region = region & valid[None]
   channel = jax.nn.one_hot(class_ids.T, logits.shape[-1], dtype=logits.dtype)
-  return region.astype(logits.dtype) * channel[:, :, None, None, :]
+  return region[..., None].astype(logits.dtype) * channel[:, :, None, None, :]
+
+
+def _spatial_mean(grads, cells):
+  """alpha^k: the mean of dS_c/dF^k over the feature grid (N, h, w, ch) -> (N, ch), over the
+  valid cells (N, h, w) only when given."""
+  if cells is None:
+    return jnp.mean(grads, axis=(1, 2))
+  weights = cells.astype(grads.dtype)
+  count = jnp.maximum(jnp.sum(weights, axis=(1, 2)), 1)
+  return jnp.einsum('nhwk,nhw->nk', grads, weights) / count[:, None]
 
 
 @functools.partial(
     jax.jit, static_argnames=('model', 'max_classes', 'layers', 'class_chunk'))
-def _seg_grad_cam(model, variables, images, classes, *, max_classes, layers, class_chunk):
+def _seg_grad_cam(model, variables, images, classes, valid=None, *, max_classes, layers,
+                  class_chunk):
   """Jitted body of `seg_grad_cam`: one forward pass, the backward pass vmapped over slots."""
   variables = {k: v for k, v in variables.items() if k != 'perturbations'}
   shapes = jax.eval_shape(
@@ -119,38 +165,49 @@ def _seg_grad_cam(model, variables, images, classes, *, max_classes, layers, cla
 
   logits, vjp_fn, features = jax.vjp(forward, zeros, has_aux=True)
   if classes is None:
-    class_ids, class_mask = present_classes(jnp.argmax(logits, -1), logits.shape[-1],
-                                            max_classes)
+    pred = jnp.argmax(logits, -1)
+    if valid is not None:
+      pred = jnp.where(valid, pred, -1)
+    class_ids, class_mask = present_classes(pred, logits.shape[-1], max_classes)
   else:
     class_ids = jnp.where(classes >= 0, classes, -1).astype(jnp.int32)
     class_mask = class_ids >= 0
+  cells = {name: None if valid is None else feature_cells(valid, features[name].shape[1:3])
+           for name in layers}
 
   def raw_maps(cotangent):
     grads = find_layers(vjp_fn(cotangent)[0], layers)
-    return {name: jnp.einsum('nk,nhwk->nhw', jnp.mean(grads[name], axis=(1, 2)),
+    return {name: jnp.einsum('nk,nhwk->nhw', _spatial_mean(grads[name], cells[name]),
                              features[name], preferred_element_type=jnp.float32)
             for name in layers}
 
-  cotangents = _class_cotangents(logits, class_ids)
+  cotangents = _class_cotangents(logits, class_ids, valid)
   if class_chunk is None:
     raw = jax.vmap(raw_maps)(cotangents)
   else:
     raw = jax.lax.map(raw_maps, cotangents, batch_size=class_chunk)
   size = images.shape[1:3]
-  heatmaps = {name: jnp.where(class_mask[:, :, None, None],
-                              normalize_heatmaps(jnp.swapaxes(raw[name], 0, 1), size), 0.0)
-              for name in layers}
+  keep = class_mask[:, :, None, None]
+  if valid is not None:
+    keep = keep & valid[:, None]
+  heatmaps = {name: jnp.where(keep, normalize_heatmaps(
+      jnp.swapaxes(raw[name], 0, 1), size,
+      None if valid is None else cells[name][:, None]), 0.0) for name in layers}
   return SegCamResult(heatmaps, class_ids, class_mask, logits, features)
 
 
 def seg_grad_cam(model, variables, images, *, max_classes=None, layers=LAYERS, classes=None,
-                 class_chunk=None):
+                 class_chunk=None, valid=None):
   """Seg-Grad-CAM of every layer and every class of a batch (paper eq. 1, docs/methods.md RWS 2).
 
   For class c: S_c = sum of logit_c over the pixels predicted as c, alpha_i^k = mean_{h,w}
   dS_c/dF_i^k, H_i^c = ReLU(sum_k alpha_i^k F_i^k), min-max normalised per image, layer and
   class, then resized to the input size (`normalize_heatmaps`). A class given in `classes` but
   absent from the prediction has S_c = 0 and an all-zero heatmap.
+
+  With `valid` padding is invisible: the class slots count only valid pixels, S_c sums only
+  valid pixels predicted as c, alpha and the min-max range are taken over the valid feature
+  cells (`feature_cells`), and heatmaps are 0 on padding.
 
   Args:
     model: flax linen segmentation model following the convention of this module.
@@ -162,6 +219,7 @@ def seg_grad_cam(model, variables, images, *, max_classes=None, layers=LAYERS, c
     classes: optional (N, C) int class ids per image (e.g. the ground-truth classes of
       `present_classes(labels, ...)`), -1 for padding; ids must be distinct within an image.
     class_chunk: optional number of slots per backward batch (memory bound); default all at once.
+    valid: optional (N, H, W) bool, False on padding; None treats every pixel as image.
 
   Returns:
     A `SegCamResult`.
@@ -173,7 +231,12 @@ def seg_grad_cam(model, variables, images, *, max_classes=None, layers=LAYERS, c
     if classes.ndim != 2 or classes.shape[0] != images.shape[0]:
       raise ValueError(f'classes must have shape (N, C) with N = {images.shape[0]}, got '
                        f'{classes.shape}.')
-  return _seg_grad_cam(model, variables, images, classes, max_classes=max_classes,
+  if valid is not None:
+    valid = jnp.asarray(valid, bool)
+    if valid.shape != images.shape[:3]:
+      raise ValueError(f'valid must have shape (N, H, W) = {images.shape[:3]}, got '
+                       f'{valid.shape}.')
+  return _seg_grad_cam(model, variables, images, classes, valid, max_classes=max_classes,
                        layers=tuple(layers), class_chunk=class_chunk)
 
 
