@@ -188,7 +188,8 @@ def zoom(crops, side, method='bilinear'):
   return jax.image.resize(crops, (crops.shape[0], side, side) + crops.shape[3:], method)
 
 
-def local_outputs(model, variables, crops, config, crop_labels=None, with_logits=False):
+def local_outputs(model, variables, crops, config, crop_labels=None, crop_valid=None,
+                  with_logits=False):
   """The local model on window crops (docs/methods.md RWS 5-6): per fused layer, A_i^s,
   Gamma_i^s and F_i^s on the window's footprint of that layer's feature grid, and the local
   logits at the window's size.
@@ -197,6 +198,7 @@ def local_outputs(model, variables, crops, config, crop_labels=None, with_logits
     crops: (M, s, s, 3) window crops at the global scale (s = slice_size); the model sees them
       resized to `local_size`.
     crop_labels: (M, s, s) ground truth, only with `attention_region: ground_truth`.
+    crop_valid: optional (M, s, s) bool, False where a window reaches into padding.
 
   Returns:
     {'layers': layer -> (A (M, h, w), Gamma (M, h, w), F (M, h, w, ch))}, with 'logits'
@@ -207,9 +209,11 @@ def local_outputs(model, variables, crops, config, crop_labels=None, with_logits
   side = local_size(rws)
   if crop_labels is not None:
     crop_labels = zoom(crop_labels, side, 'nearest')
+  if crop_valid is not None:
+    crop_valid = zoom(crop_valid, side, 'nearest')
   attention = attention_maps(model, variables, zoom(crops, side),
                              num_classes=config.dataset.num_classes,
-                             max_classes=rws.max_classes, labels=crop_labels)
+                             max_classes=rws.max_classes, labels=crop_labels, valid=crop_valid)
   maps = segcam.feature_attention(attention.maps, attention.gamma, attention.result.features)
   layers = {}
   for name in fused_layers(rws):
@@ -248,21 +252,25 @@ def fusion_plans(model, frozen, images, config, rng, labels=None, valid=None):
     return {}, {}
   found = weak_slices(model, frozen['global'], frozen['threshold'], images, config, rng,
                       labels=labels, valid=valid)
-  return plans_for(model, frozen['local'], found, images, config, labels)
+  return plans_for(model, frozen['local'], found, images, config, labels, valid)
 
 
-def plans_for(model, local_variables, found, images, config, labels=None, with_logits=False):
+def plans_for(model, local_variables, found, images, config, labels=None, valid=None,
+              with_logits=False):
   """(plans, stats) of `fusion_plans` for the windows `found` (`weak_slices`), and with
-  `with_logits` the local logits of each slot (N, S, s, s, K) too."""
+  `with_logits` the local logits of each slot (N, S, s, s, K) too. `labels` and `valid` as
+  in `fusion_plans`."""
   rws = config.rws
   n, size = images.shape[0], rws.slice_size
   slots = found.boxes.shape[1]
   inputs = {'crops': slices.crop_windows(images, found.boxes, size).reshape((-1, size, size, 3))}
   if labels is not None:
     inputs['labels'] = slices.crop_windows(labels, found.boxes, size).reshape((-1, size, size))
+  if valid is not None:
+    inputs['valid'] = slices.crop_windows(valid, found.boxes, size).reshape((-1, size, size))
   local = map_selected(
       lambda x: local_outputs(model, local_variables, x['crops'], config, x.get('labels'),
-                              with_logits),
+                              x.get('valid'), with_logits),
       inputs, found.valid.reshape(-1), rws.slice_chunk)
   per_image = lambda x: x.reshape((n, slots) + x.shape[1:])
   attention = found.attention

@@ -87,7 +87,7 @@ def make_premise_step(model, config, mesh):
     found = network.weak_slices(model, net['global'], net['threshold'], images, config, rng,
                                 valid=valid)
     plans, _, local_logits = network.plans_for(model, net['local'], found, images, config,
-                                               with_logits=True)
+                                               valid=valid, with_logits=True)
     hook = fusion.layer_hook(plans)
     full = {'global': jnp.argmax(found.attention.result.logits, -1),
             'integrated': jnp.argmax(model.apply(net['global'], images, train=False,
