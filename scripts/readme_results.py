@@ -21,6 +21,8 @@ import statistics
 import subprocess
 import sys
 
+from rwsjax.rws.premise import ON_WINDOWS, TITLES, WHOLE_SPLIT
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (name, what it copies from the main run, extra overrides). What a control shares with the
@@ -43,10 +45,37 @@ RWS_CONTROLS = (
      ('--config.rws.stage3_init=fresh', '--config.rws.stage3_steps=600',
       '--config.rws.stage3_lr=3e-3')),
 )
+# The controls of the converged testbeds: where the gain of RWS is made or lost, part by part
+# (docs/methods.md RWS 12 measures every run on the evaluation split's weak windows).
+CONVERGED_CONTROLS = (
+    ('arbitrary slices (slices=arbitrary)', 'stage1', ('--config.rws.slices=arbitrary',)),
+    ('no fusion: stage 3 as plain fine-tuning (fuse_layers=())', 'stage2',
+     ('--config.rws.fuse_layers=()',)),
+    ('no fusion, stage 3 at a tenth of the rate (stage3_lr=1.5e-4, fuse_layers=())', 'stage2',
+     ('--config.rws.stage3_lr=1.5e-4', '--config.rws.fuse_layers=()')),
+    ('integration without retraining (integration=inference)', 'stage2',
+     ('--config.rws.integration=inference',)),
+    ('local model at the global scale (local_scale=1)', 'analysis',
+     ('--config.rws.local_scale=1',)),
+    ("T by the paper's first flat point (t_rule=first_flat)", 'stage1',
+     ('--config.rws.t_rule=first_flat',)),
+    ('T by the noise-aware first flat point (t_rule=robust)', 'stage1',
+     ('--config.rws.t_rule=robust',)),
+    ('T at the last flat run (t_rule=last_flat, t_min_share=0)', 'stage1',
+     ('--config.rws.t_rule=last_flat', '--config.rws.t_min_share=0')),
+    ('the background held to its own T_c (weak_classes=own_threshold)', 'stage1',
+     ('--config.rws.weak_classes=own_threshold',)),
+    ('stage 2 warmed up over 20 steps (stage2_warmup=20)', 'analysis',
+     ('--config.rws.stage2_warmup=20',)),
+)
 # Controls whose total steps differ from the main run's train their own baseline.
-OWN_BASELINE = ('stage3_init-fresh',)
-RWS_EXPERIMENTS = {'shapes_rws': 'configs/shapes_rws.py',
-                   'shapes_fine_rws': 'configs/shapes_fine_rws.py'}
+OWN_BASELINE = ('stage3_init-fresh', 'integration-inference')
+RWS_EXPERIMENTS = {
+    'shapes_rws': ('configs/shapes_rws.py', RWS_CONTROLS),
+    'shapes_fine_rws': ('configs/shapes_fine_rws.py', RWS_CONTROLS),
+    'shapes_fine_converged_rws': ('configs/shapes_fine_converged_rws.py', CONVERGED_CONTROLS),
+    'shapes_texture_rws': ('configs/shapes_texture_rws.py', CONVERGED_CONTROLS),
+}
 # README's ISIM rows: (name, config, overrides); seed 0.
 SINGLE_RUNS = (
     ('shapes_isim', 'configs/shapes_isim.py', ()),
@@ -58,6 +87,18 @@ SINGLE_RUNS = (
      ('--config.dataset.shapes.num_train=1000', '--config.dataset.shapes.num_val=100',
       '--config.train.steps=1488')),
 )
+# Plateau studies: the supervised model of a testbed trained for each number of steps (one
+# schedule each, seed 0), its validation mIoU against the steps (docs/<name>.png): a stage 1
+# is converged where a few hundred more steps gain less than half a point.
+PLATEAUS = {
+    'shapes_fine_plateau': (('--config.dataset.shapes.fine_classes=3',
+                             '--config.dataset.shapes.num_train=1000'),
+                            (1500, 3000, 6000, 6350)),
+    'shapes_texture_plateau': (('--config.dataset.shapes.coding=texture',
+                               '--config.dataset.shapes.fine_classes=3',
+                               '--config.dataset.shapes.num_train=1000'),
+                              (1500, 3000, 6000, 6350)),
+}
 SHARED = {'stage1': ('stage1',),
           'analysis': ('stage1', 'round_1/analysis.json', 'round_1/slices_process0.npz'),
           'stage2': ('stage1', 'round_1/analysis.json', 'round_1/slices_process0.npz',
@@ -123,13 +164,13 @@ def table(title, rows, seeds):
   return '\n'.join(lines)
 
 
-def selected_controls(names):
-  """RWS_CONTROLS whose directory name is in `names` (None: all of them)."""
-  known = [control_name(overrides) for _, _, overrides in RWS_CONTROLS]
+def selected_controls(names, controls=RWS_CONTROLS):
+  """The `controls` whose directory name is in `names` (None: all of them)."""
+  known = [control_name(overrides) for _, _, overrides in controls]
   unknown = sorted(set(names or ()) - set(known))
   if unknown:
     raise ValueError(f"unknown controls {unknown}; choose from {', '.join(known)}")
-  return tuple(c for c, n in zip(RWS_CONTROLS, known) if names is None or n in names)
+  return tuple(c for c, n in zip(controls, known) if names is None or n in names)
 
 
 def first_round(summaries):
@@ -182,7 +223,55 @@ def rws_experiment(name, config, out, seeds, mode, controls=RWS_CONTROLS):
       for c in per_class[0]))
   notes += [f'{label}: {first_round(control_runs[label])}'
             for label, _, _ in controls if any(control_runs[label])]
-  return table(f'{name}, validation mIoU', rows, seeds) + '\n\n' + '\n'.join(notes)
+  return '\n\n'.join([table(f'{name}, validation mIoU', rows, seeds), '\n'.join(notes),
+                      premise_table(name, main, seeds)])
+
+
+def premise_table(name, summaries, seeds):
+  """The first round part by part (docs/methods.md RWS 12), seed by seed: mIoU on the
+  evaluation split's weak windows under each view, then the whole split; '' without it."""
+  records = [s and s['rounds'][0].get('premise') for s in summaries]
+  if not any(records):
+    return ''
+  rows = [(f'weak windows: {TITLES[view]}', [r and r['weak_windows'][view]['miou']
+                                               for r in records]) for view in ON_WINDOWS]
+  rows += [(f'whole split: {TITLES[view]}', [r and r['whole_split'][view]['miou']
+                                             for r in records]) for view in WHOLE_SPLIT]
+  shares = ' / '.join('-' if r is None or r['missed_unreachable_share'] is None
+                      else f"{r['missed_unreachable_share']:.1%}" for r in records)
+  return (table(f'{name}, round 1 part by part, validation mIoU', rows, seeds)
+          + f'\n\nmissed foreground pixels that no window can reach: {shares}')
+
+
+def plateau(name, overrides, steps, out, mode):
+  """Supervised runs of `steps` each (seed 0); the table, and in run mode the figure
+  docs/<name>.png of validation mIoU against the steps."""
+  results = []
+  for count in steps:
+    workdir = os.path.join(out, name, f'steps{count}')
+    summary = run(launch_command('configs/shapes_baseline.py', workdir, 0,
+                                 (*overrides, f'--config.train.steps={count}')), workdir, mode)
+    results.append(None if summary is None else summary['supervised'])
+  done = [(count, r) for count, r in zip(steps, results) if r is not None]
+  if not done:
+    return ''
+  if mode == 'run':
+    import matplotlib  # pylint: disable=g-import-not-at-top  (figures only when running)
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([c for c, _ in done], [r['miou'] for _, r in done], 'o-', label='mIoU')
+    for cls in done[0][1]['per_class_iou']:
+      ax.plot([c for c, _ in done], [r['per_class_iou'][cls] for _, r in done], lw=0.8,
+              alpha=0.6, label=cls)
+    ax.set(xlabel='training steps (one schedule each)', ylabel='validation IoU', title=name)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(os.path.join(ROOT, 'docs', f'{name}.png'), dpi=120)
+  lines = [f'| {name}: steps | ' + ' | '.join(str(c) for c, _ in done) + ' |',
+           '|---' * (len(done) + 1) + '|',
+           '| validation mIoU | ' + ' | '.join(f"{r['miou']:.3f}" for _, r in done) + ' |']
+  return '\n'.join(lines)
 
 
 def single_run(name, config, overrides, out, mode):
@@ -198,7 +287,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', required=True, help='directory for all run directories')
   parser.add_argument('--seeds', default='0,1,2')
-  names = [*RWS_EXPERIMENTS, *(name for name, _, _ in SINGLE_RUNS)]
+  names = [*RWS_EXPERIMENTS, *PLATEAUS, *(name for name, _, _ in SINGLE_RUNS)]
   parser.add_argument('--only', default=','.join(names),
                       help='comma-separated experiments: ' + ', '.join(names))
   parser.add_argument('--list', action='store_true', help='print the commands, run nothing')
@@ -213,15 +302,18 @@ def main():
   mode = 'list' if args.list else 'report' if args.report else 'run'
   seeds = [int(s) for s in args.seeds.split(',')]
   out = os.path.abspath(args.out)
-  try:
-    controls = selected_controls(args.controls and args.controls.split(','))
-  except ValueError as e:
-    parser.error(str(e))
   single = {name: (config, overrides) for name, config, overrides in SINGLE_RUNS}
   for name in args.only.split(','):
     if name in RWS_EXPERIMENTS:
-      text = rws_experiment(name, RWS_EXPERIMENTS[name], out, seeds, mode,
+      config, known = RWS_EXPERIMENTS[name]
+      try:
+        controls = selected_controls(args.controls and args.controls.split(','), known)
+      except ValueError as e:
+        parser.error(f'{name}: {e}')
+      text = rws_experiment(name, config, out, seeds, mode,
                             controls=() if args.main_only else controls)
+    elif name in PLATEAUS:
+      text = plateau(name, *PLATEAUS[name], out, mode)
     elif name in single:
       text = single_run(name, *single[name], out, mode)
     else:

@@ -21,10 +21,11 @@ def _config_name(path):
 
 def test_every_override_names_an_existing_config_field():
   script = _script()
-  runs = [(config, overrides) for config in script.RWS_EXPERIMENTS.values()
-          for _, _, overrides in script.RWS_CONTROLS]
+  runs = [(config, overrides) for config, controls in script.RWS_EXPERIMENTS.values()
+          for _, _, overrides in controls]
   runs += [(config, overrides) for _, config, overrides in script.SINGLE_RUNS]
-  assert len(runs) == 2 * len(script.RWS_CONTROLS) + len(script.SINGLE_RUNS)
+  assert len(runs) == (sum(len(c) for _, c in script.RWS_EXPERIMENTS.values())
+                       + len(script.SINGLE_RUNS))
   for config_path, overrides in runs:
     config = load_config(_config_name(config_path))
     for override in overrides:
@@ -37,8 +38,9 @@ def test_every_override_names_an_existing_config_field():
 
 def test_control_directories_are_distinct_and_named_after_their_switch():
   script = _script()
-  names = [script.control_name(overrides) for _, _, overrides in script.RWS_CONTROLS]
-  assert len(set(names)) == len(names)
+  for _, controls in script.RWS_EXPERIMENTS.values():
+    names = [script.control_name(overrides) for _, _, overrides in controls]
+    assert len(set(names)) == len(names)
   assert script.control_name(('--config.rws.fuse_layers=()',)) == 'fuse_layers-none'
   assert script.control_name(('--config.rws.t_rule=last_flat', '--config.rws.t_min_share=0')
                              ) == 't_rule-last_flat'

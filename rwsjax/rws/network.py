@@ -7,6 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rwsjax import chunks
 from rwsjax import models
 from rwsjax.rws import fusion
 from rwsjax.rws import segcam
@@ -114,38 +115,6 @@ def choose_slices(scores, threshold, rws_cfg, rng):
   if rws_cfg.slices == 'arbitrary':
     return (*slices.select_arbitrary(rng, weak.any(-1), slots), count)
   return (*slices.select_top_weak(scores.attention, weak, slots), count)
-
-
-def map_selected(fn, inputs, selected, chunk):
-  """`fn` over the selected rows of `inputs` (a pytree of (M, ...) arrays), `chunk` rows per
-  call; rows that are not selected get zeros.
-
-  Selected rows are gathered first, and calls past the last selected row are skipped
-  (`lax.cond`), so the cost follows the number of selected rows and the memory one chunk.
-  `fn` must treat rows independently (eval-mode models do).
-  """
-  m = selected.shape[0]
-  chunk = max(1, min(chunk, m))
-  calls = -(-m // chunk)
-  order = jnp.argsort(~selected, stable=True)
-  count = jnp.sum(selected)
-
-  def gather(x):
-    x = x[order]
-    return jnp.pad(x, [(0, calls * chunk - m)] + [(0, 0)] * (x.ndim - 1))
-
-  gathered = jax.tree.map(gather, inputs)
-  part = lambda i: jax.tree.map(
-      lambda x: jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk), gathered)
-  shapes = jax.eval_shape(fn, part(0))
-  zeros = lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  out = jax.lax.map(lambda i: jax.lax.cond(i * chunk < count, fn, zeros, part(i)),
-                    jnp.arange(calls))
-  inverse = jnp.argsort(order)
-  keep = lambda x: jnp.where(selected.reshape((m,) + (1,) * (x.ndim - 1)), x,
-                             jnp.zeros((), x.dtype))
-  return jax.tree.map(lambda x: keep(x.reshape((calls * chunk,) + x.shape[2:])[:m][inverse]),
-                      out)
 
 
 class WeakSlices(NamedTuple):
@@ -268,7 +237,7 @@ def plans_for(model, local_variables, found, images, config, labels=None, valid=
     inputs['labels'] = slices.crop_windows(labels, found.boxes, size).reshape((-1, size, size))
   if valid is not None:
     inputs['valid'] = slices.crop_windows(valid, found.boxes, size).reshape((-1, size, size))
-  local = map_selected(
+  local = chunks.map_selected(
       lambda x: local_outputs(model, local_variables, x['crops'], config, x.get('labels'),
                               x.get('valid'), with_logits),
       inputs, found.valid.reshape(-1), rws.slice_chunk)

@@ -25,6 +25,7 @@ in no window where a class takes part, which no window selection can reach.
 import jax
 import jax.numpy as jnp
 
+from rwsjax import chunks
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import stages
 from rwsjax import train
@@ -101,7 +102,7 @@ def make_premise_step(model, config, mesh):
     n, s = slots.shape
     crops = slices.crop_windows(images, found.boxes, size).reshape((-1, size, size, 3))
     crop_labels = slices.crop_windows(labels, found.boxes, size)
-    views = network.map_selected(
+    views = chunks.map_selected(
         lambda c: {'global_zoom': network.zoom(model.apply(net['global'], network.zoom(c, side),
                                                            train=False), size),
                    'global_bare': model.apply(net['global'], c, train=False)},

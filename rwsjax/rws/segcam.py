@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from rwsjax import chunks
 from rwsjax.models.backbone import LAYER_NAMES as LAYERS
 
 
@@ -149,21 +150,28 @@ def _spatial_mean(grads, cells):
 
 
 @functools.partial(
-    jax.jit, static_argnames=('model', 'max_classes', 'layers', 'class_chunk'))
+    jax.jit, static_argnames=('model', 'max_classes', 'layers', 'class_chunk', 'pair_chunk'))
 def _seg_grad_cam(model, variables, images, classes, valid=None, *, max_classes, layers,
-                  class_chunk):
-  """Jitted body of `seg_grad_cam`: one forward pass, the backward pass vmapped over slots."""
+                  class_chunk, pair_chunk=None):
+  """Jitted body of `seg_grad_cam`: one forward pass, the backward pass vmapped over slots
+  (or, with `pair_chunk`, a forward and backward pass per filled slot, `_pair_maps`)."""
   variables = {k: v for k, v in variables.items() if k != 'perturbations'}
-  shapes = jax.eval_shape(
-      lambda: model.apply(variables, images, train=False, mutable=['perturbations'])[1])
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['perturbations'])
 
-  def forward(perturbations):
-    logits, state = model.apply({**variables, 'perturbations': perturbations}, images,
+  def forward(perturbations, x):
+    logits, state = model.apply({**variables, 'perturbations': perturbations}, x,
                                 train=False, mutable=['intermediates'])
     return logits, find_layers(state['intermediates'], layers)
 
-  logits, vjp_fn, features = jax.vjp(forward, zeros, has_aux=True)
+  def zeros(x):
+    shapes = jax.eval_shape(
+        lambda: model.apply(variables, x, train=False, mutable=['perturbations'])[1])
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['perturbations'])
+
+  if pair_chunk is None:
+    logits, vjp_fn, features = jax.vjp(lambda p: forward(p, images), zeros(images),
+                                       has_aux=True)
+  else:
+    logits, features = forward(zeros(images), images)
   if classes is None:
     pred = jnp.argmax(logits, -1)
     if valid is not None:
@@ -181,11 +189,13 @@ def _seg_grad_cam(model, variables, images, classes, valid=None, *, max_classes,
                              features[name], preferred_element_type=jnp.float32)
             for name in layers}
 
-  cotangents = _class_cotangents(logits, class_ids, valid)
-  if class_chunk is None:
-    raw = jax.vmap(raw_maps)(cotangents)
+  if pair_chunk is not None:
+    raw = _pair_maps(forward, zeros, images, class_ids, class_mask, valid, layers, pair_chunk)
+  elif class_chunk is None:
+    raw = jax.vmap(raw_maps)(_class_cotangents(logits, class_ids, valid))
   else:
-    raw = jax.lax.map(raw_maps, cotangents, batch_size=class_chunk)
+    raw = jax.lax.map(raw_maps, _class_cotangents(logits, class_ids, valid),
+                      batch_size=class_chunk)
   size = images.shape[1:3]
   keep = class_mask[:, :, None, None]
   if valid is not None:
@@ -196,8 +206,31 @@ def _seg_grad_cam(model, variables, images, classes, valid=None, *, max_classes,
   return SegCamResult(heatmaps, class_ids, class_mask, logits, features)
 
 
+def _pair_maps(forward, zeros, images, class_ids, class_mask, valid, layers, chunk):
+  """The un-rectified maps sum_k alpha^k F^k of every filled slot, layer -> (C, N, h, w), by a
+  forward and backward pass per (image, slot) pair, `chunk` pairs per call: empty slots cost
+  nothing (`chunks.map_selected`), where the vmapped backward pass runs for every slot."""
+  n, slots = class_ids.shape
+
+  def maps(pair):
+    image = pair // slots
+    x = images[image]
+    logits, vjp_fn, features = jax.vjp(lambda p: forward(p, x), zeros(x), has_aux=True)
+    mask = None if valid is None else valid[image]
+    cotangent = _class_cotangents(logits, class_ids.reshape(-1)[pair][:, None], mask)[0]
+    grads = find_layers(vjp_fn(cotangent)[0], layers)
+    return {name: jnp.einsum(
+        'nk,nhwk->nhw', _spatial_mean(grads[name], None if mask is None else feature_cells(
+            mask, features[name].shape[1:3])), features[name],
+        preferred_element_type=jnp.float32) for name in layers}
+
+  raw = chunks.map_selected(maps, jnp.arange(n * slots), class_mask.reshape(-1), chunk)
+  return {name: jnp.swapaxes(x.reshape((n, slots) + x.shape[1:]), 0, 1)
+          for name, x in raw.items()}
+
+
 def seg_grad_cam(model, variables, images, *, max_classes=None, layers=LAYERS, classes=None,
-                 class_chunk=None, valid=None):
+                 class_chunk=None, valid=None, pair_chunk=None):
   """Seg-Grad-CAM of every layer and every class of a batch (paper eq. 1, docs/methods.md RWS 2).
 
   For class c: S_c = sum of logit_c over the pixels predicted as c, alpha_i^k = mean_{h,w}
@@ -219,6 +252,9 @@ def seg_grad_cam(model, variables, images, *, max_classes=None, layers=LAYERS, c
     classes: optional (N, C) int class ids per image (e.g. the ground-truth classes of
       `present_classes(labels, ...)`), -1 for padding; ids must be distinct within an image.
     class_chunk: optional number of slots per backward batch (memory bound); default all at once.
+    pair_chunk: optional: a forward and backward pass per filled (image, slot) pair instead,
+      `pair_chunk` pairs per call, so that empty slots cost nothing; cheaper where most slots
+      are empty (windows of one or two classes), dearer where most are filled.
     valid: optional (N, H, W) bool, False on padding; None treats every pixel as image.
 
   Returns:
@@ -237,7 +273,7 @@ def seg_grad_cam(model, variables, images, *, max_classes=None, layers=LAYERS, c
       raise ValueError(f'valid must have shape (N, H, W) = {images.shape[:3]}, got '
                        f'{valid.shape}.')
   return _seg_grad_cam(model, variables, images, classes, valid, max_classes=max_classes,
-                       layers=tuple(layers), class_chunk=class_chunk)
+                       layers=tuple(layers), class_chunk=class_chunk, pair_chunk=pair_chunk)
 
 
 def region_attention(heatmaps, class_ids, class_mask, regions):

@@ -1,0 +1,93 @@
+"""The RWS network's cost per image, part by part (docs/methods.md RWS 11), on a finished run.
+
+The network of the run in --workdir (the config it recorded in summary.json) predicts one
+evaluation batch of its dataset. Timed one after another, interleaved over the repeats
+(medians, and their ratio to the plain network):
+
+  plain       the refined network alone (`rws.inference: plain`)
+  attention   the global model's Seg-Grad-CAM of every layer and class slot, the window scores
+              and the weak windows (`network.weak_slices`)
+  local       the local model on the weak windows (its forward pass and Seg-Grad-CAM), and the
+              selection and weights of eq. 5-7 (`network.plans_for`)
+  fused pass  the refined network's forward pass with the fusion applied
+  RWS network all of it in one jitted function (`network.rws_logits`), what evaluation times
+
+It also prints the weak windows per image and how many Seg-Grad-CAM class slots hold a class.
+
+  python benchmarks/rws_inference.py --workdir=runs/shapes_rws
+  python benchmarks/rws_inference.py --workdir=runs/shapes_rws --batch 8 --repeats 9
+"""
+import argparse
+import json
+import os
+import statistics
+
+import jax
+import ml_collections
+import numpy as np
+
+from rwsjax import data
+from rwsjax import models
+from rwsjax import stages
+from rwsjax import train
+from rwsjax.rws import fusion
+from rwsjax.rws import network
+from rwsjax.rws import pipeline
+from timing import interleaved_seconds
+
+
+def recorded_config(workdir):
+  """The resolved config a finished run recorded in its summary.json."""
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    return ml_collections.ConfigDict(json.load(f)['run']['config'])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', required=True, help='a finished RWS run')
+  parser.add_argument('--batch', type=int, default=None,
+                      help="images per batch (default: the run's eval batch size)")
+  parser.add_argument('--repeats', type=int, default=5)
+  args = parser.parse_args()
+  config = recorded_config(args.workdir)
+  if args.batch:
+    config.input.eval_batch_size = args.batch
+  mesh = train.make_mesh(1)
+  model = models.make_model(config.model, config.dataset.num_classes)
+  net = pipeline.finished_network(config, args.workdir, model, mesh)
+  source = data.load_source(config.dataset, config.dataset.eval_split)
+  batch = stages.eval_batches(source, config, mesh)[0][0]
+  images = jax.device_put(batch['image'])
+  rng = jax.random.key(config.seed)
+
+  plain = jax.jit(lambda n, x: model.apply(n['model'], x, train=False))
+  attention = jax.jit(lambda n, x: network.weak_slices(model, n['global'], n['threshold'], x,
+                                                       config, rng))
+  local = jax.jit(lambda n, found, x: network.plans_for(model, n['local'], found, x, config))
+  fused = jax.jit(lambda n, plans, x: model.apply(n['model'], x, train=False,
+                                                  layer_hook=fusion.layer_hook(plans)))
+  whole = jax.jit(lambda n, x: network.rws_logits(model, n, x, config))
+  found = attention(net, images)
+  plans, stats = local(net, found, images)
+  times = interleaved_seconds({
+      'plain': lambda: plain(net, images),
+      'attention': lambda: attention(net, images),
+      'local': lambda: local(net, found, images),
+      'fused pass': lambda: fused(net, plans, images),
+      'RWS network': lambda: whole(net, images)}, args.repeats)
+  n = len(batch['image'])
+  ms = {name: 1000 * statistics.median(t) / n for name, t in times.items()}
+  print(f'{args.workdir}: batch {n} of {images.shape[1]}x{images.shape[2]}, '
+        f'{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, {jax.devices()[0]}')
+  print('| part | ms per image | x plain |')
+  print('|---|---:|---:|')
+  for name, value in ms.items():
+    print(f'| {name} | {value:.2f} | {value / ms["plain"]:.1f} |')
+  slots = np.asarray(found.attention.result.class_mask)
+  print(f"weak windows per image: {float(stats['weak_slices']):.2f} (of "
+        f'{found.boxes.shape[1]} windows); Seg-Grad-CAM class slots holding a class: '
+        f'{slots.mean():.0%} of {slots.shape[1]} per image')
+
+
+if __name__ == '__main__':
+  main()
