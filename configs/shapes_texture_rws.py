@@ -9,8 +9,10 @@ last three classes (diag135, checker, dots) have a 3-pixel period, below one cel
 model's stride-8 features, and mix their colours alike when blurred: at 1x the global model
 can hardly tell them apart, while the local model sees weak slices enlarged twice
 (rws.local_scale). Windows are a quarter of the image side, as in the paper (128-pixel slices
-on 512-pixel crops): 24-pixel slices at stride 16 on 96-pixel images. Everything else is
-configs/shapes_rws.py.
+on 512-pixel crops): 24-pixel slices at stride 16 on 96-pixel images. Stage 1 runs 3000
+steps, where the supervised model has stopped improving (docs/shapes_texture_plateau.png,
+`python scripts/readme_results.py --out=runs/readme --only=shapes_texture_plateau`).
+Everything else is configs/shapes_rws.py.
 
   python launch.py --config=configs/shapes_texture_rws.py --workdir=runs/shapes_texture_rws
   python launch.py --config=configs/shapes_texture_rws.py:smoke --workdir=/tmp/texture_smoke
@@ -30,6 +32,7 @@ def get_config(arg=None):
   config.rws.slice_size = 24
   config.rws.slice_stride = 16
   config.rws.min_pixels = 24 * 24 // 16
+  config.rws.stage1_steps = 3000
   if arg == 'smoke':
     rws_config.shrink_for_smoke(config)
   return config

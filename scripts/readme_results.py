@@ -95,9 +95,8 @@ PLATEAUS = {
                              '--config.dataset.shapes.num_train=1000'),
                             (1500, 3000, 6000, 6350)),
     'shapes_texture_plateau': (('--config.dataset.shapes.coding=texture',
-                               '--config.dataset.shapes.fine_classes=3',
-                               '--config.dataset.shapes.num_train=1000'),
-                              (1500, 3000, 6000, 6350)),
+                               '--config.dataset.shapes.fine_classes=3'),
+                              (1000, 2000, 3000, 3350)),
 }
 SHARED = {'stage1': ('stage1',),
           'analysis': ('stage1', 'round_1/analysis.json', 'round_1/slices_process0.npz'),

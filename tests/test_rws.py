@@ -113,7 +113,8 @@ def test_texture_testbed_is_shapes_rws_with_texture_coding_and_quarter_side_wind
     if arg is None:
       assert [texture.rws[k] for k in windows] == [24, 16, 36]
       assert shapes.image_size == 4 * texture.rws.slice_size
-    for key in windows:
+      assert texture.rws.stage1_steps == 3000
+    for key in (*windows, 'stage1_steps'):
       texture.rws[key] = base.rws[key]
     shapes.coding, shapes.fine_classes = 'marker', 0
     assert texture.to_dict() == base.to_dict()
