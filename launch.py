@@ -1,7 +1,10 @@
 """Runs one experiment: `python launch.py --config=configs/shapes_rws.py --workdir=runs/demo`.
 
 `config.method` picks the pipeline. Rerunning the same command with the same --workdir resumes
-where a killed run stopped; a finished run (its summary.json exists) is left as it is.
+where a killed run stopped; a finished run (its summary.json exists) is left as it is. A stage
+is read back only under the settings that made it: a workdir holding stages made with other
+settings (finished or not) stops the run with the stages and fields that differ, unless
+--recompute_from names them (they and every stage consuming them are computed again).
 Override any config field on the command line, e.g. `--config.train.steps=200`;
 `--config=configs/voc_rws.py:smoke` runs a small variant. The methods and their config switches
 are described in docs/methods.md.
@@ -30,7 +33,8 @@ PIPELINES = {
 }
 HELP_FLAGS = ('help', 'helpshort', 'helpfull', 'helpxml', '?')
 MODES = ('train', 'evaluate', 'predict')
-MODE_FLAGS = {'split': 'evaluate', 'images': 'predict', 'out': 'predict'}
+MODE_FLAGS = {'split': 'evaluate', 'images': 'predict', 'out': 'predict',
+              'recompute_from': 'train'}
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -52,6 +56,11 @@ _SPLIT = flags.DEFINE_string('split', None,
 _IMAGES = flags.DEFINE_string('images', None, '--mode=predict: a folder of JPEG or PNG images.')
 _OUT = flags.DEFINE_string('out', None,
                            '--mode=predict: the folder the masks and overlays are written to.')
+_RECOMPUTE_FROM = flags.DEFINE_list(
+    'recompute_from', [],
+    '--mode=train: stages to compute again, e.g. round_1/stage2: their records, checkpoints and '
+    'outputs are cleared, and those of every stage that consumes them, directly or not. A '
+    'rerun whose workdir holds stages made with other settings names the stages to give.')
 _COMPILATION_CACHE = flags.DEFINE_string(
     'compilation_cache', os.path.join('~', '.cache', 'rwsjax', 'xla'),
     "Directory of JAX's persistent compilation cache, so that a rerun or a run of a related "
@@ -94,25 +103,23 @@ def parse_flags(argv):
 def check_mode_flags():
   """Each of --split, --images and --out is given only with its mode."""
   for name, mode in MODE_FLAGS.items():
-    if flags.FLAGS[name].value is not None and _MODE.value != mode:
+    if flags.FLAGS[name].present and _MODE.value != mode:
       sys.exit(f'launch.py: --{name} goes with --mode={mode}, not --mode={_MODE.value}.')
 
 
 def run_mode(pipeline, config, workdir):
   """Trains, evaluates or predicts (--mode) with `pipeline`'s run or its trained predictor."""
   # pylint: disable-next=g-import-not-at-top  (after absl parsed the flags)
-  from rwsjax import inference, preflight, record
+  from rwsjax import inference, preflight, provenance, record
   if _MODE.value == 'train':
-    differences = record.finished_run(workdir, config)
-    if differences:
-      raise preflight.UserInputError(
-          f"{workdir} holds a run that finished with another config ({'; '.join(differences)})"
-          "; pass another --workdir to train with this one.")
-    if differences is not None:
+    recompute_from = tuple(_RECOMPUTE_FROM.value)
+    if os.path.exists(os.path.join(workdir, record.SUMMARY_FILE)) and not recompute_from:
+      preflight.user_input(provenance.check, workdir,
+                           provenance.Plan(pipeline.stage_table(config), config))
       logging.info('%s holds this run, finished (summary.json); nothing to do. --mode=evaluate '
                    'and --mode=predict use it.', workdir)
       return None
-    return pipeline.run(config, workdir)
+    return pipeline.run(config, workdir, recompute_from=recompute_from)
   if _MODE.value == 'evaluate':
     return inference.evaluate_run(config, workdir, pipeline, _SPLIT.value)
   return inference.predict_folder(config, workdir, pipeline, _IMAGES.value,

@@ -3,7 +3,7 @@
 The pipeline is the list `STAGES` of named stages, run by `rwsjax.stages.Runner`: each returns
 a JSON-ready record written to <workdir>/stages/<name>.json; a rerun with the same workdir reads
 back the stages whose record exists and resumes the first unfinished one from its own
-checkpoints and label stores.
+checkpoints and label stores, when the settings each reads (`stage_table`) are unchanged.
 The PSA stages (isimjax.psa) reach the trained DeepLabCAM through
 `trained_variables(ctx, 'isim')`.
 
@@ -43,6 +43,7 @@ from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
 from rwsjax import models
 from rwsjax import preflight
+from rwsjax import provenance
 from rwsjax import stages
 from rwsjax import train
 from rwsjax.losses import IGNORE_LABEL
@@ -75,6 +76,7 @@ class Context:
   cams: cam.CamExtractor
   writer: MetricWriter
   rng: Any
+  runner: Any = None  # the run's `stages.Runner`, whose record the report writes
 
   @property
   def num_classes(self):
@@ -437,7 +439,7 @@ def _report(ctx, results):
     summary['psa'] = psa_numbers(config, results)
   if jax.process_index() == 0:
     _save_figure(ctx, results)
-  write_results(ctx.workdir, config, summary, table)
+  write_results(ctx.workdir, config, summary, table, made=ctx.runner.made_record())
   return {'table': table}
 
 
@@ -456,6 +458,55 @@ STAGES = [
 ]
 OPTIONAL = {'baseline_train', 'baseline_eval'}  # skipped when config.isim.baseline is False
 PSA_STAGES = {'psa_affinity_labels', 'psa_affinity_train', 'psa_random_walk', 'psa_final'}
+# The config fields each stage reads (`stage_table`, `rwsjax.provenance`).
+DATA_FIELDS = ('seed', 'dataset', 'input', 'model')
+TRAIN_FIELDS = DATA_FIELDS + ('train', 'isim.epochs', 'isim.steps_per_epoch', 'isim.regen',
+                              'isim.first_regen_epoch', 'isim.regen_every', 'isim.converge_*',
+                              'isim.lr_*')
+CAM_FIELDS = DATA_FIELDS + ('isim.cam_*', 'isim.crf')
+AFFINITY_FIELDS = DATA_FIELDS + ('train', 'psa.affinity', 'psa.init', 'psa.radius',
+                                 'psa.head_lr_mult')
+WALK_FIELDS = CAM_FIELDS + ('psa.radius', 'psa.alpha', 'psa.beta', 'psa.logt', 'psa.label_crf',
+                            'psa.rw_crf_iterations', 'psa.dense_max_nodes')
+FINAL_FIELDS = DATA_FIELDS + ('train', 'psa.final', 'psa.final_labels')
+
+
+def stage_table(config):
+  """The stages of `STAGES` this config runs (`rwsjax.provenance.Stage`): what each reads,
+  consumes and writes. The image sizes cached in the workdir (a function of the dataset) go
+  with the first stage."""
+  isim, baseline = MODELS['isim'], MODELS['baseline']
+  table = {
+      'isim_train': provenance.training_stage(isim, TRAIN_FIELDS + CAM_FIELDS,
+                                              outputs=('image_sizes',)),
+      'isim_eval': provenance.Stage(CAM_FIELDS, ('isim_train',), outputs=(
+          f'{isim}/eval', f'{isim}/figures/final_cams.npz')),
+      'baseline_train': provenance.training_stage(baseline, TRAIN_FIELDS),
+      'baseline_eval': provenance.Stage(CAM_FIELDS, ('baseline_train',), outputs=(
+          f'{baseline}/eval', f'{baseline}/figures/final_cams.npz')),
+      'psa_affinity_labels': provenance.Stage(
+          CAM_FIELDS + ('psa.aff_*', 'psa.label_crf'), ('isim_train',),
+          outputs=(f'psa/{psa.AFFINITY_LABELS}',)),
+      'psa_affinity_train': provenance.training_stage(
+          psa.AFFINITY_STAGE, AFFINITY_FIELDS, ('isim_train', 'psa_affinity_labels')),
+      'psa_random_walk': provenance.Stage(
+          WALK_FIELDS, ('isim_train', 'psa_affinity_train'),
+          outputs=tuple(f'psa/{name}' for name in psa.WALK_LABELS)),
+      'psa_final': provenance.training_stage(
+          psa.FINAL_STAGE, FINAL_FIELDS, ('psa_random_walk',),
+          outputs=('psa_final_predictions.png',)),
+  }
+  table = {name: stage for name, stage in table.items() if runs(config, name)}
+  table['report'] = provenance.report_stage(tuple(table), record_path=None,
+                                            outputs=('isim_pseudo_labels.png',))
+  return table
+
+
+def runs(config, name):
+  """Whether `config` runs stage `name`: the baseline stages with config.isim.baseline, the
+  PSA stages with config.psa.enabled."""
+  return not ((name in OPTIONAL and not config.isim.baseline)
+              or (name in PSA_STAGES and not config.psa.enabled))
 
 
 def finished_steps(workdir, stage):
@@ -493,17 +544,18 @@ def trained_predictor(config, workdir, mesh):
   return stages.Predictor(predict_fn, variables, title, sub)
 
 
-def run(config, workdir, stage_list=None):
+def run(config, workdir, stage_list=None, recompute_from=()):
   """Runs `stage_list` (default `STAGES`) in order, skipping finished ones; returns
-  {stage name: result}."""
-  preflight.for_training(config, workdir, check_config, model_configs(config))
+  {stage name: result}. The stages `recompute_from` names, and those consuming them, are
+  computed again."""
+  plan = provenance.Plan(stage_table(config), config)
+  preflight.for_training(config, workdir, check_config, model_configs(config), plan=plan,
+                         recompute_from=recompute_from)
   ctx = make_context(config, workdir)
-  runner, results = stages.Runner(workdir), {}
+  ctx.runner, results = stages.Runner(workdir, plan), {}
   for name, stage_fn in stage_list or STAGES:
-    if ((name in OPTIONAL and not config.isim.baseline)
-        or (name in PSA_STAGES and not config.psa.enabled)):
-      continue
-    results[name] = runner.run(name, functools.partial(stage_fn, ctx, results))
+    if runs(config, name):
+      results[name] = ctx.runner.run(name, functools.partial(stage_fn, ctx, results))
   if 'report' in results:
     logging.info('ISIM results:\n%s', results['report']['table'])
   return results

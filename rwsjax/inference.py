@@ -4,7 +4,9 @@
 A pipeline module gives its final product as a `stages.Predictor` (`trained_predictor`):
 the supervised model, the RWS network (or the refined network alone, config.rws.inference),
 ISIM's final segmentation model. This module evaluates and applies it; nothing here depends on
-the pipeline.
+the pipeline. Both refuse, in one sentence, a workdir whose stages were made with other
+settings than the given config (`rwsjax.provenance.check`); fields no stage reads, such as
+config.eval, may differ.
 
 Test-time augmentation (config.eval.tta; docs/methods.md, shared building blocks): the image
 is resized bilinearly by each of config.eval.scales, and also flipped horizontally with
@@ -33,6 +35,7 @@ from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
 from rwsjax import models
 from rwsjax import preflight
+from rwsjax import provenance
 from rwsjax import record
 from rwsjax import stages
 from rwsjax import train
@@ -84,13 +87,20 @@ def tta_title(eval_cfg):
   return f" + TTA (scales {span}{', flip' if eval_cfg.flip else ''})"
 
 
+def stage_plan(pipeline_module, config):
+  """The `provenance.Plan` of `config`'s stages: evaluate and predict refuse a run whose
+  stages were made with other settings."""
+  return provenance.Plan(pipeline_module.stage_table(config), config)
+
+
 def evaluate_run(config, workdir, pipeline_module, split=None):
   """Evaluates the finished run in `workdir` on `split` (default config.dataset.eval_split),
   with config.eval's test-time augmentation when it is on. Writes eval_<split>.json (the
   result, the settings and the run record) and the table to eval_<split>.md (eval_<split>_tta
   with TTA) in `workdir`, prints the table and returns the summary."""
   split = split or config.dataset.eval_split
-  preflight.for_evaluation(config, workdir, pipeline_module.check_config, split)
+  preflight.for_evaluation(config, workdir, pipeline_module.check_config, split,
+                           stage_plan(pipeline_module, config))
   mesh = train.make_mesh(config.num_devices)
   predictor = preflight.user_input(pipeline_module.trained_predictor, config, workdir, mesh)
   source = data.load_source(config.dataset, split)
@@ -184,7 +194,8 @@ def predict_folder(config, workdir, pipeline_module, images, out):
   `out/<stem>.png` (palette mask, the image's size) and `out/overlay/<stem>.jpg`; a file that
   is not an image, or whose stem an earlier file took, is skipped with a one-line warning.
   Runs in this process on one device. Returns the paths of the masks written."""
-  preflight.for_prediction(config, workdir, pipeline_module.check_config, images, out)
+  preflight.for_prediction(config, workdir, pipeline_module.check_config, images, out,
+                           stage_plan(pipeline_module, config))
   mesh = train.make_mesh(1)
   predictor = preflight.user_input(pipeline_module.trained_predictor, config, workdir, mesh)
   predict_fn = with_tta(predictor.predict_fn, config.eval)

@@ -2,7 +2,8 @@
 (docs/design.md: errors a user can cause).
 
 Each pipeline's `run` calls `for_training` first; `launch.py --mode=evaluate|predict` calls
-`for_evaluation` and `for_prediction`. A failed check raises `UserInputError`, whose message is
+`for_evaluation` and `for_prediction`. Both compare the stages a workdir holds with the config
+(`rwsjax.provenance`). A failed check raises `UserInputError`, whose message is
 one sentence naming the config key, file or directory and what was expected; launch.py prints
 it alone, without a traceback.
 """
@@ -15,6 +16,7 @@ import jax
 from rwsjax import config as config_lib
 from rwsjax import data
 from rwsjax import models
+from rwsjax import provenance
 from rwsjax import train
 from rwsjax.data import pipeline
 
@@ -141,36 +143,52 @@ def check_split(dataset_cfg, split):
                          f'expected one of {sorted(builder.info.splits)}.')
 
 
-def for_training(config, workdir, check_config, model_configs=None):
+def for_training(config, workdir, check_config, model_configs=None, plan=None,
+                 recompute_from=()):
   """Before training: the config (common fields and the pipeline's `check_config`), the
   pretrained files of `model_configs` (default [config.model]), the dataset (the
-  manual_dir layout when it is not prepared yet) and the workdir."""
+  manual_dir layout when it is not prepared yet), the workdir and, given the run's `plan`,
+  the stages the workdir holds (`provenance.prepare`: those made with other settings stop the
+  run; those `recompute_from` names, and what consumes them, are cleared)."""
   user_input(check_common_config, config)
   user_input(check_config, config)
   for model_cfg in model_configs or [config.model]:
     user_input(check_pretrained, model_cfg)
   user_input(data.builder_and_download_config, config.dataset)
   check_writable_dir(workdir, '--workdir')
+  if plan is not None:
+    user_input(provenance.prepare, workdir, plan, recompute_from)
 
 
-def for_evaluation(config, workdir, check_config, split):
-  """Before evaluating the run in `workdir` on `split`: the config, the dataset, the split."""
+def check_trained_with(workdir, plan, mode):
+  """The stages in `workdir` were made with the settings of `plan`'s config (evaluate and
+  predict, `mode`: `provenance.check`)."""
+  if plan is not None:
+    user_input(provenance.check, workdir, plan, mode=mode)
+
+
+def for_evaluation(config, workdir, check_config, split, plan=None):
+  """Before evaluating the run in `workdir` on `split`: the config, the stages in the workdir
+  against `plan`, the dataset, the split."""
   user_input(check_common_config, config)
   user_input(check_config, config)
   check_finished_workdir(workdir)
+  check_trained_with(workdir, plan, 'evaluate')
   user_input(data.builder_and_download_config, config.dataset)
   check_split(config.dataset, split)
   check_writable_dir(workdir, '--workdir')
 
 
-def for_prediction(config, workdir, check_config, images, out):
-  """Before predicting with the run in `workdir`: the config, the image folder `images`
-  (a directory holding files) and the output folder `out`."""
+def for_prediction(config, workdir, check_config, images, out, plan=None):
+  """Before predicting with the run in `workdir`: the config, the stages in the workdir
+  against `plan`, the image folder `images` (a directory holding files) and the output
+  folder `out`."""
   if jax.process_count() > 1:
     raise UserInputError('--mode=predict runs in one process; start it without --distributed.')
   user_input(check_common_config, config)
   user_input(check_config, config)
   check_finished_workdir(workdir)
+  check_trained_with(workdir, plan, 'predict')
   if not images or not os.path.isdir(images):
     raise UserInputError(f'--images={images} is not a directory; expected a folder of JPEG or '
                          'PNG images.')

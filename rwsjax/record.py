@@ -2,8 +2,9 @@
 
 `run_record` says what produced a run's numbers: the full resolved config, the seed, the
 versions of the packages that decide the numbers, the git commit of the source, the devices
-and the command line. `write_results` writes it with the numbers into summary.json, and the
-results table into results.md (docs/design.md, what a run writes).
+and the command line; a pipeline adds how each stage was made (`rwsjax.provenance`).
+`write_results` writes it with the numbers into summary.json, and the results table into
+results.md (docs/design.md, what a run writes).
 """
 import importlib.metadata
 import json
@@ -76,36 +77,15 @@ def run_record(config, argv=None):
           'command': list(sys.argv if argv is None else argv)}
 
 
-def _flatten(value, prefix=''):
-  """{'a.b': leaf} of nested dicts."""
-  if not isinstance(value, dict):
-    return {prefix: value}
-  return {k: v for key, item in value.items()
-          for k, v in _flatten(item, f'{prefix}.{key}' if prefix else key).items()}
-
-
-def finished_run(workdir, config):
-  """None when `workdir` holds no summary.json; otherwise the dotted config fields whose
-  values differ from those the finished run recorded, as ['field: old -> new', ...] (empty
-  when the run finished with this config)."""
-  path = os.path.join(workdir, SUMMARY_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    recorded = _flatten(json.load(f).get('run', {}).get('config', {}))
-  current = _flatten(config_json(config))
-  return [f'{key}: {recorded.get(key)!r} -> {current.get(key)!r}'
-          for key in sorted(set(recorded) | set(current))
-          if recorded.get(key) != current.get(key)]
-
-
 def write_results(workdir, config, summary, table, *, name=SUMMARY_FILE,
-                  table_name=RESULTS_FILE, figures=True):
+                  table_name=RESULTS_FILE, figures=True, made=None):
   """Writes `summary` with the run record under 'run' to summary.json (or `name`) and the
   Markdown `table` to results.md (or `table_name`) in `workdir` (process 0), and its mIoU
   values and, with `figures`, the workdir's figures to TensorBoard (`eventlog.log_results`);
-  returns the summary as written. Pipelines write their figures first."""
-  summary = dict(summary, run=run_record(config))
+  returns the summary as written. Pipelines write their figures first. `made`
+  (`stages.Runner.made_record`) adds the report's settings fingerprint and how each stage
+  was made to the run record."""
+  summary = dict(summary, run=dict(run_record(config), **(made or {})))
   write_json(os.path.join(workdir, name), summary)
   write_text(os.path.join(workdir, table_name), table.rstrip('\n') + '\n')
   if jax.process_index() == 0:

@@ -10,6 +10,7 @@ from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
 from rwsjax import models
 from rwsjax import preflight
+from rwsjax import provenance
 from rwsjax import record
 from rwsjax import stages
 from rwsjax import train
@@ -21,6 +22,14 @@ def check_config(config):
   """The supervised pipeline reads only the fields that `preflight` checks for every
   pipeline."""
   del config
+
+
+def stage_table(config):
+  """The stages (`provenance.Stage`): training, and the evaluation of the trained model."""
+  del config
+  return {'supervised': provenance.training_stage(
+              'supervised', ('seed', 'dataset', 'input', 'model', 'train')),
+          'evaluation': provenance.Stage(('dataset', 'input', 'model'), ('supervised',))}
 
 
 def trained_predictor(config, workdir, mesh):
@@ -36,11 +45,14 @@ def trained_predictor(config, workdir, mesh):
                           f'supervised ({steps} steps)', config)
 
 
-def run(config, workdir):
+def run(config, workdir, recompute_from=()):
   """Trains the configured model on the train split, evaluates on the eval split, and writes
   summary.json, results.md, metrics.jsonl and figures into `workdir`; stages 'supervised'
-  (training) and 'evaluation' (`stages.Runner`: a rerun resumes after a kill)."""
-  preflight.for_training(config, workdir, check_config)
+  (training) and 'evaluation' (`stages.Runner`: a rerun resumes after a kill; the stages
+  `recompute_from` names, and those consuming them, are computed again)."""
+  plan = provenance.Plan(stage_table(config), config)
+  preflight.for_training(config, workdir, check_config, plan=plan,
+                         recompute_from=recompute_from)
   mesh = train.make_mesh(config.num_devices)
   train_source = data.load_source(config.dataset, config.dataset.train_split)
   eval_source = data.load_source(config.dataset, config.dataset.eval_split)
@@ -48,7 +60,7 @@ def run(config, workdir):
   rng = jax.random.key(config.seed)
   variables = stages.initial_variables(model, config, rng)
   tx = train.make_optimizer(config.train, config.train.steps)
-  runner = stages.Runner(workdir)
+  runner = stages.Runner(workdir, plan)
   state = runner.train(
       'supervised', loss_fn=train.supervised_loss(model), tx=tx,
       variables=variables,
@@ -67,6 +79,6 @@ def run(config, workdir):
                                   state.variables, eval_source, config)
   summary = record.write_results(workdir, config, {'method': 'supervised',
                                                    'steps': config.train.steps, split: result},
-                                 table)
+                                 table, made=runner.made_record())
   logging.info('Results:\n%s', table)
   return summary

@@ -3,7 +3,9 @@
 Every row is a `launch.py` command; runs whose summary.json exists are read back, so a
 killed run of this script resumes where it stopped. The RWS controls reuse the stage-1
 model, the analysis or the local model of their seed's main run (copied into their own
-workdir, so every control is also an ordinary run directory) and skip the baseline. The ISIM
+workdir, so every control is also an ordinary run directory), each stage only where the main
+run made it with the settings the control's config gives it (equal fingerprints,
+`rwsjax.provenance`), and skip the baseline. The ISIM
 runs and their supervised upper bounds are seed 0 only; their tables are the runs' own
 results.md.
 
@@ -14,6 +16,7 @@ results.md.
   python scripts/readme_results.py --out=runs/readme --report            # tables so far
 """
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -21,6 +24,9 @@ import statistics
 import subprocess
 import sys
 
+from rwsjax import config as config_lib
+from rwsjax import provenance
+from rwsjax.rws import pipeline as rws_pipeline
 from rwsjax.rws.premise import ON_WINDOWS, TITLES, WHOLE_SPLIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,9 +104,10 @@ PLATEAUS = {
                                '--config.dataset.shapes.fine_classes=3'),
                               (1000, 2000, 3000, 3350)),
 }
-SHARED = {'stage1': ('stage1',),
-          'analysis': ('stage1', 'round_1/analysis.json', 'round_1/slices_process0.npz'),
-          'stage2': ('stage1', 'round_1/analysis.json', 'round_1/slices_process0.npz',
+# The stages (`rwsjax.rws.pipeline.stage_table`) a control may copy from its main run.
+SHARED = {'stage1': ('stage1', 'stage1/eval'),
+          'analysis': ('stage1', 'stage1/eval', 'round_1/analysis', 'round_1/figures'),
+          'stage2': ('stage1', 'stage1/eval', 'round_1/analysis', 'round_1/figures',
                      'round_1/stage2')}
 
 
@@ -131,17 +138,50 @@ def run(command, workdir, mode):
     return json.load(f)
 
 
-def copy_shared(source, target, level):
-  """Copies what a control shares with its main run into the control's fresh workdir."""
-  if os.path.exists(os.path.join(target, 'stage1')):
-    return
-  for part in SHARED[level]:
-    src, dst = os.path.join(source, part), os.path.join(target, part)
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if os.path.isdir(src):
-      shutil.copytree(src, dst)
-    else:
-      shutil.copy2(src, dst)
+def run_config(config_path, seed, overrides=()):
+  """The config that `launch_command(config_path, _, seed, overrides)` runs with: each
+  `--config.<field>=<value>` read as a Python literal, else as a string (as launch.py's
+  config flags read it)."""
+  path, _, arg = config_path.partition(':')
+  config = config_lib.from_file(os.path.join(ROOT, path), arg or None)
+  config.seed = seed
+  for override in overrides:
+    field, text = override.removeprefix('--config.').split('=', 1)
+    *parents, key = field.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    try:
+      node[key] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      node[key] = text
+  return config
+
+
+def copy_shared(source, target, level, config):
+  """Copies into the control's workdir `target` each stage of SHARED[level] that the main run
+  in `source` finished with the settings the control's `config` gives it (equal
+  fingerprints), and that `target` does not hold yet: its record and outputs, without the
+  records of other stages inside them. The control computes the others itself. Returns the
+  names of the stages copied."""
+  plan = provenance.Plan(rws_pipeline.stage_table(config), config)
+  legacy, copied = provenance.legacy_made(source, plan), []
+  for name in SHARED[level]:
+    stamp = provenance.found_stamp(source, plan, name, legacy)
+    if (not os.path.exists(plan.record_path(source, name)) or stamp is None
+        or not provenance.matches(stamp, plan.made[name]) or plan.paths(target, name)):
+      continue
+    others = {plan.record_path(source, other) for other in plan.table if other != name}
+    for src in plan.paths(source, name):
+      dst = os.path.join(target, os.path.relpath(src, source))
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      if os.path.isdir(src):
+        shutil.copytree(src, dst, ignore=lambda folder, names: [
+            n for n in names if os.path.join(folder, n) in others])
+      else:
+        shutil.copy2(src, dst)
+    copied.append(name)
+  return copied
 
 
 def mean_sd(values):
@@ -188,10 +228,10 @@ def rws_experiment(name, config, out, seeds, mode, controls=RWS_CONTROLS):
     main.append(run(launch_command(config, main_dir, seed), main_dir, mode))
     for label, level, overrides in controls:
       workdir = os.path.join(out, name, f'seed{seed}', control_name(overrides))
-      if mode == 'run':
-        copy_shared(main_dir, workdir, level)
       baseline = () if control_name(overrides) in OWN_BASELINE else (
           '--config.rws.baseline=False',)
+      if mode == 'run' and not os.path.exists(os.path.join(workdir, 'summary.json')):
+        copy_shared(main_dir, workdir, level, run_config(config, seed, (*overrides, *baseline)))
       control_runs[label].append(run(launch_command(config, workdir, seed,
                                                     (*overrides, *baseline)), workdir, mode))
   main_runs = [s for s in main if s is not None]

@@ -14,6 +14,7 @@ from configs_util import load_config
 from rwsjax import figures
 from rwsjax import inference
 from rwsjax import models
+from rwsjax import preflight
 from rwsjax import supervised
 from rwsjax import train
 from rwsjax.data import pipeline
@@ -99,6 +100,25 @@ def test_evaluate_gives_the_runs_result_and_one_scale_tta_gives_the_same(smoke_r
   assert 0.0 <= tta['eval_train_tta']['miou'] <= 1.0
   with open(os.path.join(workdir, 'eval_train_tta.md')) as f:
     assert '| supervised (2 steps) + TTA (scales 0.5-1.5, flip) |' in f.read()
+
+
+def test_evaluate_and_predict_refuse_a_run_trained_with_other_settings(smoke_run, tmp_path):
+  config, workdir, _ = smoke_run
+  config = config.copy_and_resolve_references()
+  old, config.train.lr = config.train.lr, config.train.lr * 2
+  (tmp_path / 'images').mkdir()
+  PIL.Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'images' / 'a.png')
+  for mode, call in (('evaluate', lambda: inference.evaluate_run(config, workdir, supervised)),
+                     ('predict', lambda: inference.predict_folder(
+                         config, workdir, supervised, str(tmp_path / 'images'),
+                         str(tmp_path / 'out')))):
+    with pytest.raises(preflight.UserInputError) as error:
+      call()
+    assert str(error.value) == (
+        f'{workdir} holds stages made with other settings than this config: supervised '
+        f'(train.lr: {old!r} -> {2 * old!r}); --mode={mode} needs the config the run was '
+        'trained with.')
+  assert not os.path.exists(tmp_path / 'out')
 
 
 def _write_images(folder):

@@ -15,6 +15,7 @@ from isimjax import psa
 from isimjax import self_train
 from rwsjax import data
 from rwsjax import inference
+from rwsjax import provenance
 
 
 def voc_smoke_config(tmp_path):
@@ -29,9 +30,15 @@ KILLED = (0, 2)  # examples whose random-walk labels the simulated kill leaves u
 
 
 def _kill_random_walk(workdir):
-  """What a kill during the random walk leaves: no stage record and some labels missing.
-  Returns {path: (label, mtime)} of the labels removed and of those kept."""
-  os.remove(os.path.join(workdir, 'stages', 'psa_random_walk.json'))
+  """What a kill during the random walk leaves: no stage record, the marker of its start and
+  some labels missing. Returns {path: (label, mtime)} of the labels removed and of those
+  kept."""
+  path = os.path.join(workdir, 'stages', 'psa_random_walk.json')
+  with open(path) as f:
+    stamp = json.load(f)[provenance.KEY]
+  with open(provenance.started_path(path), 'w') as f:
+    json.dump({provenance.KEY: stamp}, f)
+  os.remove(path)
   removed, kept = {}, {}
   for name in ('rw', 'rw_crf'):
     directory = os.path.join(workdir, 'psa', name)

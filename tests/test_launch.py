@@ -61,8 +61,26 @@ def test_one_step_supervised_smoke_run(tmp_path):
   other = launch('--config=configs/shapes_baseline.py:smoke', f"--workdir={tmp_path / 'run'}",
                  f"--config.dataset.data_dir={tmp_path / 'tfds'}", '--config.train.steps=2')
   assert other.returncode != 0 and 'Traceback' not in other.stderr
-  assert 'finished with another config (train.steps: 1 -> 2)' in last_line(other.stderr)
+  assert last_line(other.stderr) == (
+      f"launch.py: {tmp_path / 'run'} holds stages made with other settings than this config: "
+      'supervised (train.steps: 1 -> 2); pass --recompute_from=supervised to recompute it and '
+      'every stage that consumes it, or another --workdir.')
   assert files() == before
+  again = launch('--config=configs/shapes_baseline.py:smoke', f"--workdir={tmp_path / 'run'}",
+                 f"--config.dataset.data_dir={tmp_path / 'tfds'}", '--config.train.steps=1',
+                 '--recompute_from=evaluation')
+  assert again.returncode == 0, again.stderr[-3000:]
+  rerun = json.load(open(tmp_path / 'run' / 'summary.json'))
+  assert {name: entry['status'] for name, entry in rerun['run']['stages'].items()} == {
+      'supervised': 'read back', 'evaluation': 'computed'}
+  assert rerun['run']['stages']['supervised'] == dict(
+      summary['run']['stages']['supervised'], status='read back')
+  assert rerun['validation'] == summary['validation']
+  changed = {path for path, mtime in files().items() if before.get(path) != mtime}
+  assert {os.path.relpath(path, tmp_path / 'run') for path in changed} >= {
+      'stages/evaluation.json', 'summary.json', 'results.md'}
+  assert not any(os.path.relpath(path, tmp_path / 'run').startswith('supervised/')
+                 for path in changed)
 
 
 def test_bad_config_key_is_one_sentence(tmp_path):
@@ -87,6 +105,14 @@ def test_bad_config_value_and_missing_file_and_method(tmp_path):
                   '--config.method=xyz')
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert "config.method='xyz'; expected one of ['isim', 'rws', 'supervised']" in result.stderr
+
+
+def test_recompute_from_goes_with_train_mode(tmp_path):
+  result = launch('--config=configs/shapes_baseline.py:smoke', f'--workdir={tmp_path}',
+                  '--mode=evaluate', '--recompute_from=evaluation')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert last_line(result.stderr) == (
+      'launch.py: --recompute_from goes with --mode=train, not --mode=evaluate.')
 
 
 def test_help_prints_the_usage_and_exits_0():

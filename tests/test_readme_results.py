@@ -1,10 +1,18 @@
-"""scripts/readme_results.py: every command it would run names config fields that exist, and
-its tables compute mean and sample sd."""
+"""scripts/readme_results.py: every command it would run names config fields that exist, its
+tables compute mean and sample sd, and a control copies only the stages of its main run that
+its own settings would make alike."""
 import importlib.util
 import os
+import shutil
 import statistics
 
+import pytest
+
 from configs_util import ROOT, load_config
+from rwsjax import preflight
+from rwsjax import provenance
+from rwsjax import stages
+from rwsjax.rws import pipeline as rws_pipeline
 
 
 def _script():
@@ -76,3 +84,62 @@ def test_first_round_line_skips_missing_runs():
   summaries = [{'rounds': [{'threshold': 0.4419, 'weak_share': 0.2376}]}, None,
                {'rounds': [{'threshold': 0.375, 'weak_share': 0.22032}, {}]}]
   assert script.first_round(summaries) == 'T: 0.442 / 0.375; weak windows: 23.8% / 22.0%'
+
+
+def test_run_config_reads_overrides_as_launch_does():
+  script = _script()
+  config = script.run_config('configs/shapes_rws.py', 2, (
+      '--config.rws.fuse_layers=()', '--config.rws.local_scale=1', '--config.rws.t_rule=robust',
+      '--config.rws.select_omega=False', '--config.rws.stage3_lr=1.5e-4'))
+  expected = load_config('shapes_rws')
+  expected.seed = 2
+  expected.rws.fuse_layers, expected.rws.local_scale = (), 1.0
+  expected.rws.t_rule, expected.rws.select_omega, expected.rws.stage3_lr = 'robust', False, 1.5e-4
+  assert config.to_dict() == expected.to_dict()
+  assert isinstance(config.rws.local_scale, float)
+
+
+def _main_run(workdir, config):
+  """A main run's stamped records of stage 1, its evaluation, the analysis and the figures
+  (no training: stages with empty results), with their outputs."""
+  runner = stages.Runner(str(workdir), provenance.Plan(rws_pipeline.stage_table(config), config))
+  for name, outputs in (('stage1', ('stage1/checkpoints/2/state',)), ('stage1/eval', ()),
+                        ('round_1/analysis', ('round_1/slices_process0.npz',)),
+                        ('round_1/figures', ('round_1/heatmaps.png',))):
+    for output in outputs:
+      os.makedirs(os.path.dirname(workdir / output), exist_ok=True)
+      (workdir / output).write_text(name)
+    runner.run(name, lambda: {})
+
+
+def test_a_control_copies_only_stages_made_with_its_own_settings(tmp_path):
+  """copy_shared compares the fingerprints the control's config gives each stage with the
+  main run's: a T-rule control copies stage 1 and its evaluation, not the analysis; a
+  local-scale control copies the analysis too. The control's run refuses an analysis copied
+  under another T rule."""
+  script = _script()
+  main = tmp_path / 'main'
+  _main_run(main, script.run_config('configs/shapes_rws.py', 0))
+  t_rule = script.run_config('configs/shapes_rws.py', 0, ('--config.rws.t_rule=robust',
+                                                          '--config.rws.baseline=False'))
+  local = script.run_config('configs/shapes_rws.py', 0, ('--config.rws.local_scale=1',
+                                                         '--config.rws.baseline=False'))
+  assert script.copy_shared(str(main), str(tmp_path / 't_rule'), 'analysis', t_rule) == [
+      'stage1', 'stage1/eval']
+  assert sorted(os.listdir(tmp_path / 't_rule')) == ['stage1', 'stages']
+  assert sorted(os.listdir(tmp_path / 't_rule' / 'stage1')) == ['checkpoints', 'eval.json']
+  assert (tmp_path / 't_rule' / 'stage1' / 'checkpoints' / '2' / 'state').read_text() == 'stage1'
+  assert script.copy_shared(str(main), str(tmp_path / 'local'), 'analysis', local) == [
+      'stage1', 'stage1/eval', 'round_1/analysis', 'round_1/figures']
+  assert script.copy_shared(str(main), str(tmp_path / 'local'), 'analysis', local) == []
+  os.makedirs(tmp_path / 't_rule' / 'round_1')
+  for part in ('round_1/analysis.json', 'round_1/slices_process0.npz'):  # a copy by hand
+    shutil.copy2(main / part, tmp_path / 't_rule' / part)
+  t_rule.dataset.data_dir = str(tmp_path / 'tfds')
+  with pytest.raises(preflight.UserInputError) as error:
+    rws_pipeline.run(t_rule, str(tmp_path / 't_rule'))
+  assert str(error.value) == (
+      f"{tmp_path / 't_rule'} holds stages made with other settings than this config: "
+      "round_1/analysis (rws.t_rule: 'first_flat' -> 'robust'); pass "
+      '--recompute_from=round_1/analysis to recompute it and every stage that consumes it, or '
+      'another --workdir.')

@@ -4,6 +4,7 @@ against a naive loop, what each stage starts from, and a smoke run of all stages
 kill-and-resume."""
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,8 @@ from configs_util import ROOT, load_config
 from rwsjax import inference
 from rwsjax import losses
 from rwsjax import models
+from rwsjax import preflight
+from rwsjax import provenance
 from rwsjax import stages
 from rwsjax.rws import analysis as rws_analysis
 from rwsjax.rws import config as rws_config
@@ -513,10 +516,23 @@ def test_analyze_matches_a_naive_loop(tiny, tmp_path):
   assert analysis['weak_share_per_class']['c0'] is None  # the background takes no part
 
 
-def run_smoke(workdir, data_dir, monkeypatch=None, fail_stage=None):
+def smoke_config(data_dir, changes=None):
+  """The RWS smoke config on `data_dir`, checkpointing every step, with `changes` ({dotted
+  field: value})."""
   config = load_config('shapes_rws', 'smoke')
   config.dataset.data_dir = str(data_dir)
   config.train.checkpoint_every = 1
+  for field, value in (changes or {}).items():
+    *parents, key = field.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[key] = value
+  return config
+
+
+def run_smoke(workdir, data_dir, monkeypatch=None, fail_stage=None, changes=None):
+  config = smoke_config(data_dir, changes)
   if fail_stage is not None:
     original = train.Checkpointer.save
 
@@ -543,9 +559,11 @@ def _adam_count(opt_state):
 
 
 def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
-  """All stages on the smoke config; a run killed in stage 3 resumes there, with stage 3's
-  checkpointed optimizer state, and ends as the uninterrupted run. With stage3_init=stage1,
-  stage 3 starts from stage 1's final optimizer state (its step count goes on)."""
+  """All stages on the smoke config; a run killed in stage 3 resumes there (rerun with
+  another train.log_every, which changes no result), with stage 3's checkpointed optimizer
+  state, and ends as the uninterrupted run; its run record says which stages it read back.
+  With stage3_init=stage1, stage 3 starts from stage 1's final optimizer state (its step
+  count goes on)."""
   data_dir = tmp_path / 'tfds'
   run_smoke(tmp_path / 'killed', data_dir, monkeypatch, fail_stage='round_1/stage3')
   rows = metric_rows(tmp_path / 'killed')
@@ -560,7 +578,17 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
 
   monkeypatch.setattr(train, 'train_stage', recording)
   full = run_smoke(tmp_path / 'full', data_dir)
-  resumed = run_smoke(tmp_path / 'killed', data_dir)
+  resumed = run_smoke(tmp_path / 'killed', data_dir, changes={'train.log_every': 3})
+  made = resumed['run']['stages']
+  before_kill = ['stage1', 'stage1/eval', 'round_1/analysis', 'round_1/figures',
+                 'round_1/stage2']
+  assert list(made) == list(full['run']['stages'])
+  assert [name for name in made if made[name]['status'] == 'read back'] == before_kill
+  for name, entry in made.items():
+    assert entry['fingerprint'] == full['run']['stages'][name]['fingerprint'], name
+    assert entry['computed_in'] == str(tmp_path / 'killed'), name
+  assert resumed['run']['fingerprint'] == full['run']['fingerprint']
+  assert resumed['run']['config']['train']['log_every'] == 3
   rows = metric_rows(tmp_path / 'killed')
   for stage, steps in (('stage1', 2), ('round_1/stage2', 2), ('round_1/stage3', 2),
                        ('baseline', 6)):
@@ -631,9 +659,9 @@ def stage_starts(tmp_path_factory):
   """What each training stage of the smoke pipeline receives, for two settings: a list of
   {stage: (Runner.train's keyword arguments, the state it returned)}. The first run uses the
   defaults (local_init=global, stage3_init=stage1); the second, in the same workdir, uses
-  local_init=init and stage3_init=fresh and reads stage 1, the analysis and stage 2 back from
-  the first. Both end where stage 3 would start training; the rest of the pipeline is the
-  smoke test's."""
+  local_init=init and stage3_init=fresh, reads stage 1 and the analysis back from the first
+  and recomputes stage 2 (`recompute_from`: its settings changed). Both end where stage 3
+  would start training; the rest of the pipeline is the smoke test's."""
   root = tmp_path_factory.mktemp('stage_starts')
   original = stages.Runner.train
   runs = []
@@ -654,7 +682,8 @@ def stage_starts(tmp_path_factory):
       config.rws.local_init, config.rws.stage3_init = local_init, stage3_init
       runs.append({})
       with pytest.raises(_StopBeforeStage3):
-        rws_pipeline.run(config, str(root / 'run'))
+        rws_pipeline.run(config, str(root / 'run'),
+                         recompute_from=('round_1/stage2',) if len(runs) == 2 else ())
   config = load_config('shapes_rws', 'smoke')
   model = models.make_model(config.model, config.dataset.num_classes)
   init = stages.initial_variables(model, config, jax.random.key(config.seed))
@@ -744,3 +773,77 @@ def test_no_fused_layers_is_plain_fine_tuning(tiny):
   _, drop_rng = jax.random.split(rng)
   np.testing.assert_allclose(loss, plain_loss(model, glob['params'], glob['batch_stats'], batch,
                                               drop_rng), rtol=1e-6)
+
+
+@pytest.fixture(scope='module')
+def killed_in_stage2(tmp_path_factory):
+  """(data_dir, workdir) of a smoke run killed after stage 2's first step: stage 1, the
+  analysis and the round's figures finished, stage 2 started."""
+  root = tmp_path_factory.mktemp('killed_in_stage2')
+  with pytest.MonkeyPatch.context() as patch:
+    run_smoke(root / 'run', root / 'tfds', patch, fail_stage='round_1/stage2')
+  return root / 'tfds', root / 'run'
+
+
+def _files(workdir):
+  return {os.path.join(d, n): os.stat(os.path.join(d, n)).st_mtime_ns
+          for d, _, names in os.walk(workdir) for n in names}
+
+
+@pytest.mark.parametrize('field, value, stage, old', [
+    ('train.lr', 0.01, 'stage1', '0.003'),
+    ('dataset.shapes.seed', 1, 'stage1', '0'),
+    ('rws.slice_size', 24, 'round_1/analysis', '16'),
+    ('rws.local_init', 'init', 'round_1/stage2', "'global'")])
+def test_a_rerun_with_other_settings_is_refused_before_any_work(killed_in_stage2, field, value,
+                                                                stage, old):
+  """A killed run rerun with a setting that a finished (stage 1, the analysis) or started
+  (stage 2) stage read: one sentence naming the stage and the field, and nothing written."""
+  data_dir, workdir = killed_in_stage2
+  before = _files(workdir)
+  with pytest.raises(preflight.UserInputError) as error:
+    rws_pipeline.run(smoke_config(data_dir, {field: value}), str(workdir))
+  assert str(error.value) == (
+      f'{workdir} holds stages made with other settings than this config: {stage} ({field}: '
+      f'{old} -> {value!r}); pass --recompute_from={stage} to recompute it and every stage '
+      'that consumes it, or another --workdir.')
+  assert _files(workdir) == before
+
+
+class _StopAtStage2(Exception):
+  """Ends a run where round 1's stage 2 would start."""
+
+
+def test_recompute_from_recomputes_that_stage_and_what_consumes_it(killed_in_stage2, tmp_path,
+                                                                   monkeypatch):
+  """--recompute_from=round_1/analysis under another slice size: stage 1 and its evaluation
+  are read back, the analysis and the figures computed again, the started stage 2 cleared."""
+  data_dir, killed = killed_in_stage2
+  workdir = tmp_path / 'run'
+  shutil.copytree(killed, workdir)
+  kept = {path: mtime for path, mtime in _files(workdir).items()
+          if os.path.relpath(path, workdir).startswith(('stage1', 'stages/stage1'))}
+  made = {}
+  original = stages.Runner.train
+
+  def stop_at_stage2(self, name, **kwargs):
+    if name == 'round_1/stage2':
+      made.update(self.made)
+      raise _StopAtStage2()
+    return original(self, name, **kwargs)
+
+  monkeypatch.setattr(stages.Runner, 'train', stop_at_stage2)
+  config = smoke_config(data_dir, {'rws.slice_size': 24})
+  with pytest.raises(_StopAtStage2):
+    rws_pipeline.run(config, str(workdir), recompute_from=('round_1/analysis',))
+  assert {name: entry['status'] for name, entry in made.items()} == {
+      'stage1': 'read back', 'stage1/eval': 'read back', 'round_1/analysis': 'computed',
+      'round_1/figures': 'computed'}
+  assert {path: mtime for path, mtime in _files(workdir).items() if path in kept} == kept
+  with open(workdir / 'round_1' / 'analysis.json') as f:
+    stamp = json.load(f)['provenance']
+  assert stamp['settings']['rws.slice_size'] == 24
+  assert stamp['fingerprint'] == provenance.Plan(
+      rws_pipeline.stage_table(config), config).made['round_1/analysis'].fingerprint
+  assert not os.path.exists(workdir / 'round_1' / 'stage2')
+  assert not os.path.exists(workdir / 'stages' / 'round_1' / 'stage2.started.json')

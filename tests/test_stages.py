@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from rwsjax import provenance
 from rwsjax import stages
 from rwsjax import train
 from test_train import TinySeg, batches, train_cfg
@@ -26,10 +27,13 @@ def test_a_recorded_stage_is_read_back_not_recomputed(tmp_path):
   assert first == again == {'value': 1} and len(calls) == 1
   with open(tmp_path / 'stages' / 'a' / 'b.json') as f:
     assert json.load(f) == {'value': 1}
-  elsewhere = str(tmp_path / 'round_1' / 'analysis.json')
-  assert stages.Runner(str(tmp_path)).run('c', compute, elsewhere) == {'value': 2}
-  assert stages.Runner(str(tmp_path)).run('c', compute, elsewhere) == {'value': 2}
+  plan = provenance.Plan({'c': provenance.Stage(('seed',), record='round_1/analysis.json')},
+                         {'seed': 0})
+  assert stages.Runner(str(tmp_path), plan).run('c', compute) == {'value': 2}
+  assert stages.Runner(str(tmp_path), plan).run('c', compute) == {'value': 2}
   assert len(calls) == 2 and not os.path.exists(tmp_path / 'stages' / 'c.json')
+  with open(tmp_path / 'round_1' / 'analysis.json') as f:
+    assert json.load(f) == {'value': 2, 'provenance': plan.stamp(str(tmp_path), 'c')}
 
 
 def train_tiny(runner, counted):

@@ -12,7 +12,8 @@ them, selection, and the fused forward pass. Nothing per image is stored but the
 window) pairs of stage 2.
 
 Every stage checkpoints; rerunning the command resumes at the stage and step where a killed run
-stopped, and finished stages and analyses are read back from the workdir.
+stopped, and finished stages and analyses are read back from the workdir when the settings
+they read (`stage_table`) are unchanged.
 """
 import json
 import os
@@ -27,6 +28,7 @@ from rwsjax import figures
 from rwsjax import losses
 from rwsjax import models
 from rwsjax import preflight
+from rwsjax import provenance
 from rwsjax import record
 from rwsjax import stages
 from rwsjax import train
@@ -60,6 +62,67 @@ CHOICES = {'stage3_init': ('stage1', 'fresh'), 'local_init': ('global', 'init'),
            'weak_classes': ('foreground', 'all', 'own_threshold'),
            'inference': ('fused', 'plain'),
            'integration': ('retrain', 'inference')}
+
+
+# The config fields each stage reads (`stage_table`, `rwsjax.provenance`).
+DATA_FIELDS = ('seed', 'dataset', 'input', 'model')
+TRAIN_FIELDS = DATA_FIELDS + ('train',)
+ANALYSIS_FIELDS = DATA_FIELDS + ('rws.max_classes', 'rws.min_pixels', 'rws.attention*',
+                                 'rws.t_*', 'rws.weak_*', 'rws.slices', 'rws.slice_size',
+                                 'rws.slice_stride')
+FIGURE_FIELDS = DATA_FIELDS + ('rws.max_classes', 'rws.attention_region')
+STAGE2_FIELDS = TRAIN_FIELDS + ('rws.stage2_*', 'rws.local_*', 'rws.slice_size')
+NETWORK_FIELDS = DATA_FIELDS + ('rws.max_classes', 'rws.min_pixels', 'rws.attention',
+                                'rws.weak_classes', 'rws.slices', 'rws.slice_size',
+                                'rws.slice_stride', 'rws.max_slices', 'rws.local_scale',
+                                'rws.local_size', 'rws.fuse_layers', 'rws.eps',
+                                'rws.select_omega', 'rws.weighted_lambda', 'rws.integration')
+STAGE3_FIELDS = TRAIN_FIELDS + NETWORK_FIELDS + ('rws.attention_region', 'rws.stage1_steps',
+                                                 'rws.stage3_*')
+BASELINE_FIELDS = TRAIN_FIELDS + ('rws.stage1_steps', 'rws.stage2_steps', 'rws.stage3_steps',
+                                  'rws.integration', 'rws.max_rounds', 'rws.min_weak_delta')
+
+
+def stage_table(config):
+  """The stages of an RWS run (`rwsjax.provenance.Stage`): what each reads and consumes.
+
+  Round r's analysis scores windows with stage 1's model (r = 1, or `integration:
+  inference`) or round r - 1's stage 3; stage 2 trains on its weak slices; stage 3 fuses
+  stage 2's local model under its T. A round's evaluations and premise measure its network,
+  the inference cost the last trained round's (known only as the rounds run: it consumes
+  every round's); the baseline's step count follows from the rounds that trained, so it
+  consumes every analysis.
+  """
+  rws = config.rws
+  table = {'stage1': provenance.training_stage('stage1',
+                                               TRAIN_FIELDS + ('rws.stage1_steps',)),
+           'stage1/eval': provenance.Stage(DATA_FIELDS, ('stage1',), 'stage1/eval.json')}
+  model, networks = 'stage1', ('stage1',)
+  for r in range(1, rws.max_rounds + 1):
+    folder = f'round_{r}'
+    found = f'{folder}/analysis'
+    table[found] = provenance.Stage(ANALYSIS_FIELDS, (model,), f'{folder}/analysis.json',
+                                    (f'{folder}/slices_process*.npz',))
+    table[f'{folder}/figures'] = provenance.Stage(FIGURE_FIELDS, (found,),
+                                                  f'{folder}/figures.json', (f'{folder}/*.png',))
+    table[f'{folder}/stage2'] = provenance.training_stage(f'{folder}/stage2', STAGE2_FIELDS,
+                                                          (found,))
+    network = (found, f'{folder}/stage2')
+    if rws.integration == 'retrain':
+      table[f'{folder}/stage3'] = provenance.training_stage(f'{folder}/stage3', STAGE3_FIELDS,
+                                                            network)
+      model = f'{folder}/stage3'
+      network += (model,)
+    for name in ('eval_plain', 'eval_fused') + (('premise',) if rws.premise else ()):
+      table[f'{folder}/{name}'] = provenance.Stage(NETWORK_FIELDS, network,
+                                                   f'{folder}/{name}.json')
+    networks += network
+  table['inference_cost'] = provenance.Stage(NETWORK_FIELDS, networks, 'inference_cost.json')
+  if rws.baseline:
+    table['baseline'] = provenance.training_stage(
+        'baseline', BASELINE_FIELDS, tuple(name for name in table if name.endswith('analysis')))
+    table['baseline/eval'] = provenance.Stage(DATA_FIELDS, ('baseline',), 'baseline/eval.json')
+  return table
 
 
 def check_config(config):
@@ -180,9 +243,12 @@ def schedule_config(config, round_index, stage3_init):
   return cfg, offset, float(previous)
 
 
-def run(config, workdir):
-  """All RWS stages and rounds, the equal-budget baseline, the table, summary.json, figures."""
-  preflight.for_training(config, workdir, check_config)
+def run(config, workdir, recompute_from=()):
+  """All RWS stages and rounds, the equal-budget baseline, the table, summary.json, figures;
+  the stages `recompute_from` names, and those consuming them, are computed again."""
+  plan = provenance.Plan(stage_table(config), config)
+  preflight.for_training(config, workdir, check_config, plan=plan,
+                         recompute_from=recompute_from)
   rws = config.rws
   mesh = train.make_mesh(config.num_devices)
   train_source = data.load_source(config.dataset, config.dataset.train_split)
@@ -197,7 +263,7 @@ def run(config, workdir):
   eval_steps = {name: train.make_eval_step(model, config.dataset.num_classes, mesh, fn)
                 for name, fn in predict.items()}
 
-  runner = stages.Runner(workdir)
+  runner = stages.Runner(workdir, plan)
 
   def train_supervised(stage, variables, batches, steps, **fields):
     tx = train.make_optimizer(_with(config.train, **fields), steps)
@@ -205,27 +271,26 @@ def run(config, workdir):
                         batches=batches, total_steps=steps, train_cfg=config.train, mesh=mesh,
                         rng=step_rng, writer=writer)
 
-  def evaluation(path, net, inference='plain'):
-    """The eval split's IoU of `net` (an RWS network dict): stage `path`, recorded there."""
+  def evaluation(name, net, inference='plain'):
+    """The eval split's IoU of `net` (an RWS network dict): stage `name`."""
     def compute():
       batches, count = stages.eval_batches(eval_source, config, mesh)
       confusion = train.evaluate(eval_steps[inference], net, batches, mesh, count)
       return evaluate_lib.summarize(confusion, names)
-    return runner.run(path, compute, os.path.join(workdir, path))
+    return runner.run(name, compute)
 
   batches = stages.train_batches(train_source, config, mesh, seed=config.seed)
   state = train_supervised('stage1', init, batches, rws.stage1_steps)
   global_variables = state.variables
   net = network.plain_network(global_variables)
-  stage1_eval = evaluation('stage1/eval.json', net)
+  stage1_eval = evaluation('stage1/eval', net)
   final = {'plain': stage1_eval, 'fused': stage1_eval}
   total_steps, rounds, counts = rws.stage1_steps, [], []
   for r in range(1, rws.max_rounds + 1):
     directory = os.path.join(workdir, f'round_{r}')
     found = runner.run(
         f'round_{r}/analysis', lambda: analysis.analyze(model, global_variables, train_source,
-                                                        config, mesh, directory, names),
-        os.path.join(directory, 'analysis.json'))
+                                                        config, mesh, directory, names))
     counts.append(found['weak_slices'])
     logging.info('Round %d: T = %.3f, %d weak slices (%.1f%% of the windows).', r,
                  found['threshold'], counts[-1], 100 * (found['weak_share'] or 0))
@@ -239,8 +304,7 @@ def run(config, workdir):
     if jax.process_index() == 0:
       runner.run(
           f'round_{r}/figures', lambda: analysis.save_round_figures(
-              directory, model, global_variables, train_source, found, config, names),
-          os.path.join(directory, 'figures.json'))
+              directory, model, global_variables, train_source, found, config, names))
     if analysis.should_stop(counts, rws.min_weak_delta):
       row['trained'] = False
       break
@@ -273,26 +337,24 @@ def run(config, workdir):
       total_steps += rws.stage3_steps
     net = {'model': state.variables, **frozen}
     row['trained'] = True
-    final = {name: evaluation(f'round_{r}/eval_{name}.json', net, name)
+    final = {name: evaluation(f'round_{r}/eval_{name}', net, name)
              for name in ('plain', 'fused')}
     row.update(miou_plain=final['plain']['miou'], miou_fused=final['fused']['miou'])
     if rws.premise:
       row['premise'] = runner.run(
           f'round_{r}/premise', lambda: premise.measure(model, net, eval_source, config, mesh,
-                                                        names),
-          os.path.join(directory, 'premise.json'))
+                                                        names))
     global_variables = state.variables
   cost = runner.run(
-      'inference cost', lambda: inference_cost(
-          eval_steps, net, stages.eval_batches(eval_source, config, mesh)[0][0], mesh),
-      os.path.join(workdir, 'inference_cost.json'))
+      'inference_cost', lambda: inference_cost(
+          eval_steps, net, stages.eval_batches(eval_source, config, mesh)[0][0], mesh))
   summary = {'method': 'rws', 'eval_split': config.dataset.eval_split,
              'total_steps': total_steps, 'stage1': stage1_eval, 'rws_plain': final['plain'],
              'rws_fused': final['fused'], 'rws': final[rws.inference],
              'inference_ms_per_image': cost, 'rounds': rounds}
   if rws.baseline:
     baseline = train_supervised('baseline', init, batches, total_steps)
-    summary['baseline'] = evaluation('baseline/eval.json',
+    summary['baseline'] = evaluation('baseline/eval',
                                      network.plain_network(baseline.variables))
   table = results_table(summary, names)
   if jax.process_index() == 0:
@@ -302,7 +364,7 @@ def run(config, workdir):
     figures.save_per_class_iou(os.path.join(workdir, 'per_class_iou.png'), bars, names)
     stages.save_prediction_figure(os.path.join(workdir, 'predictions.png'), model, net,
                                   eval_source, config, predict[rws.inference])
-  summary = record.write_results(workdir, config, summary, table)
+  summary = record.write_results(workdir, config, summary, table, made=runner.made_record())
   print(table)
   return summary
 
