@@ -3,8 +3,10 @@
 `config.method` picks the pipeline. Rerunning the same command with the same --workdir resumes
 where a killed run stopped; a finished run (its summary.json exists) is left as it is.
 Override any config field on the command line, e.g. `--config.train.steps=200`;
-`--config=configs/voc_rws.py:smoke` runs a small variant. The methods and their config switches
-are described in docs/methods.md.
+`--config=configs/voc_rws.py:smoke` runs a small variant; the shapes configs also take
+`:pretrained` (and `:smoke,pretrained`), a backbone pretrained by `configs/shapes_pretrain.py`
+(config.method 'pretrain'). The methods and their config switches are described in
+docs/methods.md.
 
 A backbone or dataset of your own: --imports=my_module, a module that registers it (README,
 Extending), and --config.model.backbone or --config.dataset.name naming it.
