@@ -30,7 +30,7 @@ def get_config(arg=None):
   config.dataset.corpus = ml_collections.ConfigDict(
       {'num_train': 20000, 'num_val': 2000, 'image_size': 96, 'clutter': 4, 'seed': 0})
   config.input.batch_size = 64
-  config.input.eval_batch_size = 100
+  config.input.eval_batch_size = 128
   config.input.scale_range = (0.7, 1.3)
   config.model.output_stride = 16
   config.train.steps = 5000
