@@ -99,10 +99,11 @@ def base_config():
   return c
 
 
+EXPORT_NAME = 'backbone.npz'  # the file the pretraining pipeline writes into its workdir
 # Where `python launch.py --config=configs/shapes_pretrain.py --workdir=runs/shapes_pretrain`
 # writes the pretrained backbone, relative to the repository root: the `pretrained` argument of
 # the shapes configs reads it (README, pretrained weights for the synthetic data).
-PRETRAINED_BACKBONE = os.path.join('runs', 'shapes_pretrain', 'backbone.npz')
+PRETRAINED_BACKBONE = os.path.join('runs', 'shapes_pretrain', EXPORT_NAME)
 CONFIG_WORDS = ('smoke', 'pretrained')  # the words a shapes config's argument may hold
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rwsjax import config as config_lib
 from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import models
@@ -39,9 +40,9 @@ _HEAD = ('config.model.backbone and width (the classifier is global average pool
 # Fields a segmentation pipeline reads and this one does not (`preflight.check_overrides`).
 UNREAD_FIELDS = {'dataset.shapes': 'config.dataset.corpus', 'model.name': _HEAD,
                  'model.head_channels': _HEAD, 'model.upsample': _HEAD}
-NO_PREDICTOR = ('it trains a classifier for the backbone weights it exports to <workdir>/'
-                f'{models.EXPORT_NAME} (held-out accuracy in summary.json): give that file to a '
-                'segmentation config as config.model.pretrained')
+NO_PREDICTOR = ('it trains a classifier for the backbone weights it exports to '
+                f'<workdir>/{config_lib.EXPORT_NAME} (held-out accuracy in summary.json): give '
+                'that file to a segmentation config as config.model.pretrained')
 
 
 class Classifier(nn.Module):
@@ -174,7 +175,7 @@ def run(config, workdir):
 
   result = runner.run('evaluation', evaluation)
   export = runner.run('export', lambda: export_backbone(
-      state.variables, os.path.join(workdir, models.EXPORT_NAME), steps))
+      state.variables, os.path.join(workdir, config_lib.EXPORT_NAME), steps))
   table = accuracy_table(split, f'{config.model.backbone} classifier ({steps} steps)', result)
   summary = record.write_results(workdir, config, {'method': 'pretrain', 'steps': steps,
                                                    split: result, 'backbone': export}, table)

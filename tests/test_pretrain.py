@@ -55,7 +55,7 @@ def test_export_is_the_trained_backbone_under_torchvision_names(tmp_path, backbo
   cfg = {'backbone': backbone, 'width': WIDTH, 'output_stride': 16}
   model = pretrain.Classifier(models.make_backbone(cfg), len(corpus.CLASSES))
   variables = variables_like(model, (1, 32, 32, 3), seed=int(backbone[6:]))
-  path = str(tmp_path / models.EXPORT_NAME)
+  path = str(tmp_path / config_lib.EXPORT_NAME)
   record = pretrain.export_backbone(variables, path, steps=7)
   with np.load(path) as archive:
     state = {k: archive[k] for k in archive.files}
@@ -111,14 +111,14 @@ def test_smoke_run_writes_the_trained_backbone(smoke_run):
   assert summary['method'] == 'pretrain' and summary['steps'] == 2
   assert result['examples'] == len(corpus.CLASSES)
   assert 0 <= result['top1'] <= 1 and set(result['per_class_accuracy']) == set(corpus.CLASSES)
-  assert summary['backbone']['path'] == str(workdir / models.EXPORT_NAME)
+  assert summary['backbone']['path'] == str(workdir / config_lib.EXPORT_NAME)
   config = smoke_config(data_dir)
   model = pretrain.make_classifier(config)
   variables = train.finished_variables(
       workdir=str(workdir), stage='pretrain', model=model,
       tx=train.make_optimizer(config.train, 2), total_steps=2, image_shape=(1, 32, 32, 3),
       rng=jax.random.key(0), mesh=train.make_mesh())
-  state = read_state(workdir / models.EXPORT_NAME)
+  state = read_state(workdir / config_lib.EXPORT_NAME)
   exported = models.backbone_state_dict(variables, num_batches_tracked=2)
   assert set(state) == set(exported) | {'fc.weight', 'fc.bias'}
   for key, value in exported.items():
@@ -126,7 +126,7 @@ def test_smoke_run_writes_the_trained_backbone(smoke_run):
   for name in ('shapes_baseline', 'shapes_rws', 'shapes_isim', 'shapes_fine_rws',
                'shapes_texture_rws'):
     target = load_config(name, 'smoke,pretrained')
-    target.model.pretrained = str(workdir / models.EXPORT_NAME)
+    target.model.pretrained = str(workdir / config_lib.EXPORT_NAME)
     preflight.check_pretrained(target.model)
 
 
@@ -173,10 +173,10 @@ def test_a_killed_run_resumes_and_ends_as_the_uninterrupted_one(smoke_run, tmp_p
   with pytest.raises(KeyboardInterrupt):
     pretrain.run(config, str(tmp_path))
   monkeypatch.undo()
-  assert metric_steps(tmp_path) == [1] and not os.path.exists(tmp_path / models.EXPORT_NAME)
+  assert metric_steps(tmp_path) == [1] and not os.path.exists(tmp_path / config_lib.EXPORT_NAME)
   summary = pretrain.run(config, str(tmp_path))
   assert metric_steps(tmp_path) == [1, 2]
-  resumed, uninterrupted = (read_state(d / models.EXPORT_NAME) for d in (tmp_path, full))
+  resumed, uninterrupted = (read_state(d / config_lib.EXPORT_NAME) for d in (tmp_path, full))
   assert set(resumed) == set(uninterrupted)
   for key, value in uninterrupted.items():
     np.testing.assert_array_equal(resumed[key], value)

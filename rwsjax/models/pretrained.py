@@ -8,7 +8,7 @@ weight/bias/running_mean/running_var become scale/bias (params) and mean/var (ba
 `fc.*` and `num_batches_tracked` are ignored; any other difference is an error.
 
 `backbone_state_dict` is the inverse, which the pretraining pipeline (`rwsjax.pretrain`)
-exports its backbone with, as `EXPORT_NAME` in its workdir.
+exports its backbone with, as `config_lib.EXPORT_NAME` in its workdir.
 """
 import os
 import pickle
@@ -24,8 +24,8 @@ from flax import traverse_util
 from rwsjax import config as config_lib
 from rwsjax.models.registry import BACKBONES
 
-EXPORT_NAME = 'backbone.npz'  # the pretraining pipeline's export, in its workdir
-# The command that writes it (README, pretrained weights for the synthetic data).
+# The command that writes config_lib.EXPORT_NAME (README, pretrained weights for the synthetic
+# data).
 EXPORT_COMMAND = 'python launch.py --config=configs/shapes_pretrain.py --workdir={workdir}'
 _IGNORED = re.compile(r'(^fc\.)|(num_batches_tracked$)')
 _BLOCK = re.compile(r'(layer\d)_(\d+)')
@@ -54,12 +54,12 @@ def _torch_shape(shape):
 def missing_file_advice(path):
   """What to do about a missing weights file: run the pretraining command into its directory
   when it is named as the pretraining export, else pass a state dict or pretrain one."""
-  if os.path.basename(path) == EXPORT_NAME:
+  if os.path.basename(path) == config_lib.EXPORT_NAME:
     command = EXPORT_COMMAND.format(workdir=os.path.dirname(path) or '.')
     return f'run the pretraining command that writes it first, `{command}`'
   command = EXPORT_COMMAND.format(workdir='DIR')
   return (f'pass a torchvision ResNet state dict, or pretrain one first with `{command}`, '
-          f'which writes DIR/{EXPORT_NAME}')
+          f'which writes DIR/{config_lib.EXPORT_NAME}')
 
 
 def read_state_dict(path):
