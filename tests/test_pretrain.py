@@ -11,15 +11,18 @@ import pytest
 
 from configs_util import ROOT, load_config
 from rwsjax import config as config_lib
+from rwsjax import data
 from rwsjax import models
 from rwsjax import preflight
 from rwsjax import pretrain
 from rwsjax import train
 from rwsjax.data import corpus
+from rwsjax.data import pipeline
 from test_launch import launch, last_line
 from test_pretrained import np_resnet, torchvision_shapes
 
 WIDTH = 0.125
+C = len(corpus.CLASSES)
 
 
 def variables_like(model, shape, seed=None):
@@ -102,9 +105,11 @@ def read_state(path):
 
 
 def test_smoke_run_writes_the_trained_backbone(smoke_run):
-  """launch.py runs the pipeline to its end: summary.json records the held-out accuracy and
-  the exported file, which holds the finished checkpoint's backbone and loads into the
-  backbone of every shapes config's `:smoke,pretrained` variant, as their preflight checks."""
+  """launch.py runs the pipeline to its end: summary.json records the held-out accuracy, which
+  a loop classifying the held-out images one by one with the finished checkpoint reproduces
+  (the padded last batch included), and the exported file, which holds that checkpoint's
+  backbone and loads into the backbone of every shapes config's `:smoke,pretrained` variant,
+  as their preflight checks."""
   workdir, data_dir = smoke_run
   summary = json.load(open(workdir / 'summary.json'))
   result = summary['validation']
@@ -118,6 +123,14 @@ def test_smoke_run_writes_the_trained_backbone(smoke_run):
       workdir=str(workdir), stage='pretrain', model=model,
       tx=train.make_optimizer(config.train, 2), total_steps=2, image_shape=(1, 32, 32, 3),
       rng=jax.random.key(0), mesh=train.make_mesh())
+  source = data.load_source(config.dataset, 'validation', per_process=False)
+  apply = jax.jit(model.apply)
+  correct = [int(np.argmax(apply(variables, pipeline.normalize(source[i]['image'],
+                                                                config.input)[None])))
+             == int(np.argmax(source[i]['labels'])) for i in range(len(source))]
+  assert result['top1'] == pytest.approx(np.mean(correct))
+  for c, name in enumerate(corpus.CLASSES):  # example i has class i % C
+    assert result['per_class_accuracy'][name] == pytest.approx(np.mean(correct[c::C]))
   state = read_state(workdir / config_lib.EXPORT_NAME)
   exported = models.backbone_state_dict(variables, num_batches_tracked=2)
   assert set(state) == set(exported) | {'fc.weight', 'fc.bias'}
@@ -182,6 +195,15 @@ def test_a_killed_run_resumes_and_ends_as_the_uninterrupted_one(smoke_run, tmp_p
     np.testing.assert_array_equal(resumed[key], value)
   full_summary = json.load(open(full / 'summary.json'))
   assert summary['validation']['top1'] == full_summary['validation']['top1']
+
+
+def test_accuracy_summary_of_a_hand_computed_confusion_matrix():
+  """Rows are the true classes: 7 of 10 right; class b has no example (None, and out of the
+  mean class accuracy)."""
+  result = pretrain.accuracy_summary([[3, 1, 0], [0, 0, 0], [2, 0, 4]], ['a', 'b', 'c'])
+  assert result == {'top1': 0.7, 'mean_class_accuracy': pytest.approx((3 / 4 + 4 / 6) / 2),
+                    'examples': 10,
+                    'per_class_accuracy': {'a': 0.75, 'b': None, 'c': pytest.approx(4 / 6)}}
 
 
 def test_the_pipeline_refuses_what_it_does_not_read():
