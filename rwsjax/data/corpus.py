@@ -38,17 +38,19 @@ from rwsjax.data.shapes import (_draw_plain_clutter, _grid, _ink, _line_mask, _r
 
 SPLITS = ('train', 'validation')
 # Generator seed namespace. A shapes example draws from np.random.default_rng([seed, k, index])
-# with its split number k in {0, 1}; numpy pads entropy with zero words to four, so that is the
-# word sequence [seed, k, index, 0]. A corpus example draws from [seed, CORPUS_TAG, split,
-# index]: its second word is CORPUS_TAG, which is no shapes split number, so while seeds fit in
-# one 32-bit word (checked by `corpus_config`) no corpus example shares the entropy, hence the
-# random stream, of a shapes example.
+# with its split number k in {0, 1}; numpy's SeedSequence hashes entropy shorter than its pool
+# of four words as if padded with zero words, so that is the word sequence [seed, k, index, 0].
+# A corpus example draws from [seed, CORPUS_TAG, split, index]: its second word is CORPUS_TAG,
+# which is no shapes split number, so while both seeds fit in one 32-bit word (the corpus
+# checks its own in `corpus_config`) no corpus example shares the entropy, hence the random
+# stream, of a shapes example.
 CORPUS_TAG = 0x636F7270  # 'corp'
 MIN_IMAGE_SIZE = 32
-REFERENCE_SIZE = 96  # pattern periods and line widths are given in pixels at this image size
+REFERENCE_SIZE = 96  # pattern periods are given in pixels at this image size
 
 
 def _polar(u, v):
+  """(radius, angle) of points (u, v)."""
   return np.hypot(u, v), np.arctan2(v, u)
 
 
