@@ -6,8 +6,10 @@ is read back only under the settings that made it: a workdir holding stages made
 settings (finished or not) stops the run with the stages and fields that differ, unless
 --recompute_from names them (they and every stage consuming them are computed again).
 Override any config field on the command line, e.g. `--config.train.steps=200`;
-`--config=configs/voc_rws.py:smoke` runs a small variant. The methods and their config switches
-are described in docs/methods.md.
+`--config=configs/voc_rws.py:smoke` runs a small variant; the shapes configs also take
+`:pretrained` (and `:smoke,pretrained`), a backbone pretrained by `configs/shapes_pretrain.py`
+(config.method 'pretrain'). The methods and their config switches are described in
+docs/methods.md.
 
 A backbone or dataset of your own: --imports=my_module, a module that registers it (README,
 Extending), and --config.model.backbone or --config.dataset.name naming it.
@@ -30,11 +32,13 @@ PIPELINES = {
     'supervised': 'rwsjax.supervised',
     'rws': 'rwsjax.rws.pipeline',
     'isim': 'isimjax.isim',
+    'pretrain': 'rwsjax.pretrain',
 }
 HELP_FLAGS = ('help', 'helpshort', 'helpfull', 'helpxml', '?')
 MODES = ('train', 'evaluate', 'predict')
 MODE_FLAGS = {'split': 'evaluate', 'images': 'predict', 'out': 'predict',
               'recompute_from': 'train'}
+CONFIG_FILE_ERROR = 'Error whilst parsing config file'  # how config_flags reports get_config's
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -89,7 +93,10 @@ def parse_flags(argv):
       sys.exit(0)
     raise
   except flags.Error as error:
-    sys.exit(f'launch.py: {error}')
+    text = str(error).strip()
+    if CONFIG_FILE_ERROR in text:  # get_config raised: its exception's line, not the traceback
+      text = f'cannot load the --config file: {text.splitlines()[-1]}'
+    sys.exit(f'launch.py: {text}')
   except (AttributeError, KeyError, TypeError, ValueError) as error:
     text = str(error).strip()
     if text[:1] in "'\"":
@@ -108,7 +115,8 @@ def check_mode_flags():
 
 
 def run_mode(pipeline, config, workdir):
-  """Trains, evaluates or predicts (--mode) with `pipeline`'s run or its trained predictor."""
+  """Trains, evaluates or predicts (--mode) with `pipeline`'s run or its trained predictor; a
+  pipeline without one (pretrain: its product is a backbone file) only trains."""
   # pylint: disable-next=g-import-not-at-top  (after absl parsed the flags)
   from rwsjax import inference, preflight, provenance, record
   if _MODE.value == 'train':
@@ -120,6 +128,10 @@ def run_mode(pipeline, config, workdir):
                    'and --mode=predict use it.', workdir)
       return None
     return pipeline.run(config, workdir, recompute_from=recompute_from)
+  if not hasattr(pipeline, 'trained_predictor'):
+    raise preflight.UserInputError(
+        f'--mode={_MODE.value} uses a finished segmentation model, which the '
+        f'{config.method} pipeline does not make: {pipeline.NO_PREDICTOR}.')
   if _MODE.value == 'evaluate':
     return inference.evaluate_run(config, workdir, pipeline, _SPLIT.value)
   return inference.predict_folder(config, workdir, pipeline, _IMAGES.value,

@@ -10,7 +10,8 @@ which that claim is judged.
   python launch.py --config=configs/shapes_fine_converged_rws.py --workdir=runs/fine_converged
   python launch.py --config=configs/shapes_fine_converged_rws.py:smoke --workdir=/tmp/fc_smoke
 
-Every switch of configs/shapes_rws.py applies.
+Every switch of configs/shapes_rws.py applies, and its arguments (`:pretrained`,
+`:smoke,pretrained`).
 """
 import os
 
@@ -22,6 +23,5 @@ def get_config(arg=None):
   config = config_lib.from_file(os.path.join(os.path.dirname(__file__), 'shapes_fine_rws.py'))
   config.dataset.shapes.num_train = 1000
   config.rws.stage1_steps = 6000
-  if arg == 'smoke':
-    rws_config.shrink_for_smoke(config)
+  config_lib.apply_arg(config, arg, __file__, rws_config.shrink_for_smoke)
   return config

@@ -13,7 +13,8 @@ were weak. Everything else is configs/shapes_rws.py.
   python launch.py --config=configs/shapes_fine_rws.py --workdir=runs/shapes_fine_rws
   python launch.py --config=configs/shapes_fine_rws.py:smoke --workdir=/tmp/fine_smoke
 
-Every switch of configs/shapes_rws.py applies.
+Every switch of configs/shapes_rws.py applies, and its arguments (`:pretrained`,
+`:smoke,pretrained`).
 """
 import os
 
@@ -25,6 +26,5 @@ def get_config(arg=None):
   config = config_lib.from_file(os.path.join(os.path.dirname(__file__), 'shapes_rws.py'))
   config.dataset.shapes.fine_classes = 3
   config.rws.t_min_share = 0.05
-  if arg == 'smoke':
-    rws_config.shrink_for_smoke(config)
+  config_lib.apply_arg(config, arg, __file__, rws_config.shrink_for_smoke)
   return config

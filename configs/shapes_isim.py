@@ -8,6 +8,9 @@ random walk, and a DeepLabv3 trained on the random-walk labels. Runs on a 2-core
   python launch.py --config=configs/shapes_isim.py:smoke --workdir=/tmp/isim_smoke
   python launch.py --config=configs/shapes_isim.py --workdir=runs/isim_1000 \
     --config.dataset.shapes.num_train=1000     (the same chain on 1000 training images)
+  python launch.py --config=configs/shapes_isim.py:pretrained --workdir=runs/isim_pretrained
+    (every backbone from runs/shapes_pretrain/backbone.npz, which configs/shapes_pretrain.py
+    writes; also :smoke,pretrained; the settings below stay those chosen from scratch)
 
 Departures from the paper's VOC settings (configs/voc_isim.py), for a model trained from
 scratch in a few hundred steps:
@@ -20,7 +23,9 @@ scratch in a few hundred steps:
     steps, which leaves no CAMs to improve;
   - 16 epochs of 25 steps, pseudo labels after epochs 4, 8 and 12;
   - AffinityNet starts from the trained ISIM backbone (config.psa.init 'isim', there are no
-    ImageNet weights) and trains 8 epochs on whole 96 x 96 images with AdamW;
+    ImageNet weights; with `:pretrained` from the pretrained backbone, 'imagenet' as PSA and
+    the paper, the corpus's weights standing in for ImageNet's) and trains 8 epochs on whole
+    96 x 96 images with AdamW;
   - random-walk background power alpha 4 instead of PSA's 16: (1 - max cam)^alpha beats a
     class score c when c is below about 0.13 for alpha 16 (VOC CAMs are peaked) and 0.24 for
     alpha 4, near the 0.3 background score of the ISIM labels; this model's CAMs are diffuse
@@ -32,6 +37,7 @@ scratch in a few hundred steps:
     configs/shapes_baseline.py's supervised model.
 """
 from isimjax import config as isim_config
+from rwsjax import config as config_lib
 
 
 def get_config(arg=None):
@@ -65,6 +71,6 @@ def get_config(arg=None):
   config.psa.final.input.batch_size = 16
   config.psa.final.train.optimizer = 'adamw'
   config.psa.final.train.lr = 3e-3
-  if arg == 'smoke':
-    isim_config.shrink_for_smoke(config)
+  if 'pretrained' in config_lib.apply_arg(config, arg, __file__, isim_config.shrink_for_smoke):
+    config.psa.init = 'imagenet'
   return config

@@ -3,6 +3,10 @@ refined retraining, and the supervised baseline trained for the same total numbe
 
   python launch.py --config=configs/shapes_rws.py --workdir=runs/shapes_rws
   python launch.py --config=configs/shapes_rws.py:smoke --workdir=/tmp/rws_smoke
+  python launch.py --config=configs/shapes_rws.py:pretrained --workdir=runs/shapes_rws_pretrained
+                                           (backbone from runs/shapes_pretrain/backbone.npz,
+                                           which configs/shapes_pretrain.py writes; also
+                                           :smoke,pretrained)
 
 Switches (each lands in summary.json under "config"; docs in rwsjax/rws/config.py default_config):
   --config.rws.slices=arbitrary            random windows instead of weak ones (Table I)
@@ -42,6 +46,5 @@ def get_config(arg=None):
   config.rws.local_batch_size = 32
   config.rws.max_classes = 5
   config.rws.max_rounds = 1
-  if arg == 'smoke':
-    rws_config.shrink_for_smoke(config)
+  config_lib.apply_arg(config, arg, __file__, rws_config.shrink_for_smoke)
   return config

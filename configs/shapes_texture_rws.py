@@ -17,7 +17,8 @@ Everything else is configs/shapes_rws.py.
   python launch.py --config=configs/shapes_texture_rws.py --workdir=runs/shapes_texture_rws
   python launch.py --config=configs/shapes_texture_rws.py:smoke --workdir=/tmp/texture_smoke
 
-Every switch of configs/shapes_rws.py applies.
+Every switch of configs/shapes_rws.py applies, and its arguments (`:pretrained`,
+`:smoke,pretrained`).
 """
 import os
 
@@ -33,6 +34,5 @@ def get_config(arg=None):
   config.rws.slice_stride = 16
   config.rws.min_pixels = 24 * 24 // 16
   config.rws.stage1_steps = 3000
-  if arg == 'smoke':
-    rws_config.shrink_for_smoke(config)
+  config_lib.apply_arg(config, arg, __file__, rws_config.shrink_for_smoke)
   return config

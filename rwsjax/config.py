@@ -2,8 +2,10 @@
 
 Each config file calls `base_config()`, overrides what its experiment needs and, for the
 `:smoke` argument, calls `shrink_for_smoke` so the same file drives a seconds-long CPU run and
-the full run. `field` gives code that receives a partial config section (a test's dict, a
-benchmark's) the same defaults, so each default is declared once, in `base_config`.
+the full run. The shapes configs also take `:pretrained` (and `:smoke,pretrained`): their
+backbone starts from the weights that the pretraining command writes (`apply_arg`). `field`
+gives code that receives a partial config section (a test's dict, a benchmark's) the same
+defaults, so each default is declared once, in `base_config`.
 """
 import functools
 import importlib.util
@@ -19,7 +21,7 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 def base_config():
   """Every field a pipeline reads, with its default (the synthetic shapes data on CPU)."""
   c = ml_collections.ConfigDict()
-  c.method = 'supervised'           # supervised | rws | isim
+  c.method = 'supervised'           # supervised | rws | isim | pretrain
   c.seed = 0
   c.num_devices = 0                 # 0 = every device; n = the first n (single host only)
 
@@ -95,6 +97,51 @@ def base_config():
   c.figures = ml_collections.ConfigDict()
   c.figures.num_examples = 4        # images shown in prediction / heatmap figures
   return c
+
+
+EXPORT_NAME = 'backbone.npz'  # the file the pretraining pipeline writes into its workdir
+# Where `python launch.py --config=configs/shapes_pretrain.py --workdir=runs/shapes_pretrain`
+# writes the pretrained backbone, relative to the repository root: the `pretrained` argument of
+# the shapes configs reads it (README, pretrained weights for the synthetic data).
+PRETRAINED_BACKBONE = os.path.join('runs', 'shapes_pretrain', EXPORT_NAME)
+CONFIG_WORDS = ('smoke', 'pretrained')  # the words a shapes config's argument may hold
+
+
+def config_words(arg, allowed=CONFIG_WORDS):
+  """The comma-separated words of a config file's argument (None or '' holds none), each one
+  of `allowed`: 'smoke,pretrained' -> {'smoke', 'pretrained'}."""
+  words = [word.strip() for word in (arg or '').split(',') if word.strip()]
+  unknown = [word for word in words if word not in allowed]
+  if unknown:
+    raise ValueError(f'The config argument {arg!r} holds {unknown[0]!r}; expected '
+                     f'comma-separated words of {list(allowed)}.')
+  return set(words)
+
+
+def pretrained_backbone(config_file):
+  """The absolute path of PRETRAINED_BACKBONE in the repository whose configs/ folder holds
+  `config_file`."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(config_file)))
+  return os.path.join(root, PRETRAINED_BACKBONE)
+
+
+def use_pretrained(config, config_file):
+  """Starts `config`'s backbone from the pretraining command's weights (`pretrained_backbone`)
+  at the width it pretrains, the default 0.25, which a smoke shrink would have narrowed."""
+  config.model.pretrained = pretrained_backbone(config_file)
+  config.model.width = _defaults().model.width
+
+
+def apply_arg(config, arg, config_file, shrink=None):
+  """Applies a shapes config file's argument (`config_words`) to `config`: 'smoke' shrinks it
+  with `shrink` (default `shrink_for_smoke`), then 'pretrained' calls `use_pretrained`.
+  Returns the words."""
+  words = config_words(arg)
+  if 'smoke' in words:
+    (shrink or shrink_for_smoke)(config)
+  if 'pretrained' in words:
+    use_pretrained(config, config_file)
+  return words
 
 
 def from_file(path, arg=None):

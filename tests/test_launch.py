@@ -104,7 +104,8 @@ def test_bad_config_value_and_missing_file_and_method(tmp_path):
   result = launch('--config=configs/shapes_baseline.py:smoke', f'--workdir={tmp_path}',
                   '--config.method=xyz')
   assert result.returncode != 0 and 'Traceback' not in result.stderr
-  assert "config.method='xyz'; expected one of ['isim', 'rws', 'supervised']" in result.stderr
+  assert ("config.method='xyz'; expected one of ['isim', 'pretrain', 'rws', 'supervised']"
+          in result.stderr)
 
 
 def test_recompute_from_goes_with_train_mode(tmp_path):

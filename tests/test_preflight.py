@@ -34,7 +34,20 @@ def test_pretrained_files_are_checked_key_by_key(tmp_path):
   config.model.pretrained = str(tmp_path / 'absent.npz')
   assert training_error(config, tmp_path / 'run', rws_pipeline.check_config) == (
       f"Pretrained weights file {tmp_path / 'absent.npz'} (config.model.pretrained) does not "
-      "exist.")
+      "exist: pass a torchvision ResNet state dict, or pretrain one first with `python "
+      "launch.py --config=configs/shapes_pretrain.py --workdir=DIR`, which writes "
+      "DIR/backbone.npz.")
+  # The pretrained variant's file, not written yet: the sentence gives the command that writes
+  # it (into the directory it is looked for in).
+  config = load_config('shapes_rws', 'smoke,pretrained')
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  config.model.pretrained = str(tmp_path / 'pretrain' / 'backbone.npz')
+  assert training_error(config, tmp_path / 'run', rws_pipeline.check_config) == (
+      f"Pretrained weights file {tmp_path / 'pretrain' / 'backbone.npz'} "
+      "(config.model.pretrained) does not exist: run the pretraining command that writes it "
+      "first, `python launch.py --config=configs/shapes_pretrain.py "
+      f"--workdir={tmp_path / 'pretrain'}`.")
+  config = smoke('shapes_rws', tmp_path)
   (tmp_path / 'notes.npz').write_text('not an archive\n')
   config.model.pretrained = str(tmp_path / 'notes.npz')
   assert 'is not a readable .npz archive of arrays' in training_error(config, tmp_path / 'run')
@@ -125,8 +138,11 @@ def test_launch_stops_at_a_missing_pretrained_file_before_preparing_data(tmp_pat
                   f"--config.dataset.data_dir={tmp_path / 'tfds'}",
                   '--config.model.pretrained=/tmp/nonexistent.npz', timeout=120)
   assert result.returncode != 0 and 'Traceback' not in result.stderr
-  assert last_line(result.stderr) == ('launch.py: Pretrained weights file /tmp/nonexistent.npz '
-                                      '(config.model.pretrained) does not exist.')
+  assert last_line(result.stderr) == (
+      'launch.py: Pretrained weights file /tmp/nonexistent.npz (config.model.pretrained) does '
+      'not exist: pass a torchvision ResNet state dict, or pretrain one first with `python '
+      'launch.py --config=configs/shapes_pretrain.py --workdir=DIR`, which writes '
+      'DIR/backbone.npz.')
   assert not os.path.exists(tmp_path / 'tfds')
   result = launch('--config=configs/shapes_baseline.py:smoke', f"--workdir={tmp_path / 'none'}",
                   '--mode=evaluate', timeout=120)

@@ -1,7 +1,9 @@
 """Datasets by config name, as random-access sources for the pipelines in `pipeline`.
 
 Fields of config.dataset read here:
-  name: 'shapes' (synthetic, built locally from a seed), or a dataset read from manual_dir:
+  name: 'shapes' (synthetic, built locally from a seed), 'shapes_corpus' (the synthetic
+    classification corpus that pretrains backbones for it, `corpus`), or a dataset read from
+    manual_dir:
     'voc_aug' (VOC2012 + SBD trainaug), 'cocostuff' (COCO-Stuff 164k), 'ade20k' (ADE20K
     SceneParsing) or 'cityscapes' (Cityscapes fine); see their modules for the layouts.
   data_dir: TFDS data_dir where prepared datasets are cached (None = the TFDS default).
@@ -12,6 +14,8 @@ Fields of config.dataset read here:
   shapes: shapes only, ConfigDict with any of num_train, num_val, image_size,
     num_object_classes, max_objects, clutter, ignore_border, seed, fine_classes, fine_marker,
     coding, texture_period, fine_period (see `shapes.render`).
+  corpus: shapes_corpus only, ConfigDict with any of num_train, num_val, image_size, clutter,
+    seed (see `corpus.render`); config files that use it set it, as configs/shapes_pretrain.py.
 
 Sources are TFDS array_record data sources: len(source), source[i] -> {'image' uint8 (H, W, 3),
 'segmentation' uint8 (H, W, 1), 'labels' bool (K-1,), 'id' bytes}.
@@ -24,6 +28,7 @@ from rwsjax import config as config_lib
 from rwsjax.data import ade20k
 from rwsjax.data import cityscapes
 from rwsjax.data import cocostuff
+from rwsjax.data import corpus
 from rwsjax.data import shapes
 from rwsjax.data import voc
 
@@ -46,20 +51,30 @@ def _shapes_config(dataset_cfg):
   return shapes.shapes_config(**dict(config_lib.field(dataset_cfg, 'dataset', 'shapes')))
 
 
+def _corpus_config(dataset_cfg):
+  """The CorpusConfig of config.dataset.corpus (defaults when absent)."""
+  return corpus.corpus_config(**dict(dataset_cfg.get('corpus') or {}))
+
+
 def num_classes(dataset_cfg):
   """K (background included) of the dataset named by config.dataset.name."""
   name = dataset_cfg.name
   if name == 'shapes':
     return _shapes_config(dataset_cfg).num_object_classes + 1
+  if name == 'shapes_corpus':
+    return len(corpus.CLASSES) + 1
   if name in MANUAL:
     return MANUAL[name][0].NUM_CLASSES
-  raise ValueError(f'config.dataset.name is {name!r}; expected one of {("shapes", *MANUAL)}.')
+  raise ValueError(f'config.dataset.name is {name!r}; expected one of '
+                   f'{("shapes", "shapes_corpus", *MANUAL)}.')
 
 
 def class_names(dataset_cfg):
   """Class names in class index order (background first where the dataset has one)."""
   if dataset_cfg.name in MANUAL:
     return list(MANUAL[dataset_cfg.name][0].CLASS_NAMES)
+  if dataset_cfg.name == 'shapes_corpus':
+    return corpus.class_names()
   shapes_cfg = _shapes_config(dataset_cfg)
   return shapes.class_names(shapes_cfg.num_object_classes, shapes_cfg.coding)
 
@@ -75,6 +90,10 @@ def builder_and_download_config(dataset_cfg):
   if dataset_cfg.name == 'shapes':
     builder = shapes.SyntheticShapes(config=_shapes_config(dataset_cfg), data_dir=data_dir,
                                      file_format='array_record')
+    return builder, None
+  if dataset_cfg.name == 'shapes_corpus':
+    builder = corpus.ShapesCorpus(config=_corpus_config(dataset_cfg), data_dir=data_dir,
+                                  file_format='array_record')
     return builder, None
   module, builder_cls = MANUAL[dataset_cfg.name]
   builder = builder_cls(data_dir=data_dir, file_format='array_record')

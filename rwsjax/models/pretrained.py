@@ -6,6 +6,9 @@ either as `.npz` (keys exactly the state-dict keys, e.g. `layer1.0.downsample.0.
 as `.pth`/`.pt` (needs PyTorch). Convolution kernels go from OIHW to HWIO; BatchNorm
 weight/bias/running_mean/running_var become scale/bias (params) and mean/var (batch_stats).
 `fc.*` and `num_batches_tracked` are ignored; any other difference is an error.
+
+`backbone_state_dict` is the inverse, which the pretraining pipeline (`rwsjax.pretrain`)
+exports its backbone with, as `config_lib.EXPORT_NAME` in its workdir.
 """
 import os
 import pickle
@@ -13,6 +16,7 @@ import re
 import zipfile
 
 import flax
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -20,6 +24,9 @@ from flax import traverse_util
 from rwsjax import config as config_lib
 from rwsjax.models.registry import BACKBONES
 
+# The command that writes config_lib.EXPORT_NAME (README, pretrained weights for the synthetic
+# data).
+EXPORT_COMMAND = 'python launch.py --config=configs/shapes_pretrain.py --workdir={workdir}'
 _IGNORED = re.compile(r'(^fc\.)|(num_batches_tracked$)')
 _BLOCK = re.compile(r'(layer\d)_(\d+)')
 _MODULES = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}
@@ -44,12 +51,23 @@ def _torch_shape(shape):
   return tuple(shape[i] for i in (3, 2, 0, 1)) if len(shape) == 4 else tuple(shape)
 
 
+def missing_file_advice(path):
+  """What to do about a missing weights file: run the pretraining command into its directory
+  when it is named as the pretraining export, else pass a state dict or pretrain one."""
+  if os.path.basename(path) == config_lib.EXPORT_NAME:
+    command = EXPORT_COMMAND.format(workdir=os.path.dirname(path) or '.')
+    return f'run the pretraining command that writes it first, `{command}`'
+  command = EXPORT_COMMAND.format(workdir='DIR')
+  return (f'pass a torchvision ResNet state dict, or pretrain one first with `{command}`, '
+          f'which writes DIR/{config_lib.EXPORT_NAME}')
+
+
 def read_state_dict(path):
   """{key: float32 numpy array} of the torchvision state dict in `path` (.npz, .pth, .pt),
   without the ignored keys."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'Pretrained weights file {path} (config.model.pretrained) '
-                            'does not exist.')
+    raise FileNotFoundError(f'Pretrained weights file {path} (config.model.pretrained) does '
+                            f'not exist: {missing_file_advice(path)}.')
   if path.endswith('.npz'):
     try:
       with np.load(path) as data:
@@ -119,3 +137,46 @@ def load_pretrained_backbone(variables, path, model_cfg, *, scope=('backbone',))
     value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
     flat[key] = jnp.asarray(value, target.dtype)
   return traverse_util.unflatten_dict(flat)
+
+
+def host_array(value):
+  """A float32 numpy copy of a (possibly replicated, multi-host) array as this process holds
+  it."""
+  return np.asarray(value.addressable_data(0) if isinstance(value, jax.Array) else value,
+                    np.float32)
+
+
+def backbone_state_dict(variables, *, scope=('backbone',), num_batches_tracked=None):
+  """The torchvision state dict of the backbone in `variables`, the inverse of
+  `load_pretrained_backbone`: {key: float32 numpy array}, kernels HWIO -> OIHW, BatchNorm
+  scale/bias/mean/var as weight/bias/running_mean/running_var.
+
+  Args:
+    variables: {'params': ..., 'batch_stats': ...} of a model holding the backbone.
+    scope: module path of the ResNet inside the variables, as in `load_pretrained_backbone`.
+    num_batches_tracked: an int: also each BatchNorm's `num_batches_tracked` (int64), which a
+      torchvision module holds (and `read_state_dict` ignores); None: without them.
+  """
+  flat = traverse_util.flatten_dict(flax.core.unfreeze(variables))
+  scope = tuple(scope)
+  state = {}
+  for key, value in flat.items():
+    if key[0] in ('params', 'batch_stats') and key[1:1 + len(scope)] == scope:
+      value = host_array(value)
+      state[torch_key(key[0], key[1 + len(scope):])] = (
+          value.transpose(3, 2, 0, 1) if value.ndim == 4 else value)
+  if not state:
+    raise ValueError(f'The model variables hold no backbone under {"/".join(scope)!r}.')
+  if num_batches_tracked is not None:
+    for name in [k for k in state if k.endswith('.running_mean')]:
+      state[name.removesuffix('running_mean') + 'num_batches_tracked'] = np.array(
+          num_batches_tracked, np.int64)
+  return state
+
+
+def save_state_dict(path, state):
+  """Writes the state dict `state` to `path` (.npz, its keys as the archive's names) through a
+  temporary file renamed into place, so that a kill never leaves half a file."""
+  temporary = f'{path}.tmp.npz'
+  np.savez(temporary, **state)
+  os.replace(temporary, path)
