@@ -54,17 +54,17 @@ RWS_CONTROLS = (
 # The controls of the converged testbeds: where the gain of RWS is made or lost, part by part
 # (docs/methods.md RWS 12 measures every run on the evaluation split's weak windows).
 CONVERGED_CONTROLS = (
+    ('retrained: stage 3 trains the global model with the fusion (integration=retrain)',
+     'stage2', ('--config.rws.integration=retrain',)),
+    ('retrained without fusion: stage 3 as plain fine-tuning (fuse_layers=())', 'stage2',
+     ('--config.rws.fuse_layers=()', '--config.rws.integration=retrain')),
+    ('retrained without fusion at a tenth of the rate (stage3_lr=1.5e-4, fuse_layers=())',
+     'stage2', ('--config.rws.stage3_lr=1.5e-4', '--config.rws.fuse_layers=()',
+                '--config.rws.integration=retrain')),
     ('arbitrary slices (slices=arbitrary)', 'stage1', ('--config.rws.slices=arbitrary',)),
-    ('no fusion: stage 3 as plain fine-tuning (fuse_layers=())', 'stage2',
-     ('--config.rws.fuse_layers=()',)),
-    ('no fusion, stage 3 at a tenth of the rate (stage3_lr=1.5e-4, fuse_layers=())', 'stage2',
-     ('--config.rws.stage3_lr=1.5e-4', '--config.rws.fuse_layers=()')),
-    ('integration without retraining (integration=inference)', 'stage2',
-     ('--config.rws.integration=inference',)),
     ('local model at the global scale (local_scale=1)', 'analysis',
      ('--config.rws.local_scale=1',)),
-    ("T by the paper's first flat point (t_rule=first_flat)", 'stage1',
-     ('--config.rws.t_rule=first_flat',)),
+    ('no omega selection (select_omega=False)', 'stage2', ('--config.rws.select_omega=False',)),
     ('T by the noise-aware first flat point (t_rule=robust)', 'stage1',
      ('--config.rws.t_rule=robust',)),
     ('T at the last flat run (t_rule=last_flat, t_min_share=0)', 'stage1',
@@ -75,7 +75,7 @@ CONVERGED_CONTROLS = (
      ('--config.rws.stage2_warmup=20',)),
 )
 # Controls whose total steps differ from the main run's train their own baseline.
-OWN_BASELINE = ('stage3_init-fresh', 'integration-inference')
+OWN_BASELINE = ('stage3_init-fresh', 'integration-retrain')
 RWS_EXPERIMENTS = {
     'shapes_rws': ('configs/shapes_rws.py', RWS_CONTROLS),
     'shapes_fine_rws': ('configs/shapes_fine_rws.py', RWS_CONTROLS),
@@ -290,7 +290,7 @@ def plateau(name, overrides, steps, out, mode):
     workdir = os.path.join(out, name, f'steps{count}')
     summary = run(launch_command('configs/shapes_baseline.py', workdir, 0,
                                  (*overrides, f'--config.train.steps={count}')), workdir, mode)
-    results.append(None if summary is None else summary['supervised'])
+    results.append(None if summary is None else summary['validation'])
   done = [(count, r) for count, r in zip(steps, results) if r is not None]
   if not done:
     return ''

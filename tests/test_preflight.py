@@ -202,7 +202,8 @@ def test_overrides_of_fields_this_config_does_not_read_are_refused(tmp_path):
     preflight.check_overrides(['psa.final.train.lr'], {}, 'isim', isim_config,
                               isim.CONDITIONAL_FIELDS)
   result = launch('--config=configs/shapes_rws.py:smoke', f"--workdir={tmp_path / 'run'}",
-                  '--config.rws.stage3_init=fresh', '--config.rws.stage3_warmup=20', timeout=120)
+                  '--config.rws.integration=retrain', '--config.rws.stage3_init=fresh',
+                  '--config.rws.stage3_warmup=20', timeout=120)
   assert last_line(result.stderr) == (
       "launch.py: --config.rws.stage3_warmup is read only with config.rws.integration='retrain' "
       "and config.rws.stage3_init='stage1', which this config does not set.")

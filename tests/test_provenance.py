@@ -184,6 +184,8 @@ def test_every_config_field_is_read_by_a_stage_or_neutral(name):
   """A field that a new setting adds lands in a stage's list, or in this test's list of what
   only the report reads, or in NEUTRAL_FIELDS."""
   cfg = load_config(name, 'smoke')
+  if name == 'shapes_rws':
+    cfg.rws.integration = 'retrain'  # every stage: stage 3 reads rws.stage3_*
   table = MODULES[name].stage_table(cfg)
   values = provenance.config_values(cfg)
   unread = {field for field in values
@@ -195,7 +197,7 @@ def test_every_config_field_is_read_by_a_stage_or_neutral(name):
 
 def test_rws_rounds_consume_the_model_they_start_from():
   cfg = load_config('shapes_rws', 'smoke')
-  cfg.rws.max_rounds = 2
+  cfg.rws.max_rounds, cfg.rws.integration = 2, 'retrain'
   table = rws_pipeline.stage_table(cfg)
   assert table['round_1/analysis'].consumes == ('stage1',)
   assert table['round_2/analysis'].consumes == ('round_1/stage3',)

@@ -517,9 +517,10 @@ def test_analyze_matches_a_naive_loop(tiny, tmp_path):
 
 
 def smoke_config(data_dir, changes=None):
-  """The RWS smoke config on `data_dir`, checkpointing every step, with `changes` ({dotted
-  field: value})."""
+  """The RWS smoke config on `data_dir` with stage 3 (integration=retrain, so that every
+  stage runs), checkpointing every step, with `changes` ({dotted field: value})."""
   config = load_config('shapes_rws', 'smoke')
+  config.rws.integration = 'retrain'
   config.dataset.data_dir = str(data_dir)
   config.train.checkpoint_every = 1
   for field, value in (changes or {}).items():
@@ -605,7 +606,7 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   saved = json.load(open(tmp_path / 'full' / 'summary.json'))['run']['config']
   assert saved['rws']['slices'] == 'weak' and saved['seed'] == 0
   assert 'RWS fused' in open(tmp_path / 'full' / 'results.md').read()
-  smoke = load_config('shapes_rws', 'smoke')
+  smoke = smoke_config(tmp_path / 'tfds')
   network = rws_pipeline.finished_network(smoke, str(tmp_path / 'full'),
                                           models.make_model(smoke.model, 7), train.make_mesh())
   (_, stage3_full), _ = calls['round_1/stage3']
@@ -622,8 +623,7 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   assert _adam_count(stage3.opt_state) == _adam_count(stage3_resumed.opt_state) == 4
   for a, b in zip(jax.tree.leaves(stage3_resumed), jax.tree.leaves(stage3)):
     np.testing.assert_allclose(a, b, atol=1e-6)
-  config = load_config('shapes_rws', 'smoke')
-  config.dataset.data_dir = str(data_dir)
+  config = smoke_config(data_dir)
   for kind, key in (('fused', 'rws_fused'), ('plain', 'rws_plain')):
     config.rws.inference = kind
     evaluated = inference.evaluate_run(config, str(tmp_path / 'full'), rws_pipeline)
@@ -640,7 +640,7 @@ def test_smoke_run_resumes_after_a_kill(tmp_path, monkeypatch):
   image = np.random.default_rng(0).integers(0, 255, (40, 24, 3), dtype=np.uint8)
   (tmp_path / 'images').mkdir()
   PIL.Image.fromarray(image).save(tmp_path / 'images' / 'x.png')
-  config = load_config('shapes_rws', 'smoke')
+  config = smoke_config(data_dir)
   config.eval.pad_multiple = 8
   [mask] = inference.predict_folder(config, str(tmp_path / 'full'), rws_pipeline,
                                     str(tmp_path / 'images'), str(tmp_path / 'masks'))
@@ -679,6 +679,7 @@ def stage_starts(tmp_path_factory):
     for local_init, stage3_init in (('global', 'stage1'), ('init', 'fresh')):
       config = load_config('shapes_rws', 'smoke')
       config.dataset.data_dir = str(root / 'tfds')
+      config.rws.integration = 'retrain'
       config.rws.local_init, config.rws.stage3_init = local_init, stage3_init
       runs.append({})
       with pytest.raises(_StopBeforeStage3):
@@ -847,3 +848,26 @@ def test_recompute_from_recomputes_that_stage_and_what_consumes_it(killed_in_sta
       rws_pipeline.stage_table(config), config).made['round_1/analysis'].fingerprint
   assert not os.path.exists(workdir / 'round_1' / 'stage2')
   assert not os.path.exists(workdir / 'stages' / 'round_1' / 'stage2.started.json')
+
+
+def test_integration_without_retraining_fuses_into_stage1(tmp_path):
+  """integration=inference (docs/methods.md RWS 7): no stage 3; the refined network is stage 1's
+  model, the RWS network fuses the local features into it, and the equal-budget baseline
+  counts stage 1 and stage 2. The premise's no-retraining network over the split, computed by
+  another path (`plans_for` on unpadded canvases), is the evaluated RWS network."""
+  config = load_config('shapes_rws', 'smoke')
+  assert config.rws.integration == 'inference'
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  summary = rws_pipeline.run(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run' / 'round_1' / 'stage3')
+  assert summary['total_steps'] == config.rws.stage1_steps + config.rws.stage2_steps
+  assert summary['rws_plain'] == summary['stage1']
+  premise = summary['rounds'][0]['premise']
+  assert premise['counts']['refined_windows'] > 0
+  assert premise['whole_split']['integrated']['miou'] == pytest.approx(
+      summary['rws_fused']['miou'], abs=1e-6)
+  assert premise['whole_split']['global']['miou'] == pytest.approx(summary['stage1']['miou'],
+                                                                    abs=1e-6)
+  network = rws_pipeline.finished_network(config, str(tmp_path / 'run'),
+                                          models.make_model(config.model, 7), train.make_mesh())
+  _assert_same_tree(network['model'], network['global'])

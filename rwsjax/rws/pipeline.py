@@ -61,7 +61,7 @@ CHOICES = {'stage3_init': ('stage1', 'fresh'), 'local_init': ('global', 'init'),
            't_slope_unit': slices.SLOPE_UNITS, 'slices': ('weak', 'arbitrary'),
            'weak_classes': ('foreground', 'all', 'own_threshold'),
            'inference': ('fused', 'plain'),
-           'integration': ('retrain', 'inference')}
+           'integration': ('inference', 'retrain')}
 
 
 # The config fields each stage reads (`stage_table`, `rwsjax.provenance`).
