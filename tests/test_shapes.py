@@ -373,6 +373,20 @@ def test_process_parts_are_disjoint_and_cover(cfg):
   assert [len(p) for p in parts] == [4, 4, 4]
 
 
+def test_a_later_process_reads_the_splits_that_process_0_prepared(tmp_path, monkeypatch):
+  """Process 1 of 2 on an unprepared dataset: the barrier stands for process 0 preparing it,
+  and the builder process 1 returns must see the splits made meanwhile."""
+  config = _config(tmp_path)
+  monkeypatch.setattr(data.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(data.jax, 'process_index', lambda: 1)
+  monkeypatch.setattr(data.multihost_utils, 'sync_global_devices',
+                      lambda name: data.builder_and_download_config(config)[0]
+                      .download_and_prepare())
+  builder = data.load_builder(config)
+  assert sorted(builder.info.splits) == ['train', 'validation']
+  assert len(data.read_split(builder, 'validation')) == SMALL['num_val']
+
+
 def test_dataset_errors(cfg):
   with pytest.raises(ValueError, match=r"config.dataset.name is 'kitti'; expected one"):
     data.load_source(ml_collections.ConfigDict({'name': 'kitti'}), 'train')

@@ -108,12 +108,14 @@ def builder_and_download_config(dataset_cfg):
 
 
 def load_builder(dataset_cfg):
-  """The TFDS builder of config.dataset, prepared on first use (process 0 first)."""
-  builder, download_config = builder_and_download_config(dataset_cfg)
+  """The TFDS builder of config.dataset, prepared on first use (process 0 first; the others
+  make their builder after it, as a builder reads the dataset's info when it is made)."""
   if jax.process_count() > 1:
     if jax.process_index() == 0:
+      builder, download_config = builder_and_download_config(dataset_cfg)
       builder.download_and_prepare(download_config=download_config)
     multihost_utils.sync_global_devices('rwsjax.data.load_builder')
+  builder, download_config = builder_and_download_config(dataset_cfg)
   builder.download_and_prepare(download_config=download_config)
   return builder
 
