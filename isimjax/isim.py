@@ -30,7 +30,6 @@ from typing import Any
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 
 from isimjax import cam
@@ -41,6 +40,7 @@ from isimjax import self_train
 from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
+from rwsjax import hosts
 from rwsjax import models
 from rwsjax import preflight
 from rwsjax import provenance
@@ -163,24 +163,6 @@ def _train(ctx, stage, with_rounds):
   return {'steps': int(state.step), 'rounds': rounds}
 
 
-def _allgather_sum(x):
-  """Sum of `x` over processes."""
-  if jax.process_count() == 1:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(np.asarray(x))).sum(axis=0)
-
-
-def _allgather_rows(x):
-  """Rows of `x` (n_p, ...) of all processes, concatenated in process order."""
-  if jax.process_count() == 1:
-    return np.asarray(x)
-  counts = multihost_utils.process_allgather(np.array(len(x)))
-  padded = np.zeros((int(np.max(counts)), *np.shape(x)[1:]), np.asarray(x).dtype)
-  padded[:len(x)] = x
-  gathered = np.asarray(multihost_utils.process_allgather(padded))
-  return np.concatenate([g[:n] for g, n in zip(gathered, np.asarray(counts))])
-
-
 def label_confusion(pairs, num_classes, chunk=CONFUSION_CHUNK):
   """(K, K) confusion matrix of (ground truth, prediction) label maps of any sizes, summed
   over processes; pixels go through `rwsjax.evaluate.confusion_matrix` in fixed-size chunks
@@ -201,7 +183,7 @@ def label_confusion(pairs, num_classes, chunk=CONFUSION_CHUNK):
       gt_buffer, pred_buffer = gt_buffer[chunk:], pred_buffer[chunk:]
   if gt_buffer.size:
     total += flush(gt_buffer, pred_buffer)
-  return _allgather_sum(total)
+  return hosts.sum_over_processes(total)
 
 
 def store_miou(store, source, num_classes, class_names):
@@ -242,7 +224,8 @@ def _classify_split(ctx, bound, source):
                                                       ctx.config.isim.cam_batch_size):
     logits.append(bound.class_logits(images, labels.shape[1]))
     targets.append(labels)
-  return _allgather_rows(np.concatenate(logits)), _allgather_rows(np.concatenate(targets))
+  return (hosts.rows_over_processes(np.concatenate(logits)),
+          hosts.rows_over_processes(np.concatenate(targets)))
 
 
 def _figure_path(ctx, stage, name):

@@ -18,11 +18,11 @@ from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 
 from rwsjax import data
 from rwsjax import figures
+from rwsjax import hosts
 from rwsjax import models
 from rwsjax import provenance
 from rwsjax import train
@@ -67,7 +67,7 @@ def eval_batches(source, config, mesh):
   (the sum of all parts), so hosts with uneven parts step together (docs/design.md, multi-host).
   """
   batch_size = train.local_batch_size(config.input.eval_batch_size, mesh)
-  split_size = int(np.sum(multihost_utils.process_allgather(np.int32(len(source)))))
+  split_size = int(hosts.sum_over_processes(np.int32(len(source))))
   count = train.num_eval_batches(split_size, config.input.eval_batch_size)
   dataset = pipeline.eval_dataset(source, config.input, batch_size=batch_size, num_batches=count)
   return dataset, count

@@ -6,11 +6,11 @@ import functools
 import os
 
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
 from rwsjax import figures
+from rwsjax import hosts
 from rwsjax import stages
 from rwsjax import train
 from rwsjax.data import pipeline as input_pipeline
@@ -118,8 +118,7 @@ def analyze(model, variables, source, config, mesh, directory, names):
     indices.append(batch['index'][keep])
     if (i + 1) % max(1, count // 4) == 0:
       progress.log(i + 1)
-  hist = (multihost_utils.process_allgather(x).sum(0) if jax.process_count() > 1 else x
-          for x in hist)
+  hist = (hosts.sum_over_processes(x) for x in hist)
   t, thresholds, per_class, curves = threshold(*hist, rws, config.dataset.background_class)
   example = np.concatenate(indices)
   entries = tuple(np.concatenate(column) for column in zip(*entries))
@@ -132,8 +131,7 @@ def analyze(model, variables, source, config, mesh, directory, names):
   os.makedirs(directory, exist_ok=True)
   np.savez(os.path.join(directory, f'slices_process{jax.process_index()}.npz'), boxes=weak_boxes)
   totals = np.array([len(weak_boxes), weak.size, *scored, *weak_per_class], np.int64)
-  if jax.process_count() > 1:
-    totals = multihost_utils.process_allgather(totals).sum(0)
+  totals = hosts.sum_over_processes(totals)
   num_weak, num_windows = int(totals[0]), int(totals[1])
   scored, weak_per_class = totals[2:2 + k], totals[2 + k:]
   return {'threshold': t, 'class_thresholds': thresholds.tolist(),
