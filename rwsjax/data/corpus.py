@@ -29,7 +29,6 @@ import math
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rwsjax import progress
 from rwsjax.data import shapes
 # The shapes generator's background helpers (its private drawing functions are reused, not
 # copied, so that corpus backgrounds look like the targets' backgrounds).
@@ -453,49 +452,24 @@ def corpus_config(**params):
   return CorpusConfig(name=name, **values)
 
 
-class ShapesCorpus(tfds.core.GeneratorBasedBuilder):
+class ShapesCorpus(shapes.GeneratedBuilder):
   """TFDS builder of the pretraining corpus (no download; built from `seed`)."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Silhouettes and two-colour patterns on cluttered backgrounds.'}
-  url_infos = None  # Nothing is downloaded, so there are no URL checksums to look up.
 
   def __init__(self, *, config=None, **kwargs):
     """`config`: a CorpusConfig (default parameters when None); other kwargs go to TFDS."""
     super().__init__(config=config or corpus_config(), **kwargs)
 
-  def _info(self):
-    size = self.builder_config.image_size
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(size, size, 3)),
-            'segmentation': tfds.features.Image(shape=(size, size, 1)),
-            'labels': tfds.features.Tensor(shape=(len(CLASSES),), dtype=np.bool_),
-            'id': tfds.features.Text(),
-        }),
-        disable_shuffling=True,
-    )
+  def num_labels(self):
+    return len(CLASSES)
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download.
+  def example(self, split, index):
     cfg = self.builder_config
-    return {'train': self._generate_examples('train', cfg.num_train),
-            'validation': self._generate_examples('validation', cfg.num_val)}
-
-  def _generate_examples(self, split, count):
-    cfg = self.builder_config
-    for index in progress.logged(range(count), f'preparing shapes_corpus {split}', count):
-      cls = example_class(index)
-      image, label = render(example_rng(cfg.seed, split, index), cls, cfg.image_size,
-                            cfg.clutter)
-      yield index, {
-          'image': shapes._png(image),  # pylint: disable=protected-access
-          'segmentation': shapes._png(label),  # pylint: disable=protected-access
-          'labels': np.arange(len(CLASSES)) == cls,
-          'id': f'{split}_{index:06d}',
-      }
+    cls = example_class(index)
+    image, label = render(example_rng(cfg.seed, split, index), cls, cfg.image_size, cfg.clutter)
+    return image, label, np.arange(len(CLASSES)) == cls
 
 
 def class_names():

@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import io
 import math
+import sys
 
 from matplotlib.figure import Figure
 import numpy as np
@@ -420,27 +421,29 @@ def shapes_config(**params):
   return ShapesConfig(name=_name(values, defaults), **values)
 
 
-class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
-  """TFDS builder of the synthetic shapes dataset (no download; built from `seed`)."""
+class GeneratedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A TFDS builder of square images drawn from a seed (nothing downloaded): 'train' and
+  'validation' splits of `builder_config.num_train` and `num_val` examples, each an 'image', a
+  'segmentation' map, multi-hot image 'labels' and an 'id'. A subclass gives `num_labels` and
+  `example(split, index) -> (image, label map, labels)`."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Marker-coded objects on cluttered backgrounds.'}
   url_infos = None  # Nothing is downloaded, so there are no URL checksums to look up.
 
-  def __init__(self, *, config=None, **kwargs):
-    """`config`: a ShapesConfig (default parameters when None); other kwargs go to TFDS."""
-    super().__init__(config=config or shapes_config(), **kwargs)
+  def num_labels(self):
+    raise NotImplementedError
+
+  def example(self, split, index):
+    raise NotImplementedError
 
   def _info(self):
     size = self.builder_config.image_size
     return tfds.core.DatasetInfo(
         builder=self,
-        description=__doc__,
+        description=sys.modules[type(self).__module__].__doc__,
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Image(shape=(size, size, 3)),
             'segmentation': tfds.features.Image(shape=(size, size, 1)),
-            'labels': tfds.features.Tensor(
-                shape=(self.builder_config.num_object_classes,), dtype=np.bool_),
+            'labels': tfds.features.Tensor(shape=(self.num_labels(),), dtype=np.bool_),
             'id': tfds.features.Text(),
         }),
         disable_shuffling=True,
@@ -453,18 +456,32 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
             'validation': self._generate_examples('validation', cfg.num_val)}
 
   def _generate_examples(self, split, count):
+    for index in progress.logged(range(count), f'preparing {self.name} {split}', count):
+      image, label, labels = self.example(split, index)
+      yield index, {'image': _png(image), 'segmentation': _png(label), 'labels': labels,
+                    'id': f'{split}_{index:06d}'}
+
+
+class SyntheticShapes(GeneratedBuilder):
+  """TFDS builder of the synthetic shapes dataset (no download; built from `seed`)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Marker-coded objects on cluttered backgrounds.'}
+
+  def __init__(self, *, config=None, **kwargs):
+    """`config`: a ShapesConfig (default parameters when None); other kwargs go to TFDS."""
+    super().__init__(config=config or shapes_config(), **kwargs)
+
+  def num_labels(self):
+    return self.builder_config.num_object_classes
+
+  def example(self, split, index):
     cfg = self.builder_config
-    for index in progress.logged(range(count), f'preparing shapes {split}', count):
-      image, label = render(example_rng(cfg.seed, split, index), cfg.image_size,
-                            cfg.num_object_classes, cfg.max_objects, cfg.clutter,
-                            cfg.ignore_border, cfg.fine_classes, cfg.fine_marker, cfg.coding,
-                            cfg.texture_period, cfg.fine_period)
-      yield index, {
-          'image': _png(image),
-          'segmentation': _png(label),
-          'labels': image_labels(label, cfg.num_object_classes),
-          'id': f'{split}_{index:06d}',
-      }
+    image, label = render(example_rng(cfg.seed, split, index), cfg.image_size,
+                          cfg.num_object_classes, cfg.max_objects, cfg.clutter,
+                          cfg.ignore_border, cfg.fine_classes, cfg.fine_marker, cfg.coding,
+                          cfg.texture_period, cfg.fine_period)
+    return image, label, image_labels(label, cfg.num_object_classes)
 
 
 def class_names(num_object_classes, coding='marker'):
