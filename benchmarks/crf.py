@@ -16,6 +16,8 @@ from absl import flags
 import numpy as np
 
 from isimjax import pseudo
+from timing import load_mark
+from timing import load_per_core
 
 _SIZE = flags.DEFINE_integer('size', 320, 'Image height and width.')
 _IMAGES = flags.DEFINE_integer('images', 48, 'Images per run.')
@@ -64,15 +66,18 @@ def main(argv):
         f'{os.cpu_count()} CPUs, median of {_REPEATS.value} runs')
   settings = list(dict.fromkeys([0, 1, _WORKERS.value]))
   runs = {workers: [] for workers in settings}
+  start_load = load_per_core()
   for _ in range(_REPEATS.value):  # interleaved, so that load drift on the host hits all alike
     for workers in settings:
       runs[workers].append(images_per_second(data, workers))
+  mark = load_mark(start_load, load_per_core())
   medians = {workers: float(np.median(r)) for workers, r in runs.items()}
   for workers in settings:
     name = 'in-process' if workers == 0 else f'{workers} worker(s)'
     print(f"{name:>14}: {medians[workers]:7.2f} images/s  (runs: "
           f"{', '.join(f'{r:.2f}' for r in runs[workers])})")
-  print(f'ratio {_WORKERS.value} workers / 1 worker: {medians[_WORKERS.value] / medians[1]:.2f}')
+  print(f'ratio {_WORKERS.value} workers / 1 worker: '
+        f'{medians[_WORKERS.value] / medians[1]:.2f}{mark}')
 
 
 if __name__ == '__main__':

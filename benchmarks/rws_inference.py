@@ -34,6 +34,8 @@ from rwsjax.rws import fusion
 from rwsjax.rws import network
 from rwsjax.rws import pipeline
 from timing import interleaved_seconds
+from timing import load_mark
+from timing import load_per_core
 
 
 def recorded_config(workdir):
@@ -69,12 +71,14 @@ def main():
   whole = jax.jit(lambda n, x: network.rws_logits(model, n, x, config))
   found = attention(net, images)
   plans, stats = local(net, found, images)
+  start_load = load_per_core()
   times = interleaved_seconds({
       'plain': lambda: plain(net, images),
       'attention': lambda: attention(net, images),
       'local': lambda: local(net, found, images),
       'fused pass': lambda: fused(net, plans, images),
       'RWS network': lambda: whole(net, images)}, args.repeats)
+  mark = load_mark(start_load, load_per_core())
   n = len(batch['image'])
   ms = {name: 1000 * statistics.median(t) / n for name, t in times.items()}
   print(f'{args.workdir}: batch {n} of {images.shape[1]}x{images.shape[2]}, '
@@ -83,6 +87,8 @@ def main():
   print('|---|---:|---:|')
   for name, value in ms.items():
     print(f'| {name} | {value:.2f} | {value / ms["plain"]:.1f} |')
+  if mark:
+    print(mark.strip())
   slots = np.asarray(found.attention.result.class_mask)
   print(f"weak windows per image: {float(stats['weak_slices']):.2f} (of "
         f'{found.boxes.shape[1]} windows); Seg-Grad-CAM class slots holding a class: '

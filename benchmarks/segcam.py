@@ -30,6 +30,8 @@ from rwsjax.models import make_model
 from rwsjax.models import pretrained
 from rwsjax.models.conv import CONV_IMPLS
 from timing import interleaved_seconds
+from timing import load_mark
+from timing import load_per_core
 
 # rwsjax DeepLabV3Head module -> torchvision DeepLabHead (classifier.*) (conv, BN) prefixes.
 TORCH_HEAD = {
@@ -204,7 +206,9 @@ def main():
     torch_maps = paths['torch class loop']()
     for name in layers:
       np.testing.assert_allclose(torch_maps[name], fast[name], atol=2e-3)
+  start_load = load_per_core()
   times = interleaved_seconds(paths, args.repeats)
+  mark = load_mark(start_load, load_per_core())
 
   print(f'devices: {jax.devices()}, {os.cpu_count()} cores, load average '
         f'{os.getloadavg()[0]:.1f}')
@@ -217,7 +221,7 @@ def main():
   for name in times:
     print(f'  {name:22s} median {median[name] * 1e3:9.1f} ms, fastest '
           f'{fastest[name] * 1e3:9.1f} ms: {median[name] / median["all classes"]:5.2f}x the '
-          f'all-class time (fastest {fastest[name] / fastest["all classes"]:.2f}x)')
+          f'all-class time (fastest {fastest[name] / fastest["all classes"]:.2f}x){mark}')
   print(f'{args.classes} one-slot calls, a class loop batched over images, would take '
         f'{args.classes * median["one class slot"] / median["all classes"]:.1f}x the '
         f'all-class time (sharing the forward pass alone)')

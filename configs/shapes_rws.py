@@ -1,5 +1,7 @@
-"""RWS on the synthetic shapes data: stage 1, rounds of weak-slice analysis, local model and
-refined retraining, and the supervised baseline trained for the same total number of steps.
+"""RWS on the synthetic shapes data: stage 1, rounds of weak-slice analysis and local model, the
+local features fused into the global model at inference (or, with integration=retrain, a stage
+3 retraining it with them), and the supervised baseline trained for the same total number of
+steps.
 
   python launch.py --config=configs/shapes_rws.py --workdir=runs/shapes_rws
   python launch.py --config=configs/shapes_rws.py:smoke --workdir=/tmp/rws_smoke
@@ -24,6 +26,8 @@ Switches (each lands in summary.json under "config"; docs in rwsjax/rws/config.p
   --config.rws.stage3_init=fresh           stage 3 from the initial weights, full schedule
   --config.rws.local_init=init             local model trained from the initial weights
   --config.rws.inference=plain             report the refined network alone as "RWS"
+  --config.rws.integration=retrain         stage 3 retrains the global model with the fusion
+  --config.rws.max_slices=4                refine at most 4 weak windows per image (weakest)
 """
 from rwsjax import config as config_lib
 from rwsjax.rws import config as rws_config
