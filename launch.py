@@ -11,8 +11,9 @@ Override any config field on the command line, e.g. `--config.train.steps=200`;
 (config.method 'pretrain'). The methods and their config switches are described in
 docs/methods.md.
 
-A backbone or dataset of your own: --imports=my_module, a module that registers it (README,
-Extending), and --config.model.backbone or --config.dataset.name naming it.
+A backbone, dataset or method of your own: --imports=my_module, a module that registers it
+(README, Extending), and --config.model.backbone, --config.dataset.name or --config.method
+naming it.
 
 After training, with the same --config and --workdir:
   --mode=evaluate [--split=NAME] [--config.eval.tta=True]   evaluate the run again
@@ -28,6 +29,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+# The methods of this repository (rwsjax.pipelines; a module given to --imports adds others).
 PIPELINES = {
     'supervised': 'rwsjax.supervised',
     'rws': 'rwsjax.rws.pipeline',
@@ -71,8 +73,8 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     "config skips compiling what an earlier run compiled; empty to disable.")
 _IMPORTS = flags.DEFINE_list(
     'imports', [], 'Modules to import before the run, e.g. ones that register a backbone '
-    '(rwsjax.models.register_backbone) or a dataset (rwsjax.data.register_dataset) under the '
-    'name the config gives.')
+    '(rwsjax.models.register_backbone), a dataset (rwsjax.data.register_dataset) or a method '
+    '(rwsjax.pipelines.register_pipeline) under the name the config gives.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -143,9 +145,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   check_mode_flags()
   import jax  # pylint: disable=g-import-not-at-top  (after absl parsed the flags)
-  from rwsjax import progress  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top  (after absl parsed the flags)
+  from rwsjax import pipelines, progress
   if not _LIBRARY_LOGS.value:
     progress.quiet_library_logs()
+  for name, module in PIPELINES.items():
+    pipelines.register_pipeline(name, module)
   for name in _IMPORTS.value:
     try:
       importlib.import_module(name)
@@ -164,12 +169,13 @@ def main(argv):
   except OSError as error:  # config_flags reports a file that failed to load on first use
     cause = error.__cause__ or error
     sys.exit(f"launch.py: cannot load the --config file: {' '.join(str(cause).split())}")
-  if method not in PIPELINES:
-    raise app.UsageError(f'config.method={method!r}; expected one of {sorted(PIPELINES)}.')
+  try:
+    pipeline = pipelines.get_pipeline(method)
+  except (TypeError, ValueError) as error:
+    sys.exit(f'launch.py: {error}')
   logging.info('Process %d/%d, %d local / %d global devices (%s).', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
-  pipeline = importlib.import_module(PIPELINES[method])
   from rwsjax import preflight  # pylint: disable=g-import-not-at-top  (after absl parsed the flags)
   try:
     preflight.check_overrides(preflight.config_overrides(sys.argv[1:]),

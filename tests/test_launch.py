@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from configs_util import ROOT
+from rwsjax import config as config_lib
+from rwsjax import data
 from rwsjax import eventlog
 from test_eventlog import read_events, scalars
 
@@ -122,3 +125,34 @@ def test_help_prints_the_usage_and_exits_0():
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith('Runs one experiment') and '--workdir' in result.stdout
   assert launch().returncode != 0  # without --help, the required flags are still required
+
+
+def test_a_method_registered_by_an_imported_module_runs_and_evaluates(tmp_path):
+  """README's recipe: tests/toy_method.py registers 'majority' (every pixel the most frequent
+  training class); its mIoU against one computed here from the dataset's label maps."""
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  workdir, data_dir = tmp_path / 'run', tmp_path / 'tfds'
+  args = ('--config=configs/shapes_baseline.py:smoke', f'--workdir={workdir}',
+          f'--config.dataset.data_dir={data_dir}', '--config.method=majority',
+          '--imports=toy_method', '--compilation_cache=')
+  result = launch(*args, pythonpath=tests_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(workdir / 'summary.json') as f:
+    summary = json.load(f)
+  config = config_lib.from_file(os.path.join(ROOT, 'configs', 'shapes_baseline.py'), 'smoke')
+  config.dataset.data_dir = str(data_dir)
+  labels = [data.load_source(config.dataset, split, per_process=False)
+            for split in ('train', 'validation')]
+  train_pixels = np.concatenate([s[i]['segmentation'].ravel() for s in labels[:1]
+                                 for i in range(len(s))])
+  majority = np.bincount(train_pixels[train_pixels != 255], minlength=7).argmax()
+  assert np.argmax(summary['class_pixels']) == majority
+  truth = np.concatenate([labels[1][i]['segmentation'].ravel() for i in range(len(labels[1]))])
+  truth = truth[truth != 255]
+  iou = np.mean(truth == majority)  # the only class with a prediction; the others score 0
+  present = len(np.unique(truth)) + (majority not in truth)
+  assert summary['validation']['miou'] == pytest.approx(iou / present)
+  result = launch(*args, '--mode=evaluate', pythonpath=tests_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(workdir / 'eval_validation.json') as f:
+    assert json.load(f)['eval_validation']['miou'] == pytest.approx(summary['validation']['miou'])
