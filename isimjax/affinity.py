@@ -21,6 +21,7 @@ import numpy as np
 import jax.numpy as jnp
 
 from isimjax import crf
+from isimjax.pseudo import check_cams
 from isimjax.pseudo import labels_from_cams
 from rwsjax import models
 from rwsjax.losses import IGNORE_LABEL
@@ -177,9 +178,7 @@ def affinity_labels_from_cams(cams, image_labels, *, fg_threshold=0.3, bg_thresh
   """
   cams = np.asarray(cams, np.float32)
   image_labels = np.asarray(image_labels)
-  if cams.ndim != 3 or image_labels.shape != cams.shape[:1]:
-    raise ValueError(f'Expected cams of shape (C, H, W) and image_labels of shape (C,); got '
-                     f'{cams.shape} and {image_labels.shape}.')
+  check_cams(cams, image_labels)
   if not 0.0 <= bg_threshold <= fg_threshold:
     raise ValueError(f'Expected 0 <= aff_bg <= aff_fg; got aff_bg={bg_threshold}, '
                      f'aff_fg={fg_threshold}.')

@@ -94,10 +94,7 @@ def check_config(config):
 
 def epoch_steps(sub, source, epochs):
   """Steps of `epochs` passes over the global training split at sub.input.batch_size."""
-  per_epoch = len(source) * jax.process_count() // sub.input.batch_size
-  if per_epoch < 1:
-    raise ValueError(f'The training split has {len(source) * jax.process_count()} examples, '
-                     f'fewer than the batch size {sub.input.batch_size} of config.psa.')
+  per_epoch = stages.steps_per_epoch(source, sub.input.batch_size, 'config.psa')
   return max(1, int(round(epochs * per_epoch)))
 
 

@@ -32,10 +32,11 @@ def _threshold_argmax(cams, class_ids, threshold):
   return ids[np.argmax(scores, axis=0)]
 
 
-def _check_cams(cams, image_labels):
-  if cams.ndim != 3 or image_labels.shape != (cams.shape[0],):
-    raise ValueError(f'Expected CAMs (C, H, W) and image labels (C,), got {cams.shape} and '
-                     f'{image_labels.shape}.')
+def check_cams(cams, image_labels):
+  """ValueError unless `cams` is (C, H, W) and `image_labels` (C,) (the image's classes)."""
+  if np.ndim(cams) != 3 or np.shape(image_labels) != np.shape(cams)[:1]:
+    raise ValueError(f'Expected CAMs (C, H, W) and image labels (C,), got {np.shape(cams)} and '
+                     f'{np.shape(image_labels)}.')
 
 
 def labels_from_cams(cams, image_labels, threshold=0.3):
@@ -53,7 +54,7 @@ def labels_from_cams(cams, image_labels, threshold=0.3):
     (H, W) uint8 labels in [0, K).
   """
   cams, image_labels = np.asarray(cams), np.asarray(image_labels)
-  _check_cams(cams, image_labels)
+  check_cams(cams, image_labels)
   present = np.flatnonzero(image_labels)
   return _threshold_argmax(cams[present], present + 1, threshold)
 
@@ -85,7 +86,7 @@ def pseudo_label(image, cams, image_labels, *, threshold=0.3, crf=True):
     (H, W) uint8 labels in [0, K).
   """
   cams, image_labels = np.asarray(cams), np.asarray(image_labels)
-  _check_cams(cams, image_labels)
+  check_cams(cams, image_labels)
   present = np.flatnonzero(image_labels)
   return _pseudo_label(image, cams[present], present + 1, threshold, crf, cams.shape[0] + 1)
 

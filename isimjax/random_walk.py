@@ -21,6 +21,7 @@ from isimjax.affinity import cropped_shape
 from isimjax.affinity import has_pairs
 from isimjax.affinity import pair_grid
 from isimjax.affinity import pair_offsets
+from isimjax.pseudo import check_cams
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -150,9 +151,7 @@ def walk_scores(cams, image_labels, affinities, *, radius=5, alpha=16.0, beta=8.
   """
   cams = jnp.asarray(cams, jnp.float32)
   image_labels = np.asarray(image_labels)
-  if cams.ndim != 3 or image_labels.shape != cams.shape[:1]:
-    raise ValueError(f'Expected cams of shape (C, H, W) and image_labels of shape (C,); got '
-                     f'{cams.shape} and {image_labels.shape}.')
+  check_cams(cams, image_labels)
   height, width = cams.shape[1:]
   grid = feature_grid((height, width), stride)
   offsets = pair_offsets(radius)

@@ -126,11 +126,7 @@ def steps_per_epoch(config, train_source):
   """config.isim.steps_per_epoch, or the global training-split size // global batch size."""
   if config.isim.steps_per_epoch:
     return int(config.isim.steps_per_epoch)
-  steps = len(train_source) * jax.process_count() // config.input.batch_size
-  if steps < 1:
-    raise ValueError(f'The training split has {len(train_source) * jax.process_count()} '
-                     f'examples, fewer than config.input.batch_size={config.input.batch_size}.')
-  return steps
+  return stages.steps_per_epoch(train_source, config.input.batch_size, 'config.input')
 
 
 def label_store(directory, size):

@@ -60,6 +60,17 @@ def train_batches(source, config, mesh, *, seed, label_source=None):
   return lambda start: pipeline.prefetch(dataset, start)
 
 
+def steps_per_epoch(source, batch_size, batch_field):
+  """Steps of one pass over the whole split (the sum of all processes' parts; `source` is
+  this process's) at global batch size `batch_size`, the config field `batch_field`; at least
+  one batch must fit."""
+  examples = int(hosts.sum_over_processes(np.int64(len(source))))
+  if examples < batch_size:
+    raise ValueError(f'The training split has {examples} examples, fewer than the batch size '
+                     f'{batch_size} of {batch_field}.')
+  return examples // batch_size
+
+
 def eval_batches(source, config, mesh):
   """(batches, count): the whole split in order, hosts padded to the same number of batches.
 

@@ -196,7 +196,7 @@ def test_hard_label_crf_is_the_label_crf_of_the_argmax_one_hot():
 
 def test_affinity_labels_input_errors():
   cams = np.zeros((3, 8, 8), np.float32)
-  with pytest.raises(ValueError, match='image_labels'):
+  with pytest.raises(ValueError, match=r'image labels \(C,\), got \(3, 8, 8\) and \(4,\)'):
     affinity.affinity_labels_from_cams(cams, np.ones(4))
   with pytest.raises(ValueError, match='aff_bg'):
     affinity.affinity_labels_from_cams(cams, np.ones(3), fg_threshold=0.1, bg_threshold=0.3)

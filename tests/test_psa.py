@@ -76,7 +76,7 @@ def test_epoch_steps():
   sub.input.batch_size = 4
   assert psa.epoch_steps(sub, range(10), 3) == 6
   assert psa.epoch_steps(sub, range(10), 0.5) == 1
-  with pytest.raises(ValueError, match='fewer than the batch size 4'):
+  with pytest.raises(ValueError, match='3 examples, fewer than the batch size 4 of config.psa'):
     psa.epoch_steps(sub, range(3), 1)
 
 

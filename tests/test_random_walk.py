@@ -174,7 +174,7 @@ def test_propagate_rejects_affinities_of_the_wrong_size():
   cams, present, _, aff = _propagate_case(seed=8)
   with pytest.raises(ValueError, match='affinities'):
     random_walk.propagate(cams, present, aff[:, 1:], radius=3, stride=4)
-  with pytest.raises(ValueError, match='image_labels'):
+  with pytest.raises(ValueError, match=r'Expected CAMs \(C, H, W\) and image labels \(C,\)'):
     random_walk.propagate(cams, present[:3], aff, radius=3, stride=4)
 
 
