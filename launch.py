@@ -110,7 +110,8 @@ def parse_flags(argv):
 
 
 def check_mode_flags():
-  """Each of --split, --images and --out is given only with its mode."""
+  """Each flag of MODE_FLAGS (--split, --images, --out, --recompute_from) is given only with
+  its mode."""
   for name, mode in MODE_FLAGS.items():
     if flags.FLAGS[name].present and _MODE.value != mode:
       sys.exit(f'launch.py: --{name} goes with --mode={mode}, not --mode={_MODE.value}.')

@@ -3,13 +3,8 @@ way a pipeline resumes; a model's initial variables with pretrained weights, tra
 evaluation batches on the device mesh, evaluation and prediction of a model, and the
 `Predictor` a finished run provides.
 
-Every pipeline module (`rwsjax.supervised`, `rwsjax.rws.pipeline`, `isimjax.isim`,
-`rwsjax.pretrain`) has `run(config, workdir, recompute_from=())`, `check_config(config)` (its
-own settings, checked before any work by `rwsjax.preflight`), `stage_table(config)` (its
-stages, what each reads and consumes: `rwsjax.provenance`) and, where it makes a segmentation
-model, `trained_predictor(config, workdir, mesh)` (the `Predictor` of a finished run, for
-`rwsjax.inference`); `rwsjax.pretrain`, whose product is a backbone file, has none and says
-why in `NO_PREDICTOR`.
+Every pipeline (the contract is in `rwsjax.pipelines`) runs its stages with the `Runner`, and
+one that makes a segmentation model gives the finished run as a `Predictor`.
 """
 import json
 import os

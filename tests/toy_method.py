@@ -47,14 +47,21 @@ def predictor(config, counts):
       v, (*batch['image'].shape[:3], len(v))), logits, 'majority', config)
 
 
+def counted(config, workdir):
+  """(runner, pixels per class): the stage 'count' of the run in `workdir`, computed or read
+  back (under the settings that made it) by the `stages.Runner` of this config."""
+  runner = stages.Runner(workdir, provenance.Plan(stage_table(config), config))
+  record = runner.run('count', lambda: {'pixels': class_pixels(
+      data.load_source(config.dataset, config.dataset.train_split),
+      config.dataset.num_classes).tolist()})
+  return runner, record['pixels']
+
+
 def run(config, workdir, recompute_from=()):
   """Counts the training pixels (stage 'count'), evaluates the majority class everywhere on
   the eval split, and writes summary.json and results.md."""
   del recompute_from
-  runner = stages.Runner(workdir, provenance.Plan(stage_table(config), config))
-  source = data.load_source(config.dataset, config.dataset.train_split)
-  counts = runner.run('count', lambda: {'pixels': class_pixels(
-      source, config.dataset.num_classes).tolist()})['pixels']
+  runner, counts = counted(config, workdir)
   net = predictor(config, counts)
   eval_source = data.load_source(config.dataset, config.dataset.eval_split)
   result = evaluate.summarize(stages.evaluate_model(
@@ -70,7 +77,7 @@ def run(config, workdir, recompute_from=()):
 def trained_predictor(config, workdir, mesh):
   """The finished run's predictor, from its 'count' record."""
   del mesh
-  return predictor(config, stages.Runner(workdir).run('count', None)['pixels'])
+  return predictor(config, counted(config, workdir)[1])
 
 
 pipelines.register_pipeline('majority', sys.modules[__name__])
