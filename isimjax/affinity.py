@@ -208,6 +208,39 @@ def pair_labels(labels, offsets):
   return bg_pos, fg_pos, ~same & valid
 
 
+def same_and_different(labels, offsets):
+  """(same, different) numpy bool pair masks (N, P, h', w') of `pair_labels`: both pixels of
+  one class (background included), or of two classes; a pair with a 255 pixel is in neither."""
+  bg_pos, fg_pos, neg = pair_labels(labels, offsets)
+  return np.asarray(bg_pos | fg_pos), np.asarray(neg)
+
+
+def pair_agreement(labels, truth, offsets):
+  """(3, 2) int64 pair counts of `labels` against `truth` (the affinity labels measured).
+
+  Rows: the labels call the pair the same class, different classes, or leave it unlabelled (a
+  255 pixel); columns: the truth calls it the same class or different classes. Pairs with an
+  ignored truth pixel are not counted. Precision of "same" is [0, 0] / row 0, its recall
+  [0, 0] / column 0; likewise [1, 1] for "different".
+
+  Args:
+    labels, truth: (N, h, w) integer label maps at the pair resolution, 255 ignored.
+    offsets: (P, 2) pair offsets.
+  """
+  label_same, label_different = same_and_different(labels, offsets)
+  truth_same, truth_different = same_and_different(truth, offsets)
+  rows = (label_same, label_different, ~(label_same | label_different))
+  return np.array([[np.sum(row & truth_same), np.sum(row & truth_different)] for row in rows],
+                  np.int64)
+
+
+def truth_affinities(truth, offsets):
+  """(N, P, h', w') float32 affinities of a label map: 1 for a pair of the same class, 0 for
+  different classes or an ignored (255) pixel; the random walk on them is the walk on perfect
+  affinities."""
+  return same_and_different(truth, offsets)[0].astype(np.float32)
+
+
 def affinity_loss(aff, bg_pos, fg_pos, neg):
   """PSA's loss bg/4 + fg/4 + neg/2 over all pairs of the batch (docs/methods.md ISIM step 9).
 

@@ -58,11 +58,19 @@ PSA stages (docs/methods.md, ISIM steps 9-11; isimjax.psa), config.psa:
   psa.head_lr_mult: learning-rate multiple of AffinityNet's new layers, 10 (PSA).
   psa.alpha, psa.beta, psa.logt: background power 16, affinity power 8, walk length 2^8.
   psa.rw_crf_iterations: iterations of the CRF after the walk (ISIM + RW + dCRF), 1.
+  psa.walk_scale: AffinityNet sees the images enlarged this many times (1, 2, 4 or 8) when the
+    walk reads its affinities, so the walk's grid has stride 8 / walk_scale in image pixels;
+    1 (PSA). psa.affinity.input.scale_range must include it (AffinityNet trained at that
+    scale).
   psa.dense_max_nodes: stride-8 grids with at most this many cells are walked with the dense
     matrix (jitted squaring), larger ones by sparse propagation (memory O(34 n)); 4096 keeps
     VOC images (about 63 x 47 cells) dense.
   psa.final_labels: the pseudo labels of the final model, 'rw_crf' (default: the paper's
     pseudo masks, Table 11, are ISIM + RW + CRF) or 'rw'.
+  psa.premise: measure the walk part by part on the training split after the walk
+    (stage psa_walk_premise, isimjax.walk_premise: affinity-label pair precision and recall,
+    AffinityNet's AUC, the walk on ground-truth affinities), True.
+  psa.sweep_beta, psa.sweep_logt: the (beta, logt) grid that stage also walks, () (none).
   psa.affinity, psa.final: the AffinityNet and final-model stages, each with
     `epochs` (training length, in passes over the training split) and `model`, `input`,
     `train` sub-configs whose fields replace those of config.model/input/train for that
@@ -131,6 +139,10 @@ def psa_config(model):
   psa.rw_crf_iterations = 1
   psa.dense_max_nodes = 4096
   psa.final_labels = 'rw_crf'
+  psa.walk_scale = 1
+  psa.premise = True
+  psa.sweep_beta = ()
+  psa.sweep_logt = ()
   follow = ('backbone', 'width', 'frozen_bn', 'dtype', 'conv_impl', 'pretrained')
   psa.affinity = ml_collections.ConfigDict()
   psa.affinity.epochs = 8

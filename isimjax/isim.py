@@ -15,6 +15,7 @@ The PSA stages (isimjax.psa) reach the trained DeepLabCAM through
   psa_affinity_labels  affinity labels from the ISIM CAMs; their coverage and accuracy
   psa_affinity_train   AffinityNet
   psa_random_walk      ISIM + RW and ISIM + RW + dCRF pseudo labels and their mIoU
+  psa_walk_premise     the walk part by part on the training split (isimjax.walk_premise)
   psa_final            the final segmentation model on those labels; eval-split mIoU
   report               the tables of paper Tables 1-5, 7 and 11, summary.json,
                        results.md, figures
@@ -37,6 +38,7 @@ from isimjax import config as isim_config
 from isimjax import models as cam_models
 from isimjax import psa
 from isimjax import self_train
+from isimjax import walk_premise
 from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
@@ -337,6 +339,8 @@ def results_table(config, results):
   lines += [f'| {r["round"]} | {r["epoch"]} | {_percent(r["miou"])} |' for r in isim['rounds']]
   if 'psa_final' in results:
     lines += [''] + psa_table(config, results)
+  if 'psa_walk_premise' in results:
+    lines += ['', walk_premise.table(results['psa_walk_premise'])]
   return '\n'.join(lines) + '\n'
 
 
@@ -436,11 +440,14 @@ STAGES = [
     ('psa_affinity_train', lambda ctx, results: psa.train_affinity(
         ctx, trained_variables(ctx, MODELS['isim']))),
     ('psa_random_walk', lambda ctx, results: _psa_random_walk(ctx)),
+    ('psa_walk_premise', lambda ctx, results: psa.walk_premise_result(
+        ctx, trained_variables(ctx, MODELS['isim']))),
     ('psa_final', lambda ctx, results: psa.train_final(ctx)),
     ('report', _report),
 ]
 OPTIONAL = {'baseline_train', 'baseline_eval'}  # skipped when config.isim.baseline is False
-PSA_STAGES = {'psa_affinity_labels', 'psa_affinity_train', 'psa_random_walk', 'psa_final'}
+PSA_STAGES = {'psa_affinity_labels', 'psa_affinity_train', 'psa_random_walk',
+              'psa_walk_premise', 'psa_final'}
 # The config fields each stage reads (`stage_table`, `rwsjax.provenance`).
 DATA_FIELDS = ('seed', 'dataset', 'input', 'model')
 TRAIN_FIELDS = DATA_FIELDS + ('train', 'isim.epochs', 'isim.steps_per_epoch', 'isim.regen',
@@ -450,7 +457,7 @@ CAM_FIELDS = DATA_FIELDS + ('isim.cam_*', 'isim.crf')
 AFFINITY_FIELDS = DATA_FIELDS + ('train', 'psa.affinity', 'psa.init', 'psa.radius',
                                  'psa.head_lr_mult')
 WALK_FIELDS = CAM_FIELDS + ('psa.radius', 'psa.alpha', 'psa.beta', 'psa.logt', 'psa.label_crf',
-                            'psa.rw_crf_iterations', 'psa.dense_max_nodes')
+                            'psa.rw_crf_iterations', 'psa.dense_max_nodes', 'psa.walk_scale')
 FINAL_FIELDS = DATA_FIELDS + ('train', 'psa.final', 'psa.final_labels')
 
 
@@ -475,6 +482,9 @@ def stage_table(config):
       'psa_random_walk': provenance.Stage(
           WALK_FIELDS, ('isim_train', 'psa_affinity_train'),
           outputs=tuple(f'psa/{name}' for name in psa.WALK_LABELS)),
+      'psa_walk_premise': provenance.Stage(
+          WALK_FIELDS + ('psa.premise', 'psa.sweep_*'),
+          ('isim_train', 'psa_affinity_labels', 'psa_affinity_train')),
       'psa_final': provenance.training_stage(
           psa.FINAL_STAGE, FINAL_FIELDS, ('psa_random_walk',),
           outputs=('psa_final_predictions.png',)),
@@ -487,9 +497,10 @@ def stage_table(config):
 
 def runs(config, name):
   """Whether `config` runs stage `name`: the baseline stages with config.isim.baseline, the
-  PSA stages with config.psa.enabled."""
+  PSA stages with config.psa.enabled, the walk's measurement also with config.psa.premise."""
   return not ((name in OPTIONAL and not config.isim.baseline)
-              or (name in PSA_STAGES and not config.psa.enabled))
+              or (name in PSA_STAGES and not config.psa.enabled)
+              or (name == 'psa_walk_premise' and not config.psa.premise))
 
 
 def finished_steps(workdir, stage):

@@ -8,12 +8,14 @@ affinities into pseudo labels, and a segmentation network is trained on the pseu
   affinity_labels     psa_affinity_labels: CAMs -> affinity labels at image size
   train_affinity      psa_affinity_train: AffinityNet on them (checkpoints in psa_affinity/)
   random_walk_labels  psa_random_walk: CAMs + affinities -> ISIM + RW, ISIM + RW + dCRF labels
+  walk_premise_result psa_walk_premise: the walk part by part (isimjax.walk_premise)
   train_final         psa_final: DeepLabv3 / v2 on those labels, evaluated on the eval split
 
 CAMs go from the accelerator straight to the host workers (dense CRF) instead of being
 exported to disk (VOC trainaug's would take gigabytes); the two stages that need them compute
 them again. Label stores (<workdir>/psa/<name>) and checkpoints make every stage resumable
-after a kill. Ground-truth pixel labels are read only by the final model's evaluation.
+after a kill. Ground-truth pixel labels are read only by measurements: the walk's
+(psa_walk_premise, training split) and the final model's evaluation.
 
 Each training stage runs on `stage_config(config, part)`: the experiment config with the
 model, input and train fields of config.psa.<part> in place of its own.
@@ -25,22 +27,27 @@ import os
 
 import jax
 import numpy as np
+import PIL.Image
 
 from isimjax import affinity
 from isimjax import crf
 from isimjax import pseudo
 from isimjax import random_walk
 from isimjax import self_train
+from isimjax import walk_premise
 from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import models
+from rwsjax import progress
 from rwsjax import stages
 from rwsjax import train
+from rwsjax.data import pipeline
 
 AFFINITY_STAGE = 'psa_affinity'  # checkpoint directory of AffinityNet
 FINAL_STAGE = 'psa_final'  # checkpoint directory of the final model
 AFFINITY_LABELS = 'affinity_labels'
 WALK_LABELS = ('rw', 'rw_crf')
+WALK_SCALES = (1, 2, 4, 8)  # integer enlargements: the walk's stride 8 / scale stays whole
 LABEL_CRFS = ('isim', 'psa')
 INITS = ('imagenet', 'isim')
 PSA_PAIRWISE = crf.CrfParams(bilateral_sxy=80.0, bilateral_srgb=13.0)  # PSA's crf_inference
@@ -74,6 +81,15 @@ def check_config(config):
   if not 0.0 <= psa.aff_bg <= psa.aff_fg:
     raise ValueError(f'Expected 0 <= config.psa.aff_bg <= config.psa.aff_fg; got '
                      f'{psa.aff_bg} and {psa.aff_fg}.')
+  if psa.walk_scale not in WALK_SCALES:
+    raise ValueError(f'config.psa.walk_scale={psa.walk_scale!r}; expected one of '
+                     f'{list(WALK_SCALES)}.')
+  trained = psa.affinity.input
+  if trained.scale_mode == 'ratio' and not (
+      trained.scale_range[0] <= psa.walk_scale <= trained.scale_range[1]):
+    raise ValueError(f'config.psa.walk_scale={psa.walk_scale} enlarges the images AffinityNet '
+                     'walks on beyond those it trains on: config.psa.affinity.input.scale_range='
+                     f'{tuple(trained.scale_range)}; include {psa.walk_scale} in it.')
   if psa.radius < 2:
     raise ValueError(f'config.psa.radius={psa.radius}; expected at least 2 (no pairs below).')
   for part in ('affinity', 'final'):
@@ -215,43 +231,86 @@ def trained_affinity(ctx):
       image_shape=(1, *sub.input.crop_size, 3), rng=ctx.rng, mesh=ctx.mesh)
 
 
+def walk_stride(psa_cfg):
+  """Image pixels per cell of the walk's grid: AffinityNet's stride 8 over images enlarged
+  psa.walk_scale times."""
+  return affinity.FEATURE_STRIDE // psa_cfg.walk_scale
+
+
+def enlarge(images, scale):
+  """uint8 images (B, H, W, 3) resized bilinearly by an integer `scale` (1: unchanged), as
+  the training pipeline's 'ratio' scaling resizes them."""
+  if scale == 1:
+    return images
+  size = tuple(int(round(n * scale)) for n in images.shape[1:3])
+  return np.stack([pipeline.resize(image, size, PIL.Image.BILINEAR) for image in images])
+
+
+def _walk_inputs(ctx, isim_variables, indices):
+  """(index, image, image labels, CAMs, pair affinities or None) of the training examples
+  `indices`: the ISIM model's CAMs and the trained AffinityNet's affinities at radius
+  psa.radius on the images enlarged psa.walk_scale times, as the random walk takes them."""
+  psa_cfg = ctx.config.psa
+  offsets = affinity.pair_offsets(psa_cfg.radius)
+  model, variables = trained_affinity(ctx)
+  features_fn = jax.jit(lambda v, images, sizes, labels: model.apply(v, images),
+                        out_shardings=train.data_sharded(ctx.cams.mesh))
+  affinity_variables = ctx.cams.bind(variables).variables
+  bound = ctx.cams.bind(isim_variables)
+  pairs_fn = jax.jit(lambda features: affinity.pair_affinities(features[None], offsets)[0])
+  for batch_indices, images, labels in _example_batches(ctx, indices):
+    cams = bound(images, labels)
+    features = ctx.cams.run(features_fn, affinity_variables,
+                            enlarge(images, psa_cfg.walk_scale), labels)
+    grid = random_walk.feature_grid(images.shape[1:3], walk_stride(psa_cfg))
+    for j, index in enumerate(batch_indices):
+      pairs = (pairs_fn(features[j, :grid[0], :grid[1]])
+               if affinity.has_pairs(grid, offsets) else None)
+      yield int(index), images[j], labels[j], cams[j], pairs
+
+
+def walk_options(psa_cfg):
+  """The keyword arguments of `random_walk.walk_scores` set by config.psa."""
+  return dict(radius=psa_cfg.radius, alpha=psa_cfg.alpha, beta=psa_cfg.beta, logt=psa_cfg.logt,
+              stride=walk_stride(psa_cfg), dense_max_nodes=psa_cfg.dense_max_nodes)
+
+
 def random_walk_labels(ctx, isim_variables):
   """Stage psa_random_walk: every training image's CAMs walked on its AffinityNet affinities
   (docs/methods.md ISIM step 10). The argmax goes to the store 'rw' at once, the CRF-refined
   argmax to 'rw_crf' from config.isim.crf_workers processes. Returns {name: store}."""
   psa_cfg = ctx.config.psa
   stores = {name: label_store(ctx, name) for name in WALK_LABELS}
-  model, variables = trained_affinity(ctx)
-  mesh = ctx.cams.mesh
-  features_fn = jax.jit(lambda v, images, sizes, labels: model.apply(v, images),
-                        out_shardings=train.data_sharded(mesh))
-  affinity_variables = ctx.cams.bind(variables).variables
-  bound = ctx.cams.bind(isim_variables)
-  offsets = affinity.pair_offsets(psa_cfg.radius)
-  pairs_fn = jax.jit(lambda features: affinity.pair_affinities(features[None], offsets)[0])
-  walk = functools.partial(random_walk.walk_scores, radius=psa_cfg.radius,
-                           alpha=psa_cfg.alpha, beta=psa_cfg.beta, logt=psa_cfg.logt,
-                           stride=affinity.FEATURE_STRIDE,
-                           dense_max_nodes=psa_cfg.dense_max_nodes)
+  walk = functools.partial(random_walk.walk_scores, **walk_options(psa_cfg))
   crf_fn = walk_crf_fn(psa_cfg)
   missing = np.union1d(stores['rw'].missing(), stores['rw_crf'].missing())
 
   def tasks():
-    for indices, images, labels in _example_batches(ctx, missing):
-      cams = bound(images, labels)
-      features = ctx.cams.run(features_fn, affinity_variables, images, labels)
-      grid = random_walk.feature_grid(images.shape[1:3], affinity.FEATURE_STRIDE)
-      for j, index in enumerate(indices):
-        pairs = (pairs_fn(features[j, :grid[0], :grid[1]])
-                 if affinity.has_pairs(grid, offsets) else None)
-        scores, class_ids = walk(cams[j], labels[j], pairs)
-        stores['rw'].write(int(index), class_ids.astype(np.uint8)[np.argmax(scores, axis=0)])
-        yield int(index), functools.partial(affinity.crf_argmax, crf_fn, images[j], scores,
-                                            class_ids)
+    for index, image, labels, cams, pairs in _walk_inputs(ctx, isim_variables, missing):
+      scores, class_ids = walk(cams, labels, pairs)
+      stores['rw'].write(index, class_ids.astype(np.uint8)[np.argmax(scores, axis=0)])
+      yield index, functools.partial(affinity.crf_argmax, crf_fn, image, scores, class_ids)
 
   pseudo.stream_to_store(tasks(), stores['rw_crf'], num_workers=ctx.config.isim.crf_workers,
                          total=len(missing))
   return stores
+
+
+def walk_premise_result(ctx, isim_variables):
+  """Stage psa_walk_premise: `isimjax.walk_premise.measure` over the training split, with the
+  affinity labels of the store 'affinity_labels' and the walk settings of config.psa."""
+  psa_cfg, source = ctx.config.psa, ctx.train_source
+  store = label_store(ctx, AFFINITY_LABELS)
+  indices = np.arange(len(source))
+  examples = ((cams, labels, pairs, store[index], source[index]['segmentation'][..., 0])
+              for index, _, labels, cams, pairs in progress.logged(
+                  _walk_inputs(ctx, isim_variables, indices), 'psa_walk_premise',
+                  len(indices)))
+  return walk_premise.measure(
+      examples, num_classes=ctx.num_classes, class_names=data.class_names(ctx.config.dataset),
+      cam_threshold=ctx.config.isim.cam_threshold,
+      sweep=walk_premise.sweep_grid(psa_cfg.sweep_beta, psa_cfg.sweep_logt),
+      **walk_options(psa_cfg))
 
 
 def final_title(config):

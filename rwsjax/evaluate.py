@@ -1,4 +1,4 @@
-"""Confusion-matrix mIoU (docs/methods.md, shared building blocks)."""
+"""Confusion-matrix mIoU and binned ROC AUC (docs/methods.md, shared building blocks)."""
 import numpy as np
 import jax.numpy as jnp
 
@@ -54,6 +54,27 @@ def summarize(confusion, class_names=None):
       'pixel_accuracy': float(np.trace(confusion) / total) if total else float('nan'),
       'per_class_iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
   }
+
+
+def score_histogram(scores, bins=1000):
+  """(bins,) int64 counts of scores in [0, 1] over equal bins (1 falls in the last), the
+  streaming input of `binned_auc`."""
+  index = np.clip(np.floor(np.ravel(scores) * bins).astype(np.int64), 0, bins - 1)
+  return np.bincount(index, minlength=bins).astype(np.int64)
+
+
+def binned_auc(positive_counts, negative_counts):
+  """ROC AUC from `score_histogram`s of positive and negative scores: the chance that a
+  positive scores in a higher bin than a negative, plus half the chance of the same bin
+  (the Mann-Whitney statistic; exact when the scores are the bins' values). nan without
+  positives or negatives."""
+  positive = np.asarray(positive_counts, np.float64)
+  negative = np.asarray(negative_counts, np.float64)
+  pairs = positive.sum() * negative.sum()
+  if not pairs:
+    return float('nan')
+  below = np.cumsum(negative) - negative
+  return float(np.sum(positive * (below + 0.5 * negative)) / pairs)
 
 
 def miou_table(split, rows, class_names):

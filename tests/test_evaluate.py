@@ -1,5 +1,6 @@
 """Confusion-matrix mIoU against a brute-force pixel count."""
 import numpy as np
+import pytest
 
 from rwsjax import evaluate
 
@@ -55,3 +56,23 @@ def test_miou_table_rows_and_absent_classes():
   assert table == ('| validation | mIoU | bg | cat | dog |\n'
                    '|---|---|---|---|---|\n'
                    '| model | 0.5000 | 0.750 | - | 0.250 |')
+
+
+def test_binned_auc_is_the_pairwise_win_rate_on_bin_values():
+  rng = np.random.default_rng(3)
+  bins = 20
+  positive = (rng.integers(0, bins, 40) + 0.5) / bins  # scores at bin centres: exact
+  negative = (rng.integers(0, bins, 30) + 0.5) / bins
+  wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
+  auc = evaluate.binned_auc(evaluate.score_histogram(positive, bins),
+                            evaluate.score_histogram(negative, bins))
+  assert auc == pytest.approx(wins / (40 * 30), abs=1e-12)
+
+
+def test_score_histogram_edges_and_auc_extremes():
+  counts = evaluate.score_histogram(np.array([0.0, 0.05, 0.1, 0.999, 1.0]), bins=10)
+  assert counts.tolist() == [2, 1, 0, 0, 0, 0, 0, 0, 0, 2]
+  high, low = evaluate.score_histogram([0.9, 1.0], 10), evaluate.score_histogram([0.1], 10)
+  assert evaluate.binned_auc(high, low) == 1.0
+  assert evaluate.binned_auc(low, high) == 0.0
+  assert np.isnan(evaluate.binned_auc(high, np.zeros(10)))

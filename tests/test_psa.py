@@ -4,6 +4,7 @@ hand-computed values and independent computations."""
 import functools
 
 import numpy as np
+import PIL.Image
 import pytest
 
 from isimjax import affinity
@@ -14,6 +15,7 @@ from isimjax import psa
 from rwsjax import models
 from rwsjax import stages
 from rwsjax import train
+from rwsjax.data import pipeline
 
 
 def test_stage_config_overrides_three_sections_and_follows_the_model():
@@ -46,6 +48,8 @@ def test_stage_config_overrides_three_sections_and_follows_the_model():
     ('final_labels', 'cam', 'config.psa.final_labels'),
     ('aff_bg', 0.5, 'aff_bg'),
     ('radius', 1, 'config.psa.radius'),
+    ('walk_scale', 3, 'config.psa.walk_scale'),
+    ('walk_scale', 2, r'scale_range=\(1.0, 1.0\); include 2'),
 ])
 def test_check_config_names_the_offending_key(field, value, match):
   config = isim_config.isim_config()
@@ -69,6 +73,21 @@ def test_check_config_geometry_and_models():
   config.psa.final.model.name = 'segformer'
   with pytest.raises(ValueError, match='config.psa.final.model'):
     psa.check_config(config)
+
+
+def test_walk_scale_enlarges_as_the_training_pipeline_and_sets_the_stride():
+  config = isim_config.isim_config()
+  config.psa.walk_scale = 2
+  config.psa.affinity.input.scale_range = (0.5, 2.0)
+  psa.check_config(config)
+  assert psa.walk_stride(config.psa) == 4 and psa.walk_options(config.psa)['stride'] == 4
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+  enlarged = psa.enlarge(images, 2)
+  assert enlarged.shape == (2, 10, 14, 3) and enlarged.dtype == np.uint8
+  for image, large in zip(images, enlarged):
+    np.testing.assert_array_equal(large, pipeline.resize(image, (10, 14), PIL.Image.BILINEAR))
+  assert psa.enlarge(images, 1) is images
 
 
 def test_epoch_steps():
