@@ -215,6 +215,28 @@ def same_and_different(labels, offsets):
   return np.asarray(bg_pos | fg_pos), np.asarray(neg)
 
 
+def mixed_cells(labels, stride=8):
+  """(..., ceil(H/s), ceil(W/s)) bool: the cells of the stride-`stride` grid (padded as
+  `downsample_labels`) whose pixels hold more than one class, 255 aside: cells that straddle a
+  boundary, whose one label `downsample_labels` keeps cannot describe them."""
+  labels = np.asarray(labels)
+  height, width = labels.shape[-2:]
+  pad = [(0, 0)] * (labels.ndim - 2) + [(0, -height % stride), (0, -width % stride)]
+  padded = np.pad(labels, pad, constant_values=IGNORE_LABEL).astype(np.int32)
+  grid = (padded.shape[-2] // stride, padded.shape[-1] // stride)
+  blocks = padded.reshape(labels.shape[:-2] + (grid[0], stride, grid[1], stride))
+  valid = blocks != IGNORE_LABEL
+  low = np.where(valid, blocks, IGNORE_LABEL).min(axis=(-3, -1))
+  high = np.where(valid, blocks, -1).max(axis=(-3, -1))
+  return high > low
+
+
+def either_end(mask, offsets):
+  """(N, P, h', w') bool: pairs with either pixel in `mask` (N, h, w)."""
+  source, partner = _pairs(np.asarray(mask, bool), offsets)
+  return source | partner
+
+
 def pair_agreement(labels, truth, offsets):
   """(3, 2) int64 pair counts of `labels` against `truth` (the affinity labels measured).
 

@@ -11,7 +11,9 @@ train-split mIoU tables do):
                     (`affinity.pair_agreement`) at the pair radius and stride 8
   affinities        ROC AUC of AffinityNet's pair affinities as a score for "same class", over
                     all ground-truth pairs, the pairs the affinity labels cover (what it was
-                    trained on) and the others
+                    trained on) and the others, these split by whether a cell of the pair
+                    straddles an object boundary (`affinity.mixed_cells`); the share of such
+                    cells
   labels            mIoU of the CAM labels (threshold background), the walk's input scores
                     pooled to the grid and upsampled without walking, the walk on the ground
                     truth affinities (`affinity.truth_affinities`: what perfect affinities
@@ -34,7 +36,10 @@ LABEL_ROWS = {'cam': 'CAM labels (threshold background)',
               'pooled': 'walk input, pooled to the grid and upsampled, no walk',
               'walk_truth': 'walked on ground-truth affinities',
               'walk': 'walked on AffinityNet affinities (the RW row)'}
-AUC_PARTS = ('all', 'labelled', 'unlabelled')
+AUC_PARTS = ('all', 'labelled', 'unlabelled', 'unlabelled_pure', 'unlabelled_mixed')
+AUC_TITLES = {'all': 'all pairs', 'labelled': 'labelled pairs', 'unlabelled': 'unlabelled pairs',
+              'unlabelled_pure': 'unlabelled pairs of two single-class cells',
+              'unlabelled_mixed': 'unlabelled pairs with a boundary-straddling cell'}
 
 
 def walk_labels(cams, image_labels, affinities, **walk_options):
@@ -74,13 +79,14 @@ def measure(examples, *, num_classes, class_names, cam_threshold, radius, alpha,
     bins: score bins of the AUC (`rwsjax.evaluate.score_histogram`).
 
   Returns:
-    JSON-ready {'affinity_labels', 'affinities', 'labels', 'sweep'}.
+    JSON-ready {'affinity_labels', 'affinities', 'mixed_cell_share', 'labels', 'sweep'}.
   """
   offsets = affinity.pair_offsets(radius)
   options = dict(radius=radius, alpha=alpha, stride=stride, dense_max_nodes=dense_max_nodes)
   sweep = [tuple(setting) for setting in sweep]
   agreement = np.zeros((3, 2), np.int64)
   histograms = np.zeros((len(AUC_PARTS), 2, bins), np.int64)
+  cells = np.zeros(2, np.int64)  # (mixed, all) cells of the walk's grid
   confusions = np.zeros((len(LABEL_ROWS) + len(sweep), num_classes, num_classes), np.int64)
   for cams, image_labels, affinities, affinity_labels, truth in examples:
     truth_grid = affinity.downsample_labels(truth, stride)[None]
@@ -92,7 +98,12 @@ def measure(examples, *, num_classes, class_names, cam_threshold, radius, alpha,
       agreement += affinity.pair_agreement(labels_grid, truth_grid, offsets)
       same, different = (mask[0] for mask in affinity.same_and_different(truth_grid, offsets))
       labelled = np.any(affinity.same_and_different(labels_grid, offsets), axis=0)[0]
-      for part, mask in enumerate((np.ones_like(labelled), labelled, ~labelled)):
+      mixed = affinity.mixed_cells(truth, stride)
+      cells += (np.sum(mixed), mixed.size)
+      straddling = affinity.either_end(mixed[None], offsets)[0]
+      parts = (np.ones_like(labelled), labelled, ~labelled, ~labelled & ~straddling,
+               ~labelled & straddling)
+      for part, mask in enumerate(parts):
         for column, truth_mask in enumerate((same, different)):
           histograms[part, column] += evaluate_lib.score_histogram(
               np.asarray(affinities)[truth_mask & mask], bins)
@@ -105,13 +116,14 @@ def measure(examples, *, num_classes, class_names, cam_threshold, radius, alpha,
     for row, prediction in enumerate(predictions):
       confusions[row] += np.asarray(evaluate_lib.confusion_matrix(truth, prediction,
                                                                   num_classes))
-  agreement, histograms, confusions = (hosts.sum_over_processes(x)
-                                       for x in (agreement, histograms, confusions))
+  agreement, histograms, confusions, cells = (
+      hosts.sum_over_processes(x) for x in (agreement, histograms, confusions, cells))
   summaries = [evaluate_lib.summarize(c, class_names) for c in confusions]
   return {
       'affinity_labels': dict(pair_summary(agreement), counts=agreement.tolist()),
       'affinities': {part: _json_number(evaluate_lib.binned_auc(*histograms[i]))
                      for i, part in enumerate(AUC_PARTS)},
+      'mixed_cell_share': float(cells[0] / cells[1]) if cells[1] else None,
       'labels': dict(zip(LABEL_ROWS, summaries)),
       'sweep': [{'beta': b, 'logt': t, 'miou': summary['miou']}
                 for (b, t), summary in zip(sweep, summaries[len(LABEL_ROWS):])],
@@ -141,9 +153,11 @@ def table(result):
            f"{_percent(pairs['same_recall'])} |",
            f"| different classes | {_percent(pairs['different_precision'])} | "
            f"{_percent(pairs['different_recall'])} |", '',
-           f"Pairs with an affinity label: {_percent(pairs['coverage'])}. AffinityNet's "
-           'affinities as a score for "same class", ROC AUC: '
-           + ', '.join(f'{part} pairs {_percent(auc[part])}' for part in AUC_PARTS) + '.', '',
+           f"Pairs with an affinity label: {_percent(pairs['coverage'])}. Cells of the walk's "
+           f"grid that straddle a boundary: {_percent(result['mixed_cell_share'])}. "
+           'AffinityNet\'s affinities as a score for "same class", ROC AUC: '
+           + ', '.join(f'{AUC_TITLES[part]} {_percent(auc[part])}' for part in AUC_PARTS) + '.',
+           '',
            '| pseudo labels (no CRF) | mIoU |', '|---|---|']
   lines += [f"| {title} | {_percent(result['labels'][key]['miou'])} |"
             for key, title in LABEL_ROWS.items()]

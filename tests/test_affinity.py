@@ -122,6 +122,30 @@ def test_pair_agreement_and_truth_affinities_match_brute_force():
   assert expected.min() > 0  # every cell is exercised
 
 
+def test_mixed_cells_and_either_end_match_loops():
+  rng = np.random.default_rng(5)
+  labels = rng.choice(np.array([0, 1, 255]), p=[0.7, 0.2, 0.1], size=(2, 10, 13))
+  labels[0, :4, :4] = 1  # a single-class cell
+  labels[0, 4:8, 4:8] = 255  # an ignored cell: not mixed
+  mixed = affinity.mixed_cells(labels, stride=4)
+  assert mixed.shape == (2, 3, 4)
+  for n in range(2):
+    for y in range(3):
+      for x in range(4):
+        block = labels[n, 4 * y:4 * y + 4, 4 * x:4 * x + 4]
+        assert mixed[n, y, x] == (len(set(block[block != 255].tolist())) > 1)
+  assert not mixed[0, 0, 0] and not mixed[0, 1, 1] and mixed.any()
+  radius = 2
+  offsets = affinity.pair_offsets(radius)
+  ends = affinity.either_end(mixed, offsets)
+  for n in range(2):
+    for p, (dy, dx) in enumerate(offsets.tolist()):
+      for y in range(3 - radius + 1):
+        for x in range(4 - 2 * (radius - 1)):
+          assert ends[n, p, y, x] == (mixed[n, y, x + radius - 1]
+                                      or mixed[n, y + dy, x + radius - 1 + dx])
+
+
 def _pixel_label(values, present, bg_score):
   """Per-pixel oracle: first present class with the largest CAM, if above bg_score."""
   best, best_class = bg_score, 0

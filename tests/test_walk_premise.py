@@ -14,7 +14,7 @@ def _example(rng, shape=(40, 48)):
   """Ground truth with two rectangles of classes 1 and 2, and diffuse noisy CAMs of them (each
   spilling 6 pixels past its object)."""
   truth = np.zeros(shape, np.int32)
-  truth[8:20, 8:28], truth[24:36, 28:44] = 1, 2
+  truth[8:21, 8:27], truth[24:36, 28:44] = 1, 2  # the first straddles cells of 4 x 4
   cams = np.zeros((K - 1,) + shape, np.float32)
   cams[0, 2:26, 2:34], cams[1, 18:42, 22:50] = 0.6, 0.6
   cams = np.clip(cams + rng.normal(scale=0.1, size=cams.shape), 0, 1).astype(np.float32)
@@ -35,7 +35,8 @@ def test_perfect_affinities_and_labels():
       sweep=[(8.0, 2), (8.0, 0)], **OPTIONS)
   assert result['labels']['walk'] == result['labels']['walk_truth']
   assert result['sweep'][0]['miou'] == result['labels']['walk']['miou']
-  assert result['affinities'] == {'all': 1.0, 'labelled': 1.0, 'unlabelled': None}
+  assert result['affinities'] == {'all': 1.0, 'labelled': 1.0, 'unlabelled': None,
+                                  'unlabelled_pure': None, 'unlabelled_mixed': None}
   pairs = result['affinity_labels']
   assert [pairs[key] for key in ('same_precision', 'same_recall', 'different_precision',
                                  'different_recall', 'coverage')] == [1.0] * 5
@@ -59,6 +60,10 @@ def test_unlabelled_pairs_and_counts():
   np.testing.assert_array_equal(counts[2], affinity.pair_agreement(_grid(truth), _grid(truth),
                                                                    offsets)[0:2].sum(axis=0))
   assert result['affinity_labels']['coverage'] == 0.0
+  mixed = affinity.mixed_cells(truth, STRIDE)
+  assert result['mixed_cell_share'] == mixed.mean() > 0
+  # Random scores: every part of the split is near chance.
+  assert all(0.3 < result['affinities'][part] < 0.7 for part in walk_premise.AUC_PARTS[2:])
 
 
 def test_a_grid_without_pairs_is_not_walked():
