@@ -48,6 +48,7 @@ from rwsjax import preflight
 from rwsjax import provenance
 from rwsjax import stages
 from rwsjax import train
+from rwsjax.evaluate import percent
 from rwsjax.losses import IGNORE_LABEL
 from rwsjax.progress import MetricWriter
 from rwsjax.record import write_results
@@ -62,7 +63,6 @@ UNREAD_FIELDS = {
 CONDITIONAL_FIELDS = {
     f'psa.{key}': (lambda config: config.psa.enabled, 'config.psa.enabled=True')
     for key in isim_config.isim_config().psa if key != 'enabled'}
-CONFUSION_CHUNK = 1 << 18  # pixels per jitted confusion-matrix call
 MODELS = {'isim': 'isim', 'baseline': 'cls_baseline'}  # table column -> training stage
 
 
@@ -165,58 +165,10 @@ def _train(ctx, stage, with_rounds):
   return {'steps': int(state.step), 'rounds': rounds}
 
 
-def label_confusion(pairs, num_classes, chunk=CONFUSION_CHUNK):
-  """(K, K) confusion matrix of (ground truth, prediction) label maps of any sizes, summed
-  over processes; pixels go through `rwsjax.evaluate.confusion_matrix` in fixed-size chunks
-  (one compilation)."""
-  step = jax.jit(lambda gt, pred: evaluate_lib.confusion_matrix(gt, pred, num_classes))
-  total = np.zeros((num_classes, num_classes), np.int64)
-  gt_buffer, pred_buffer = np.zeros(0, np.int32), np.zeros(0, np.int32)
-
-  def flush(gt, pred):
-    gt = np.pad(gt, (0, chunk - gt.size), constant_values=IGNORE_LABEL)
-    return np.asarray(step(gt, np.pad(pred, (0, chunk - pred.size))), np.int64)
-
-  for gt, pred in pairs:
-    gt_buffer = np.concatenate([gt_buffer, np.ravel(gt).astype(np.int32)])
-    pred_buffer = np.concatenate([pred_buffer, np.ravel(pred).astype(np.int32)])
-    while gt_buffer.size >= chunk:
-      total += flush(gt_buffer[:chunk], pred_buffer[:chunk])
-      gt_buffer, pred_buffer = gt_buffer[chunk:], pred_buffer[chunk:]
-  if gt_buffer.size:
-    total += flush(gt_buffer, pred_buffer)
-  return hosts.sum_over_processes(total)
-
-
 def store_miou(store, source, num_classes, class_names):
   """`rwsjax.evaluate.summarize` of the labels in `store` against the ground truth."""
   pairs = ((source[i]['segmentation'][..., 0], store[i]) for i in range(len(source)))
-  return evaluate_lib.summarize(label_confusion(pairs, num_classes), class_names)
-
-
-def average_precision(scores, targets):
-  """AP of one class: the mean, over the positives, of the precision at each positive's rank
-  when examples are sorted by decreasing score; nan without positives."""
-  order = np.argsort(-np.asarray(scores), kind='stable')
-  hits = np.asarray(targets, np.float64)[order]
-  if not hits.sum():
-    return float('nan')
-  precision = np.cumsum(hits) / np.arange(1, hits.size + 1)
-  return float((precision * hits).sum() / hits.sum())
-
-
-def classification_metrics(logits, targets):
-  """Paper Table 1 as three numbers: exact-match accuracy (every class decided right with
-  sigmoid > 0.5, i.e. logit > 0), per-label accuracy, and mAP over classes with a positive."""
-  logits = np.asarray(logits, np.float64)
-  predicted = logits > 0
-  targets = np.asarray(targets) > 0.5
-  correct = predicted == targets
-  ap = [average_precision(logits[:, c], targets[:, c]) for c in range(targets.shape[1])]
-  return {'exact_match': float(correct.all(axis=1).mean()),
-          'label_accuracy': float(correct.mean()),
-          'map': float(np.nanmean(ap)) if np.any(~np.isnan(ap)) else float('nan'),
-          'images': int(len(targets))}
+  return evaluate_lib.summarize(evaluate_lib.label_confusion(pairs, num_classes), class_names)
 
 
 def _classify_split(ctx, bound, source):
@@ -264,7 +216,7 @@ def _evaluate(ctx, stage, rounds=()):
                                sizes=ctx.train_sizes)
     result[name] = store_miou(store, ctx.train_source, ctx.num_classes, names)
   result['classification'] = {
-      split: classification_metrics(*_classify_split(ctx, bound, source))
+      split: evaluate_lib.classification_metrics(*_classify_split(ctx, bound, source))
       for split, source in ((config.dataset.train_split, ctx.train_source),
                             (config.dataset.eval_split, ctx.eval_source))}
   result['rounds'] = [
@@ -284,7 +236,7 @@ def affinity_label_quality(store, source, num_classes, class_names):
       labels = store[i]
       yield source[i]['segmentation'][..., 0], np.where(labels == IGNORE_LABEL, num_classes,
                                                         labels)
-  confusion = label_confusion(pairs(), num_classes + 1)
+  confusion = evaluate_lib.label_confusion(pairs(), num_classes + 1)
   confident = confusion[:num_classes, :num_classes]
   return dict(evaluate_lib.summarize(confident, class_names),
               coverage=float(confident.sum() / max(confusion.sum(), 1)))
@@ -311,10 +263,6 @@ def model_title(model_cfg):
   return title
 
 
-def _percent(value):
-  return '-' if value is None or np.isnan(value) else f'{100 * value:.2f}'
-
-
 def results_table(config, results):
   """Markdown tables in the shape of paper Tables 1-5 and the per-round pseudo labels."""
   isim = results['isim_eval']
@@ -326,17 +274,17 @@ def results_table(config, results):
   lines = ['Classification (paper Table 1): exact match / per-label accuracy / mAP, %', '',
            header, rule]
   for split in (config.dataset.train_split, config.dataset.eval_split):
-    cells = [' / '.join(_percent(r['classification'][split][k])
+    cells = [' / '.join(percent(r['classification'][split][k])
                         for k in ('exact_match', 'label_accuracy', 'map')) for _, r in columns]
     lines.append(f'| {split} | ' + ' | '.join(cells) + ' |')
   lines += ['', f'mIoU on the {config.dataset.train_split} split (paper Tables 2-5), %', '',
             header, rule]
   for key, label in (('cam', 'CAM'), ('cam_crf', 'CAM + dCRF')):
-    lines.append(f'| {label} | ' + ' | '.join(_percent(r[key]['miou']) for _, r in columns)
+    lines.append(f'| {label} | ' + ' | '.join(percent(r[key]['miou']) for _, r in columns)
                  + ' |')
   lines += ['', f'Pseudo labels of each round, mIoU on the {config.dataset.train_split} split '
             '(paper Fig. 4), %', '', '| round | after epoch | mIoU |', '|---|---|---|']
-  lines += [f'| {r["round"]} | {r["epoch"]} | {_percent(r["miou"])} |' for r in isim['rounds']]
+  lines += [f'| {r["round"]} | {r["epoch"]} | {percent(r["miou"])} |' for r in isim['rounds']]
   if 'psa_final' in results:
     lines += [''] + psa_table(config, results)
   if 'psa_walk_premise' in results:
@@ -364,7 +312,7 @@ def psa_table(config, results):
   pseudo_key = {'rw': 'isim_rw', 'rw_crf': 'isim_rw_crf'}[final['labels']]
   lines = [f'Pseudo labels, mIoU on the {train_split} split (paper Table 7), %', '',
            f'| | {config.model.backbone} |', '|---|---|']
-  lines += [f'| {label} | {_percent(numbers[key])} |' for key, label in (
+  lines += [f'| {label} | {percent(numbers[key])} |' for key, label in (
       ('cam', 'CAM'), ('isim', title), ('isim_rw', f'{title} + RW'),
       ('isim_rw_crf', f'{title} + RW + dCRF'))]
   lines += ['', f'Final model {final["model"]} trained on the {title} + RW'
@@ -372,8 +320,8 @@ def psa_table(config, results):
             f'mIoU %: CAM and pseudo masks on {train_split}, segmentation on '
             f'{config.dataset.eval_split}', '',
             '| Method | Backbone | CAM | Pseudo Masks | Seg Masks |', '|---|---|---|---|---|',
-            f'| {title} + PSA | {config.model.backbone} | {_percent(numbers["isim"])} | '
-            f'{_percent(numbers[pseudo_key])} | {_percent(numbers["final"])} |']
+            f'| {title} + PSA | {config.model.backbone} | {percent(numbers["isim"])} | '
+            f'{percent(numbers[pseudo_key])} | {percent(numbers["final"])} |']
   return lines
 
 

@@ -31,6 +31,7 @@ from isimjax import pseudo
 from isimjax import random_walk
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import hosts
+from rwsjax.evaluate import percent
 
 LABEL_ROWS = {'cam': 'CAM labels (threshold background)',
               'pooled': 'walk input, pooled to the grid and upsampled, no walk',
@@ -140,26 +141,22 @@ def sweep_grid(betas, logts):
   return list(itertools.product(betas, logts))
 
 
-def _percent(value):
-  return '-' if value is None else f'{100 * value:.2f}'
-
-
 def table(result):
   """Markdown tables of a `measure` result (results.md)."""
   pairs, auc = result['affinity_labels'], result['affinities']
   lines = ['The random walk part by part, training split (docs/methods.md ISIM step 10), %', '',
            '| affinity labels: pairs | precision | recall |', '|---|---|---|',
-           f"| same class | {_percent(pairs['same_precision'])} | "
-           f"{_percent(pairs['same_recall'])} |",
-           f"| different classes | {_percent(pairs['different_precision'])} | "
-           f"{_percent(pairs['different_recall'])} |", '',
-           f"Pairs with an affinity label: {_percent(pairs['coverage'])}. Cells of the walk's "
-           f"grid that straddle a boundary: {_percent(result['mixed_cell_share'])}. "
+           f"| same class | {percent(pairs['same_precision'])} | "
+           f"{percent(pairs['same_recall'])} |",
+           f"| different classes | {percent(pairs['different_precision'])} | "
+           f"{percent(pairs['different_recall'])} |", '',
+           f"Pairs with an affinity label: {percent(pairs['coverage'])}. Cells of the walk's "
+           f"grid that straddle a boundary: {percent(result['mixed_cell_share'])}. "
            'AffinityNet\'s affinities as a score for "same class", ROC AUC: '
-           + ', '.join(f'{AUC_TITLES[part]} {_percent(auc[part])}' for part in AUC_PARTS) + '.',
+           + ', '.join(f'{AUC_TITLES[part]} {percent(auc[part])}' for part in AUC_PARTS) + '.',
            '',
            '| pseudo labels (no CRF) | mIoU |', '|---|---|']
-  lines += [f"| {title} | {_percent(result['labels'][key]['miou'])} |"
+  lines += [f"| {title} | {percent(result['labels'][key]['miou'])} |"
             for key, title in LABEL_ROWS.items()]
   if result['sweep']:
     betas = sorted({row['beta'] for row in result['sweep']})
@@ -168,6 +165,6 @@ def table(result):
     lines += ['', 'The walk on AffinityNet affinities, mIoU by beta (rows) and logt (columns)',
               '', '| beta | ' + ' | '.join(str(t) for t in logts) + ' |',
               '|---' * (len(logts) + 1) + '|']
-    lines += [f'| {b} | ' + ' | '.join(_percent(found.get((b, t))) for t in logts) + ' |'
+    lines += [f'| {b} | ' + ' | '.join(percent(found.get((b, t))) for t in logts) + ' |'
               for b in betas]
   return '\n'.join(lines)

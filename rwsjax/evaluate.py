@@ -1,7 +1,10 @@
-"""Confusion-matrix mIoU and binned ROC AUC (docs/methods.md, shared building blocks)."""
+"""Confusion-matrix mIoU, binned ROC AUC and multi-label classification metrics (docs/methods.md,
+shared building blocks)."""
+import jax
 import numpy as np
 import jax.numpy as jnp
 
+from rwsjax import hosts
 from rwsjax.losses import IGNORE_LABEL
 
 
@@ -26,6 +29,29 @@ def confusion_matrix(labels, preds, num_classes, ignore_label=IGNORE_LABEL, weig
   counts = jnp.zeros(num_classes * num_classes, jnp.int32).at[index.ravel()].add(
       counts.ravel())
   return counts.reshape(num_classes, num_classes)
+
+
+def label_confusion(pairs, num_classes, chunk=1 << 18):
+  """(K, K) confusion matrix of (ground truth, prediction) label maps of any sizes, summed
+  over processes; pixels go through `confusion_matrix` in fixed-size chunks of `chunk` (one
+  compilation)."""
+  step = jax.jit(lambda gt, pred: confusion_matrix(gt, pred, num_classes))
+  total = np.zeros((num_classes, num_classes), np.int64)
+  gt_buffer, pred_buffer = np.zeros(0, np.int32), np.zeros(0, np.int32)
+
+  def flush(gt, pred):
+    gt = np.pad(gt, (0, chunk - gt.size), constant_values=IGNORE_LABEL)
+    return np.asarray(step(gt, np.pad(pred, (0, chunk - pred.size))), np.int64)
+
+  for gt, pred in pairs:
+    gt_buffer = np.concatenate([gt_buffer, np.ravel(gt).astype(np.int32)])
+    pred_buffer = np.concatenate([pred_buffer, np.ravel(pred).astype(np.int32)])
+    while gt_buffer.size >= chunk:
+      total += flush(gt_buffer[:chunk], pred_buffer[:chunk])
+      gt_buffer, pred_buffer = gt_buffer[chunk:], pred_buffer[chunk:]
+  if gt_buffer.size:
+    total += flush(gt_buffer, pred_buffer)
+  return hosts.sum_over_processes(total)
 
 
 def iou_from_confusion(confusion):
@@ -75,6 +101,36 @@ def binned_auc(positive_counts, negative_counts):
     return float('nan')
   below = np.cumsum(negative) - negative
   return float(np.sum(positive * (below + 0.5 * negative)) / pairs)
+
+
+def average_precision(scores, targets):
+  """AP of one class: the mean, over the positives, of the precision at each positive's rank
+  when examples are sorted by decreasing score; nan without positives."""
+  order = np.argsort(-np.asarray(scores), kind='stable')
+  hits = np.asarray(targets, np.float64)[order]
+  if not hits.sum():
+    return float('nan')
+  precision = np.cumsum(hits) / np.arange(1, hits.size + 1)
+  return float((precision * hits).sum() / hits.sum())
+
+
+def classification_metrics(logits, targets):
+  """Paper Table 1 as three numbers: exact-match accuracy (every class decided right with
+  sigmoid > 0.5, i.e. logit > 0), per-label accuracy, and mAP over classes with a positive."""
+  logits = np.asarray(logits, np.float64)
+  predicted = logits > 0
+  targets = np.asarray(targets) > 0.5
+  correct = predicted == targets
+  ap = [average_precision(logits[:, c], targets[:, c]) for c in range(targets.shape[1])]
+  return {'exact_match': float(correct.all(axis=1).mean()),
+          'label_accuracy': float(correct.mean()),
+          'map': float(np.nanmean(ap)) if np.any(~np.isnan(ap)) else float('nan'),
+          'images': int(len(targets))}
+
+
+def percent(value):
+  """'12.34' for 0.1234; '-' for None or nan (tables)."""
+  return '-' if value is None or np.isnan(value) else f'{100 * value:.2f}'
 
 
 def miou_table(split, rows, class_names):

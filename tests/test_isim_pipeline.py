@@ -171,33 +171,6 @@ def test_missing_manual_dir_is_a_clear_error(tmp_path):
     isim.run(config, str(tmp_path / 'run'))
 
 
-def test_classification_metrics_by_hand():
-  logits = np.array([[2.0, -1.0, 0.5], [-0.5, 3.0, -2.0], [1.0, 1.0, -1.0],
-                     [-3.0, -0.1, 0.2]])
-  targets = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
-  metrics = isim.classification_metrics(logits, targets)
-  # Decisions logit > 0: rows 1 and 2 all right; row 3 wrong on class 2; row 4 on class 3.
-  assert metrics['exact_match'] == 0.5
-  assert metrics['label_accuracy'] == 10 / 12
-  # Class 1: positives ranked 1, 2 -> AP 1. Class 2: the positive is ranked 1 -> AP 1.
-  # Class 3: the positive (0.5) is ranked 1 of scores 0.5, 0.2, -1, -2 -> AP 1.
-  assert metrics['map'] == 1.0
-  assert isim.average_precision([0.9, 0.8, 0.7], [0, 1, 1]) == pytest.approx((1 / 2 + 2 / 3) / 2)
-  assert np.isnan(isim.average_precision([0.1, 0.2], [0, 0]))
-
-
-def test_label_confusion_matches_a_bincount_over_images_of_any_size():
-  rng = np.random.default_rng(0)
-  pairs = [(rng.integers(0, 4, size), rng.integers(0, 4, size))
-           for size in ((3, 5), (7, 2), (4, 4), (1, 9))]
-  pairs[0][0][0, 0] = 255
-  expected = np.zeros((4, 4), np.int64)
-  for gt, pred in pairs:
-    keep = gt != 255
-    np.add.at(expected, (gt[keep], pred[keep]), 1)
-  np.testing.assert_array_equal(isim.label_confusion(iter(pairs), 4, chunk=16), expected)
-
-
 def test_voc_config_carries_the_paper_settings():
   config = load_config('voc_isim')
   assert (config.method, config.dataset.name, config.dataset.num_classes) == ('isim', 'voc_aug',
