@@ -88,7 +88,8 @@ def measure(examples, *, num_classes, class_names, cam_threshold, radius, alpha,
   agreement = np.zeros((3, 2), np.int64)
   histograms = np.zeros((len(AUC_PARTS), 2, bins), np.int64)
   cells = np.zeros(2, np.int64)  # (mixed, all) cells of the walk's grid
-  confusions = np.zeros((len(LABEL_ROWS) + len(sweep), num_classes, num_classes), np.int64)
+  streams = [evaluate_lib.ConfusionStream(num_classes)
+             for _ in range(len(LABEL_ROWS) + len(sweep))]
   for cams, image_labels, affinities, affinity_labels, truth in examples:
     truth_grid = affinity.downsample_labels(truth, stride)[None]
     labels_grid = affinity.downsample_labels(affinity_labels, stride)[None]
@@ -114,12 +115,11 @@ def measure(examples, *, num_classes, class_names, cam_threshold, radius, alpha,
     predictions = [pseudo.labels_from_cams(cams, image_labels, cam_threshold), unwalked,
                    truthful, walk(affinities, beta=beta, logt=logt)]
     predictions += [walk(affinities, beta=b, logt=t) for b, t in sweep]
-    for row, prediction in enumerate(predictions):
-      confusions[row] += np.asarray(evaluate_lib.confusion_matrix(truth, prediction,
-                                                                  num_classes))
-  agreement, histograms, confusions, cells = (
-      hosts.sum_over_processes(x) for x in (agreement, histograms, confusions, cells))
-  summaries = [evaluate_lib.summarize(c, class_names) for c in confusions]
+    for stream, prediction in zip(streams, predictions):
+      stream.add(truth, prediction)
+  agreement, histograms, cells = (
+      hosts.sum_over_processes(x) for x in (agreement, histograms, cells))
+  summaries = [evaluate_lib.summarize(stream.total(), class_names) for stream in streams]
   return {
       'affinity_labels': dict(pair_summary(agreement), counts=agreement.tolist()),
       'affinities': {part: _json_number(evaluate_lib.binned_auc(*histograms[i]))

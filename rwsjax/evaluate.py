@@ -1,5 +1,7 @@
 """Confusion-matrix mIoU, binned ROC AUC and multi-label classification metrics (docs/methods.md,
 shared building blocks)."""
+import functools
+
 import jax
 import numpy as np
 import jax.numpy as jnp
@@ -31,27 +33,52 @@ def confusion_matrix(labels, preds, num_classes, ignore_label=IGNORE_LABEL, weig
   return counts.reshape(num_classes, num_classes)
 
 
+@functools.lru_cache(maxsize=None)
+def _chunk_confusion(num_classes):
+  """`confusion_matrix` for `num_classes`, jitted once per class count."""
+  return jax.jit(lambda gt, pred: confusion_matrix(gt, pred, num_classes))
+
+
+class ConfusionStream:
+  """The (K, K) confusion matrix of (ground truth, prediction) label maps of any sizes, added
+  one map at a time: pixels go through `confusion_matrix` in fixed-size chunks of `chunk`
+  (one compilation for every stream of K classes)."""
+
+  def __init__(self, num_classes, chunk=1 << 18):
+    self.num_classes, self.chunk = num_classes, chunk
+    self._counts = np.zeros((num_classes, num_classes), np.int64)
+    self._gt, self._pred, self._size = [], [], 0
+
+  def _flush(self, size):
+    gt, pred = np.concatenate(self._gt), np.concatenate(self._pred)
+    step = _chunk_confusion(self.num_classes)
+    pad = self.chunk - size
+    self._counts += np.asarray(step(np.pad(gt[:size], (0, pad), constant_values=IGNORE_LABEL),
+                                    np.pad(pred[:size], (0, pad))), np.int64)
+    self._gt, self._pred, self._size = [gt[size:]], [pred[size:]], gt.size - size
+
+  def add(self, gt, pred):
+    """Counts one (ground truth, prediction) pair of label maps of one shape."""
+    self._gt.append(np.ravel(gt).astype(np.int32))
+    self._pred.append(np.ravel(pred).astype(np.int32))
+    self._size += self._gt[-1].size
+    while self._size >= self.chunk:
+      self._flush(self.chunk)
+
+  def total(self):
+    """The confusion matrix of every pair added, summed over processes."""
+    if self._size:
+      self._flush(self._size)
+    return hosts.sum_over_processes(self._counts)
+
+
 def label_confusion(pairs, num_classes, chunk=1 << 18):
   """(K, K) confusion matrix of (ground truth, prediction) label maps of any sizes, summed
-  over processes; pixels go through `confusion_matrix` in fixed-size chunks of `chunk` (one
-  compilation)."""
-  step = jax.jit(lambda gt, pred: confusion_matrix(gt, pred, num_classes))
-  total = np.zeros((num_classes, num_classes), np.int64)
-  gt_buffer, pred_buffer = np.zeros(0, np.int32), np.zeros(0, np.int32)
-
-  def flush(gt, pred):
-    gt = np.pad(gt, (0, chunk - gt.size), constant_values=IGNORE_LABEL)
-    return np.asarray(step(gt, np.pad(pred, (0, chunk - pred.size))), np.int64)
-
+  over processes (`ConfusionStream`)."""
+  stream = ConfusionStream(num_classes, chunk)
   for gt, pred in pairs:
-    gt_buffer = np.concatenate([gt_buffer, np.ravel(gt).astype(np.int32)])
-    pred_buffer = np.concatenate([pred_buffer, np.ravel(pred).astype(np.int32)])
-    while gt_buffer.size >= chunk:
-      total += flush(gt_buffer[:chunk], pred_buffer[:chunk])
-      gt_buffer, pred_buffer = gt_buffer[chunk:], pred_buffer[chunk:]
-  if gt_buffer.size:
-    total += flush(gt_buffer, pred_buffer)
-  return hosts.sum_over_processes(total)
+    stream.add(gt, pred)
+  return stream.total()
 
 
 def iou_from_confusion(confusion):
