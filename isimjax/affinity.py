@@ -105,12 +105,15 @@ def downsample_labels(labels, stride=8):
   padded for the stride-8 backbone) and cell (y, x) takes the label at pixel
   (s*y + s//2, s*x + s//2), the nearest pixel to the cell centre.
   """
+  return _pad_to_stride(labels, stride)[..., stride // 2::stride, stride // 2::stride]
+
+
+def _pad_to_stride(labels, stride):
+  """(..., H, W) labels padded with 255 at the bottom/right to a multiple of `stride`."""
   labels = np.asarray(labels)
   height, width = labels.shape[-2:]
-  pad_h, pad_w = -height % stride, -width % stride
-  pad = [(0, 0)] * (labels.ndim - 2) + [(0, pad_h), (0, pad_w)]
-  padded = np.pad(labels, pad, constant_values=IGNORE_LABEL)
-  return padded[..., stride // 2::stride, stride // 2::stride]
+  pad = [(0, 0)] * (labels.ndim - 2) + [(0, -height % stride), (0, -width % stride)]
+  return np.pad(labels, pad, constant_values=IGNORE_LABEL)
 
 
 def crf_argmax(crf_fn, image, scores, class_ids):
@@ -219,12 +222,9 @@ def mixed_cells(labels, stride=8):
   """(..., ceil(H/s), ceil(W/s)) bool: the cells of the stride-`stride` grid (padded as
   `downsample_labels`) whose pixels hold more than one class, 255 aside: cells that straddle a
   boundary, whose one label `downsample_labels` keeps cannot describe them."""
-  labels = np.asarray(labels)
-  height, width = labels.shape[-2:]
-  pad = [(0, 0)] * (labels.ndim - 2) + [(0, -height % stride), (0, -width % stride)]
-  padded = np.pad(labels, pad, constant_values=IGNORE_LABEL).astype(np.int32)
+  padded = _pad_to_stride(labels, stride).astype(np.int32)
   grid = (padded.shape[-2] // stride, padded.shape[-1] // stride)
-  blocks = padded.reshape(labels.shape[:-2] + (grid[0], stride, grid[1], stride))
+  blocks = padded.reshape(padded.shape[:-2] + (grid[0], stride, grid[1], stride))
   valid = blocks != IGNORE_LABEL
   low = np.where(valid, blocks, IGNORE_LABEL).min(axis=(-3, -1))
   high = np.where(valid, blocks, -1).max(axis=(-3, -1))
@@ -237,8 +237,8 @@ def either_end(mask, offsets):
   return source | partner
 
 
-def pair_agreement(labels, truth, offsets):
-  """(3, 2) int64 pair counts of `labels` against `truth` (the affinity labels measured).
+def pair_agreement(label_masks, truth_masks):
+  """(3, 2) int64 pair counts of labels against the truth (the affinity labels measured).
 
   Rows: the labels call the pair the same class, different classes, or leave it unlabelled (a
   255 pixel); columns: the truth calls it the same class or different classes. Pairs with an
@@ -246,21 +246,14 @@ def pair_agreement(labels, truth, offsets):
   [0, 0] / column 0; likewise [1, 1] for "different".
 
   Args:
-    labels, truth: (N, h, w) integer label maps at the pair resolution, 255 ignored.
-    offsets: (P, 2) pair offsets.
+    label_masks, truth_masks: `same_and_different` of the labels and of the truth, (N, h, w)
+      label maps at the pair resolution with 255 ignored, for the same offsets.
   """
-  label_same, label_different = same_and_different(labels, offsets)
-  truth_same, truth_different = same_and_different(truth, offsets)
+  label_same, label_different = label_masks
+  truth_same, truth_different = truth_masks
   rows = (label_same, label_different, ~(label_same | label_different))
   return np.array([[np.sum(row & truth_same), np.sum(row & truth_different)] for row in rows],
                   np.int64)
-
-
-def truth_affinities(truth, offsets):
-  """(N, P, h', w') float32 affinities of a label map: 1 for a pair of the same class, 0 for
-  different classes or an ignored (255) pixel; the random walk on them is the walk on perfect
-  affinities."""
-  return same_and_different(truth, offsets)[0].astype(np.float32)
 
 
 def affinity_loss(aff, bg_pos, fg_pos, neg):

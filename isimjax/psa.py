@@ -81,9 +81,7 @@ def check_config(config):
   if not 0.0 <= psa.aff_bg <= psa.aff_fg:
     raise ValueError(f'Expected 0 <= config.psa.aff_bg <= config.psa.aff_fg; got '
                      f'{psa.aff_bg} and {psa.aff_fg}.')
-  if psa.walk_scale not in WALK_SCALES:
-    raise ValueError(f'config.psa.walk_scale={psa.walk_scale!r}; expected one of '
-                     f'{list(WALK_SCALES)}.')
+  _choice(psa.walk_scale, WALK_SCALES, 'config.psa.walk_scale')
   trained = psa.affinity.input
   if trained.scale_mode == 'ratio' and not (
       trained.scale_range[0] <= psa.walk_scale <= trained.scale_range[1]):

@@ -16,8 +16,9 @@ train-split mIoU tables do):
                     cells
   labels            mIoU of the CAM labels (threshold background), the walk's input scores
                     pooled to the grid and upsampled without walking, the walk on the ground
-                    truth affinities (`affinity.truth_affinities`: what perfect affinities
-                    give at this grid) and the walk on AffinityNet's affinities (the RW row)
+                    truth affinities (1 for a pair of one class, 0 across or at an ignored
+                    pixel: what perfect affinities give at this grid) and the walk on
+                    AffinityNet's affinities (the RW row)
   sweep             the walk's mIoU for each (beta, logt) of a grid, on AffinityNet's
                     affinities, from which the walk's settings can be chosen
 """
@@ -41,12 +42,6 @@ AUC_PARTS = ('all', 'labelled', 'unlabelled', 'unlabelled_pure', 'unlabelled_mix
 AUC_TITLES = {'all': 'all pairs', 'labelled': 'labelled pairs', 'unlabelled': 'unlabelled pairs',
               'unlabelled_pure': 'unlabelled pairs of two single-class cells',
               'unlabelled_mixed': 'unlabelled pairs with a boundary-straddling cell'}
-
-
-def walk_labels(cams, image_labels, affinities, **walk_options):
-  """The walk's argmax labels (H, W) uint8 (`random_walk.walk_scores`, no CRF)."""
-  scores, class_ids = random_walk.walk_scores(cams, image_labels, affinities, **walk_options)
-  return class_ids.astype(np.uint8)[np.argmax(scores, axis=0)]
 
 
 def pair_summary(agreement):
@@ -90,16 +85,19 @@ def measure(examples, *, num_classes, class_names, cam_threshold, radius, alpha,
   cells = np.zeros(2, np.int64)  # (mixed, all) cells of the walk's grid
   streams = [evaluate_lib.ConfusionStream(num_classes)
              for _ in range(len(LABEL_ROWS) + len(sweep))]
+  settings = list(dict.fromkeys([(beta, logt)] + sweep))  # the configured walk, then the sweep
   for cams, image_labels, affinities, affinity_labels, truth in examples:
-    truth_grid = affinity.downsample_labels(truth, stride)[None]
-    labels_grid = affinity.downsample_labels(affinity_labels, stride)[None]
-    walk = functools.partial(walk_labels, cams, image_labels, **options)
+    walk = functools.partial(random_walk.propagate, cams, image_labels, **options)
     if affinities is None:  # a grid without pairs is not walked
       unwalked = truthful = walk(None, beta=beta, logt=logt)
     else:
-      agreement += affinity.pair_agreement(labels_grid, truth_grid, offsets)
-      same, different = (mask[0] for mask in affinity.same_and_different(truth_grid, offsets))
-      labelled = np.any(affinity.same_and_different(labels_grid, offsets), axis=0)[0]
+      truth_masks = affinity.same_and_different(
+          affinity.downsample_labels(truth, stride)[None], offsets)
+      label_masks = affinity.same_and_different(
+          affinity.downsample_labels(affinity_labels, stride)[None], offsets)
+      agreement += affinity.pair_agreement(label_masks, truth_masks)
+      same, different = (mask[0] for mask in truth_masks)
+      labelled = (label_masks[0] | label_masks[1])[0]
       mixed = affinity.mixed_cells(truth, stride)
       cells += (np.sum(mixed), mixed.size)
       straddling = affinity.either_end(mixed[None], offsets)[0]
@@ -110,11 +108,10 @@ def measure(examples, *, num_classes, class_names, cam_threshold, radius, alpha,
           histograms[part, column] += evaluate_lib.score_histogram(
               np.asarray(affinities)[truth_mask & mask], bins)
       unwalked = walk(np.zeros_like(affinities), beta=beta, logt=logt)
-      truthful = walk(affinity.truth_affinities(truth_grid, offsets)[0], beta=beta,
-                      logt=logt)
+      truthful = walk(same.astype(np.float32), beta=beta, logt=logt)
+    walked = {(b, t): walk(affinities, beta=b, logt=t) for b, t in settings}
     predictions = [pseudo.labels_from_cams(cams, image_labels, cam_threshold), unwalked,
-                   truthful, walk(affinities, beta=beta, logt=logt)]
-    predictions += [walk(affinities, beta=b, logt=t) for b, t in sweep]
+                   truthful, walked[beta, logt]] + [walked[setting] for setting in sweep]
     for stream, prediction in zip(streams, predictions):
       stream.add(truth, prediction)
   agreement, histograms, cells = (

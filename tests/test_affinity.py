@@ -96,15 +96,16 @@ def test_pair_labels_match_brute_force():
           assert neg[n, p, y, x] == (not ignored and a != b)
 
 
-def test_pair_agreement_and_truth_affinities_match_brute_force():
+def test_pair_agreement_and_same_pairs_match_brute_force():
   rng = np.random.default_rng(4)
   labels = rng.choice(np.array([0, 1, 2, 255]), size=(2, 6, 9)).astype(np.int32)
   truth = rng.choice(np.array([0, 1, 2, 255]), p=[0.4, 0.25, 0.25, 0.1],
                      size=(2, 6, 9)).astype(np.int32)
   radius = 3
   offsets = affinity.pair_offsets(radius)
-  agreement = affinity.pair_agreement(labels, truth, offsets)
-  perfect = affinity.truth_affinities(truth, offsets)
+  truth_masks = affinity.same_and_different(truth, offsets)
+  agreement = affinity.pair_agreement(affinity.same_and_different(labels, offsets), truth_masks)
+  perfect = truth_masks[0]
   expected = np.zeros((3, 2), np.int64)
   for n in range(2):
     for p, (dy, dx) in enumerate(offsets.tolist()):
@@ -113,7 +114,7 @@ def test_pair_agreement_and_truth_affinities_match_brute_force():
           pair = [(y, x + radius - 1), (y + dy, x + radius - 1 + dx)]
           a, b = (labels[n][i] for i in pair)
           s, t = (truth[n][i] for i in pair)
-          assert perfect[n, p, y, x] == float(s == t != 255)
+          assert perfect[n, p, y, x] == (s == t != 255)
           if s == 255 or t == 255:
             continue
           row = 2 if 255 in (a, b) else int(a != b)

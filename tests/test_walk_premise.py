@@ -30,7 +30,8 @@ def test_perfect_affinities_and_labels():
   examples = [_example(rng) for _ in range(3)]
   offsets = affinity.pair_offsets(RADIUS)
   result = walk_premise.measure(
-      [(cams, labels, affinity.truth_affinities(_grid(truth), offsets)[0], truth, truth)
+      [(cams, labels, affinity.same_and_different(_grid(truth), offsets)[0][0].astype(np.float32),
+        truth, truth)
        for cams, labels, truth in examples],
       sweep=[(8.0, 2), (8.0, 0)], **OPTIONS)
   assert result['labels']['walk'] == result['labels']['walk_truth']
@@ -57,8 +58,8 @@ def test_unlabelled_pairs_and_counts():
   assert 0.3 < result['affinities']['all'] < 0.7  # random scores
   counts = np.asarray(result['affinity_labels']['counts'])
   assert counts[:2].sum() == 0
-  np.testing.assert_array_equal(counts[2], affinity.pair_agreement(_grid(truth), _grid(truth),
-                                                                   offsets)[0:2].sum(axis=0))
+  np.testing.assert_array_equal(counts[2], affinity.pair_agreement(
+      *[affinity.same_and_different(_grid(truth), offsets)] * 2)[0:2].sum(axis=0))
   assert result['affinity_labels']['coverage'] == 0.0
   mixed = affinity.mixed_cells(truth, STRIDE)
   assert result['mixed_cell_share'] == mixed.mean() > 0
