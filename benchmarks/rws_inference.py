@@ -9,6 +9,9 @@ evaluation batch of its dataset. Timed one after another, interleaved over the r
               and the weak windows (`network.weak_slices`)
   local       the local model on the weak windows (its forward pass and Seg-Grad-CAM), and the
               selection and weights of eq. 5-7 (`network.plans_for`)
+  local, every slot
+              the same with the local Seg-Grad-CAM's backward pass over every class slot
+              (`rws.pair_chunk=0`), where `local` runs one per filled slot
   fused pass  the refined network's forward pass with the fusion applied
   RWS network all of it in one jitted function (`network.rws_logits`), what evaluation times
 
@@ -30,18 +33,26 @@ from rwsjax import data
 from rwsjax import models
 from rwsjax import stages
 from rwsjax import train
+from rwsjax.rws import config as rws_config
 from rwsjax.rws import fusion
 from rwsjax.rws import network
 from rwsjax.rws import pipeline
+from rwsjax.rws import segcam
+from rwsjax.rws import slices
 from timing import interleaved_seconds
 from timing import load_mark
 from timing import load_per_core
 
 
 def recorded_config(workdir):
-  """The resolved config a finished run recorded in its summary.json."""
+  """The resolved config a finished run recorded in its summary.json; config.rws fields that
+  did not exist when it ran take their defaults."""
   with open(os.path.join(workdir, 'summary.json')) as f:
-    return ml_collections.ConfigDict(json.load(f)['run']['config'])
+    config = ml_collections.ConfigDict(json.load(f)['run']['config'])
+  defaults = rws_config.default_config()
+  for name in set(defaults.keys()) - set(config.rws.keys()):
+    config.rws[name] = defaults[name]
+  return config
 
 
 def main():
@@ -65,7 +76,11 @@ def main():
   plain = jax.jit(lambda n, x: model.apply(n['model'], x, train=False))
   attention = jax.jit(lambda n, x: network.weak_slices(model, n['global'], n['threshold'], x,
                                                        config, rng))
-  local = jax.jit(lambda n, found, x: network.plans_for(model, n['local'], found, x, config))
+  every_slot = config.copy_and_resolve_references()
+  every_slot.rws.pair_chunk = 0
+  local, local_every_slot = (
+      jax.jit(lambda n, found, x, c=c: network.plans_for(model, n['local'], found, x, c))
+      for c in (config, every_slot))
   fused = jax.jit(lambda n, plans, x: model.apply(n['model'], x, train=False,
                                                   layer_hook=fusion.layer_hook(plans)))
   whole = jax.jit(lambda n, x: network.rws_logits(model, n, x, config))
@@ -76,6 +91,7 @@ def main():
       'plain': lambda: plain(net, images),
       'attention': lambda: attention(net, images),
       'local': lambda: local(net, found, images),
+      'local, every slot': lambda: local_every_slot(net, found, images),
       'fused pass': lambda: fused(net, plans, images),
       'RWS network': lambda: whole(net, images)}, args.repeats)
   mark = load_mark(start_load, load_per_core())
@@ -90,9 +106,17 @@ def main():
   if mark:
     print(mark.strip())
   slots = np.asarray(found.attention.result.class_mask)
+  size = config.rws.slice_size
+  crops = slices.crop_windows(images, found.boxes, size).reshape((-1, size, size, 3))
+  crops = crops[np.asarray(found.valid).reshape(-1)]
+  local_pred = model.apply(net['local'], network.zoom(crops, network.local_size(config.rws)),
+                           train=False).argmax(-1)
+  local_slots = np.asarray(segcam.present_classes(local_pred, config.dataset.num_classes,
+                                                  config.rws.max_classes)[1])
   print(f"weak windows per image: {float(stats['weak_slices']):.2f} (of "
         f'{found.boxes.shape[1]} windows); Seg-Grad-CAM class slots holding a class: '
-        f'{slots.mean():.0%} of {slots.shape[1]} per image')
+        f'{slots.mean():.0%} of {slots.shape[1]} per image, {local_slots.mean():.0%} per '
+        'weak window')
 
 
 if __name__ == '__main__':

@@ -39,6 +39,7 @@ NEUTRAL_FIELDS = {
     'train.max_to_keep': 'checkpoints kept on disk',
     'figures': 'figures only',
     'rws.slice_chunk': 'slices per call of the local model: memory, not results',
+    'rws.pair_chunk': "the local model's Seg-Grad-CAM computed another way: time, not results",
     'isim.cam_batch_size': 'images per CAM call: memory, not results',
     'isim.crf_workers': 'CRF worker processes',
 }

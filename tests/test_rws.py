@@ -308,15 +308,18 @@ def _window_entries(result, regions, per_pixel, boxes, num_classes, background, 
   return out
 
 
-@pytest.mark.parametrize('max_slices, chunk', [(0, 32), (0, 3), (2, 32)])
-def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny, max_slices, chunk):
+@pytest.mark.parametrize('max_slices, chunk, pair_chunk', [(0, 32, 0), (0, 3, 2), (2, 32, 16)])
+def test_rws_network_equals_a_hand_composed_fused_forward_pass(tiny, max_slices, chunk,
+                                                                pair_chunk):
   """rws_logits against the steps of docs/methods.md RWS 11 composed by hand: prediction-region
   attention, weak windows under T (weakest first; every one, or at most `max_slices`), the
-  local model on the enlarged slices (`slice_chunk` at a time), eq. 5-7 per pixel
-  (test_fusion's loop reference) and the fused forward pass."""
+  local model on the enlarged slices (`slice_chunk` at a time, its Seg-Grad-CAM over all
+  class slots or per filled one, `pair_chunk`), eq. 5-7 per pixel (test_fusion's loop
+  reference) and the fused forward pass."""
   config, model, batch, glob, local = tiny
   config = config.copy_and_resolve_references()
   config.rws.max_slices, config.rws.slice_chunk = max_slices, chunk
+  config.rws.pair_chunk = pair_chunk
   rws_cfg, k = config.rws, config.dataset.num_classes
   refined = train.random_variables(model, (1, 32, 32, 3), jax.random.key(4))
   images = batch['image']

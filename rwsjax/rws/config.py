@@ -52,6 +52,9 @@ def default_config():
   c.fuse_layers = (1, 2, 3, 4)  # layer outputs fused in stage 3; () = plain fine-tuning
   c.max_slices = 0              # weak slices refined per image; 0 = every weak slice
   c.slice_chunk = 32            # slices per call of the local model (memory bound)
+  c.pair_chunk = 8              # (slice, class) pairs per Seg-Grad-CAM call of the local
+                                # model: backward passes only for filled class slots | 0:
+                                # one backward pass per slot over all slices of a call
   c.max_rounds = 4
   c.min_weak_delta = 20         # stop when the weak-slice count changes less than this
   c.inference = 'fused'         # the RWS network (fused) | the refined network alone (plain)

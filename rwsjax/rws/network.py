@@ -39,23 +39,26 @@ class Attention(NamedTuple):
 
 
 def attention_maps(model, variables, images, *, num_classes, max_classes, labels=None,
-                   valid=None):
+                   valid=None, pair_chunk=None):
   """A_i and Gamma of a batch (eq. 1-3, docs/methods.md RWS 2).
 
   Without `labels` (switch `attention_region: prediction`, and always at test time) the
   slots hold the classes present in the prediction and H_i^c is kept where c is predicted;
   with `labels` (`ground_truth`) the slots hold the ground-truth classes and H_i^c is kept on
   c's ground truth. `valid` (N, H, W), False on padding, keeps predicted regions on the image
-  and makes padding invisible to Seg-Grad-CAM (`segcam.seg_grad_cam`) on both paths.
+  and makes padding invisible to Seg-Grad-CAM (`segcam.seg_grad_cam`) on both paths;
+  `pair_chunk` is its backward pass per filled class slot.
   """
   if labels is None:
-    result = segcam.seg_grad_cam(model, variables, images, max_classes=max_classes, valid=valid)
+    result = segcam.seg_grad_cam(model, variables, images, max_classes=max_classes, valid=valid,
+                                 pair_chunk=pair_chunk)
     regions = jnp.argmax(result.logits, axis=-1)
     if valid is not None:
       regions = jnp.where(valid, regions, -1)
   else:
     classes, _ = segcam.present_classes(labels, num_classes, max_classes)
-    result = segcam.seg_grad_cam(model, variables, images, classes=classes, valid=valid)
+    result = segcam.seg_grad_cam(model, variables, images, classes=classes, valid=valid,
+                                 pair_chunk=pair_chunk)
     regions = labels
   maps = segcam.region_attention(result.heatmaps, result.class_ids, result.class_mask, regions)
   gamma, _ = segcam.gamma_and_omega(maps)
@@ -161,7 +164,9 @@ def local_outputs(model, variables, crops, config, crop_labels=None, crop_valid=
                   with_logits=False):
   """The local model on window crops (docs/methods.md RWS 5-6): per fused layer, A_i^s,
   Gamma_i^s and F_i^s on the window's footprint of that layer's feature grid, and the local
-  logits at the window's size.
+  logits at the window's size. A window holds few classes, so its Seg-Grad-CAM runs a
+  backward pass per filled class slot, `rws.pair_chunk` (window, class) pairs per call (0:
+  every slot of every window at once); both give the same maps.
 
   Args:
     crops: (M, s, s, 3) window crops at the global scale (s = slice_size); the model sees them
@@ -182,7 +187,8 @@ def local_outputs(model, variables, crops, config, crop_labels=None, crop_valid=
     crop_valid = zoom(crop_valid, side, 'nearest')
   attention = attention_maps(model, variables, zoom(crops, side),
                              num_classes=config.dataset.num_classes,
-                             max_classes=rws.max_classes, labels=crop_labels, valid=crop_valid)
+                             max_classes=rws.max_classes, labels=crop_labels, valid=crop_valid,
+                             pair_chunk=rws.pair_chunk or None)
   maps = segcam.feature_attention(attention.maps, attention.gamma, attention.result.features)
   layers = {}
   for name in fused_layers(rws):

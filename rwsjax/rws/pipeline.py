@@ -142,10 +142,11 @@ def check_config(config):
     raise ValueError(f'config.rws.t_noise_z={rws.t_noise_z}; expected a finite number >= 0.')
   if not 0 <= rws.t_min_share < 1:
     raise ValueError(f'config.rws.t_min_share={rws.t_min_share}; expected a share in [0, 1).')
-  if rws.max_slices < 0 or rws.slice_chunk < 1:
-    raise ValueError(f'config.rws.max_slices={rws.max_slices} and config.rws.slice_chunk='
-                     f'{rws.slice_chunk}; expected max_slices >= 0 (0: every weak slice) and '
-                     'slice_chunk >= 1.')
+  if rws.max_slices < 0 or rws.slice_chunk < 1 or rws.pair_chunk < 0:
+    raise ValueError(f'config.rws.max_slices={rws.max_slices}, config.rws.slice_chunk='
+                     f'{rws.slice_chunk} and config.rws.pair_chunk={rws.pair_chunk}; expected '
+                     'max_slices >= 0 (0: every weak slice), slice_chunk >= 1 and pair_chunk '
+                     '>= 0 (0: every class slot at once).')
   if rws.local_scale <= 0:
     raise ValueError(f'config.rws.local_scale={rws.local_scale} must be positive.')
   strides = models.feature_strides(config.model)
