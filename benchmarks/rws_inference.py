@@ -12,6 +12,9 @@ evaluation batch of its dataset. Timed one after another, interleaved over the r
   local, every slot
               the same with the local Seg-Grad-CAM's backward pass over every class slot
               (`rws.pair_chunk=0`), where `local` runs one per filled slot
+  local forward
+              the local model's forward pass alone over the weak windows, `rws.slice_chunk`
+              per call: what the local part costs before any Seg-Grad-CAM
   fused pass  the refined network's forward pass with the fusion applied
   RWS network all of it in one jitted function (`network.rws_logits`), what evaluation times
 
@@ -29,6 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from rwsjax import chunks
 from rwsjax import data
 from rwsjax import models
 from rwsjax import stages
@@ -81,9 +85,18 @@ def main():
   local, local_every_slot = (
       jax.jit(lambda n, found, x, c=c: network.plans_for(model, n['local'], found, x, c))
       for c in (config, every_slot))
+  size, side = config.rws.slice_size, network.local_size(config.rws)
+
+  def local_forward(n, found, x):
+    crops = slices.crop_windows(x, found.boxes, size).reshape((-1, size, size, 3))
+    return chunks.map_selected(
+        lambda c: model.apply(n['local'], network.zoom(c, side), train=False), crops,
+        found.valid.reshape(-1), config.rws.slice_chunk)
+
   fused = jax.jit(lambda n, plans, x: model.apply(n['model'], x, train=False,
                                                   layer_hook=fusion.layer_hook(plans)))
   whole = jax.jit(lambda n, x: network.rws_logits(model, n, x, config))
+  forward_only = jax.jit(local_forward)
   found = attention(net, images)
   plans, stats = local(net, found, images)
   start_load = load_per_core()
@@ -92,6 +105,7 @@ def main():
       'attention': lambda: attention(net, images),
       'local': lambda: local(net, found, images),
       'local, every slot': lambda: local_every_slot(net, found, images),
+      'local forward': lambda: forward_only(net, found, images),
       'fused pass': lambda: fused(net, plans, images),
       'RWS network': lambda: whole(net, images)}, args.repeats)
   mark = load_mark(start_load, load_per_core())
@@ -106,11 +120,7 @@ def main():
   if mark:
     print(mark.strip())
   slots = np.asarray(found.attention.result.class_mask)
-  size = config.rws.slice_size
-  crops = slices.crop_windows(images, found.boxes, size).reshape((-1, size, size, 3))
-  crops = crops[np.asarray(found.valid).reshape(-1)]
-  local_pred = model.apply(net['local'], network.zoom(crops, network.local_size(config.rws)),
-                           train=False).argmax(-1)
+  local_pred = forward_only(net, found, images).argmax(-1)[np.asarray(found.valid).reshape(-1)]
   local_slots = np.asarray(segcam.present_classes(local_pred, config.dataset.num_classes,
                                                   config.rws.max_classes)[1])
   print(f"weak windows per image: {float(stats['weak_slices']):.2f} (of "
