@@ -29,13 +29,6 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-# The methods of this repository (rwsjax.pipelines; a module given to --imports adds others).
-PIPELINES = {
-    'supervised': 'rwsjax.supervised',
-    'rws': 'rwsjax.rws.pipeline',
-    'isim': 'isimjax.isim',
-    'pretrain': 'rwsjax.pretrain',
-}
 HELP_FLAGS = ('help', 'helpshort', 'helpfull', 'helpxml', '?')
 MODES = ('train', 'evaluate', 'predict')
 MODE_FLAGS = {'split': 'evaluate', 'images': 'predict', 'out': 'predict',
@@ -150,8 +143,6 @@ def main(argv):
   from rwsjax import pipelines, progress
   if not _LIBRARY_LOGS.value:
     progress.quiet_library_logs()
-  for name, module in PIPELINES.items():
-    pipelines.register_pipeline(name, module)
   for name in _IMPORTS.value:
     try:
       importlib.import_module(name)

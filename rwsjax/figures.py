@@ -58,12 +58,20 @@ def class_legend(fig, class_maps, class_names=None):
                     ncol=min(len(handles), 6), fontsize=8, frameon=False)
 
 
-def save_grid(path, columns, titles, class_names=None, value_label='value'):
+def draw_boxes(ax, boxes):
+  """(M, 4) boxes (y0, x0, y1, x1), half-open pixel bounds, drawn as yellow rectangles."""
+  for y0, x0, y1, x1 in np.asarray(boxes).reshape(-1, 4):
+    ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                               edgecolor='yellow', linewidth=1.2))
+
+
+def save_grid(path, columns, titles, class_names=None, value_label='value', boxes=None):
   """A grid figure: `columns` is a list of equal-length lists of panels (rows = examples).
 
   A panel is an RGB image (H, W, 3), a class map ((H, W) integers, drawn in `label_palette`
   colours with a legend naming the classes shown, from `class_names`), or a value map ((H, W)
   floats in [0, 1], drawn with the jet colour map and a colour bar labelled `value_label`).
+  `boxes`, one (M, 4) array per row, are drawn on the first column (`draw_boxes`).
   Returns the saved figure.
   """
   rows = len(columns[0])
@@ -80,6 +88,8 @@ def save_grid(path, columns, titles, class_names=None, value_label='value'):
         value_image = ax.imshow(image, cmap='jet', vmin=0, vmax=1)
       else:
         ax.imshow(image)
+      if boxes is not None and j == 0:
+        draw_boxes(ax, boxes[i])
       ax.set_xticks([])
       ax.set_yticks([])
       if i == 0:
@@ -133,9 +143,7 @@ def save_slices(path, images, boxes):
   fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 2.8), squeeze=False)
   for ax, image, image_boxes in zip(axes[0], images, boxes):
     ax.imshow(image)
-    for y0, x0, y1, x1 in np.asarray(image_boxes).reshape(-1, 4):
-      ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                                 edgecolor='yellow', linewidth=1.2))
+    draw_boxes(ax, image_boxes)
     ax.set_title(f'{len(np.asarray(image_boxes).reshape(-1, 4))} weak slices', fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])

@@ -171,6 +171,35 @@ def working_image(image, eval_cfg, input_cfg):
   return canvas, valid, size
 
 
+def as_rgb(image):
+  """uint8 (H, W, 3) of an RGB, RGBA or grey (H, W) image array."""
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, axis=-1)
+  if image.ndim != 3 or image.shape[-1] not in (3, 4):
+    raise ValueError(f'An image has shape {image.shape}; expected (H, W), (H, W, 3) or '
+                     '(H, W, 4).')
+  return image[..., :3].astype(np.uint8)
+
+
+def image_segmenter(predictor, eval_cfg):
+  """image -> mask with `predictor` (a `stages.Predictor`) and config.eval (module docstring:
+  test-time augmentation, max_side, pad_multiple): the mask is (H, W) int32 class indices at
+  the image's size, for a uint8 image (H, W, 3) (grey and RGBA arrays too, `as_rgb`). One
+  jitted function per working size."""
+  predict_fn = with_tta(predictor.predict_fn, eval_cfg)
+  apply = jax.jit(lambda variables, image, valid: predict_fn(
+      variables, {'image': image, 'valid': valid})[0])
+
+  def segment(image):
+    image = as_rgb(image)
+    canvas, valid, (h, w) = working_image(image, eval_cfg, predictor.config.input)
+    logits = np.asarray(apply(predictor.variables, canvas, valid))[:h, :w]
+    return upsample_argmax(logits, image.shape[:2])
+
+  return segment
+
+
 def overlay(image, mask, background_class):
   """The image blended with the class colours of `mask` (OVERLAY_ALPHA); pixels of the
   background class keep the image."""
@@ -198,9 +227,7 @@ def predict_folder(config, workdir, pipeline_module, images, out):
                            stage_plan(pipeline_module, config))
   mesh = train.make_mesh(1)
   predictor = preflight.user_input(pipeline_module.trained_predictor, config, workdir, mesh)
-  predict_fn = with_tta(predictor.predict_fn, config.eval)
-  apply = jax.jit(lambda variables, image, valid: predict_fn(
-      variables, {'image': image, 'valid': valid})[0])
+  segment = image_segmenter(predictor, config.eval)
   background = config.dataset.background_class
   files = sorted(f for f in os.listdir(images) if os.path.isfile(os.path.join(images, f)))
   os.makedirs(os.path.join(out, OVERLAY_DIR), exist_ok=True)
@@ -214,9 +241,7 @@ def predict_folder(config, workdir, pipeline_module, images, out):
       logging.warning('predict: skipping %s: %s already gave the mask %s.png.', name,
                       written[stem], stem)
     elif image is not None:
-      canvas, valid, (h, w) = working_image(image, config.eval, predictor.config.input)
-      logits = np.asarray(apply(predictor.variables, canvas, valid))[:h, :w]
-      mask = upsample_argmax(logits, image.shape[:2])
+      mask = segment(image)
       save_mask(os.path.join(out, f'{stem}.png'), mask)
       PIL.Image.fromarray(overlay(image, mask, background)).save(
           os.path.join(out, OVERLAY_DIR, f'{stem}.jpg'), quality=90)

@@ -33,7 +33,15 @@ class Pipeline(Protocol):
     ...
 
 
-_PIPELINES = {}  # name -> a pipeline, or the import path of a module that is one
+# The methods of this repository, imported on first use; a module given to `launch.py
+# --imports` (or imported before `rwsjax.api.load_run`) registers others.
+BUILTIN = {
+    'supervised': 'rwsjax.supervised',
+    'rws': 'rwsjax.rws.pipeline',
+    'isim': 'isimjax.isim',
+    'pretrain': 'rwsjax.pretrain',
+}
+_PIPELINES = dict(BUILTIN)  # name -> a pipeline, or the import path of a module that is one
 
 
 def register_pipeline(name, pipeline):

@@ -179,16 +179,22 @@ def for_evaluation(config, workdir, check_config, split, plan=None):
   check_writable_dir(workdir, '--workdir')
 
 
-def for_prediction(config, workdir, check_config, images, out, plan=None):
-  """Before predicting with the run in `workdir`: the config, the stages in the workdir
-  against `plan`, the image folder `images` (a directory holding files) and the output
-  folder `out`."""
+def for_trained_run(config, workdir, check_config, plan=None):
+  """Before predicting with the run in `workdir` (launch.py --mode=predict, `rwsjax.api`): one
+  process, the config, and the stages in the workdir against `plan`."""
   if jax.process_count() > 1:
     raise UserInputError('--mode=predict runs in one process; start it without --distributed.')
   user_input(check_common_config, config)
   user_input(check_config, config)
   check_finished_workdir(workdir)
   check_trained_with(workdir, plan, 'predict')
+
+
+def for_prediction(config, workdir, check_config, images, out, plan=None):
+  """Before predicting with the run in `workdir`: the config, the stages in the workdir
+  against `plan`, the image folder `images` (a directory holding files) and the output
+  folder `out`."""
+  for_trained_run(config, workdir, check_config, plan)
   if not images or not os.path.isdir(images):
     raise UserInputError(f'--images={images} is not a directory; expected a folder of JPEG or '
                          'PNG images.')

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 
 from rwsjax import eventlog
 from rwsjax.progress import write_json, write_text
@@ -31,6 +32,21 @@ SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def config_json(config):
   """`config.to_dict()` as JSON values: field references resolved, tuples as lists."""
   return json.loads(json.dumps(config.to_dict()))
+
+
+def recorded_config(workdir):
+  """The resolved config the finished run in `workdir` recorded in its summary.json, as a
+  ConfigDict (lists, which JSON made of tuples, are tuples again); ValueError when there is no
+  finished run."""
+  path = os.path.join(workdir, SUMMARY_FILE)
+  if not os.path.isfile(path):
+    raise ValueError(f'{workdir} holds no {SUMMARY_FILE}: no run finished there (train it '
+                     'with launch.py first).')
+  with open(path) as f:
+    recorded = json.load(f)['run']['config']
+  as_tuples = lambda x: ({k: as_tuples(v) for k, v in x.items()} if isinstance(x, dict) else
+                         tuple(as_tuples(v) for v in x) if isinstance(x, list) else x)
+  return ml_collections.ConfigDict(as_tuples(recorded))
 
 
 def versions():
