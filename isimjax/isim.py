@@ -257,7 +257,7 @@ def _psa_random_walk(ctx):
 
 def model_title(model_cfg):
   """'DeepLabCAM' / 'UNetCAM (learnable)', the paper's column names."""
-  title = cam_models.CAM_HEADS[model_cfg.name]
+  title = cam_models.cam_title(model_cfg)
   if model_cfg.name == 'unet':
     title += f' ({model_cfg.upsample})'
   return title

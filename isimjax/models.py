@@ -12,8 +12,6 @@ import jax.numpy as jnp
 from rwsjax import config as config_lib
 from rwsjax import models
 
-CAM_HEADS = {'deeplabv3': 'DeepLabCAM', 'deeplabv3plus': 'DeepLabCAM', 'unet': 'UNetCAM'}
-
 
 class CamSegmenter(nn.Module):
   """Backbone + segmentation head + classification branch (global average pooling, then a
@@ -55,14 +53,23 @@ class CamSegmenter(nn.Module):
     return logits, jnp.mean(maps, axis=(1, 2))
 
 
+def cam_title(model_cfg):
+  """The name of the CAM variant of config.model.name's head (DeepLabCAM, UNetCAM:
+  `models.register_head`'s `cam_title`); ValueError for a head without one."""
+  title = models.head(model_cfg).cam_title
+  if title is None:
+    name = config_lib.field(model_cfg, 'model', 'name')
+    with_cam = sorted(n for n, h in models.HEADS.items() if h.cam_title)
+    raise ValueError(f'config.model.name={name!r} has no CAM variant; expected one of '
+                     f'{with_cam} (a head registered with a cam_title).')
+  return title
+
+
 def make_cam_model(model_cfg, num_classes):
   """DeepLabCAM (config.model.name deeplabv3 | deeplabv3plus) or UNetCAM (unet, with
   config.model.upsample bilinear | learnable) from config.model; see
   `rwsjax.models.make_backbone` and `make_head` for the other fields."""
-  name = config_lib.field(model_cfg, 'model', 'name')
-  if name not in CAM_HEADS:
-    raise ValueError(f'config.model.name={name!r} has no CAM variant; expected one of '
-                     f'{sorted(CAM_HEADS)} (DeepLabCAM or UNetCAM).')
+  cam_title(model_cfg)
   if num_classes < 2:
     raise ValueError(f'config.dataset.num_classes={num_classes}; a CAM model needs background '
                      'and at least one object class.')

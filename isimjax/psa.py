@@ -51,8 +51,6 @@ WALK_SCALES = (1, 2, 4, 8)  # integer enlargements: the walk's stride 8 / scale 
 LABEL_CRFS = ('isim', 'psa')
 INITS = ('imagenet', 'isim')
 PSA_PAIRWISE = crf.CrfParams(bilateral_sxy=80.0, bilateral_srgb=13.0)  # PSA's crf_inference
-FINAL_TITLES = {'deeplabv3': 'DeepLabv3', 'deeplabv2': 'DeepLabv2',
-                'deeplabv3plus': 'DeepLabv3+', 'fcn': 'FCN', 'unet': 'UNet'}
 _SEEDS = {AFFINITY_STAGE: 11, FINAL_STAGE: 12}  # folded into config.seed's key
 
 
@@ -314,7 +312,7 @@ def walk_premise_result(ctx, isim_variables):
 def final_title(config):
   """'DeepLabv3 (resnet101)': the final model's name for tables."""
   model_cfg = stage_config(config, 'final').model
-  return f'{FINAL_TITLES.get(model_cfg.name, model_cfg.name)} ({model_cfg.backbone})'
+  return f'{models.head(model_cfg).title} ({model_cfg.backbone})'
 
 
 def train_final(ctx):

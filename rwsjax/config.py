@@ -60,7 +60,8 @@ def base_config():
   c.input.eval_max_long_side = config_dict.placeholder(int)  # shrink larger eval images
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'deeplabv3'        # deeplabv3 | deeplabv3plus | fcn | unet | deeplabv2
+  c.model.name = 'deeplabv3'        # a registered head (rwsjax.models.HEADS): deeplabv3 |
+                                    # deeplabv3plus | fcn | unet | deeplabv2
   c.model.backbone = 'resnet18'     # resnet18..resnet152, or a name given to register_backbone
   c.model.output_stride = 8
   c.model.width = 0.25              # channel multiplier of the backbone (1.0 = standard)

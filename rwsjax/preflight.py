@@ -62,10 +62,19 @@ def config_overrides(argv):
 CONDITIONAL_FIELDS = {
     'train.momentum': (lambda config: config.train.optimizer == 'sgd',
                        "config.train.optimizer='sgd'"),
-    'model.upsample': (lambda config: config.model.name == 'unet', "config.model.name='unet'"),
-    'model.head_channels': (lambda config: config.model.name not in ('fcn', 'deeplabv2'),
-                            "config.model.name='deeplabv3', 'deeplabv3plus' or 'unet'"),
 }
+
+
+def _head_field(field):
+  """The CONDITIONAL_FIELDS entry of a config.model field that only some heads read
+  (`models.register_head`'s `reads`): the setting names the heads registered at check time."""
+  return (lambda config: field in models.head(config.model).reads,
+          lambda: 'config.model.name=' + ' or '.join(
+              repr(name) for name, h in models.HEADS.items() if field in h.reads))
+
+
+CONDITIONAL_FIELDS.update({f'model.{field}': _head_field(field)
+                           for field in ('upsample', 'head_channels')})
 
 
 def check_overrides(fields, unread, method, config=None, conditional=None):
@@ -74,8 +83,9 @@ def check_overrides(fields, unread, method, config=None, conditional=None):
 
   `unread` maps such fields to what the pipeline reads instead (the pipeline module's
   UNREAD_FIELDS); `conditional` maps the pipeline's own fields read only under a setting (its
-  CONDITIONAL_FIELDS) to (whether `config` reads them, the setting), and `CONDITIONAL_FIELDS`
-  apply to every pipeline. Each applies to the field and to anything below it."""
+  CONDITIONAL_FIELDS) to (whether `config` reads them, the setting or a function giving it),
+  and `CONDITIONAL_FIELDS` apply to every pipeline. Each applies to the field and to
+  anything below it."""
   def covers(name, field):
     return field == name or field.startswith(name + '.')
 
@@ -88,6 +98,7 @@ def check_overrides(fields, unread, method, config=None, conditional=None):
                              f'{instead} instead.')
     for name, (reads, setting) in conditional.items():
       if config is not None and covers(name, field) and not reads(config):
+        setting = setting() if callable(setting) else setting
         raise UserInputError(f'--config.{field} is read only with {setting}, which this config '
                              'does not set.')
 

@@ -25,7 +25,7 @@ def toy():
   return importlib.import_module('toy_backbone')
 
 
-@pytest.mark.parametrize('head', models.HEAD_NAMES)
+@pytest.mark.parametrize('head', sorted(models.HEADS))
 def test_toy_backbone_meets_its_registered_strides_under_every_head(toy, head):
   cfg = {'name': head, 'backbone': 'toy', 'head_channels': 8}
   model = models.make_model(cfg, 3)
@@ -110,3 +110,47 @@ def test_readme_backbone_recipe_registers_a_working_backbone():
     assert strides == models.feature_strides(cfg)
   finally:
     del models.BACKBONES['mynet']
+
+
+def test_a_head_registered_by_name_builds_names_itself_and_declares_what_it_reads(monkeypatch):
+  """`models.register_head`: a 1x1-conv head on layer4 is one call; make_model builds it, the
+  final-model and CAM titles come from its registration, and an override of a model field it
+  does not read is refused (`preflight.CONDITIONAL_FIELDS`)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from isimjax import models as cam_models  # pylint: disable=g-import-not-at-top
+  from rwsjax import preflight  # pylint: disable=g-import-not-at-top
+
+  class Linear(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, features, *, train=False):
+      return nn.Conv(self.num_classes, (1, 1), name='logits')(features['layer4'])
+
+  monkeypatch.setattr(models.registry, 'HEADS', dict(models.HEADS))
+  monkeypatch.setattr(models, 'HEADS', models.registry.HEADS)
+  models.register_head('linear', lambda cfg, k: Linear(k), 'Linear')
+  cfg = {'name': 'linear', 'backbone': 'resnet18', 'width': 0.125}
+  model = models.make_model(cfg, 3)
+  images = jnp.ones((1, 32, 32, 3))
+  variables = model.init(jax.random.key(0), images)
+  assert set(variables['params']['head']) == {'logits'}
+  layer4 = model.apply(variables, images, return_features=True)[1]['layer4']
+  kernel = variables['params']['head']['logits']
+  expected = jnp.einsum('nhwc,ck->nhwk', layer4, kernel['kernel'][0, 0]) + kernel['bias']
+  assert jnp.allclose(model.apply(variables, images),
+                      models.resize_bilinear(expected, (32, 32)), atol=1e-5)
+  assert models.head(cfg).title == 'Linear'
+  with pytest.raises(ValueError, match=r"'linear' has no CAM variant; expected one of "
+                                       r"\['deeplabv3', 'deeplabv3plus', 'unet'\]"):
+    cam_models.make_cam_model(cfg, 3)
+  config = load_config('shapes_baseline')
+  config.model.name = 'linear'
+  with pytest.raises(preflight.UserInputError,
+                     match="model.head_channels is read only with config.model.name='deeplabv3' "
+                           "or 'deeplabv3plus' or 'unet'"):
+    preflight.check_overrides(['model.head_channels'], {}, 'supervised', config)
+  models.register_head('linear', lambda cfg, k: Linear(k), 'Linear', reads=('head_channels',),
+                       cam_title='LinearCAM')
+  preflight.check_overrides(['model.head_channels'], {}, 'supervised', config)
+  assert cam_models.cam_title(cfg) == 'LinearCAM'

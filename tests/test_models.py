@@ -210,8 +210,11 @@ def test_unet_upsample_modes_differ_by_transposed_convs():
     ('name', 'pspnet'), ('backbone', 'resnet20'), ('output_stride', 32), ('dtype', 'float16'),
     ('upsample', 'nearest'), ('width', 0), ('head_channels', 0), ('head_channels', 1.5)])
 def test_make_model_rejects_bad_config(key, value):
+  """A bad value of a field the model reads (upsample by the UNet head, head_channels by the
+  DeepLab heads)."""
+  name = {'upsample': {'name': 'unet'}, 'head_channels': {'name': 'deeplabv3'}}.get(key, {})
   with pytest.raises(ValueError, match=rf'config\.model\.{key}='):
-    models.make_model(make_cfg(**{key: value}), 5)
+    models.make_model(make_cfg(**name, **{key: value}), 5)
 
 
 def test_make_model_error_lists_choices_and_accepts_dict():

@@ -1,4 +1,4 @@
-"""SegmentationModel, the backbones registered by name and the heads, built from config.model
+"""SegmentationModel, and the backbones and heads registered by name, built from config.model
 (docs/design.md: models).
 
 Fields a partial config.model (a dict in a test or a benchmark) leaves out take their
@@ -15,7 +15,6 @@ from rwsjax.models import heads
 from rwsjax.models.backbone import LAYER_NAMES
 from rwsjax.models.resnet import RESNET_SPECS, STAGE_GEOMETRY, STEM_STRIDE, ResNet
 
-HEAD_NAMES = ('deeplabv3', 'deeplabv3plus', 'fcn', 'unet', 'deeplabv2')
 # Output stride -> DeepLabv3 ASPP rates (docs/methods.md).
 ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -133,26 +132,83 @@ for _depth in RESNET_SPECS:
   register_backbone(f'resnet{_depth}', _resnet_builder(_depth), _resnet_strides)
 
 
+class Head(NamedTuple):
+  """A registered head: `build(model_cfg, num_classes)` returns the module (a dict of backbone
+  features -> logits (N, h, w, K), `rwsjax.models.heads`); `title` names it in tables;
+  `reads` lists the config.model fields its build reads besides dtype and conv_impl
+  (`preflight` refuses an override of one it does not read); `cam_title`, when it has one,
+  names its ISIM variant with a classification branch (DeepLabCAM), None when ISIM cannot
+  use it."""
+  build: Callable[[Any, int], nn.Module]
+  title: str
+  reads: tuple = ()
+  cam_title: Any = None
+
+
+HEADS = {}  # config.model.name -> Head
+
+
+def register_head(name, build, title, reads=(), cam_title=None):
+  """Makes config.model.name=`name` build `build(model_cfg, num_classes)` (`Head`); a later
+  registration of `name` replaces the earlier one."""
+  HEADS[name] = Head(build, title, tuple(reads), cam_title)
+
+
+def head(model_cfg):
+  """The `Head` registered as config.model.name."""
+  return HEADS[_choice(model_cfg, 'name', HEADS)]
+
+
 def make_head(model_cfg, num_classes):
-  """The head named by config.model.name, with `head_channels` channels, in config.model.dtype,
-  convolutions by config.model.conv_impl; DeepLab's ASPP rates follow output_stride."""
-  name = _choice(model_cfg, 'name', HEAD_NAMES)
-  output_stride = _choice(model_cfg, 'output_stride', STAGE_GEOMETRY)
+  """The head registered as config.model.name, built from config.model."""
+  return head(model_cfg).build(model_cfg, num_classes)
+
+
+def _head_options(model_cfg):
+  """(dtype, conv_impl) of config.model, which every head of this module takes."""
+  return compute_dtype(model_cfg), _choice(model_cfg, 'conv_impl', conv_lib.CONV_IMPLS)
+
+
+def _aspp_rates(model_cfg):
+  """DeepLab's ASPP rates for config.model.output_stride."""
+  return ASPP_RATES[_choice(model_cfg, 'output_stride', STAGE_GEOMETRY)]
+
+
+def _deeplabv3(model_cfg, num_classes):
+  return heads.DeepLabV3Head(num_classes, _aspp_rates(model_cfg),
+                             _positive(model_cfg, 'head_channels', integer=True),
+                             *_head_options(model_cfg))
+
+
+def _deeplabv3plus(model_cfg, num_classes):
   channels = _positive(model_cfg, 'head_channels', integer=True)
-  upsample = _choice(model_cfg, 'upsample', heads.UPSAMPLE_MODES)
-  dtype = compute_dtype(model_cfg)
-  impl = _choice(model_cfg, 'conv_impl', conv_lib.CONV_IMPLS)
-  if name == 'deeplabv3':
-    return heads.DeepLabV3Head(num_classes, ASPP_RATES[output_stride], channels, dtype, impl)
-  if name == 'deeplabv3plus':
-    return heads.DeepLabV3PlusHead(num_classes, ASPP_RATES[output_stride], channels,
-                                   max(1, channels * 48 // 256), dtype, impl)
-  if name == 'fcn':
-    return heads.FCNHead(num_classes, dtype, impl)
-  if name == 'unet':
-    return heads.UNetHead(num_classes, tuple(max(1, channels >> i) for i in range(4)),
-                          upsample, dtype, impl)
+  return heads.DeepLabV3PlusHead(num_classes, _aspp_rates(model_cfg), channels,
+                                 max(1, channels * 48 // 256), *_head_options(model_cfg))
+
+
+def _fcn(model_cfg, num_classes):
+  return heads.FCNHead(num_classes, *_head_options(model_cfg))
+
+
+def _unet(model_cfg, num_classes):
+  channels = _positive(model_cfg, 'head_channels', integer=True)
+  return heads.UNetHead(num_classes, tuple(max(1, channels >> i) for i in range(4)),
+                        _choice(model_cfg, 'upsample', heads.UPSAMPLE_MODES),
+                        *_head_options(model_cfg))
+
+
+def _deeplabv2(model_cfg, num_classes):
+  dtype, impl = _head_options(model_cfg)
   return heads.DeepLabV2Head(num_classes, dtype=dtype, conv_impl=impl)
+
+
+register_head('deeplabv3', _deeplabv3, 'DeepLabv3', ('head_channels', 'output_stride'),
+              cam_title='DeepLabCAM')
+register_head('deeplabv3plus', _deeplabv3plus, 'DeepLabv3+', ('head_channels', 'output_stride'),
+              cam_title='DeepLabCAM')
+register_head('fcn', _fcn, 'FCN')
+register_head('unet', _unet, 'UNet', ('head_channels', 'upsample'), cam_title='UNetCAM')
+register_head('deeplabv2', _deeplabv2, 'DeepLabv2')
 
 
 def make_model(model_cfg: Any, num_classes: int) -> nn.Module:
