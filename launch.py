@@ -114,20 +114,10 @@ def run_mode(pipeline, config, workdir):
   """Trains, evaluates or predicts (--mode) with `pipeline`'s run or its trained predictor; a
   pipeline without one (pretrain: its product is a backbone file) only trains."""
   # pylint: disable-next=g-import-not-at-top  (after absl parsed the flags)
-  from rwsjax import inference, preflight, provenance, record
+  from rwsjax import inference, pipelines
   if _MODE.value == 'train':
-    recompute_from = tuple(_RECOMPUTE_FROM.value)
-    if os.path.exists(os.path.join(workdir, record.SUMMARY_FILE)) and not recompute_from:
-      preflight.user_input(provenance.check, workdir,
-                           provenance.Plan(pipeline.stage_table(config), config))
-      logging.info('%s holds this run, finished (summary.json); nothing to do. --mode=evaluate '
-                   'and --mode=predict use it.', workdir)
-      return None
-    return pipeline.run(config, workdir, recompute_from=recompute_from)
-  if not hasattr(pipeline, 'trained_predictor'):
-    raise preflight.UserInputError(
-        f'--mode={_MODE.value} uses a finished segmentation model, which the '
-        f'{config.method} pipeline does not make: {pipeline.NO_PREDICTOR}.')
+    return pipelines.train(pipeline, config, workdir, tuple(_RECOMPUTE_FROM.value))
+  pipelines.check_predictor(pipeline, config, f'--mode={_MODE.value}')
   if _MODE.value == 'evaluate':
     return inference.evaluate_run(config, workdir, pipeline, _SPLIT.value)
   return inference.predict_folder(config, workdir, pipeline, _IMAGES.value,

@@ -84,9 +84,7 @@ def load_run(workdir, *, imports=(), eval=None):  # pylint: disable=redefined-bu
   for field, value in (eval or {}).items():
     config.eval[field] = tuple(value) if isinstance(value, list) else value
   pipeline = preflight.user_input(pipelines.get_pipeline, config.method)
-  if not callable(getattr(pipeline, 'trained_predictor', None)):
-    raise preflight.UserInputError(f'{workdir}: method {config.method!r} makes no predictor: '
-                                   f'{pipeline.NO_PREDICTOR}')
+  pipelines.check_predictor(pipeline, config, 'api.load_run')
   preflight.for_trained_run(config, workdir, pipeline.check_config,
                             inference.stage_plan(pipeline, config))
   predictor = preflight.user_input(pipeline.trained_predictor, config, workdir,

@@ -15,7 +15,14 @@ what the pipeline makes instead), and the override tables `UNREAD_FIELDS` and
 module given to `launch.py --imports` (README, Extending).
 """
 import importlib
+import os
 from typing import Any, Protocol
+
+from absl import logging
+
+from rwsjax import preflight
+from rwsjax import provenance
+from rwsjax import record
 
 REQUIRED = ('run', 'stage_table', 'check_config')
 
@@ -80,3 +87,25 @@ def _check_contract(name, pipeline):
           or isinstance(getattr(pipeline, 'NO_PREDICTOR', None), str)):
     raise TypeError(f'The pipeline registered as {name!r} has neither trained_predictor nor a '
                     'NO_PREDICTOR string saying what it makes instead (rwsjax/pipelines.py).')
+
+
+def train(pipeline, config, workdir, recompute_from=()):
+  """`launch.py --mode=train`: `pipeline.run`, which resumes a killed run; a finished run
+  (its summary.json) with nothing to recompute is checked against `config` (a run made with
+  other settings is refused, `provenance.check`) and left as it is: returns None then."""
+  if os.path.exists(os.path.join(workdir, record.SUMMARY_FILE)) and not recompute_from:
+    preflight.user_input(provenance.check, workdir,
+                         provenance.Plan(pipeline.stage_table(config), config))
+    logging.info('%s holds this run, finished (summary.json); nothing to do. --mode=evaluate '
+                 'and --mode=predict use it.', workdir)
+    return None
+  return pipeline.run(config, workdir, recompute_from=recompute_from)
+
+
+def check_predictor(pipeline, config, use):
+  """UserInputError when `pipeline` makes no segmentation model for `use` (evaluate,
+  predict, `rwsjax.api`): its NO_PREDICTOR says what it makes instead."""
+  if not callable(getattr(pipeline, 'trained_predictor', None)):
+    raise preflight.UserInputError(
+        f'{use} uses a finished segmentation model, which the {config.method} pipeline does '
+        f'not make: {pipeline.NO_PREDICTOR}.')
