@@ -1,6 +1,6 @@
 """The ISIM pipeline (docs/methods.md, ISIM steps 1-11): `run(config, workdir)`.
 
-The pipeline is the list `STAGES` of named stages, run by `rwsjax.stages.Runner`: each returns
+The pipeline is the list `STAGES` of named stages, run by `rwsjax.stage_runner.Runner`: each returns
 a JSON-ready record written to <workdir>/stages/<name>.json; a rerun with the same workdir reads
 back the stages whose record exists and resumes the first unfinished one from its own
 checkpoints and label stores, when the settings each reads (`stage_table`) are unchanged.
@@ -46,6 +46,7 @@ from rwsjax import hosts
 from rwsjax import models
 from rwsjax import preflight
 from rwsjax import provenance
+from rwsjax import stage_runner
 from rwsjax import stages
 from rwsjax import train
 from rwsjax.evaluate import percent
@@ -78,7 +79,7 @@ class Context:
   cams: cam.CamExtractor
   writer: MetricWriter
   rng: Any
-  runner: Any = None  # the run's `stages.Runner`, whose record the report writes
+  runner: Any = None  # the run's `stage_runner.Runner`, whose record the report writes
 
   @property
   def num_classes(self):
@@ -453,7 +454,7 @@ def runs(config, name):
 
 def finished_steps(workdir, stage):
   """The step count that the finished stage `stage` of the run in `workdir` recorded."""
-  path = stages.Runner(workdir).record_path(stage)
+  path = stage_runner.Runner(workdir).record_path(stage)
   if not os.path.exists(path):
     raise ValueError(f'{workdir} holds no finished {stage} stage ({path} is missing); rerun the '
                      'pipeline with this workdir to finish training.')
@@ -494,7 +495,7 @@ def run(config, workdir, stage_list=None, recompute_from=()):
   preflight.for_training(config, workdir, check_config, model_configs(config), plan=plan,
                          recompute_from=recompute_from)
   ctx = make_context(config, workdir)
-  ctx.runner, results = stages.Runner(workdir, plan), {}
+  ctx.runner, results = stage_runner.Runner(workdir, plan), {}
   for name, stage_fn in stage_list or STAGES:
     if runs(config, name):
       results[name] = ctx.runner.run(name, functools.partial(stage_fn, ctx, results))

@@ -3,7 +3,7 @@
 A pipeline is a module (or any object) with
 
   run(config, workdir, recompute_from=())  trains and evaluates into `workdir`, resuming a
-                                          killed run (`stages.Runner`); returns the summary
+                                          killed run (`stage_runner.Runner`); returns the summary
   stage_table(config)                     its stages: {name: (config fields read, stages
                                           consumed)}, the run record's plan (`provenance.Plan`)
   check_config(config)                    raises ValueError on a config it cannot run

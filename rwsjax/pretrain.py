@@ -5,7 +5,7 @@ The configured backbone (config.model: backbone, width, output_stride, ...) with
 classification head, global average pooling of layer4 and one linear layer (`Classifier`),
 learns the single class of each image of config.dataset (the corpus `shapes_corpus`,
 `rwsjax.data.corpus`) by softmax cross-entropy, on the project's trainer and input pipeline
-(augmentation by config.input: random rescaling, flip, crop). Stages (`stages.Runner`: a rerun
+(augmentation by config.input: random rescaling, flip, crop). Stages (`stage_runner.Runner`: a rerun
 resumes after a kill): 'pretrain' (training), 'evaluation' (top-1 and per-class accuracy on
 config.dataset.eval_split) and 'export': the backbone's params and BatchNorm statistics as a
 torchvision state dict, `<workdir>/backbone.npz` (`models.backbone_state_dict`, with the
@@ -31,6 +31,7 @@ from rwsjax import models
 from rwsjax import preflight
 from rwsjax import provenance
 from rwsjax import record
+from rwsjax import stage_runner
 from rwsjax import stages
 from rwsjax import train
 from rwsjax.models import pretrained
@@ -160,7 +161,7 @@ def stage_table(config):
 def run(config, workdir, recompute_from=()):
   """Trains the classifier on the train split, evaluates its top-1 accuracy on the eval split,
   exports the backbone to `<workdir>/backbone.npz`, and writes summary.json, results.md and
-  metrics.jsonl into `workdir`; stages 'pretrain', 'evaluation' and 'export' (`stages.Runner`:
+  metrics.jsonl into `workdir`; stages 'pretrain', 'evaluation' and 'export' (`stage_runner.Runner`:
   a rerun resumes after a kill; the stages `recompute_from` names, and those consuming them,
   are computed again)."""
   plan = provenance.Plan(stage_table(config), config)
@@ -172,7 +173,7 @@ def run(config, workdir, recompute_from=()):
   model = make_classifier(config)
   rng = jax.random.key(config.seed)
   steps = config.train.steps
-  runner = stages.Runner(workdir, plan)
+  runner = stage_runner.Runner(workdir, plan)
   state = runner.train(
       'pretrain', loss_fn=classification_loss(model),
       tx=train.make_optimizer(config.train, steps),

@@ -8,7 +8,7 @@ fingerprints of the stages it consumes; its settings are the values of its field
 fields of every stage it consumes, directly or not. `Plan` holds both for a config, with the
 report (summary.json), which reads every field and consumes every stage.
 
-`rwsjax.stages.Runner` writes a stage's `stamp` (fingerprint, settings, workdir) into a marker
+`rwsjax.stage_runner.Runner` writes a stage's `stamp` (fingerprint, settings, workdir) into a marker
 beside its record when the stage starts, and into its record when it ends. Before any work,
 `check` compares every stage a workdir holds, finished or started, with what the config would
 make; `clear` removes the stages that `--recompute_from` names and every stage consuming

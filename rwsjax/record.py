@@ -99,7 +99,7 @@ def write_results(workdir, config, summary, table, *, name=SUMMARY_FILE,
   Markdown `table` to results.md (or `table_name`) in `workdir` (process 0), and its mIoU
   values and, with `figures`, the workdir's figures to TensorBoard (`eventlog.log_results`);
   returns the summary as written. Pipelines write their figures first. `made`
-  (`stages.Runner.made_record`) adds the report's settings fingerprint and how each stage
+  (`stage_runner.Runner.made_record`) adds the report's settings fingerprint and how each stage
   was made to the run record."""
   summary = dict(summary, run=dict(run_record(config), **(made or {})))
   write_json(os.path.join(workdir, name), summary)

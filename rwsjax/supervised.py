@@ -12,6 +12,7 @@ from rwsjax import models
 from rwsjax import preflight
 from rwsjax import provenance
 from rwsjax import record
+from rwsjax import stage_runner
 from rwsjax import stages
 from rwsjax import train
 from rwsjax.data import pipeline
@@ -48,7 +49,7 @@ def trained_predictor(config, workdir, mesh):
 def run(config, workdir, recompute_from=()):
   """Trains the configured model on the train split, evaluates on the eval split, and writes
   summary.json, results.md, metrics.jsonl and figures into `workdir`; stages 'supervised'
-  (training) and 'evaluation' (`stages.Runner`: a rerun resumes after a kill; the stages
+  (training) and 'evaluation' (`stage_runner.Runner`: a rerun resumes after a kill; the stages
   `recompute_from` names, and those consuming them, are computed again)."""
   plan = provenance.Plan(stage_table(config), config)
   preflight.for_training(config, workdir, check_config, plan=plan,
@@ -60,7 +61,7 @@ def run(config, workdir, recompute_from=()):
   rng = jax.random.key(config.seed)
   variables = stages.initial_variables(model, config, rng)
   tx = train.make_optimizer(config.train, config.train.steps)
-  runner = stages.Runner(workdir, plan)
+  runner = stage_runner.Runner(workdir, plan)
   state = runner.train(
       'supervised', loss_fn=train.supervised_loss(model), tx=tx,
       variables=variables,

@@ -10,7 +10,7 @@ import pytest
 from configs_util import ROOT, load_config
 from isimjax import isim
 from rwsjax import provenance
-from rwsjax import stages
+from rwsjax import stage_runner
 from rwsjax import supervised
 from rwsjax.rws import pipeline as rws_pipeline
 
@@ -67,7 +67,7 @@ def test_fingerprints_by_definition_neutral_fields_and_what_propagates():
 def make_stages(workdir, plan, names):
   """Runs the stages `names` of `plan` in `workdir` with records {'name': name} (c also
   writes its folder); returns the runner."""
-  runner = stages.Runner(str(workdir), plan)
+  runner = stage_runner.Runner(str(workdir), plan)
   for name in names:
     if name == 'c':
       os.makedirs(workdir / 'c_out', exist_ok=True)
@@ -94,7 +94,7 @@ def test_records_carry_their_stamp_and_a_started_stage_its_marker(tmp_path):
     raise KeyboardInterrupt
 
   with pytest.raises(KeyboardInterrupt):
-    stages.Runner(str(tmp_path), plan).run('c', killed)
+    stage_runner.Runner(str(tmp_path), plan).run('c', killed)
   assert not os.path.exists(tmp_path / 'stages' / 'c.json')
   make_stages(tmp_path, plan, ['c'])
   assert not os.path.exists(tmp_path / 'stages' / 'c.started.json')
@@ -139,7 +139,7 @@ def test_a_started_stage_and_outputs_without_a_record_are_checked(tmp_path):
   plan = provenance.Plan(TABLE, config())
   make_stages(tmp_path, plan, ['a'])
   with pytest.raises(KeyboardInterrupt):
-    stages.Runner(str(tmp_path), plan).run('b', lambda: (_ for _ in ()).throw(
+    stage_runner.Runner(str(tmp_path), plan).run('b', lambda: (_ for _ in ()).throw(
         KeyboardInterrupt()))
   with pytest.raises(ValueError, match=r': b \(rws.t_rule: .first_flat. -> .robust.\); '):
     provenance.check(str(tmp_path), provenance.Plan(TABLE, config(**{'rws.t_rule': 'robust'})))

@@ -11,7 +11,7 @@ import pytest
 from configs_util import ROOT, load_config
 from rwsjax import preflight
 from rwsjax import provenance
-from rwsjax import stages
+from rwsjax import stage_runner
 from rwsjax.rws import pipeline as rws_pipeline
 
 
@@ -102,7 +102,8 @@ def test_run_config_reads_overrides_as_launch_does():
 def _main_run(workdir, config):
   """A main run's stamped records of stage 1, its evaluation, the analysis and the figures
   (no training: stages with empty results), with their outputs."""
-  runner = stages.Runner(str(workdir), provenance.Plan(rws_pipeline.stage_table(config), config))
+  runner = stage_runner.Runner(str(workdir),
+                               provenance.Plan(rws_pipeline.stage_table(config), config))
   for name, outputs in (('stage1', ('stage1/checkpoints/2/state',)), ('stage1/eval', ()),
                         ('round_1/analysis', ('round_1/slices_process0.npz',)),
                         ('round_1/figures', ('round_1/heatmaps.png',))):

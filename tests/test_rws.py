@@ -18,6 +18,7 @@ from rwsjax import losses
 from rwsjax import models
 from rwsjax import preflight
 from rwsjax import provenance
+from rwsjax import stage_runner
 from rwsjax import stages
 from rwsjax.rws import analysis as rws_analysis
 from rwsjax.rws import config as rws_config
@@ -666,7 +667,7 @@ def stage_starts(tmp_path_factory):
   and recomputes stage 2 (`recompute_from`: its settings changed). Both end where stage 3
   would start training; the rest of the pipeline is the smoke test's."""
   root = tmp_path_factory.mktemp('stage_starts')
-  original = stages.Runner.train
+  original = stage_runner.Runner.train
   runs = []
 
   def recording(self, name, **kwargs):
@@ -678,7 +679,7 @@ def stage_starts(tmp_path_factory):
     return state
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(stages.Runner, 'train', recording)
+    patch.setattr(stage_runner.Runner, 'train', recording)
     for local_init, stage3_init in (('global', 'stage1'), ('init', 'fresh')):
       config = load_config('shapes_rws', 'smoke')
       config.dataset.data_dir = str(root / 'tfds')
@@ -828,7 +829,7 @@ def test_recompute_from_recomputes_that_stage_and_what_consumes_it(killed_in_sta
   kept = {path: mtime for path, mtime in _files(workdir).items()
           if os.path.relpath(path, workdir).startswith(('stage1', 'stages/stage1'))}
   made = {}
-  original = stages.Runner.train
+  original = stage_runner.Runner.train
 
   def stop_at_stage2(self, name, **kwargs):
     if name == 'round_1/stage2':
@@ -836,7 +837,7 @@ def test_recompute_from_recomputes_that_stage_and_what_consumes_it(killed_in_sta
       raise _StopAtStage2()
     return original(self, name, **kwargs)
 
-  monkeypatch.setattr(stages.Runner, 'train', stop_at_stage2)
+  monkeypatch.setattr(stage_runner.Runner, 'train', stop_at_stage2)
   config = smoke_config(data_dir, {'rws.slice_size': 24})
   with pytest.raises(_StopAtStage2):
     rws_pipeline.run(config, str(workdir), recompute_from=('round_1/analysis',))

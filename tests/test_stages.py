@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rwsjax import provenance
-from rwsjax import stages
+from rwsjax import stage_runner
 from rwsjax import train
 from test_train import TinySeg, batches, train_cfg
 
@@ -22,15 +22,15 @@ def test_a_recorded_stage_is_read_back_not_recomputed(tmp_path):
     calls.append(1)
     return {'value': len(calls)}
 
-  first = stages.Runner(str(tmp_path)).run('a/b', compute)
-  again = stages.Runner(str(tmp_path)).run('a/b', compute)
+  first = stage_runner.Runner(str(tmp_path)).run('a/b', compute)
+  again = stage_runner.Runner(str(tmp_path)).run('a/b', compute)
   assert first == again == {'value': 1} and len(calls) == 1
   with open(tmp_path / 'stages' / 'a' / 'b.json') as f:
     assert json.load(f) == {'value': 1}
   plan = provenance.Plan({'c': provenance.Stage(('seed',), record='round_1/analysis.json')},
                          {'seed': 0})
-  assert stages.Runner(str(tmp_path), plan).run('c', compute) == {'value': 2}
-  assert stages.Runner(str(tmp_path), plan).run('c', compute) == {'value': 2}
+  assert stage_runner.Runner(str(tmp_path), plan).run('c', compute) == {'value': 2}
+  assert stage_runner.Runner(str(tmp_path), plan).run('c', compute) == {'value': 2}
   assert len(calls) == 2 and not os.path.exists(tmp_path / 'stages' / 'c.json')
   with open(tmp_path / 'round_1' / 'analysis.json') as f:
     assert json.load(f) == {'value': 2, 'provenance': plan.stamp(str(tmp_path), 'c')}
@@ -51,7 +51,7 @@ def train_tiny(runner, counted):
 
 
 def test_a_killed_training_stage_resumes_and_a_finished_one_is_read_back(tmp_path, monkeypatch):
-  full = train_tiny(stages.Runner(str(tmp_path / 'full')), [])
+  full = train_tiny(stage_runner.Runner(str(tmp_path / 'full')), [])
   original = train.Checkpointer.save
 
   def save_then_fail(self, step, state):
@@ -61,9 +61,9 @@ def test_a_killed_training_stage_resumes_and_a_finished_one_is_read_back(tmp_pat
 
   monkeypatch.setattr(train.Checkpointer, 'save', save_then_fail)
   with pytest.raises(KeyboardInterrupt):
-    train_tiny(stages.Runner(str(tmp_path / 'killed')), [])
+    train_tiny(stage_runner.Runner(str(tmp_path / 'killed')), [])
   monkeypatch.undo()
-  runner = stages.Runner(str(tmp_path / 'killed'))
+  runner = stage_runner.Runner(str(tmp_path / 'killed'))
   assert not os.path.exists(runner.record_path('stage1'))
   started = []
   resumed = train_tiny(runner, started)

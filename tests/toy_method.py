@@ -12,6 +12,7 @@ from rwsjax import hosts
 from rwsjax import pipelines
 from rwsjax import provenance
 from rwsjax import record
+from rwsjax import stage_runner
 from rwsjax import stages
 from rwsjax import train
 from rwsjax.losses import IGNORE_LABEL
@@ -49,8 +50,8 @@ def predictor(config, counts):
 
 def counted(config, workdir):
   """(runner, pixels per class): the stage 'count' of the run in `workdir`, computed or read
-  back (under the settings that made it) by the `stages.Runner` of this config."""
-  runner = stages.Runner(workdir, provenance.Plan(stage_table(config), config))
+  back (under the settings that made it) by the `stage_runner.Runner` of this config."""
+  runner = stage_runner.Runner(workdir, provenance.Plan(stage_table(config), config))
   record = runner.run('count', lambda: {'pixels': class_pixels(
       data.load_source(config.dataset, config.dataset.train_split),
       config.dataset.num_classes).tolist()})

@@ -30,6 +30,7 @@ from rwsjax import models
 from rwsjax import preflight
 from rwsjax import provenance
 from rwsjax import record
+from rwsjax import stage_runner
 from rwsjax import stages
 from rwsjax import train
 from rwsjax.data import pipeline as input_pipeline
@@ -264,7 +265,7 @@ def run(config, workdir, recompute_from=()):
   eval_steps = {name: train.make_eval_step(model, config.dataset.num_classes, mesh, fn)
                 for name, fn in predict.items()}
 
-  runner = stages.Runner(workdir, plan)
+  runner = stage_runner.Runner(workdir, plan)
 
   def train_supervised(stage, variables, batches, steps, **fields):
     tx = train.make_optimizer(_with(config.train, **fields), steps)
