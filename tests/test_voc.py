@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 import fake_voc
 from rwsjax import data
+from rwsjax.data import folder
 from rwsjax.data import voc
 
 
@@ -62,7 +63,7 @@ def test_palette_png_read_as_index(tmp_path):
   path = str(tmp_path / 'a.png')
   fake_voc.write_palette_png(path, label)
   assert PIL.Image.open(path).mode == 'P'
-  np.testing.assert_array_equal(voc.read_voc_label(path), label)
+  np.testing.assert_array_equal(folder.read_label(path, voc.LABEL_MAP), label)
 
 
 def test_jpeg_bytes_stored_unchanged(built):
@@ -133,7 +134,7 @@ def test_rgb_label_rejected(tmp_path):
   path = str(tmp_path / 'rgb.png')
   PIL.Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
   with pytest.raises(ValueError, match=re.escape(f'{path} has PIL mode RGB')):
-    voc.read_voc_label(path)
+    folder.read_label(path, voc.LABEL_MAP)
 
 
 def test_sbd_mat_without_gtcls(tmp_path):
@@ -162,4 +163,4 @@ def test_label_size_differs_from_image(tmp_path):
   path = tmp_path / 'manual' / voc.LAYOUT['sbd_labels'] / (fake_voc.SBD_VAL[0] + '.mat')
   fake_voc.write_sbd_mat(str(path), np.zeros((3, 3), np.uint8))
   with pytest.raises(ValueError, match=re.escape(f'{path} has shape (3, 3) but its image is')):
-    voc.read_example(voc.check_layout(tmp_path / 'manual'), fake_voc.SBD_VAL[0])
+    data.load_source(_config(tmp_path, tmp_path / 'manual'), 'train')

@@ -105,10 +105,11 @@ def read_label(path, lmap):
   return label.astype(np.uint8)
 
 
-def read_example(image_id, image_path, label_path, lmap, num_classes):
-  """Feature dict of one image: encoded image, (H, W, 1) label, image-level labels, id."""
+def read_example(image_id, image_path, label_path, label_reader, num_classes):
+  """Feature dict of one image: encoded image, (H, W, 1) label (`label_reader(label_path)`,
+  (H, W) uint8 class indices), image-level labels, id."""
   image, shape = read_image(image_path)
-  label = read_label(label_path, lmap)
+  label = label_reader(label_path)
   if label.shape != shape:
     raise ValueError(f'{label_path} has shape {label.shape} but its image is {shape}.')
   return {
@@ -123,7 +124,8 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """TFDS builder base of a folder dataset read from `manual_dir`.
 
   Subclasses set VERSION, RELEASE_NOTES, MANUAL_DOWNLOAD_INSTRUCTIONS, NUM_CLASSES,
-  IMAGE_FORMAT ('jpeg' or 'png', the stored files' format) and define `split_examples`.
+  IMAGE_FORMAT ('jpeg' or 'png', the stored files' format) and define `split_examples`; one
+  whose labels are not all one-channel PNGs overrides `read_label`.
   """
 
   NUM_CLASSES = 0
@@ -133,6 +135,11 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   @abc.abstractmethod
   def split_examples(self, manual_dir):
     """{split: (list of (id, image path, label path), LabelMap)} of the tree at `manual_dir`."""
+
+  def read_label(self, path, lmap):
+    """(H, W) uint8 class indices of the label file at `path`: a one-channel PNG mapped by
+    `lmap` (`read_label`)."""
+    return read_label(path, lmap)
 
   def _info(self):
     return tfds.core.DatasetInfo(
@@ -155,6 +162,7 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, examples, lmap):
     for image_id, image_path, label_path in progress.logged(examples, f'preparing {self.name}',
                                                             len(examples)):
-      example = read_example(image_id, image_path, label_path, lmap, self.NUM_CLASSES)
+      example = read_example(image_id, image_path, label_path,
+                             lambda path: self.read_label(path, lmap), self.NUM_CLASSES)
       label = PIL.Image.fromarray(example['segmentation'][..., 0])
       yield image_id, dict(example, segmentation=label)

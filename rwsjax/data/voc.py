@@ -8,13 +8,10 @@ boundaries). JPEG bytes are stored as they are.
 import os
 
 import numpy as np
-import PIL.Image
 import scipy.io
 import tensorflow_datasets as tfds
 
-from rwsjax import progress
 from rwsjax.data import folder
-from rwsjax.data.pipeline import image_labels
 from rwsjax.losses import IGNORE_LABEL
 
 CLASS_NAMES = (
@@ -58,26 +55,17 @@ def split_ids(paths):
   return {'train': sorted(train - val), 'validation': sorted(val)}
 
 
+# VOC's palette PNGs store the class index (and 255 on object boundaries) as they are.
+LABEL_MAP = folder.label_map({**{i: i for i in range(NUM_CLASSES)}, IGNORE_LABEL: IGNORE_LABEL},
+                             f'0..{NUM_CLASSES - 1} or {IGNORE_LABEL}')
+
+
 def _check_values(label, path):
   """Raises ValueError naming `path` when a label is outside 0..20 and 255."""
   bad = np.setdiff1d(np.unique(label), [*range(NUM_CLASSES), IGNORE_LABEL])
   if bad.size:
-    raise ValueError(f'{path} has label value(s) {bad.tolist()}; expected 0..{NUM_CLASSES - 1} '
-                     f'or {IGNORE_LABEL}.')
+    raise ValueError(f'{path} has label value(s) {bad.tolist()}; expected {LABEL_MAP.expected}.')
   return label
-
-
-def read_voc_label(path):
-  """(H, W) uint8 class indices of a VOC palette PNG (the palette index, not the RGB colour)."""
-  try:
-    with PIL.Image.open(path) as image:
-      mode = image.mode
-      label = np.asarray(image)
-  except (OSError, SyntaxError) as e:
-    raise ValueError(f'{path} is not a readable PNG image ({e}).') from e
-  if mode not in ('P', 'L'):
-    raise ValueError(f'{path} has PIL mode {mode}; expected a palette (P) or grey (L) PNG.')
-  return _check_values(label.astype(np.uint8), path)
 
 
 def read_sbd_label(path):
@@ -92,62 +80,39 @@ def read_sbd_label(path):
   return _check_values(label, path).astype(np.uint8)
 
 
-def read_jpeg(path):
-  """(JPEG bytes as stored, (H, W)); ValueError naming `path` when it does not decode."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} is listed in a split file but does not exist.')
-  return folder.read_image(path)
-
-
-def read_example(paths, image_id):
-  """Feature dict of one image: JPEG bytes, (H, W, 1) label, image-level labels, id."""
+def example_files(paths, image_id):
+  """(id, JPEG path, label path) of one image: its VOC SegmentationClass PNG where there is
+  one, else its SBD .mat; FileNotFoundError when the image or both labels are missing."""
+  image = os.path.join(paths['voc_images'], image_id + '.jpg')
+  if not os.path.exists(image):
+    raise FileNotFoundError(f'{image} is listed in a split file but does not exist.')
   voc_label = os.path.join(paths['voc_labels'], image_id + '.png')
   sbd_label = os.path.join(paths['sbd_labels'], image_id + '.mat')
-  if os.path.exists(voc_label):
-    label_path, label = voc_label, read_voc_label(voc_label)
-  elif os.path.exists(sbd_label):
-    label_path, label = sbd_label, read_sbd_label(sbd_label)
-  else:
-    raise FileNotFoundError(f'Image {image_id} has neither {voc_label} nor {sbd_label}.')
-  jpeg, shape = read_jpeg(os.path.join(paths['voc_images'], image_id + '.jpg'))
-  if label.shape != shape:
-    raise ValueError(f'{label_path} has shape {label.shape} but its image is {shape}.')
-  return {
-      'image': jpeg,
-      'segmentation': label[..., None],
-      'labels': image_labels(label, NUM_CLASSES - 1),
-      'id': image_id,
-  }
+  for label in (voc_label, sbd_label):
+    if os.path.exists(label):
+      return image_id, image, label
+  raise FileNotFoundError(f'Image {image_id} has neither {voc_label} nor {sbd_label}.')
 
 
-class VocAug(tfds.core.GeneratorBasedBuilder):
-  """TFDS builder of VOC2012 + SBD trainaug; the data is read from `manual_dir`."""
+def split_examples(manual_dir):
+  """{split: (examples, LabelMap)} of the tree at `manual_dir` (see the module docstring)."""
+  paths = check_layout(manual_dir)
+  return {split: ([example_files(paths, image_id) for image_id in ids], LABEL_MAP)
+          for split, ids in split_ids(paths).items()}
+
+
+class VocAug(folder.FolderBuilder):
+  """PASCAL VOC2012 + SBD trainaug (21 classes); the data is read from `manual_dir`."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'trainaug (VOC train + SBD train/val - VOC val) and VOC val.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-  url_infos = None  # Nothing is downloaded, so there are no URL checksums to look up.
+  NUM_CLASSES = NUM_CLASSES
+  IMAGE_FORMAT = 'jpeg'
 
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg'),
-            'segmentation': tfds.features.Image(shape=(None, None, 1), encoding_format='png'),
-            'labels': tfds.features.Tensor(shape=(NUM_CLASSES - 1,), dtype=np.bool_),
-            'id': tfds.features.Text(),
-        }),
-        disable_shuffling=True,
-    )
+  def split_examples(self, manual_dir):
+    return split_examples(manual_dir)
 
-  def _split_generators(self, dl_manager):
-    paths = check_layout(dl_manager.manual_dir)
-    return {split: self._generate_examples(paths, ids)
-            for split, ids in split_ids(paths).items()}
-
-  def _generate_examples(self, paths, ids):
-    for image_id in progress.logged(ids, 'preparing voc_aug', len(ids)):
-      example = read_example(paths, image_id)
-      label = PIL.Image.fromarray(example['segmentation'][..., 0])
-      yield image_id, dict(example, segmentation=label)
+  def read_label(self, path, lmap):
+    """VOC palette PNGs by `lmap`, SBD .mat files by `read_sbd_label`."""
+    return read_sbd_label(path) if path.endswith('.mat') else folder.read_label(path, lmap)
