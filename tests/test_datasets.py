@@ -335,7 +335,7 @@ def test_a_registered_folder_dataset_trains_end_to_end(tmp_path):
     summary = supervised.run(config, str(tmp_path / 'run'))
     source = data.load_source(config.dataset, 'validation')
   finally:
-    del data.MANUAL['toy_folder']
+    del data.DATASETS['toy_folder']
   assert len(source) == 8 and set(np.unique(source[0]['segmentation'])) == {0, 1, 2}
   per_class = summary['validation']['per_class_iou']
   assert list(per_class) == ['background', 'square', 'bar']

@@ -59,13 +59,13 @@ def readme_rows():
 
 
 def test_the_table_lists_every_dataset_read_from_manual_dir():
-  assert sorted(readme_rows()) == sorted(data.MANUAL)
+  assert sorted(readme_rows()) == sorted(data.manual_datasets())
 
 
-@pytest.mark.parametrize('name', sorted(data.MANUAL))
+@pytest.mark.parametrize('name', sorted(data.manual_datasets()))
 def test_a_tree_built_from_the_readme_row_passes_the_layout_check(name, tmp_path):
   paths, classes = readme_rows()[name]
-  module = data.MANUAL[name][0]
+  module = data.manual_datasets()[name]
   expanded = [p for pattern in paths for p in expand(pattern)]
   layout = [v.replace(os.sep, '/') for v in module.LAYOUT.values()]
   assert [p for p in expanded if not related(p, layout)] == []
@@ -83,4 +83,4 @@ def test_a_wrong_row_fails_the_layout_check(tmp_path):
   assert expanded[0] == 'ADEChallengeData2016/images/training' and len(expanded) == 4
   build_tree(tmp_path, expanded)
   with pytest.raises(FileNotFoundError, match='images/training'):
-    data.MANUAL['ade20k'][0].check_layout(str(tmp_path))
+    data.manual_datasets()['ade20k'].check_layout(str(tmp_path))

@@ -20,6 +20,8 @@ Fields of config.dataset read here:
 Sources are TFDS array_record data sources: len(source), source[i] -> {'image' uint8 (H, W, 3),
 'segmentation' uint8 (H, W, 1), 'labels' bool (K-1,), 'id' bytes}.
 """
+from typing import Any, Callable, NamedTuple
+
 import jax
 from jax.experimental import multihost_utils
 import tensorflow_datasets as tfds
@@ -32,9 +34,25 @@ from rwsjax.data import corpus
 from rwsjax.data import shapes
 from rwsjax.data import voc
 
-# Datasets read from config.dataset.manual_dir: name -> (module, TFDS builder class).
-MANUAL = {'voc_aug': (voc, voc.VocAug), 'cocostuff': (cocostuff, cocostuff.CocoStuff164k),
-          'ade20k': (ade20k, ade20k.Ade20k), 'cityscapes': (cityscapes, cityscapes.CityscapesFine)}
+class Dataset(NamedTuple):
+  """A dataset registered under a config.dataset.name: `builder(dataset_cfg, data_dir)` gives
+  its unprepared TFDS builder and the DownloadConfig to prepare it with (None: nothing to
+  read); `num_classes(dataset_cfg)` K, background included; `class_names(dataset_cfg)` in
+  class index order; `module`, for a dataset read from config.dataset.manual_dir, the module
+  giving its LAYOUT and check_layout (None for generated data)."""
+  builder: Callable[[Any, Any], tuple]
+  num_classes: Callable[[Any], int]
+  class_names: Callable[[Any], list]
+  module: Any = None
+
+
+DATASETS = {}  # config.dataset.name -> Dataset
+
+
+def register(name, dataset):
+  """Makes config.dataset.name=`name` read `dataset` (a `Dataset`); a later registration of
+  `name` replaces the earlier one."""
+  DATASETS[name] = dataset
 
 
 def register_dataset(name, module, builder_cls):
@@ -42,8 +60,26 @@ def register_dataset(name, module, builder_cls):
   config.dataset.manual_dir: a TFDS builder with the features of `folder.FolderBuilder` (which
   a dataset of image files and label PNGs subclasses). `module` gives NUM_CLASSES (K,
   background included), CLASS_NAMES, LAYOUT ({key: path under manual_dir}, for messages) and
-  check_layout(manual_dir), as the modules of the datasets above do."""
-  MANUAL[name] = (module, builder_cls)
+  check_layout(manual_dir), as the modules of the datasets below do."""
+
+  def builder(dataset_cfg, data_dir):
+    made = builder_cls(data_dir=data_dir, file_format='array_record')
+    if made.is_prepared():
+      return made, None
+    manual_dir = config_lib.field(dataset_cfg, 'dataset', 'manual_dir')
+    if manual_dir is None:
+      raise ValueError(f'config.dataset.manual_dir is not set; {name} needs the directory '
+                       f'holding {", ".join(module.LAYOUT.values())}.')
+    module.check_layout(manual_dir)
+    return made, tfds.download.DownloadConfig(manual_dir=manual_dir)
+
+  register(name, Dataset(builder, lambda _: module.NUM_CLASSES,
+                         lambda _: list(module.CLASS_NAMES), module))
+
+
+def manual_datasets():
+  """{name: module} of the registered datasets read from config.dataset.manual_dir."""
+  return {name: d.module for name, d in DATASETS.items() if d.module is not None}
 
 
 def _shapes_config(dataset_cfg):
@@ -56,27 +92,40 @@ def _corpus_config(dataset_cfg):
   return corpus.corpus_config(**dict(dataset_cfg.get('corpus') or {}))
 
 
+register('shapes', Dataset(
+    lambda cfg, data_dir: (shapes.SyntheticShapes(config=_shapes_config(cfg), data_dir=data_dir,
+                                                  file_format='array_record'), None),
+    lambda cfg: _shapes_config(cfg).num_object_classes + 1,
+    lambda cfg: shapes.class_names(_shapes_config(cfg).num_object_classes,
+                                   _shapes_config(cfg).coding)))
+register('shapes_corpus', Dataset(
+    lambda cfg, data_dir: (corpus.ShapesCorpus(config=_corpus_config(cfg), data_dir=data_dir,
+                                               file_format='array_record'), None),
+    lambda cfg: len(corpus.CLASSES) + 1, lambda cfg: corpus.class_names()))
+register_dataset('voc_aug', voc, voc.VocAug)
+register_dataset('cocostuff', cocostuff, cocostuff.CocoStuff164k)
+register_dataset('ade20k', ade20k, ade20k.Ade20k)
+register_dataset('cityscapes', cityscapes, cityscapes.CityscapesFine)
+
+
+def _registered(dataset_cfg):
+  """The `Dataset` registered as config.dataset.name."""
+  name = dataset_cfg.name
+  if name not in DATASETS:
+    raise ValueError(f'config.dataset.name is {name!r}; expected one of {tuple(DATASETS)} (a '
+                     'dataset of your own: rwsjax.data.register_dataset in a module given to '
+                     '--imports).')
+  return DATASETS[name]
+
+
 def num_classes(dataset_cfg):
   """K (background included) of the dataset named by config.dataset.name."""
-  name = dataset_cfg.name
-  if name == 'shapes':
-    return _shapes_config(dataset_cfg).num_object_classes + 1
-  if name == 'shapes_corpus':
-    return len(corpus.CLASSES) + 1
-  if name in MANUAL:
-    return MANUAL[name][0].NUM_CLASSES
-  raise ValueError(f'config.dataset.name is {name!r}; expected one of '
-                   f'{("shapes", "shapes_corpus", *MANUAL)}.')
+  return _registered(dataset_cfg).num_classes(dataset_cfg)
 
 
 def class_names(dataset_cfg):
   """Class names in class index order (background first where the dataset has one)."""
-  if dataset_cfg.name in MANUAL:
-    return list(MANUAL[dataset_cfg.name][0].CLASS_NAMES)
-  if dataset_cfg.name == 'shapes_corpus':
-    return corpus.class_names()
-  shapes_cfg = _shapes_config(dataset_cfg)
-  return shapes.class_names(shapes_cfg.num_object_classes, shapes_cfg.coding)
+  return _registered(dataset_cfg).class_names(dataset_cfg)
 
 
 def builder_and_download_config(dataset_cfg):
@@ -87,24 +136,7 @@ def builder_and_download_config(dataset_cfg):
     raise ValueError(f'config.dataset.num_classes is {given} but dataset '
                      f'{dataset_cfg.name!r} has {expected} classes (background included).')
   data_dir = config_lib.field(dataset_cfg, 'dataset', 'data_dir')
-  if dataset_cfg.name == 'shapes':
-    builder = shapes.SyntheticShapes(config=_shapes_config(dataset_cfg), data_dir=data_dir,
-                                     file_format='array_record')
-    return builder, None
-  if dataset_cfg.name == 'shapes_corpus':
-    builder = corpus.ShapesCorpus(config=_corpus_config(dataset_cfg), data_dir=data_dir,
-                                  file_format='array_record')
-    return builder, None
-  module, builder_cls = MANUAL[dataset_cfg.name]
-  builder = builder_cls(data_dir=data_dir, file_format='array_record')
-  if builder.is_prepared():
-    return builder, None
-  manual_dir = config_lib.field(dataset_cfg, 'dataset', 'manual_dir')
-  if manual_dir is None:
-    raise ValueError(f'config.dataset.manual_dir is not set; {dataset_cfg.name} needs the '
-                     f'directory holding {", ".join(module.LAYOUT.values())}.')
-  module.check_layout(manual_dir)
-  return builder, tfds.download.DownloadConfig(manual_dir=manual_dir)
+  return _registered(dataset_cfg).builder(dataset_cfg, data_dir)
 
 
 def load_builder(dataset_cfg):
