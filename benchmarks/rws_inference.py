@@ -45,7 +45,7 @@ from rwsjax.rws import segcam
 from rwsjax.rws import slices
 from timing import interleaved_seconds
 from timing import load_mark
-from timing import load_per_core
+from timing import snapshot
 
 
 def recorded_config(workdir):
@@ -99,7 +99,7 @@ def main():
   forward_only = jax.jit(local_forward)
   found = attention(net, images)
   plans, stats = local(net, found, images)
-  start_load = load_per_core()
+  start = snapshot()
   times = interleaved_seconds({
       'plain': lambda: plain(net, images),
       'attention': lambda: attention(net, images),
@@ -108,7 +108,7 @@ def main():
       'local forward': lambda: forward_only(net, found, images),
       'fused pass': lambda: fused(net, plans, images),
       'RWS network': lambda: whole(net, images)}, args.repeats)
-  mark = load_mark(start_load, load_per_core())
+  mark = load_mark(start, snapshot())
   n = len(batch['image'])
   ms = {name: 1000 * statistics.median(t) / n for name, t in times.items()}
   print(f'{args.workdir}: batch {n} of {images.shape[1]}x{images.shape[2]}, '

@@ -31,7 +31,7 @@ from rwsjax.models import pretrained
 from rwsjax.models.conv import CONV_IMPLS
 from timing import interleaved_seconds
 from timing import load_mark
-from timing import load_per_core
+from timing import snapshot
 
 # rwsjax DeepLabV3Head module -> torchvision DeepLabHead (classifier.*) (conv, BN) prefixes.
 TORCH_HEAD = {
@@ -206,9 +206,9 @@ def main():
     torch_maps = paths['torch class loop']()
     for name in layers:
       np.testing.assert_allclose(torch_maps[name], fast[name], atol=2e-3)
-  start_load = load_per_core()
+  start = snapshot()
   times = interleaved_seconds(paths, args.repeats)
-  mark = load_mark(start_load, load_per_core())
+  mark = load_mark(start, snapshot())
 
   print(f'devices: {jax.devices()}, {os.cpu_count()} cores, load average '
         f'{os.getloadavg()[0]:.1f}')

@@ -2,15 +2,20 @@
 `rwsjax.progress.median_seconds`), and the machine's load around them.
 
 Other work on the cores slows PyTorch's CPU kernels more than XLA's, so a ratio taken on a busy
-machine flatters JAX (BENCHMARKS.md): a benchmark records the load at its start and end, and
-marks its ratios when either was above `IDLE_LOAD_PER_CORE`."""
+machine flatters JAX (BENCHMARKS.md): a benchmark takes a `snapshot` at its start and end, and
+marks its ratios when the machine was busy before it started (`IDLE_LOAD_PER_CORE`) or other
+processes used the cores while it ran (`OTHERS_BOUND`). The load average at the end cannot
+tell the second: a benchmark's own threads raise it to about the number of cores."""
 import os
 import time
+from typing import NamedTuple
 
 import jax
 
-# Above this 1-minute load average per core at the start or end, a ratio is not a headline.
+# Above this 1-minute load average per core at the start, a ratio is not a headline.
 IDLE_LOAD_PER_CORE = 0.5
+# Above this share of the cores kept busy by other processes during the run, neither.
+OTHERS_BOUND = 0.1
 
 
 def interleaved_seconds(fns, repeats):
@@ -32,10 +37,58 @@ def load_per_core():
   return os.getloadavg()[0] / (os.cpu_count() or 1)
 
 
-def load_mark(start, end, bound=IDLE_LOAD_PER_CORE):
-  """'' when the load per core at the `start` and `end` of a benchmark were both at most
-  `bound`; otherwise the mark that follows each ratio it prints."""
-  if max(start, end) <= bound:
+def busy_seconds(stat_line, ticks_per_second):
+  """CPU seconds the machine has been busy since boot, from the first ('cpu') line of
+  /proc/stat: user, nice, system, irq, softirq and steal (time the hypervisor gave to others);
+  idle and iowait are not busy."""
+  user, nice, system, _, _, irq, softirq, steal = (int(v) for v in stat_line.split()[1:9])
+  return (user + nice + system + irq + softirq + steal) / ticks_per_second
+
+
+def machine_busy_seconds():
+  """`busy_seconds` of this machine, or None where there is no /proc/stat."""
+  try:
+    with open('/proc/stat') as f:
+      return busy_seconds(f.readline(), os.sysconf('SC_CLK_TCK'))
+  except (OSError, ValueError):
+    return None
+
+
+class Snapshot(NamedTuple):
+  """The machine at one moment (`snapshot`)."""
+  wall: float           # perf_counter seconds
+  machine_busy: object  # `machine_busy_seconds`, None without /proc/stat
+  own: float            # CPU seconds of this process (all its threads) and its children
+  load: float           # `load_per_core`
+
+
+def snapshot():
+  """A `Snapshot` of now."""
+  t = os.times()
+  return Snapshot(time.perf_counter(), machine_busy_seconds(),
+                  t.user + t.system + t.children_user + t.children_system, load_per_core())
+
+
+def others_share(start, end):
+  """The share of the cores that other processes kept busy between two snapshots, (machine
+  busy - this process) / (wall x cores), or None without /proc/stat."""
+  if start.machine_busy is None or end.machine_busy is None:
+    return None
+  others = (end.machine_busy - start.machine_busy) - (end.own - start.own)
+  return max(0.0, others) / ((end.wall - start.wall) * (os.cpu_count() or 1))
+
+
+def load_mark(start, end, bound=IDLE_LOAD_PER_CORE, others_bound=OTHERS_BOUND):
+  """'' when the load per core before the benchmark (`start`, a `Snapshot`) was at most
+  `bound` and other processes kept at most `others_bound` of the cores busy until `end`;
+  otherwise the mark that follows each ratio it prints. Without /proc/stat the load per core
+  at the end stands in for the second test."""
+  others = others_share(start, end)
+  if others is None:
+    busy, during = end.load > bound, f'load per core {end.load:.2f} at the end'
+  else:
+    busy, during = others > others_bound, f'other processes used {others:.0%} of the cores'
+  if start.load <= bound and not busy:
     return ''
-  return (f' [NOT IDLE: load per core {start:.2f} at the start, {end:.2f} at the end, above '
-          f'{bound}; not a headline number]')
+  return (f' [NOT IDLE: load per core {start.load:.2f} at the start, {during}; bounds '
+          f'{bound} and {others_bound:.0%}; not a headline number]')

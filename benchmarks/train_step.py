@@ -35,7 +35,7 @@ from rwsjax.losses import IGNORE_LABEL
 from rwsjax.models import make_model
 from rwsjax.models.conv import CONV_IMPLS
 from timing import load_mark
-from timing import load_per_core
+from timing import snapshot
 
 TORCH_BACKBONES = ('resnet50', 'resnet101')
 MOMENTUM, WEIGHT_DECAY, LR, POLY_POWER = 0.9, 1e-4, 0.01, 0.9
@@ -214,7 +214,7 @@ def main():
     check_torch_args(parser, args)
 
   print(f'start: {machine()}', flush=True)
-  start_load = load_per_core()
+  start = snapshot()
   batch = random_batch(args)
   runners = {'jax': JaxRunner(args, batch)}
   if args.vs_conv_impl:
@@ -237,7 +237,7 @@ def main():
         times[name][kind].append(seconds(getattr(r, kind)))
 
   print(f'end: {machine()}')
-  mark = load_mark(start_load, load_per_core())
+  mark = load_mark(start, snapshot())
   print(f'jax {jax.__version__} on {jax.devices()}, XLA_FLAGS='
         f'{os.environ.get("XLA_FLAGS", "")!r}')
   if args.vs_torch:

@@ -8,12 +8,35 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def test_a_ratio_is_marked_unless_both_ends_were_idle():
-  assert timing.load_mark(0.1, 0.5) == ''
-  for start, end in ((0.6, 0.1), (0.1, 0.51), (3.3, 3.5)):
-    mark = timing.load_mark(start, end)
-    assert 'NOT IDLE' in mark and f'{start:.2f} at the start' in mark
-    assert f'{end:.2f} at the end' in mark
+def snap(wall, busy, own, load):
+  return timing.Snapshot(wall, busy, own, load)
+
+
+def test_a_ratio_is_marked_when_busy_before_or_shared_during_the_run(monkeypatch):
+  monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+  # 10 s on 2 cores: the machine was busy 19 CPU seconds, 18 of them this process's own.
+  start, end = snap(0.0, 100.0, 5.0, 0.1), snap(10.0, 119.0, 23.0, 1.0)
+  assert timing.others_share(start, end) == 1 / 20
+  assert timing.load_mark(start, end) == ''  # its own threads raised the load to 1.0
+  shared = snap(10.0, 123.0, 23.0, 1.0)  # 5 CPU seconds of others: a quarter of the cores
+  mark = timing.load_mark(start, shared)
+  assert 'NOT IDLE' in mark and 'other processes used 25% of the cores' in mark
+  busy_before = timing.load_mark(snap(0.0, 100.0, 5.0, 0.6), end)
+  assert 'NOT IDLE' in busy_before and 'load per core 0.60 at the start' in busy_before
+
+
+def test_without_proc_stat_the_load_at_the_end_decides():
+  start = snap(0.0, None, 0.0, 0.1)
+  assert timing.others_share(start, snap(1.0, None, 1.0, 0.4)) is None
+  assert timing.load_mark(start, snap(1.0, None, 1.0, 0.4)) == ''
+  mark = timing.load_mark(start, snap(1.0, None, 1.0, 0.9))
+  assert 'NOT IDLE' in mark and 'load per core 0.90 at the end' in mark
+
+
+def test_busy_seconds_counts_all_but_idle_and_iowait():
+  # user nice system idle iowait irq softirq steal guest guest_nice, in ticks of 1/100 s
+  assert timing.busy_seconds('cpu  100 5 50 1000 20 3 2 10 0 0', 100) == 1.70
+  assert timing.machine_busy_seconds() is None or timing.machine_busy_seconds() > 0
 
 
 def test_load_per_core_divides_by_the_cores(monkeypatch):
