@@ -3,19 +3,22 @@
 
 Other work on the cores slows PyTorch's CPU kernels more than XLA's, so a ratio taken on a busy
 machine flatters JAX (BENCHMARKS.md): a benchmark takes a `snapshot` at its start and end, and
-marks its ratios when the machine was busy before it started (`IDLE_LOAD_PER_CORE`) or other
-processes used the cores while it ran (`OTHERS_BOUND`). The load average at the end cannot
-tell the second: a benchmark's own threads raise it to about the number of cores."""
+marks its ratios when other processes used the cores while it ran (`OTHERS_BOUND`: the
+machine's busy CPU time less the benchmark's own). The load average cannot tell this: a
+benchmark's own threads raise it to about the number of cores, and it still holds the last
+minute's work at the start (a benchmark run just before); it decides only where /proc/stat is
+missing (`IDLE_LOAD_PER_CORE` at the start and the end)."""
 import os
 import time
 from typing import NamedTuple
 
 import jax
 
-# Above this 1-minute load average per core at the start, a ratio is not a headline.
-IDLE_LOAD_PER_CORE = 0.5
-# Above this share of the cores kept busy by other processes during the run, neither.
+# Above this share of the cores kept busy by other processes during the run, a ratio is not a
+# headline number.
 OTHERS_BOUND = 0.1
+# Without /proc/stat: above this 1-minute load average per core at the start or the end.
+IDLE_LOAD_PER_CORE = 0.5
 
 
 def interleaved_seconds(fns, repeats):
@@ -78,17 +81,17 @@ def others_share(start, end):
   return max(0.0, others) / ((end.wall - start.wall) * (os.cpu_count() or 1))
 
 
-def load_mark(start, end, bound=IDLE_LOAD_PER_CORE, others_bound=OTHERS_BOUND):
-  """'' when the load per core before the benchmark (`start`, a `Snapshot`) was at most
-  `bound` and other processes kept at most `others_bound` of the cores busy until `end`;
-  otherwise the mark that follows each ratio it prints. Without /proc/stat the load per core
-  at the end stands in for the second test."""
+def load_mark(start, end, others_bound=OTHERS_BOUND, bound=IDLE_LOAD_PER_CORE):
+  """'' when other processes kept at most `others_bound` of the cores busy between the
+  snapshots `start` and `end` of a benchmark; otherwise the mark that follows each ratio it
+  prints. Without /proc/stat: when the load per core at both was at most `bound`."""
   others = others_share(start, end)
-  if others is None:
-    busy, during = end.load > bound, f'load per core {end.load:.2f} at the end'
-  else:
-    busy, during = others > others_bound, f'other processes used {others:.0%} of the cores'
-  if start.load <= bound and not busy:
+  if others is not None:
+    if others <= others_bound:
+      return ''
+    return (f' [NOT IDLE: other processes used {others:.0%} of the cores while it ran, above '
+            f'{others_bound:.0%}; not a headline number]')
+  if max(start.load, end.load) <= bound:
     return ''
-  return (f' [NOT IDLE: load per core {start.load:.2f} at the start, {during}; bounds '
-          f'{bound} and {others_bound:.0%}; not a headline number]')
+  return (f' [NOT IDLE: load per core {start.load:.2f} at the start, {end.load:.2f} at the end, '
+          f'above {bound}; not a headline number]')
