@@ -10,6 +10,7 @@ defaults, so each default is declared once, in `base_config`.
 import functools
 import importlib.util
 import os
+from typing import Any, NamedTuple
 
 import ml_collections
 from ml_collections import config_dict
@@ -183,3 +184,42 @@ def shrink_for_smoke(c):
   c.train.checkpoint_every = 2
   c.figures.num_examples = 2
   return c
+
+
+class Field(NamedTuple):
+  """A config field declared once, in its section's table (a method's config module): its
+  default, a one-line doc, the values it may take (a switch, written `config.<section>.<key>:
+  a | b` in docs/methods.md; None: any value of its type), and when it is read (None: always;
+  else (whether a config reads it, the setting in words), for `preflight.check_overrides`)."""
+  default: Any
+  doc: str
+  values: Any = None
+  read_when: Any = None
+
+
+def section(fields):
+  """The ConfigDict of a table of `Field`s: every field at its default, in table order."""
+  c = ml_collections.ConfigDict()
+  for key, declared in fields.items():
+    c[key] = declared.default
+  return c
+
+
+def switches(fields):
+  """{key: values} of the switches of a table of `Field`s."""
+  return {key: f.values for key, f in fields.items() if f.values is not None}
+
+
+def check_switches(section_cfg, fields, prefix):
+  """ValueError, 'config.<prefix>.<key>=...; expected one of (...).', for the first switch of
+  `fields` whose value in `section_cfg` is not one of its values."""
+  for key, values in switches(fields).items():
+    if section_cfg[key] not in values:
+      raise ValueError(f'config.{prefix}.{key}={section_cfg[key]!r}; expected one of '
+                       f'{tuple(values)}.')
+
+
+def conditional_fields(fields, prefix):
+  """{'<prefix>.<key>': read_when} of the fields of a table read only under a setting
+  (`preflight.check_overrides`' CONDITIONAL_FIELDS)."""
+  return {f'{prefix}.{key}': f.read_when for key, f in fields.items() if f.read_when}

@@ -13,6 +13,7 @@ import PIL.Image
 import pytest
 
 from configs_util import ROOT, load_config
+from rwsjax import config as config_lib
 from rwsjax import inference
 from rwsjax import losses
 from rwsjax import models
@@ -51,14 +52,29 @@ def test_weak_share_advice_outside_a_tenth_to_a_half():
 
 
 def test_every_rws_switch_has_its_default_and_its_line_in_methods():
-  """The recipe for an RWS variant (README, Extending): its values in `pipeline.CHOICES`, its
-  default in `rws.config.default_config`, `config.rws.<key>: a | b` in docs/methods.md."""
+  """The recipe for an RWS variant (README, Extending): declared once in `rws.config.FIELDS`
+  (values, default, doc, when read), `config.rws.<key>: a | b` in docs/methods.md; the run
+  refuses another value, and an override of a field its config does not read."""
   defaults = rws_config.default_config()
   with open(os.path.join(ROOT, 'docs/methods.md')) as f:
     methods = ' '.join(f.read().split())
-  for key, choices in rws_pipeline.CHOICES.items():
-    assert defaults[key] in choices, key
-    assert f'config.rws.{key}: {" | ".join(choices)}`' in methods, key
+  choices = config_lib.switches(rws_config.FIELDS)
+  assert len(choices) == 11 and set(choices) < set(defaults)
+  for key, values in choices.items():
+    assert defaults[key] in values, key
+    assert f'config.rws.{key}: {" | ".join(values)}`' in methods, key
+  config = load_config('shapes_rws')
+  config.rws.t_rule = 'steepest'
+  with pytest.raises(ValueError, match=r"config\.rws\.t_rule='steepest'; expected one of "
+                                       r"\('first_flat', 'last_flat', 'robust'\)\."):
+    rws_pipeline.check_config(config)
+  assert set(rws_pipeline.CONDITIONAL_FIELDS) == {
+      'rws.stage3_steps', 'rws.stage3_init', 'rws.stage3_lr', 'rws.stage3_warmup',
+      'rws.local_scale', 'rws.t_fixed', 'rws.t_noise_z'}
+  config = load_config('shapes_rws')
+  with pytest.raises(preflight.UserInputError, match="config.rws.t_rule='robust'"):
+    preflight.check_overrides(['rws.t_noise_z'], {}, 'rws', config,
+                              rws_pipeline.CONDITIONAL_FIELDS)
 
 
 def test_fine_testbed_is_shapes_rws_with_small_markers_and_sparser_curve_bins_left_out():

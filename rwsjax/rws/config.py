@@ -1,70 +1,96 @@
 """config.rws: every RWS setting and ablation switch with its default (docs/methods.md RWS).
 
-Imports only ml_collections, so that config files load without jax.
+Imports only the light `rwsjax.config` (ml_collections), so that config files load without
+jax.
 """
-import ml_collections
-
 from rwsjax import config as config_lib
 
 
+# When a field is read (`Field.read_when`).
+_RETRAIN = (lambda config: config.rws.integration == 'retrain',
+            "config.rws.integration='retrain'")
+F = config_lib.Field
+# config.rws: every RWS setting and switch, declared once (docs/methods.md RWS has a line per
+# switch, `config.rws.<key>: a | b`; tests/test_rws.py checks them against this table).
+FIELDS = {
+    'stage1_steps': F(600, 'steps of the global model (stage 1)'),
+    'stage2_steps': F(300, 'steps of the local model on the weak slices, per round'),
+    'stage2_warmup': F(0, "steps of stage 2's linear warm-up to config.train.lr"),
+    'stage3_steps': F(300, 'steps of the refined global model, per round', read_when=_RETRAIN),
+    'stage3_init': F('stage1', "stage1: continue the global model's weights and optimizer "
+                     'state after a warm-up from its final rate | fresh: from the initial '
+                     'weights with a full schedule', ('stage1', 'fresh'), _RETRAIN),
+    'stage3_lr': F(1.5e-3, "stage 3's peak rate (after the warm-up; fresh: initial rate)",
+                   read_when=_RETRAIN),
+    'stage3_warmup': F(30, 'steps of the linear warm-up (stage3_init=stage1)', read_when=(
+        lambda config: (config.rws.integration == 'retrain'
+                        and config.rws.stage3_init == 'stage1'),
+        "config.rws.integration='retrain' and config.rws.stage3_init='stage1'")),
+    'slice_size': F(128, 'window side in pixels (paper Fig. 10)'),
+    'slice_stride': F(64, 'window stride in pixels'),
+    'local_scale': F(2.0, 'slices are resized by this factor for the local model', read_when=(
+        lambda config: not config.rws.local_size, 'config.rws.local_size=0')),
+    'local_size': F(0, 'side the slice crops are resized to; 0 = local_scale * size'),
+    'local_batch_size': F(16, 'global batch of stage 2'),
+    'local_init': F('global', 'global: the local model is fine-tuned from the current global '
+                    "model, so its features share the global model's channels | init: "
+                    "trained from the global model's initialisation", ('global', 'init')),
+    'attention_region': F('prediction', 'A_i^c restricted to the predicted (eq. 2) or the '
+                          'ground-truth region of c (training only)',
+                          ('prediction', 'ground_truth')),
+    'attention': F('last', 'window attention from A_layer4 (last) or Gamma (gamma)',
+                   ('last', 'gamma')),
+    'max_classes': F(6, 'Seg-Grad-CAM class slots per image (most frequent classes)'),
+    'weak_rule': F('curve', 'curve: T from the IoU-attention curve | fixed: T = t_fixed',
+                   ('curve', 'fixed')),
+    't_fixed': F(0.3, 'T of weak_rule=fixed', read_when=(
+        lambda config: config.rws.weak_rule == 'fixed', "config.rws.weak_rule='fixed'")),
+    't_rule': F('first_flat', 'first_flat: lowest flat point (paper) | last_flat | robust: the '
+                "lowest flat point judged against the curve's noise",
+                ('first_flat', 'last_flat', 'robust')),
+    't_noise_z': F(2.0, 't_rule=robust: a step is clearly flat or steep beyond z standard '
+                   "errors of its rise; the knee's rise must pass z too", read_when=(
+                       lambda config: config.rws.t_rule == 'robust',
+                       "config.rws.t_rule='robust'")),
+    't_bins': F(20, 'bins of the IoU-attention curve'),
+    't_slope': F(0.02, 'the slope below which the curve is flat'),
+    't_slope_unit': F('attention', 'slope per unit of attention | per bin step',
+                      ('attention', 'bin')),
+    't_min_share': F(0.01, "share of a class's windows a bin needs to be on the curve"),
+    't_min_windows': F(10, 'windows a class needs to take part in T'),
+    'min_pixels': F(1, 'region pixels of a class for it to count in a window'),
+    'slices': F('weak', 'weak | arbitrary (ablation: random windows, same count)',
+                ('weak', 'arbitrary')),
+    'weak_classes': F('foreground', 'foreground: config.dataset.background_class takes no part '
+                      'in T or the weak decision | all | own_threshold: the background is held '
+                      'to its own T_c', ('foreground', 'all', 'own_threshold')),
+    'select_omega': F(True, 'eq. 5 selection; False = integrate every weak-slice pixel'),
+    'weighted_lambda': F(True, 'eq. 7 lambda; False = n 0.5'),
+    'eps': F(1e-3, 'omega threshold of eq. 5'),
+    'fuse_layers': F((1, 2, 3, 4), 'layer outputs the local features are fused into; () = '
+                     'plain fine-tuning'),
+    'max_slices': F(0, 'weak slices refined per image; 0 = every weak slice'),
+    'slice_chunk': F(32, 'slices per call of the local model (memory bound)'),
+    'pair_chunk': F(8, '(slice, class) pairs per Seg-Grad-CAM call of the local model: '
+                    'backward passes only for filled class slots | 0: one backward pass per '
+                    'slot over all slices of a call'),
+    'max_rounds': F(4, 'rounds at most'),
+    'min_weak_delta': F(20, 'stop when the weak-slice count changes less than this'),
+    'inference': F('fused', 'the RWS network (fused) | the refined network alone (plain)',
+                   ('fused', 'plain')),
+    'integration': F('inference', 'inference: no stage 3, the fusion joins the global model at '
+                     'inference only (measured better, README) | retrain: stage 3 trains the '
+                     'global model with the fusion', ('inference', 'retrain')),
+    'premise': F(True, "measure each round part by part on the evaluation split's weak "
+                 'windows (round_N/premise.json)'),
+    'baseline': F(True, 'also train the equal-budget supervised baseline'),
+}
+del F
+
+
 def default_config():
-  """config.rws: every RWS setting and ablation switch (docs/methods.md RWS), with its default."""
-  c = ml_collections.ConfigDict()
-  c.stage1_steps = 600          # global model (stage 1)
-  c.stage2_steps = 300          # local model on weak slices, per round
-  c.stage2_warmup = 0           # steps of stage 2's linear warm-up to config.train.lr
-  c.stage3_steps = 300          # refined global model, per round
-  c.stage3_init = 'stage1'      # stage1: continue the global model's weights and optimizer
-                                # state after a warm-up from its final rate | fresh: from the
-                                # initial weights with a full schedule
-  c.stage3_lr = 1.5e-3          # stage 3's peak rate (after the warm-up; fresh: initial rate)
-  c.stage3_warmup = 30          # steps of the linear warm-up (stage3_init=stage1)
-  c.slice_size = 128            # window side in pixels (paper Fig. 10)
-  c.slice_stride = 64
-  c.local_scale = 2.0           # slices are resized by this factor for the local model
-  c.local_size = 0              # side the slice crops are resized to; 0 = local_scale * size
-  c.local_batch_size = 16       # global batch of stage 2
-  c.local_init = 'global'       # local model fine-tuned from the current global model, so
-                                # its features share the global model's channels (global) |
-                                # trained from the global model's initialisation (init)
-  c.attention_region = 'prediction'  # A_i^c restricted to the predicted (eq. 2) or the
-                                     # ground-truth region of c (training only)
-  c.attention = 'last'          # window attention from A_layer4 (last) or Gamma (gamma)
-  c.max_classes = 6             # Seg-Grad-CAM class slots per image (most frequent classes)
-  c.weak_rule = 'curve'         # curve: T from the IoU-attention curve | fixed: T = t_fixed
-  c.t_fixed = 0.3
-  c.t_rule = 'first_flat'       # first_flat: lowest flat point (paper) | last_flat | robust:
-                                # the lowest flat point judged against the curve's noise
-  c.t_noise_z = 2.0             # t_rule=robust: a step is clearly flat or steep beyond z
-                                # standard errors of its rise; the knee's rise must pass z too
-  c.t_bins = 20
-  c.t_slope = 0.02
-  c.t_slope_unit = 'attention'  # slope per unit of attention | per bin step
-  c.t_min_share = 0.01          # share of a class's windows a bin needs to be on the curve
-  c.t_min_windows = 10          # windows a class needs to take part in T
-  c.min_pixels = 1              # region pixels of a class for it to count in a window
-  c.slices = 'weak'             # weak | arbitrary (ablation: random windows, same count)
-  c.weak_classes = 'foreground'  # foreground: config.dataset.background_class takes no part
-                                 # in T or the weak decision | all
-  c.select_omega = True         # eq. 5 selection; False = integrate every weak-slice pixel
-  c.weighted_lambda = True      # eq. 7 lambda; False = n 0.5
-  c.eps = 1e-3                  # omega threshold of eq. 5
-  c.fuse_layers = (1, 2, 3, 4)  # layer outputs fused in stage 3; () = plain fine-tuning
-  c.max_slices = 0              # weak slices refined per image; 0 = every weak slice
-  c.slice_chunk = 32            # slices per call of the local model (memory bound)
-  c.pair_chunk = 8              # (slice, class) pairs per Seg-Grad-CAM call of the local
-                                # model: backward passes only for filled class slots | 0:
-                                # one backward pass per slot over all slices of a call
-  c.max_rounds = 4
-  c.min_weak_delta = 20         # stop when the weak-slice count changes less than this
-  c.inference = 'fused'         # the RWS network (fused) | the refined network alone (plain)
-  c.integration = 'inference'   # inference: no stage 3, the fusion joins the global model
-                                # at inference only (measured better, README) | retrain:
-                                # stage 3 trains the global model with the fusion
-  c.premise = True              # measure each round part by part on the evaluation split's
-                                # weak windows (round_N/premise.json)
-  c.baseline = True             # also train the equal-budget supervised baseline
-  return c
+  """config.rws: every RWS setting and switch of `FIELDS` at its default."""
+  return config_lib.section(FIELDS)
 
 
 def paper_config(*, dataset, num_classes, crop_size, batch_size, eval_pad_size, lr,

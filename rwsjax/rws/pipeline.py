@@ -22,6 +22,7 @@ from absl import logging
 import jax
 import ml_collections
 
+from rwsjax import config as config_lib
 from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
@@ -36,33 +37,16 @@ from rwsjax import train
 from rwsjax.data import pipeline as input_pipeline
 from rwsjax.progress import MetricWriter, median_seconds
 from rwsjax.rws import analysis
+from rwsjax.rws import config as rws_config
 from rwsjax.rws import fusion
 from rwsjax.rws import network
 from rwsjax.rws import premise
-from rwsjax.rws import slices
 
 
 # Generic fields RWS never reads (`preflight.check_overrides`), and what it reads instead.
 UNREAD_FIELDS = {'train.steps': 'config.rws.stage1_steps, stage2_steps and stage3_steps'}
-# RWS fields read only under a setting (`preflight.check_overrides`).
-CONDITIONAL_FIELDS = {
-    'rws.t_fixed': (lambda config: config.rws.weak_rule == 'fixed', "config.rws.weak_rule='fixed'"),
-    'rws.t_noise_z': (lambda config: config.rws.t_rule == 'robust', "config.rws.t_rule='robust'"),
-    'rws.stage3_warmup': (lambda config: (config.rws.integration == 'retrain'
-                                          and config.rws.stage3_init == 'stage1'),
-                          "config.rws.integration='retrain' and config.rws.stage3_init='stage1'"),
-    'rws.local_scale': (lambda config: not config.rws.local_size, 'config.rws.local_size=0'),
-    **{f'rws.{key}': (lambda config: config.rws.integration == 'retrain',
-                      "config.rws.integration='retrain'")
-       for key in ('stage3_steps', 'stage3_lr', 'stage3_init')},
-}
-CHOICES = {'stage3_init': ('stage1', 'fresh'), 'local_init': ('global', 'init'),
-           'attention_region': ('prediction', 'ground_truth'), 'attention': ('last', 'gamma'),
-           'weak_rule': ('curve', 'fixed'), 't_rule': slices.T_RULES,
-           't_slope_unit': slices.SLOPE_UNITS, 'slices': ('weak', 'arbitrary'),
-           'weak_classes': ('foreground', 'all', 'own_threshold'),
-           'inference': ('fused', 'plain'),
-           'integration': ('inference', 'retrain')}
+# RWS fields read only under a setting (`preflight.check_overrides`), from their declarations.
+CONDITIONAL_FIELDS = config_lib.conditional_fields(rws_config.FIELDS, 'rws')
 
 
 # The config fields each stage reads (`stage_table`, `rwsjax.provenance`).
@@ -129,9 +113,7 @@ def stage_table(config):
 def check_config(config):
   """Raises one clear ValueError for an RWS setting no stage could use."""
   rws = config.rws
-  for key, choices in CHOICES.items():
-    if rws[key] not in choices:
-      raise ValueError(f'config.rws.{key}={rws[key]!r}; expected one of {tuple(choices)}.')
+  config_lib.check_switches(rws, rws_config.FIELDS, 'rws')
   if any(i not in (1, 2, 3, 4) for i in rws.fuse_layers):
     raise ValueError(f'config.rws.fuse_layers={tuple(rws.fuse_layers)}; expected a subset of '
                      '(1, 2, 3, 4).')

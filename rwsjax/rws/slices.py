@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rwsjax.losses import IGNORE_LABEL
+from rwsjax.rws import config as rws_config
 
 
 def window_starts(length, size, stride):
@@ -179,8 +180,8 @@ def curve_histogram(attention, iou, present, *, bins=20):
   return counts, sums.reshape(num_classes, bins), squares.reshape(num_classes, bins)
 
 
-T_RULES = ('first_flat', 'last_flat', 'robust')
-SLOPE_UNITS = ('attention', 'bin')
+T_RULES = rws_config.FIELDS['t_rule'].values
+SLOPE_UNITS = rws_config.FIELDS['t_slope_unit'].values
 # Grid points per bin width on which `hinge_knee` scans the knee; bin centres lie on the grid.
 KNEE_STEPS = 20
 # A bin's within-bin sum of squares below this share of its sum of squares is rounding error
