@@ -39,6 +39,7 @@ from isimjax import models as cam_models
 from isimjax import psa
 from isimjax import self_train
 from isimjax import walk_premise
+from rwsjax import config as config_lib
 from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
@@ -60,10 +61,10 @@ UNREAD_FIELDS = {
     'train.lr': ('config.isim.lr_encoder, lr_decoder and lr_classifier, '
                  'psa.affinity.train.lr and psa.final.train.lr'),
 }
-# Fields read only under a setting (`preflight.check_overrides`): config.psa.* with the PSA stages.
-CONDITIONAL_FIELDS = {
-    f'psa.{key}': (lambda config: config.psa.enabled, 'config.psa.enabled=True')
-    for key in isim_config.isim_config().psa if key != 'enabled'}
+# Fields read only under a setting (`preflight.check_overrides`): config.psa.* with the PSA
+# stages, from their declarations, and the PSA stages' sub-configs.
+CONDITIONAL_FIELDS = {**config_lib.conditional_fields(isim_config.PSA_FIELDS, 'psa'),
+                      **{f'psa.{part}': isim_config.PSA_ON for part in ('affinity', 'final')}}
 MODELS = {'isim': 'isim', 'baseline': 'cls_baseline'}  # table column -> training stage
 
 
@@ -108,9 +109,7 @@ def check_config(config):
   """Stops before any work on ISIM or PSA settings that a stage would reject: the CAM model,
   the regeneration rule and, when the PSA stages run, `psa.check_config`."""
   cam_models.make_cam_model(config.model, config.dataset.num_classes)
-  if config.isim.regen not in self_train.REGEN_MODES:
-    raise ValueError(f'config.isim.regen={config.isim.regen!r}; expected one of '
-                     f'{self_train.REGEN_MODES}.')
+  config_lib.check_switches(config.isim, isim_config.ISIM_FIELDS, 'isim')
   if config.psa.enabled:
     psa.check_config(config)
 

@@ -30,11 +30,13 @@ import numpy as np
 import PIL.Image
 
 from isimjax import affinity
+from isimjax import config as isim_config
 from isimjax import crf
 from isimjax import pseudo
 from isimjax import random_walk
 from isimjax import self_train
 from isimjax import walk_premise
+from rwsjax import config as config_lib
 from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import models
@@ -47,9 +49,6 @@ AFFINITY_STAGE = 'psa_affinity'  # checkpoint directory of AffinityNet
 FINAL_STAGE = 'psa_final'  # checkpoint directory of the final model
 AFFINITY_LABELS = 'affinity_labels'
 WALK_LABELS = ('rw', 'rw_crf')
-WALK_SCALES = (1, 2, 4, 8)  # integer enlargements: the walk's stride 8 / scale stays whole
-LABEL_CRFS = ('isim', 'psa')
-INITS = ('imagenet', 'isim')
 PSA_PAIRWISE = crf.CrfParams(bilateral_sxy=80.0, bilateral_srgb=13.0)  # PSA's crf_inference
 _SEEDS = {AFFINITY_STAGE: 11, FINAL_STAGE: 12}  # folded into config.seed's key
 
@@ -64,22 +63,13 @@ def stage_config(config, part):
   return derived
 
 
-def _choice(value, choices, key):
-  if value not in choices:
-    raise ValueError(f'{key}={value!r}; expected one of {list(choices)}.')
-  return value
-
-
 def check_config(config):
   """Stops before any training on PSA settings that a later stage would reject."""
   psa = config.psa
-  _choice(psa.label_crf, LABEL_CRFS, 'config.psa.label_crf')
-  _choice(psa.init, INITS, 'config.psa.init')
-  _choice(psa.final_labels, WALK_LABELS, 'config.psa.final_labels')
+  config_lib.check_switches(psa, isim_config.PSA_FIELDS, 'psa')
   if not 0.0 <= psa.aff_bg <= psa.aff_fg:
     raise ValueError(f'Expected 0 <= config.psa.aff_bg <= config.psa.aff_fg; got '
                      f'{psa.aff_bg} and {psa.aff_fg}.')
-  _choice(psa.walk_scale, WALK_SCALES, 'config.psa.walk_scale')
   trained = psa.affinity.input
   if trained.scale_mode == 'ratio' and not (
       trained.scale_range[0] <= psa.walk_scale <= trained.scale_range[1]):
@@ -117,7 +107,8 @@ def label_store(ctx, name):
 
 def label_crf_fn(psa_cfg):
   """The affinity labels' `crf_fn` of config.psa.label_crf (see isimjax.config)."""
-  if _choice(psa_cfg.label_crf, LABEL_CRFS, 'config.psa.label_crf') == 'isim':
+  config_lib.check_switches(psa_cfg, isim_config.PSA_FIELDS, 'psa')
+  if psa_cfg.label_crf == 'isim':
     return affinity.hard_label_crf
   return functools.partial(crf.crf_refine_probs, params=PSA_PAIRWISE)
 

@@ -20,15 +20,16 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from isimjax import config as isim_config
 from isimjax import losses
 from isimjax import pseudo
+from rwsjax import config as config_lib
 from rwsjax import models
 from rwsjax import stages
 from rwsjax import train
 from rwsjax.progress import write_json
 
 GROUPS = {'backbone': 'encoder', 'head': 'decoder', 'classifier': 'classifier'}
-REGEN_MODES = ('fixed', 'converge')
 
 
 def param_groups(params):
@@ -216,8 +217,7 @@ def _read_rounds(path):
 def _boundaries(isim_cfg, regenerate):
   """Epochs at which training chunks end: where a round may follow, and the last epoch."""
   epochs = isim_cfg.epochs
-  if isim_cfg.regen not in REGEN_MODES:
-    raise ValueError(f'config.isim.regen={isim_cfg.regen!r}; expected one of {REGEN_MODES}.')
+  config_lib.check_switches(isim_cfg, isim_config.ISIM_FIELDS, 'isim')
   fixed = regeneration_epochs(epochs, isim_cfg.first_regen_epoch, isim_cfg.regen_every)
   if not regenerate or not fixed:
     return [epochs]

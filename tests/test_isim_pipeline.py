@@ -9,10 +9,12 @@ import PIL.Image
 import pytest
 
 import fake_voc
-from configs_util import load_config
+from configs_util import ROOT, load_config
+from isimjax import config as isim_config
 from isimjax import isim
 from isimjax import psa
 from isimjax import self_train
+from rwsjax import config as config_lib
 from rwsjax import data
 from rwsjax import inference
 from rwsjax import provenance
@@ -202,3 +204,23 @@ def test_shapes_configs_load():
   full, smoke = load_config('shapes_isim'), load_config('shapes_isim', 'smoke')
   assert full.method == smoke.method == 'isim'
   assert smoke.isim.steps_per_epoch == 2 and smoke.isim.epochs == 3
+
+
+def test_every_isim_and_psa_switch_is_declared_once_with_its_line_in_methods():
+  """config.isim and config.psa are declared in `isimjax.config`'s field tables: each switch
+  has its `config.<section>.<key>: a | b` line in docs/methods.md, a run refuses another
+  value, and the PSA fields are read only with the PSA stages."""
+  with open(os.path.join(ROOT, 'docs/methods.md')) as f:
+    methods = ' '.join(f.read().split())
+  config = isim_config.isim_config()
+  for section, fields in (('isim', isim_config.ISIM_FIELDS), ('psa', isim_config.PSA_FIELDS)):
+    for key, values in config_lib.switches(fields).items():
+      assert config[section][key] in values, key
+      assert f'config.{section}.{key}: {" | ".join(map(str, values))}`' in methods, key
+  config.psa.walk_scale = 3
+  with pytest.raises(ValueError, match=r'config\.psa\.walk_scale=3; expected one of '
+                                       r'\(1, 2, 4, 8\)\.'):
+    isim.check_config(config)
+  assert isim.CONDITIONAL_FIELDS['psa.radius'] == isim_config.PSA_ON
+  assert {'psa.affinity', 'psa.final', 'psa.sweep_logt'} <= set(isim.CONDITIONAL_FIELDS)
+  assert 'psa.enabled' not in isim.CONDITIONAL_FIELDS
