@@ -116,6 +116,12 @@ def fingerprint(own, consumed):
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def record_path(table, workdir, name):
+  """Where stage `name` of a pipeline's `table` keeps its record in `workdir`: its `Stage`'s
+  `record`, or stages/<name>.json."""
+  return os.path.join(workdir, table[name].record or os.path.join('stages', f'{name}.json'))
+
+
 def made_by(table, values):
   """{name: `Made`} of every stage of `table` under the config `values` (`config_values`)."""
   made = {}
@@ -145,8 +151,7 @@ class Plan:
     self.made = made_by(self.table, config_values(config))
 
   def record_path(self, workdir, name):
-    return os.path.join(workdir, self.table[name].record
-                        or os.path.join('stages', f'{name}.json'))
+    return record_path(self.table, workdir, name)
 
   def stamp(self, workdir, name):
     """What a stage's marker and record hold: fingerprint, settings, the workdir computing

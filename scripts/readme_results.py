@@ -105,10 +105,10 @@ PLATEAUS = {
                               (1000, 2000, 3000, 3350)),
 }
 # The stages (`rwsjax.rws.pipeline.stage_table`) a control may copy from its main run.
+_ROUND_1 = tuple(rws_pipeline.round_stage(1, name) for name in ('analysis', 'figures', 'stage2'))
 SHARED = {'stage1': ('stage1', 'stage1/eval'),
-          'analysis': ('stage1', 'stage1/eval', 'round_1/analysis', 'round_1/figures'),
-          'stage2': ('stage1', 'stage1/eval', 'round_1/analysis', 'round_1/figures',
-                     'round_1/stage2')}
+          'analysis': ('stage1', 'stage1/eval') + _ROUND_1[:2],
+          'stage2': ('stage1', 'stage1/eval') + _ROUND_1}
 
 
 def control_name(overrides):

@@ -68,6 +68,13 @@ BASELINE_FIELDS = TRAIN_FIELDS + ('rws.stage1_steps', 'rws.stage2_steps', 'rws.s
                                   'rws.integration', 'rws.max_rounds', 'rws.min_weak_delta')
 
 
+def round_stage(r, name=None):
+  """Round `r`'s folder in the run directory, or its stage `name` ('analysis', 'stage2', ...):
+  the one place the run directory's round layout is written (`stage_table`, `run`,
+  `finished_network`)."""
+  return f'round_{r}' if name is None else f'round_{r}/{name}'
+
+
 def stage_table(config):
   """The stages of an RWS run (`rwsjax.provenance.Stage`): what each reads and consumes.
 
@@ -84,7 +91,7 @@ def stage_table(config):
            'stage1/eval': provenance.Stage(DATA_FIELDS, ('stage1',), 'stage1/eval.json')}
   model, networks = 'stage1', ('stage1',)
   for r in range(1, rws.max_rounds + 1):
-    folder = f'round_{r}'
+    folder = round_stage(r)
     found = f'{folder}/analysis'
     table[found] = provenance.Stage(ANALYSIS_FIELDS, (model,), f'{folder}/analysis.json',
                                     (f'{folder}/slices_process*.npz',))
@@ -271,9 +278,9 @@ def run(config, workdir, recompute_from=()):
   final = {'plain': stage1_eval, 'fused': stage1_eval}
   total_steps, rounds, counts = rws.stage1_steps, [], []
   for r in range(1, rws.max_rounds + 1):
-    directory = os.path.join(workdir, f'round_{r}')
+    directory = os.path.join(workdir, round_stage(r))
     found = runner.run(
-        f'round_{r}/analysis', lambda: analysis.analyze(model, global_variables, train_source,
+        round_stage(r, 'analysis'), lambda: analysis.analyze(model, global_variables, train_source,
                                                         config, mesh, directory, names))
     counts.append(found['weak_slices'])
     logging.info('Round %d: T = %.3f, %d weak slices (%.1f%% of the windows).', r,
@@ -287,7 +294,7 @@ def run(config, workdir, recompute_from=()):
     rounds.append(row)
     if jax.process_index() == 0:
       runner.run(
-          f'round_{r}/figures', lambda: analysis.save_round_figures(
+          round_stage(r, 'figures'), lambda: analysis.save_round_figures(
               directory, model, global_variables, train_source, found, config, names))
     if analysis.should_stop(counts, rws.min_weak_delta):
       row['trained'] = False
@@ -299,7 +306,7 @@ def run(config, workdir, recompute_from=()):
         out_size=network.local_size(rws))
     local_start = init if rws.local_init == 'init' else global_variables
     local_state = train_supervised(
-        f'round_{r}/stage2', local_start,
+        round_stage(r, 'stage2'), local_start,
         lambda start, ds=crop_batches: input_pipeline.prefetch(ds, start), rws.stage2_steps,
         warmup_steps=rws.stage2_warmup)
     frozen = {'global': global_variables, 'local': local_state.variables,
@@ -311,7 +318,7 @@ def run(config, workdir, recompute_from=()):
                                 warmup_from=warmup_from)
       continued = rws.stage3_init == 'stage1'
       state = runner.train(
-          f'round_{r}/stage3', loss_fn=fusion_loss(model, config), tx=tx,
+          round_stage(r, 'stage3'), loss_fn=fusion_loss(model, config), tx=tx,
           variables=global_variables if continued else init,
           opt_state=state.opt_state if continued else None,
           batches=stages.train_batches(train_source, config, mesh,
@@ -321,12 +328,12 @@ def run(config, workdir, recompute_from=()):
       total_steps += rws.stage3_steps
     net = {'model': state.variables, **frozen}
     row['trained'] = True
-    final = {name: evaluation(f'round_{r}/eval_{name}', net, name)
+    final = {name: evaluation(round_stage(r, f'eval_{name}'), net, name)
              for name in ('plain', 'fused')}
     row.update(miou_plain=final['plain']['miou'], miou_fused=final['fused']['miou'])
     if rws.premise:
       row['premise'] = runner.run(
-          f'round_{r}/premise', lambda: premise.measure(model, net, eval_source, config, mesh,
+          round_stage(r, 'premise'), lambda: premise.measure(model, net, eval_source, config, mesh,
                                                         names))
     global_variables = state.variables
   cost = runner.run(
@@ -368,18 +375,19 @@ def finished_network(config, workdir, model, mesh):
                                     tx=train.make_optimizer(config.train, steps),
                                     total_steps=steps, image_shape=shape, rng=rng, mesh=mesh)
 
+  table = stage_table(config)
   global_variables, net = restore('stage1', rws.stage1_steps), None
   retrain = rws.integration == 'retrain'
   for r in range(1, rws.max_rounds + 1):
-    last = 'stage3' if retrain else 'stage2'
-    if not os.path.isdir(os.path.join(workdir, f'round_{r}', last, 'checkpoints')):
+    last = round_stage(r, 'stage3' if retrain else 'stage2')
+    if not os.path.exists(provenance.record_path(table, workdir, last)):
       break
-    with open(os.path.join(workdir, f'round_{r}', 'analysis.json')) as f:
+    with open(provenance.record_path(table, workdir, round_stage(r, 'analysis'))) as f:
       threshold = analysis.network_threshold(json.load(f))
-    net = {'model': (restore(f'round_{r}/stage3', rws.stage3_steps) if retrain
+    net = {'model': (restore(round_stage(r, 'stage3'), rws.stage3_steps) if retrain
                      else global_variables),
            'global': global_variables,
-           'local': restore(f'round_{r}/stage2', rws.stage2_steps),
+           'local': restore(round_stage(r, 'stage2'), rws.stage2_steps),
            'threshold': threshold}
     global_variables = net['model']
   return net or network.plain_network(global_variables)
