@@ -45,7 +45,6 @@ from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
 from rwsjax import hosts
 from rwsjax import models
-from rwsjax import preflight
 from rwsjax import provenance
 from rwsjax import stage_runner
 from rwsjax import stages
@@ -124,20 +123,17 @@ def model_configs(config):
   return configs
 
 
-def make_context(config, workdir):
-  """Mesh, sources, DeepLabCAM/UNetCAM and CAM extractor of `config`."""
-  mesh = train.make_mesh(config.num_devices)
-  model = cam_models.make_cam_model(config.model, config.dataset.num_classes)
+def make_context(config, workdir, started):
+  """The stages' `Context` of a run `started` (`stages.start_run`, DeepLabCAM/UNetCAM) with
+  its CAM extractor."""
   isim_cfg = config.isim
-  extractor = cam.CamExtractor(model, config.input, scales=tuple(isim_cfg.cam_scales),
+  extractor = cam.CamExtractor(started.model, config.input, scales=tuple(isim_cfg.cam_scales),
                                flip=isim_cfg.cam_flip, stride=self_train.cam_stride(config),
                                batch_size=isim_cfg.cam_batch_size, bucket=isim_cfg.cam_bucket)
-  return Context(config=config, workdir=workdir, mesh=mesh,
-                 train_source=data.load_source(config.dataset, config.dataset.train_split),
-                 eval_source=data.load_source(config.dataset, config.dataset.eval_split),
-                 model=model, cams=extractor,
-                 writer=MetricWriter(os.path.join(workdir, 'metrics.jsonl')),
-                 rng=jax.random.key(config.seed))
+  return Context(config=config, workdir=workdir, mesh=started.mesh,
+                 train_source=started.train_source, eval_source=started.eval_source,
+                 model=started.model, cams=extractor, writer=started.writer, rng=started.rng,
+                 runner=started.runner)
 
 
 def trained_variables(ctx, stage):
@@ -490,11 +486,11 @@ def run(config, workdir, stage_list=None, recompute_from=()):
   """Runs `stage_list` (default `STAGES`) in order, skipping finished ones; returns
   {stage name: result}. The stages `recompute_from` names, and those consuming them, are
   computed again."""
-  plan = provenance.Plan(stage_table(config), config)
-  preflight.for_training(config, workdir, check_config, model_configs(config), plan=plan,
-                         recompute_from=recompute_from)
-  ctx = make_context(config, workdir)
-  ctx.runner, results = stage_runner.Runner(workdir, plan), {}
+  started = stages.start_run(
+      config, workdir, stage_table(config), check_config,
+      lambda c: cam_models.make_cam_model(c.model, c.dataset.num_classes), recompute_from,
+      model_configs(config))
+  ctx, results = make_context(config, workdir, started), {}
   for name, stage_fn in stage_list or STAGES:
     if runs(config, name):
       results[name] = ctx.runner.run(name, functools.partial(stage_fn, ctx, results))

@@ -28,14 +28,11 @@ from rwsjax import config as config_lib
 from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import models
-from rwsjax import preflight
 from rwsjax import provenance
 from rwsjax import record
-from rwsjax import stage_runner
 from rwsjax import stages
 from rwsjax import train
 from rwsjax.models import pretrained
-from rwsjax.progress import MetricWriter
 
 _HEAD = ('config.model.backbone and width (the classifier is global average pooling and a '
          'linear layer)')
@@ -164,23 +161,17 @@ def run(config, workdir, recompute_from=()):
   metrics.jsonl into `workdir`; stages 'pretrain', 'evaluation' and 'export' (`stage_runner.Runner`:
   a rerun resumes after a kill; the stages `recompute_from` names, and those consuming them,
   are computed again)."""
-  plan = provenance.Plan(stage_table(config), config)
-  preflight.for_training(config, workdir, check_config, plan=plan,
-                         recompute_from=recompute_from)
-  mesh = train.make_mesh(config.num_devices)
-  train_source = data.load_source(config.dataset, config.dataset.train_split)
-  eval_source = data.load_source(config.dataset, config.dataset.eval_split)
-  model = make_classifier(config)
-  rng = jax.random.key(config.seed)
+  started = stages.start_run(config, workdir, stage_table(config), check_config,
+                             make_classifier, recompute_from)
+  runner, mesh, train_source, eval_source, model, rng, writer = started
   steps = config.train.steps
-  runner = stage_runner.Runner(workdir, plan)
   state = runner.train(
       'pretrain', loss_fn=classification_loss(model),
       tx=train.make_optimizer(config.train, steps),
       variables=stages.initial_variables(model, config, rng),
       batches=stages.train_batches(train_source, config, mesh, seed=config.seed),
       total_steps=steps, train_cfg=config.train, mesh=mesh, rng=jax.random.fold_in(rng, 1),
-      writer=MetricWriter(os.path.join(workdir, 'metrics.jsonl')))
+      writer=writer)
   names = data.class_names(config.dataset)[1:]
   split = config.dataset.eval_split
 

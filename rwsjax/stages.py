@@ -1,11 +1,13 @@
-"""What every pipeline's stages compute with (docs/design.md, Packages): a model's initial
-variables with pretrained weights, training and evaluation batches on the device mesh,
-evaluation and prediction of a model, and the `Predictor` a finished run provides.
+"""What every pipeline's stages compute with (docs/design.md, Packages): the start of a run
+(`start_run`: checks, mesh, sources, model, stage runner), a model's initial variables with
+pretrained weights, training and evaluation batches on the device mesh, evaluation and
+prediction of a model, and the `Predictor` a finished run provides.
 
 Every pipeline (the contract is in `rwsjax.pipelines`) runs its stages with
 `rwsjax.stage_runner.Runner`, and one that makes a segmentation model gives the finished run
 as a `Predictor`.
 """
+import os
 from typing import Any, Callable, NamedTuple
 
 from absl import logging
@@ -16,8 +18,40 @@ from rwsjax import data
 from rwsjax import figures
 from rwsjax import hosts
 from rwsjax import models
+from rwsjax import preflight
+from rwsjax import provenance
+from rwsjax import stage_runner
 from rwsjax import train
 from rwsjax.data import pipeline
+from rwsjax.progress import MetricWriter
+
+
+class Run(NamedTuple):
+  """What a pipeline's run starts from (`start_run`)."""
+  runner: Any        # the `stage_runner.Runner` of the run's stage plan
+  mesh: Any
+  train_source: Any  # this process's part of config.dataset.train_split
+  eval_source: Any   # and of config.dataset.eval_split
+  model: Any
+  rng: Any           # jax.random.key(config.seed)
+  writer: Any        # the `MetricWriter` of <workdir>/metrics.jsonl
+
+
+def start_run(config, workdir, table, check_config, make_model, recompute_from=(),
+              model_configs=None):
+  """The start every pipeline's `run` shares: the checks before any work
+  (`preflight.for_training`, the workdir's stages against `table`'s plan, the stages
+  `recompute_from` names cleared), then the device mesh, the data sources, the model
+  (`make_model(config)`), the seed's key, the metrics writer and the stage runner."""
+  plan = provenance.Plan(table, config)
+  preflight.for_training(config, workdir, check_config, model_configs, plan=plan,
+                         recompute_from=recompute_from)
+  return Run(runner=stage_runner.Runner(workdir, plan),
+             mesh=train.make_mesh(config.num_devices),
+             train_source=data.load_source(config.dataset, config.dataset.train_split),
+             eval_source=data.load_source(config.dataset, config.dataset.eval_split),
+             model=make_model(config), rng=jax.random.key(config.seed),
+             writer=MetricWriter(os.path.join(workdir, 'metrics.jsonl')))
 
 
 class Predictor(NamedTuple):

@@ -9,14 +9,11 @@ from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
 from rwsjax import models
-from rwsjax import preflight
 from rwsjax import provenance
 from rwsjax import record
-from rwsjax import stage_runner
 from rwsjax import stages
 from rwsjax import train
 from rwsjax.data import pipeline
-from rwsjax.progress import MetricWriter
 
 
 def check_config(config):
@@ -51,23 +48,17 @@ def run(config, workdir, recompute_from=()):
   summary.json, results.md, metrics.jsonl and figures into `workdir`; stages 'supervised'
   (training) and 'evaluation' (`stage_runner.Runner`: a rerun resumes after a kill; the stages
   `recompute_from` names, and those consuming them, are computed again)."""
-  plan = provenance.Plan(stage_table(config), config)
-  preflight.for_training(config, workdir, check_config, plan=plan,
-                         recompute_from=recompute_from)
-  mesh = train.make_mesh(config.num_devices)
-  train_source = data.load_source(config.dataset, config.dataset.train_split)
-  eval_source = data.load_source(config.dataset, config.dataset.eval_split)
-  model = models.make_model(config.model, config.dataset.num_classes)
-  rng = jax.random.key(config.seed)
-  variables = stages.initial_variables(model, config, rng)
-  tx = train.make_optimizer(config.train, config.train.steps)
-  runner = stage_runner.Runner(workdir, plan)
+  started = stages.start_run(
+      config, workdir, stage_table(config), check_config,
+      lambda c: models.make_model(c.model, c.dataset.num_classes), recompute_from)
+  runner, mesh, train_source, eval_source, model, rng, writer = started
   state = runner.train(
-      'supervised', loss_fn=train.supervised_loss(model), tx=tx,
-      variables=variables,
+      'supervised', loss_fn=train.supervised_loss(model),
+      tx=train.make_optimizer(config.train, config.train.steps),
+      variables=stages.initial_variables(model, config, rng),
       batches=stages.train_batches(train_source, config, mesh, seed=config.seed),
       total_steps=config.train.steps, train_cfg=config.train, mesh=mesh,
-      rng=jax.random.fold_in(rng, 1), writer=MetricWriter(os.path.join(workdir, 'metrics.jsonl')))
+      rng=jax.random.fold_in(rng, 1), writer=writer)
   names, split = data.class_names(config.dataset), config.dataset.eval_split
   result = runner.run('evaluation', lambda: evaluate_lib.summarize(
       stages.evaluate_model(model, state.variables, eval_source, config, mesh), names))

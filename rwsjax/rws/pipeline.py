@@ -28,14 +28,12 @@ from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
 from rwsjax import losses
 from rwsjax import models
-from rwsjax import preflight
 from rwsjax import provenance
 from rwsjax import record
-from rwsjax import stage_runner
 from rwsjax import stages
 from rwsjax import train
 from rwsjax.data import pipeline as input_pipeline
-from rwsjax.progress import MetricWriter, median_seconds
+from rwsjax.progress import median_seconds
 from rwsjax.rws import analysis
 from rwsjax.rws import config as rws_config
 from rwsjax.rws import fusion
@@ -237,24 +235,17 @@ def schedule_config(config, round_index, stage3_init):
 def run(config, workdir, recompute_from=()):
   """All RWS stages and rounds, the equal-budget baseline, the table, summary.json, figures;
   the stages `recompute_from` names, and those consuming them, are computed again."""
-  plan = provenance.Plan(stage_table(config), config)
-  preflight.for_training(config, workdir, check_config, plan=plan,
-                         recompute_from=recompute_from)
+  started = stages.start_run(
+      config, workdir, stage_table(config), check_config,
+      lambda c: models.make_model(c.model, c.dataset.num_classes), recompute_from)
+  runner, mesh, train_source, eval_source, model, rng, writer = started
   rws = config.rws
-  mesh = train.make_mesh(config.num_devices)
-  train_source = data.load_source(config.dataset, config.dataset.train_split)
-  eval_source = data.load_source(config.dataset, config.dataset.eval_split)
   names = data.class_names(config.dataset)
-  model = models.make_model(config.model, config.dataset.num_classes)
-  rng = jax.random.key(config.seed)
   init = stages.initial_variables(model, config, rng)
-  writer = MetricWriter(os.path.join(workdir, 'metrics.jsonl'))
   step_rng = jax.random.fold_in(rng, 1)
   predict = {name: network.make_predict_fn(model, config, name) for name in ('plain', 'fused')}
   eval_steps = {name: train.make_eval_step(model, config.dataset.num_classes, mesh, fn)
                 for name, fn in predict.items()}
-
-  runner = stage_runner.Runner(workdir, plan)
 
   def train_supervised(stage, variables, batches, steps, **fields):
     tx = train.make_optimizer(_with(config.train, **fields), steps)
