@@ -232,123 +232,159 @@ def schedule_config(config, round_index, stage3_init):
   return cfg, offset, float(previous)
 
 
+class _Run:
+  """One RWS run's shared parts (`run`): the config, the started run (`stages.start_run`),
+  the class names, the initial variables, the eval step of each network kind."""
+
+  def __init__(self, config, workdir, recompute_from):
+    self.config, self.workdir = config, workdir
+    self.started = stages.start_run(
+        config, workdir, stage_table(config), check_config,
+        lambda c: models.make_model(c.model, c.dataset.num_classes), recompute_from)
+    self.model, self.mesh = self.started.model, self.started.mesh
+    self.names = data.class_names(config.dataset)
+    self.init = stages.initial_variables(self.model, config, self.started.rng)
+    self.step_rng = jax.random.fold_in(self.started.rng, 1)
+    self.predict = {name: network.make_predict_fn(self.model, config, name)
+                    for name in ('plain', 'fused')}
+    self.eval_steps = {name: train.make_eval_step(self.model, config.dataset.num_classes,
+                                                  self.mesh, fn)
+                       for name, fn in self.predict.items()}
+
+  def train_supervised(self, stage, variables, batches, steps, **fields):
+    """Training stage `stage` with the supervised loss; `fields` replace config.train's."""
+    tx = train.make_optimizer(_with(self.config.train, **fields), steps)
+    return self.started.runner.train(
+        stage, loss_fn=train.supervised_loss(self.model), tx=tx, variables=variables,
+        batches=batches, total_steps=steps, train_cfg=self.config.train, mesh=self.mesh,
+        rng=self.step_rng, writer=self.started.writer)
+
+  def evaluation(self, name, net, inference='plain'):
+    """The eval split's IoU of `net` (an RWS network dict): stage `name`."""
+    def compute():
+      batches, count = stages.eval_batches(self.started.eval_source, self.config, self.mesh)
+      confusion = train.evaluate(self.eval_steps[inference], net, batches, self.mesh, count)
+      return evaluate_lib.summarize(confusion, self.names)
+    return self.started.runner.run(name, compute)
+
+  def analyse(self, r, global_variables):
+    """Round `r`'s analysis of the training split (docs/methods.md RWS 2-4) and its figures;
+    returns the analysis and the round's row of the summary."""
+    config, runner = self.config, self.started.runner
+    directory = os.path.join(self.workdir, round_stage(r))
+    found = runner.run(round_stage(r, 'analysis'), lambda: analysis.analyze(
+        self.model, global_variables, self.started.train_source, config, self.mesh, directory,
+        self.names))
+    logging.info('Round %d: T = %.3f, %d weak slices (%.1f%% of the windows).', r,
+                 found['threshold'], found['weak_slices'], 100 * (found['weak_share'] or 0))
+    advice = analysis.weak_share_advice(found['weak_share'], config.rws.weak_rule)
+    if advice:
+      logging.warning('Round %d: %s', r, advice)
+    if jax.process_index() == 0:
+      runner.run(round_stage(r, 'figures'), lambda: analysis.save_round_figures(
+          directory, self.model, global_variables, self.started.train_source, found, config,
+          self.names))
+    row = {key: found[key] for key in ('threshold', 'per_class_threshold', 'weak_slices',
+                                          'windows', 'weak_share', 'weak_share_per_class')}
+    return found, dict(row, round=r)
+
+  def train_local(self, r, found, global_variables):
+    """Round `r`'s stage 2: the local model on the weak slices (docs/methods.md RWS 5)."""
+    rws = self.config.rws
+    crop_batches = input_pipeline.crop_dataset(
+        self.started.train_source,
+        analysis.load_weak_boxes(os.path.join(self.workdir, round_stage(r))),
+        self.config.input, seed=self.config.seed + r,
+        batch_size=train.local_batch_size(rws.local_batch_size, self.mesh),
+        out_size=network.local_size(rws))
+    return self.train_supervised(
+        round_stage(r, 'stage2'), self.init if rws.local_init == 'init' else global_variables,
+        lambda start, ds=crop_batches: input_pipeline.prefetch(ds, start), rws.stage2_steps,
+        warmup_steps=rws.stage2_warmup)
+
+  def retrain(self, r, state, frozen):
+    """Round `r`'s stage 3 (docs/methods.md RWS 7): the global model trained with the fusion
+    of `frozen`, continuing `state` or from the initial weights."""
+    config, rws = self.config, self.config.rws
+    stage3_cfg, offset, warmup_from = schedule_config(config, r, rws.stage3_init)
+    continued = rws.stage3_init == 'stage1'
+    return self.started.runner.train(
+        round_stage(r, 'stage3'), loss_fn=fusion_loss(self.model, config),
+        tx=train.make_optimizer(stage3_cfg, rws.stage3_steps, offset=offset,
+                                warmup_from=warmup_from),
+        variables=state.variables if continued else self.init,
+        opt_state=state.opt_state if continued else None,
+        batches=stages.train_batches(self.started.train_source, config, self.mesh,
+                                     seed=config.seed + 1000 * r),
+        total_steps=rws.stage3_steps, train_cfg=config.train, mesh=self.mesh,
+        rng=self.step_rng, writer=self.started.writer, extra=frozen)
+
+  def measure(self, r, net, row):
+    """Round `r`'s network on the eval split, plain and fused, and part by part (RWS 12)."""
+    final = {name: self.evaluation(round_stage(r, f'eval_{name}'), net, name)
+             for name in ('plain', 'fused')}
+    row.update(trained=True, miou_plain=final['plain']['miou'],
+               miou_fused=final['fused']['miou'])
+    if self.config.rws.premise:
+      row['premise'] = self.started.runner.run(round_stage(r, 'premise'), lambda: premise.measure(
+          self.model, net, self.started.eval_source, self.config, self.mesh, self.names))
+    return final
+
+  def report(self, summary, net, final):
+    """The results table, the figures and summary.json of a run's `summary`."""
+    config, workdir = self.config, self.workdir
+    table = results_table(summary, self.names)
+    if jax.process_index() == 0:
+      bars = {'baseline': summary['baseline']['per_class_iou']} if 'baseline' in summary else {}
+      bars['RWS plain'] = final['plain']['per_class_iou']
+      bars['RWS fused'] = final['fused']['per_class_iou']
+      figures.save_per_class_iou(os.path.join(workdir, 'per_class_iou.png'), bars, self.names)
+      stages.save_prediction_figure(os.path.join(workdir, 'predictions.png'), self.model, net,
+                                    self.started.eval_source, config,
+                                    self.predict[config.rws.inference])
+    summary = record.write_results(workdir, config, summary, table,
+                                   made=self.started.runner.made_record())
+    print(table)
+    return summary
+
+
 def run(config, workdir, recompute_from=()):
   """All RWS stages and rounds, the equal-budget baseline, the table, summary.json, figures;
   the stages `recompute_from` names, and those consuming them, are computed again."""
-  started = stages.start_run(
-      config, workdir, stage_table(config), check_config,
-      lambda c: models.make_model(c.model, c.dataset.num_classes), recompute_from)
-  runner, mesh, train_source, eval_source, model, rng, writer = started
-  rws = config.rws
-  names = data.class_names(config.dataset)
-  init = stages.initial_variables(model, config, rng)
-  step_rng = jax.random.fold_in(rng, 1)
-  predict = {name: network.make_predict_fn(model, config, name) for name in ('plain', 'fused')}
-  eval_steps = {name: train.make_eval_step(model, config.dataset.num_classes, mesh, fn)
-                for name, fn in predict.items()}
-
-  def train_supervised(stage, variables, batches, steps, **fields):
-    tx = train.make_optimizer(_with(config.train, **fields), steps)
-    return runner.train(stage, loss_fn=train.supervised_loss(model), tx=tx, variables=variables,
-                        batches=batches, total_steps=steps, train_cfg=config.train, mesh=mesh,
-                        rng=step_rng, writer=writer)
-
-  def evaluation(name, net, inference='plain'):
-    """The eval split's IoU of `net` (an RWS network dict): stage `name`."""
-    def compute():
-      batches, count = stages.eval_batches(eval_source, config, mesh)
-      confusion = train.evaluate(eval_steps[inference], net, batches, mesh, count)
-      return evaluate_lib.summarize(confusion, names)
-    return runner.run(name, compute)
-
-  batches = stages.train_batches(train_source, config, mesh, seed=config.seed)
-  state = train_supervised('stage1', init, batches, rws.stage1_steps)
-  global_variables = state.variables
-  net = network.plain_network(global_variables)
-  stage1_eval = evaluation('stage1/eval', net)
+  this, rws = _Run(config, workdir, recompute_from), config.rws
+  batches = stages.train_batches(this.started.train_source, config, this.mesh, seed=config.seed)
+  state = this.train_supervised('stage1', this.init, batches, rws.stage1_steps)
+  net = network.plain_network(state.variables)
+  stage1_eval = this.evaluation('stage1/eval', net)
   final = {'plain': stage1_eval, 'fused': stage1_eval}
-  total_steps, rounds, counts = rws.stage1_steps, [], []
+  total_steps, rounds = rws.stage1_steps, []
   for r in range(1, rws.max_rounds + 1):
-    directory = os.path.join(workdir, round_stage(r))
-    found = runner.run(
-        round_stage(r, 'analysis'), lambda: analysis.analyze(model, global_variables, train_source,
-                                                        config, mesh, directory, names))
-    counts.append(found['weak_slices'])
-    logging.info('Round %d: T = %.3f, %d weak slices (%.1f%% of the windows).', r,
-                 found['threshold'], counts[-1], 100 * (found['weak_share'] or 0))
-    advice = analysis.weak_share_advice(found['weak_share'], rws.weak_rule)
-    if advice:
-      logging.warning('Round %d: %s', r, advice)
-    row = {key: found[key] for key in ('threshold', 'per_class_threshold', 'weak_slices',
-                                          'windows', 'weak_share', 'weak_share_per_class')}
-    row['round'] = r
+    found, row = this.analyse(r, state.variables)
     rounds.append(row)
-    if jax.process_index() == 0:
-      runner.run(
-          round_stage(r, 'figures'), lambda: analysis.save_round_figures(
-              directory, model, global_variables, train_source, found, config, names))
-    if analysis.should_stop(counts, rws.min_weak_delta):
+    if analysis.should_stop([x['weak_slices'] for x in rounds], rws.min_weak_delta):
       row['trained'] = False
       break
-    weak_boxes = analysis.load_weak_boxes(directory)
-    crop_batches = input_pipeline.crop_dataset(
-        train_source, weak_boxes, config.input, seed=config.seed + r,
-        batch_size=train.local_batch_size(rws.local_batch_size, mesh),
-        out_size=network.local_size(rws))
-    local_start = init if rws.local_init == 'init' else global_variables
-    local_state = train_supervised(
-        round_stage(r, 'stage2'), local_start,
-        lambda start, ds=crop_batches: input_pipeline.prefetch(ds, start), rws.stage2_steps,
-        warmup_steps=rws.stage2_warmup)
-    frozen = {'global': global_variables, 'local': local_state.variables,
+    frozen = {'global': state.variables,
+              'local': this.train_local(r, found, state.variables).variables,
               'threshold': analysis.network_threshold(found)}
     total_steps += rws.stage2_steps
     if rws.integration == 'retrain':
-      stage3_cfg, offset, warmup_from = schedule_config(config, r, rws.stage3_init)
-      tx = train.make_optimizer(stage3_cfg, rws.stage3_steps, offset=offset,
-                                warmup_from=warmup_from)
-      continued = rws.stage3_init == 'stage1'
-      state = runner.train(
-          round_stage(r, 'stage3'), loss_fn=fusion_loss(model, config), tx=tx,
-          variables=global_variables if continued else init,
-          opt_state=state.opt_state if continued else None,
-          batches=stages.train_batches(train_source, config, mesh,
-                                       seed=config.seed + 1000 * r),
-          total_steps=rws.stage3_steps, train_cfg=config.train, mesh=mesh, rng=step_rng,
-          writer=writer, extra=frozen)
+      state = this.retrain(r, state, frozen)
       total_steps += rws.stage3_steps
     net = {'model': state.variables, **frozen}
-    row['trained'] = True
-    final = {name: evaluation(round_stage(r, f'eval_{name}'), net, name)
-             for name in ('plain', 'fused')}
-    row.update(miou_plain=final['plain']['miou'], miou_fused=final['fused']['miou'])
-    if rws.premise:
-      row['premise'] = runner.run(
-          round_stage(r, 'premise'), lambda: premise.measure(model, net, eval_source, config, mesh,
-                                                        names))
-    global_variables = state.variables
-  cost = runner.run(
-      'inference_cost', lambda: inference_cost(
-          eval_steps, net, stages.eval_batches(eval_source, config, mesh)[0][0], mesh))
+    final = this.measure(r, net, row)
+  cost = this.started.runner.run('inference_cost', lambda: inference_cost(
+      this.eval_steps, net,
+      stages.eval_batches(this.started.eval_source, config, this.mesh)[0][0], this.mesh))
   summary = {'method': 'rws', 'eval_split': config.dataset.eval_split,
              'total_steps': total_steps, 'stage1': stage1_eval, 'rws_plain': final['plain'],
              'rws_fused': final['fused'], 'rws': final[rws.inference],
              'inference_ms_per_image': cost, 'rounds': rounds}
   if rws.baseline:
-    baseline = train_supervised('baseline', init, batches, total_steps)
-    summary['baseline'] = evaluation('baseline/eval',
-                                     network.plain_network(baseline.variables))
-  table = results_table(summary, names)
-  if jax.process_index() == 0:
-    bars = {'baseline': summary['baseline']['per_class_iou']} if rws.baseline else {}
-    bars['RWS plain'] = final['plain']['per_class_iou']
-    bars['RWS fused'] = final['fused']['per_class_iou']
-    figures.save_per_class_iou(os.path.join(workdir, 'per_class_iou.png'), bars, names)
-    stages.save_prediction_figure(os.path.join(workdir, 'predictions.png'), model, net,
-                                  eval_source, config, predict[rws.inference])
-  summary = record.write_results(workdir, config, summary, table, made=runner.made_record())
-  print(table)
-  return summary
+    baseline = this.train_supervised('baseline', this.init, batches, total_steps)
+    summary['baseline'] = this.evaluation('baseline/eval',
+                                          network.plain_network(baseline.variables))
+  return this.report(summary, net, final)
 
 
 def finished_network(config, workdir, model, mesh):
