@@ -24,17 +24,16 @@ It also prints the weak windows per image and how many Seg-Grad-CAM class slots 
   python benchmarks/rws_inference.py --workdir=runs/shapes_rws --batch 8 --repeats 9
 """
 import argparse
-import json
 import os
 import statistics
 
 import jax
-import ml_collections
 import numpy as np
 
 from rwsjax import chunks
 from rwsjax import data
 from rwsjax import models
+from rwsjax import record
 from rwsjax import stages
 from rwsjax import train
 from rwsjax.rws import config as rws_config
@@ -49,10 +48,9 @@ from timing import snapshot
 
 
 def recorded_config(workdir):
-  """The resolved config a finished run recorded in its summary.json; config.rws fields that
+  """The config a finished run recorded (`record.recorded_config`); config.rws fields that
   did not exist when it ran take their defaults."""
-  with open(os.path.join(workdir, 'summary.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f)['run']['config'])
+  config = record.recorded_config(workdir)
   defaults = rws_config.default_config()
   for name in set(defaults.keys()) - set(config.rws.keys()):
     config.rws[name] = defaults[name]

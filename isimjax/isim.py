@@ -254,7 +254,7 @@ def _psa_random_walk(ctx):
 def model_title(model_cfg):
   """'DeepLabCAM' / 'UNetCAM (learnable)', the paper's column names."""
   title = cam_models.cam_title(model_cfg)
-  if model_cfg.name == 'unet':
+  if 'upsample' in models.head(model_cfg).reads:
     title += f' ({model_cfg.upsample})'
   return title
 
@@ -487,9 +487,9 @@ def run(config, workdir, stage_list=None, recompute_from=()):
   {stage name: result}. The stages `recompute_from` names, and those consuming them, are
   computed again."""
   started = stages.start_run(
-      config, workdir, stage_table(config), check_config,
-      lambda c: cam_models.make_cam_model(c.model, c.dataset.num_classes), recompute_from,
-      model_configs(config))
+      config, workdir, stage_table(config), check_config, recompute_from,
+      make_model=lambda c: cam_models.make_cam_model(c.model, c.dataset.num_classes),
+      model_configs=model_configs(config))
   ctx, results = make_context(config, workdir, started), {}
   for name, stage_fn in stage_list or STAGES:
     if runs(config, name):

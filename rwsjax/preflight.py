@@ -57,14 +57,6 @@ def config_overrides(argv):
           if arg.startswith('--config.')]
 
 
-# Fields every pipeline reads only under a setting: field -> (whether `config` reads it, the
-# setting). Pipelines add their own as CONDITIONAL_FIELDS.
-CONDITIONAL_FIELDS = {
-    'train.momentum': (lambda config: config.train.optimizer == 'sgd',
-                       "config.train.optimizer='sgd'"),
-}
-
-
 def _head_field(field):
   """The CONDITIONAL_FIELDS entry of a config.model field that only some heads read
   (`models.register_head`'s `reads`): the setting names the heads registered at check time."""
@@ -73,8 +65,14 @@ def _head_field(field):
               repr(name) for name, h in models.HEADS.items() if field in h.reads))
 
 
-CONDITIONAL_FIELDS.update({f'model.{field}': _head_field(field)
-                           for field in ('upsample', 'head_channels')})
+# Fields every pipeline reads only under a setting: field -> (whether `config` reads it, the
+# setting). Pipelines add their own as CONDITIONAL_FIELDS.
+CONDITIONAL_FIELDS = {
+    'train.momentum': (lambda config: config.train.optimizer == 'sgd',
+                       "config.train.optimizer='sgd'"),
+    'model.upsample': _head_field('upsample'),
+    'model.head_channels': _head_field('head_channels'),
+}
 
 
 def check_overrides(fields, unread, method, config=None, conditional=None):

@@ -162,7 +162,7 @@ def run(config, workdir, recompute_from=()):
   a rerun resumes after a kill; the stages `recompute_from` names, and those consuming them,
   are computed again)."""
   started = stages.start_run(config, workdir, stage_table(config), check_config,
-                             make_classifier, recompute_from)
+                             recompute_from, make_model=make_classifier)
   runner, mesh, train_source, eval_source, model, rng, writer = started
   steps = config.train.steps
   state = runner.train(

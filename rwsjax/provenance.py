@@ -118,8 +118,9 @@ def fingerprint(own, consumed):
 
 def record_path(table, workdir, name):
   """Where stage `name` of a pipeline's `table` keeps its record in `workdir`: its `Stage`'s
-  `record`, or stages/<name>.json."""
-  return os.path.join(workdir, table[name].record or os.path.join('stages', f'{name}.json'))
+  `record`, or stages/<name>.json (also for a stage the table does not hold)."""
+  stage = table.get(name)
+  return os.path.join(workdir, (stage and stage.record) or os.path.join('stages', f'{name}.json'))
 
 
 def made_by(table, values):

@@ -35,9 +35,7 @@ class Runner:
 
   def record_path(self, name):
     """Where stage `name`'s record lives."""
-    if self.plan is not None:
-      return self.plan.record_path(self.workdir, name)
-    return os.path.join(self.workdir, 'stages', f'{name}.json')
+    return provenance.record_path(self.plan.table if self.plan else {}, self.workdir, name)
 
   def run(self, name, compute):
     """The record of stage `name`: read back when an earlier run finished the stage, else

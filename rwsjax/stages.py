@@ -37,8 +37,13 @@ class Run(NamedTuple):
   writer: Any        # the `MetricWriter` of <workdir>/metrics.jsonl
 
 
-def start_run(config, workdir, table, check_config, make_model, recompute_from=(),
-              model_configs=None):
+def segmentation_model(config):
+  """The segmentation model of config.model for config.dataset's classes."""
+  return models.make_model(config.model, config.dataset.num_classes)
+
+
+def start_run(config, workdir, table, check_config, recompute_from=(), *,
+              make_model=segmentation_model, model_configs=None):
   """The start every pipeline's `run` shares: the checks before any work
   (`preflight.for_training`, the workdir's stages against `table`'s plan, the stages
   `recompute_from` names cleared), then the device mesh, the data sources, the model

@@ -48,9 +48,8 @@ def run(config, workdir, recompute_from=()):
   summary.json, results.md, metrics.jsonl and figures into `workdir`; stages 'supervised'
   (training) and 'evaluation' (`stage_runner.Runner`: a rerun resumes after a kill; the stages
   `recompute_from` names, and those consuming them, are computed again)."""
-  started = stages.start_run(
-      config, workdir, stage_table(config), check_config,
-      lambda c: models.make_model(c.model, c.dataset.num_classes), recompute_from)
+  started = stages.start_run(config, workdir, stage_table(config), check_config,
+                             recompute_from)
   runner, mesh, train_source, eval_source, model, rng, writer = started
   state = runner.train(
       'supervised', loss_fn=train.supervised_loss(model),

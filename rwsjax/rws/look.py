@@ -8,6 +8,7 @@ T, computed as the RWS network computes them at inference (`network.weak_slices`
   view = look.look(run, 'photo.jpg')
   look.save_look('look.png', view, run.config)
 """
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -17,7 +18,7 @@ from rwsjax import api
 from rwsjax import data
 from rwsjax import figures
 from rwsjax import inference
-from rwsjax import models
+from rwsjax import stages
 from rwsjax.data import pipeline
 from rwsjax.rws import network
 
@@ -45,6 +46,16 @@ class Look(NamedTuple):
   threshold: Any
 
 
+@functools.lru_cache(maxsize=4)
+def _weak_slices_fn(run):
+  """`network.weak_slices` of `run`'s config, jitted once per run (global variables,
+  threshold, padded images and their valid mask as arguments), as the RWS network calls it."""
+  config = run.config
+  model = stages.segmentation_model(config)
+  return jax.jit(lambda g, t, x, v: network.weak_slices(model, g, t, x, config,
+                                                        jax.random.key(config.seed), valid=v))
+
+
 def look(run, image):
   """The `Look` of `image` (a path or a uint8 array, `api.read`) for the finished RWS run
   `run` (`api.load_run`)."""
@@ -54,12 +65,8 @@ def look(run, image):
   image = api.read(image)
   canvas, valid, (h, w) = inference.working_image(image, config.eval, config.input)
   canvas, valid = network.pad_for_windows(canvas, config), network.pad_for_windows(valid, config)
-  model = models.make_model(config.model, config.dataset.num_classes)
   net = run.predictor.variables
-  found = jax.device_get(jax.jit(
-      lambda g, t, x, v: network.weak_slices(model, g, t, x, config,
-                                             jax.random.key(config.seed), valid=v))(
-          net['global'], net['threshold'], canvas, valid))
+  found = jax.device_get(_weak_slices_fn(run)(net['global'], net['threshold'], canvas, valid))
   attention = found.attention
   windows = found.boxes[0][found.valid[0]]
   windows = np.minimum(windows, np.array([h, w, h, w], windows.dtype))

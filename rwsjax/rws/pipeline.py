@@ -238,9 +238,8 @@ class _Run:
 
   def __init__(self, config, workdir, recompute_from):
     self.config, self.workdir = config, workdir
-    self.started = stages.start_run(
-        config, workdir, stage_table(config), check_config,
-        lambda c: models.make_model(c.model, c.dataset.num_classes), recompute_from)
+    self.started = stages.start_run(config, workdir, stage_table(config), check_config,
+                                    recompute_from)
     self.model, self.mesh = self.started.model, self.started.mesh
     self.names = data.class_names(config.dataset)
     self.init = stages.initial_variables(self.model, config, self.started.rng)
