@@ -289,17 +289,15 @@ def test_eval_max_long_side_shrinks_eval_images_and_slice_crops():
 
 class ToyFolder(folder.FolderBuilder, skip_registration=True):
   """Three classes (background, square, bar) in 32x32 PNGs: README's new-dataset recipe."""
+  DATASET = folder.FolderDataset(
+      'toy_folder', ('background', 'square', 'bar'),
+      folder.split_folders({'train': 'train', 'validation': 'validation'}, 'images', 'labels'),
+      'Write the test tree',
+      folder.paired_examples('.png', lambda _: (
+          '.png', folder.label_map({0: 0, 1: 1, 2: 2, 255: 255}, '0, 1, 2 or 255'))),
+      image_format='png')
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'the test tree.'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = 'The tree a test writes.'
-  NUM_CLASSES = 3
-  IMAGE_FORMAT = 'png'
-
-  def split_examples(self, manual_dir):
-    lmap = folder.label_map({0: 0, 1: 1, 2: 2, 255: 255}, '0, 1, 2 or 255')
-    return {split: (folder.list_examples(os.path.join(manual_dir, 'images', split), '.png',
-                                         os.path.join(manual_dir, 'labels', split), '.png'),
-                    lmap) for split in ('train', 'validation')}
 
 
 def write_toy_tree(root, counts=(16, 8)):
@@ -318,14 +316,11 @@ def write_toy_tree(root, counts=(16, 8)):
 
 
 def test_a_registered_folder_dataset_trains_end_to_end(tmp_path):
-  """README's recipe for a new dataset: a FolderBuilder and `data.register_dataset`; the
-  supervised :smoke config then trains and evaluates on it by name."""
-  layout = {'images': 'images', 'labels': 'labels'}
-  module = type('ToyModule', (), dict(
-      NUM_CLASSES=3, CLASS_NAMES=('background', 'square', 'bar'), LAYOUT=layout,
-      check_layout=staticmethod(lambda d: folder.check_layout('toy_folder', layout, d))))
+  """README's recipe for a new dataset: a FolderDataset, its FolderBuilder and
+  `data.register_dataset`; the supervised :smoke config then trains and evaluates on it by
+  name."""
   write_toy_tree(tmp_path / 'manual')
-  data.register_dataset('toy_folder', module, ToyFolder)
+  data.register_dataset(ToyFolder)
   try:
     config = load_config('shapes_baseline', 'smoke')
     config.dataset.name = 'toy_folder'

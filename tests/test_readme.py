@@ -65,13 +65,13 @@ def test_the_table_lists_every_dataset_read_from_manual_dir():
 @pytest.mark.parametrize('name', sorted(data.manual_datasets()))
 def test_a_tree_built_from_the_readme_row_passes_the_layout_check(name, tmp_path):
   paths, classes = readme_rows()[name]
-  module = data.manual_datasets()[name]
+  declared = data.manual_datasets()[name]
   expanded = [p for pattern in paths for p in expand(pattern)]
-  layout = [v.replace(os.sep, '/') for v in module.LAYOUT.values()]
+  layout = [v.replace(os.sep, '/') for v in declared.layout.values()]
   assert [p for p in expanded if not related(p, layout)] == []
   build_tree(tmp_path, expanded)
-  module.check_layout(str(tmp_path))
-  assert classes == module.NUM_CLASSES
+  declared.check_layout(str(tmp_path))
+  assert classes == declared.num_classes
 
 
 def test_a_wrong_row_fails_the_layout_check(tmp_path):

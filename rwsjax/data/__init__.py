@@ -38,12 +38,12 @@ class Dataset(NamedTuple):
   """A dataset registered under a config.dataset.name: `builder(dataset_cfg, data_dir)` gives
   its unprepared TFDS builder and the DownloadConfig to prepare it with (None: nothing to
   read); `num_classes(dataset_cfg)` K, background included; `class_names(dataset_cfg)` in
-  class index order; `module`, for a dataset read from config.dataset.manual_dir, the module
-  giving its LAYOUT and check_layout (None for generated data)."""
+  class index order; `folder`, for a dataset read from config.dataset.manual_dir, its
+  `folder.FolderDataset` (None for generated data)."""
   builder: Callable[[Any, Any], tuple]
   num_classes: Callable[[Any], int]
   class_names: Callable[[Any], list]
-  module: Any = None
+  folder: Any = None
 
 
 DATASETS = {}  # config.dataset.name -> Dataset
@@ -55,12 +55,12 @@ def register(name, dataset):
   DATASETS[name] = dataset
 
 
-def register_dataset(name, module, builder_cls):
-  """Makes config.dataset.name=`name` read the dataset that `builder_cls` prepares from
-  config.dataset.manual_dir: a TFDS builder with the features of `folder.FolderBuilder` (which
-  a dataset of image files and label PNGs subclasses). `module` gives NUM_CLASSES (K,
-  background included), CLASS_NAMES, LAYOUT ({key: path under manual_dir}, for messages) and
-  check_layout(manual_dir), as the modules of the datasets below do."""
+def register_dataset(builder_cls):
+  """Makes config.dataset.name=<its DATASET's name> read the dataset that `builder_cls` (a
+  `folder.FolderBuilder` subclass) prepares from config.dataset.manual_dir, as its DATASET (a
+  `folder.FolderDataset`) declares; a later registration of the name replaces the earlier one."""
+  declared = builder_cls.DATASET
+  name = declared.name
 
   def builder(dataset_cfg, data_dir):
     made = builder_cls(data_dir=data_dir, file_format='array_record')
@@ -69,17 +69,18 @@ def register_dataset(name, module, builder_cls):
     manual_dir = config_lib.field(dataset_cfg, 'dataset', 'manual_dir')
     if manual_dir is None:
       raise ValueError(f'config.dataset.manual_dir is not set; {name} needs the directory '
-                       f'holding {", ".join(module.LAYOUT.values())}.')
-    module.check_layout(manual_dir)
+                       f'holding {", ".join(declared.layout.values())}.')
+    declared.check_layout(manual_dir)
     return made, tfds.download.DownloadConfig(manual_dir=manual_dir)
 
-  register(name, Dataset(builder, lambda _: module.NUM_CLASSES,
-                         lambda _: list(module.CLASS_NAMES), module))
+  register(name, Dataset(builder, lambda _: declared.num_classes,
+                         lambda _: list(declared.class_names), declared))
 
 
 def manual_datasets():
-  """{name: module} of the registered datasets read from config.dataset.manual_dir."""
-  return {name: d.module for name, d in DATASETS.items() if d.module is not None}
+  """{name: `folder.FolderDataset`} of the registered datasets read from
+  config.dataset.manual_dir."""
+  return {name: d.folder for name, d in DATASETS.items() if d.folder is not None}
 
 
 def _shapes_config(dataset_cfg):
@@ -102,10 +103,10 @@ register('shapes_corpus', Dataset(
     lambda cfg, data_dir: (corpus.ShapesCorpus(config=_corpus_config(cfg), data_dir=data_dir,
                                                file_format='array_record'), None),
     lambda cfg: len(corpus.CLASSES) + 1, lambda cfg: corpus.class_names()))
-register_dataset('voc_aug', voc, voc.VocAug)
-register_dataset('cocostuff', cocostuff, cocostuff.CocoStuff164k)
-register_dataset('ade20k', ade20k, ade20k.Ade20k)
-register_dataset('cityscapes', cityscapes, cityscapes.CityscapesFine)
+register_dataset(voc.VocAug)
+register_dataset(cocostuff.CocoStuff164k)
+register_dataset(ade20k.Ade20k)
+register_dataset(cityscapes.CityscapesFine)
 
 
 def _registered(dataset_cfg):

@@ -8,8 +8,6 @@ reduce_zero_label), so class 0 is 'wall', not a background. Images are stored as
 bytes. The release has images of many sizes: the short side is at most 512, the long side
 reaches about 1,600 pixels.
 """
-import os
-
 import tensorflow_datasets as tfds
 
 from rwsjax.data import folder
@@ -39,34 +37,17 @@ NUM_CLASSES = len(CLASS_NAMES)
 LABEL_MAP = folder.label_map({0: IGNORE_LABEL, **{i + 1: i for i in range(NUM_CLASSES)}},
                              f'0..{NUM_CLASSES}')
 
-SPLITS = {'train': 'training', 'validation': 'validation'}
-LAYOUT = {f'{kind}_{split}': os.path.join(kind, folder_name)
-          for split, folder_name in SPLITS.items() for kind in ('images', 'annotations')}
-INSTRUCTIONS = (
-    'Unzip ADEChallengeData2016.zip and pass the ADEChallengeData2016 directory, which holds '
-    + ', '.join(LAYOUT.values()) + ', as config.dataset.manual_dir.')
-
-
-def check_layout(manual_dir):
-  return folder.check_layout('ade20k', LAYOUT, manual_dir)
-
-
-def split_examples(manual_dir):
-  """{split: (examples, LabelMap)} of the tree at `manual_dir`."""
-  paths = check_layout(manual_dir)
-  return {split: (folder.list_examples(paths[f'images_{split}'], '.jpg',
-                                       paths[f'annotations_{split}'], '.png'), LABEL_MAP)
-          for split in SPLITS}
+DATASET = folder.FolderDataset(
+    'ade20k', CLASS_NAMES,
+    folder.split_folders({'train': 'training', 'validation': 'validation'}, 'images',
+                         'annotations'),
+    'Unzip ADEChallengeData2016.zip, whose ADEChallengeData2016 directory is laid out',
+    folder.paired_examples('.jpg', lambda _: ('.png', LABEL_MAP)))
 
 
 class Ade20k(folder.FolderBuilder):
   """ADE20K SceneParsing (150 classes); the data is read from `manual_dir`."""
 
+  DATASET = DATASET
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'training and validation, 0 -> ignore, 1..150 -> 0..149.'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-  NUM_CLASSES = NUM_CLASSES
-  IMAGE_FORMAT = 'jpeg'
-
-  def split_examples(self, manual_dir):
-    return split_examples(manual_dir)

@@ -9,8 +9,6 @@ other 15 (void classes, parking, rail track, guard rail, bridge, tunnel, polegro
 trailer) to 255. Images (2048x1024 PNG) are stored as their PNG bytes; the id of an image is
 '<city>/<city>_<sequence>_<frame>'.
 """
-import os
-
 import tensorflow_datasets as tfds
 
 from rwsjax.data import folder
@@ -29,37 +27,17 @@ LABEL_MAP = folder.label_map(
     {**{i: IGNORE_LABEL for i in range(NUM_LABEL_IDS)},
      **{label_id: i for i, label_id in enumerate(TRAIN_LABEL_IDS)}},
     f'Cityscapes label ids 0..{NUM_LABEL_IDS - 1}')
-IMAGE_SUFFIX = '_leftImg8bit.png'
-LABEL_SUFFIX = '_gtFine_labelIds.png'
-
-SPLITS = {'train': 'train', 'validation': 'val'}
-LAYOUT = {f'{kind}_{split}': os.path.join(kind, folder_name)
-          for split, folder_name in SPLITS.items() for kind in ('leftImg8bit', 'gtFine')}
-INSTRUCTIONS = (
-    'Unzip leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into one directory so that '
-    'it holds ' + ', '.join(LAYOUT.values()) + '; pass it as config.dataset.manual_dir.')
-
-
-def check_layout(manual_dir):
-  return folder.check_layout('cityscapes', LAYOUT, manual_dir)
-
-
-def split_examples(manual_dir):
-  """{split: (examples, LabelMap)} of the tree at `manual_dir`."""
-  paths = check_layout(manual_dir)
-  return {split: (folder.list_examples(paths[f'leftImg8bit_{split}'], IMAGE_SUFFIX,
-                                       paths[f'gtFine_{split}'], LABEL_SUFFIX), LABEL_MAP)
-          for split in SPLITS}
+DATASET = folder.FolderDataset(
+    'cityscapes', CLASS_NAMES,
+    folder.split_folders({'train': 'train', 'validation': 'val'}, 'leftImg8bit', 'gtFine'),
+    'Unzip leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into one directory',
+    folder.paired_examples('_leftImg8bit.png', lambda _: ('_gtFine_labelIds.png', LABEL_MAP)),
+    image_format='png')
 
 
 class CityscapesFine(folder.FolderBuilder):
   """Cityscapes, fine annotations, 19 train classes; the data is read from `manual_dir`."""
 
+  DATASET = DATASET
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'train and val with the 19 train ids of labels.py.'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-  NUM_CLASSES = NUM_CLASSES
-  IMAGE_FORMAT = 'png'
-
-  def split_examples(self, manual_dir):
-    return split_examples(manual_dir)

@@ -61,19 +61,6 @@ RAW_MAP = folder.label_map(
     f'raw COCO-Stuff ids 0..{NUM_RAW_IDS - 1} or {IGNORE_LABEL}')
 TRAIN_ID_SUFFIX = '_labelTrainIds.png'
 
-SPLITS = {'train': 'train2017', 'validation': 'val2017'}
-LAYOUT = {f'{kind}_{split}': os.path.join(kind, folder_name)
-          for split, folder_name in SPLITS.items() for kind in ('images', 'annotations')}
-INSTRUCTIONS = (
-    'Unzip COCO train2017.zip and val2017.zip into images/ and stuffthingmaps_trainval2017.zip '
-    'into annotations/ (optionally converted by mmsegmentation to *_labelTrainIds.png) so that '
-    'one directory holds ' + ', '.join(LAYOUT.values()) + '; pass it as '
-    'config.dataset.manual_dir.')
-
-
-def check_layout(manual_dir):
-  return folder.check_layout('cocostuff', LAYOUT, manual_dir)
-
 
 def annotation_format(label_dir):
   """(file suffix, LabelMap): converted train ids when `label_dir` holds any, else raw ids."""
@@ -83,26 +70,19 @@ def annotation_format(label_dir):
   return '.png', RAW_MAP
 
 
-def split_examples(manual_dir):
-  """{split: (examples, LabelMap)} of the tree at `manual_dir` (see the module docstring)."""
-  paths = check_layout(manual_dir)
-  result = {}
-  for split in SPLITS:
-    label_dir = paths[f'annotations_{split}']
-    suffix, lmap = annotation_format(label_dir)
-    result[split] = (folder.list_examples(paths[f'images_{split}'], '.jpg', label_dir, suffix),
-                     lmap)
-  return result
+DATASET = folder.FolderDataset(
+    'cocostuff', CLASS_NAMES,
+    folder.split_folders({'train': 'train2017', 'validation': 'val2017'}, 'images',
+                         'annotations'),
+    'Unzip COCO train2017.zip and val2017.zip into images/ and stuffthingmaps_trainval2017.zip '
+    'into annotations/ (optionally converted by mmsegmentation to *_labelTrainIds.png) in one '
+    'directory',
+    folder.paired_examples('.jpg', annotation_format))
 
 
 class CocoStuff164k(folder.FolderBuilder):
   """COCO-Stuff 164k (171 classes); the data is read from `manual_dir`."""
 
+  DATASET = DATASET
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'train2017 and val2017 with the 171 used classes.'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-  NUM_CLASSES = NUM_CLASSES
-  IMAGE_FORMAT = 'jpeg'
-
-  def split_examples(self, manual_dir):
-    return split_examples(manual_dir)

@@ -1,17 +1,20 @@
-"""Segmentation datasets stored as image files and label PNGs in folders (COCO-Stuff, ADE20K,
-Cityscapes): layout checks, file pairing, label id mapping and a TFDS builder base.
+"""Segmentation datasets stored as image files and label PNGs in folders (VOC, COCO-Stuff,
+ADE20K, Cityscapes): layout checks, file pairing, label id mapping and a TFDS builder base.
 
-A dataset module describes each split by the folders and file name suffixes of its images and
-labels and by a `LabelMap` (a 256-entry table from the stored label value to the class index,
-255 = ignore, -1 = a value the release never stores: an error). `FolderBuilder` makes TFDS
-examples: the image file's bytes as stored, the mapped label as PNG, the multi-hot of the
-classes 1..K-1 present ('labels', as `pipeline.image_labels`), and the id.
+A dataset module declares a `FolderDataset`: its classes, the layout of the release under
+config.dataset.manual_dir, how to unpack it, and how to list each split's (id, image path,
+label path) with a `LabelMap` (a 256-entry table from the stored label value to the class
+index, 255 = ignore, -1 = a value the release never stores: an error); `split_folders` and
+`paired_examples` give both for a release with one folder per split. Its `FolderBuilder`
+subclass names the TFDS dataset and its version; the base makes the examples: the image
+file's bytes as stored, the mapped label as PNG, the multi-hot of the classes 1..K-1 present
+('labels', as `pipeline.image_labels`), and the id.
 """
-import abc
 import dataclasses
 import glob
 import io
 import os
+from typing import Callable
 
 import numpy as np
 import PIL.Image
@@ -120,26 +123,88 @@ def read_example(image_id, image_path, label_path, label_reader, num_classes):
   }
 
 
-class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """TFDS builder base of a folder dataset read from `manual_dir`.
+@dataclasses.dataclass(frozen=True)
+class FolderDataset:
+  """A dataset read from the folder config.dataset.manual_dir, declared once by its module.
 
-  Subclasses set VERSION, RELEASE_NOTES, MANUAL_DOWNLOAD_INSTRUCTIONS, NUM_CLASSES,
-  IMAGE_FORMAT ('jpeg' or 'png', the stored files' format) and define `split_examples`; one
-  whose labels are not all one-channel PNGs overrides `read_label`.
+  name: its config.dataset.name, for messages.
+  class_names: in class index order (K = their number, the background included).
+  layout: {key: path under manual_dir} that the release must hold (checked before any work).
+  unpack: how to unpack the release, a sentence that the layout's paths complete
+    (`instructions`).
+  split_examples: (paths: the layout under manual_dir) -> {split: (list of (id, image path,
+    label path), LabelMap)}.
+  image_format: 'jpeg' or 'png', the format of the stored image files.
+  read_label: (path, LabelMap) -> (H, W) uint8 class indices of a label file; one-channel
+    PNGs by default (`read_label`).
+  """
+  name: str
+  class_names: tuple
+  layout: dict
+  unpack: str
+  split_examples: Callable
+  image_format: str = 'jpeg'
+  read_label: Callable = read_label
+
+  @property
+  def num_classes(self):
+    return len(self.class_names)
+
+  @property
+  def instructions(self):
+    """What TFDS prints when manual_dir is missing, and the README row's paths."""
+    return (f'{self.unpack} so that it holds {", ".join(self.layout.values())}; pass it as '
+            'config.dataset.manual_dir.')
+
+  def check_layout(self, manual_dir):
+    """{key: absolute path} of the layout under `manual_dir` (`check_layout`)."""
+    return check_layout(self.name, self.layout, manual_dir)
+
+  def examples(self, manual_dir):
+    """{split: (examples, LabelMap)} of the release at `manual_dir`."""
+    return self.split_examples(self.check_layout(manual_dir))
+
+
+def split_folders(splits, image_root, label_root):
+  """The layout of a release with one folder per split under an image and a label root:
+  {'images_<split>': <image_root>/<folder>, 'labels_<split>': <label_root>/<folder>} for
+  `splits` {split: folder name}."""
+  return {f'{kind}_{split}': os.path.join(root, folder_name)
+          for split, folder_name in splits.items()
+          for kind, root in (('images', image_root), ('labels', label_root))}
+
+
+def paired_examples(image_suffix, label_format):
+  """`FolderDataset.split_examples` of a `split_folders` layout: each split's images paired
+  with their labels by `list_examples`; `label_format(label_dir)` gives the split's (label
+  suffix, LabelMap)."""
+
+  def split_examples(paths):
+    splits = [key.removeprefix('images_') for key in paths if key.startswith('images_')]
+    result = {}
+    for split in splits:
+      label_dir = paths[f'labels_{split}']
+      suffix, lmap = label_format(label_dir)
+      result[split] = (list_examples(paths[f'images_{split}'], image_suffix, label_dir, suffix),
+                       lmap)
+    return result
+  return split_examples
+
+
+class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """TFDS builder base of a `FolderDataset` read from `manual_dir`.
+
+  Subclasses set DATASET (the `FolderDataset`), VERSION and RELEASE_NOTES; TFDS names the
+  dataset after the subclass (CityscapesFine -> cityscapes_fine).
   """
 
-  NUM_CLASSES = 0
-  IMAGE_FORMAT = 'jpeg'
+  DATASET = None
   url_infos = None  # Nothing is downloaded, so there are no URL checksums to look up.
 
-  @abc.abstractmethod
-  def split_examples(self, manual_dir):
-    """{split: (list of (id, image path, label path), LabelMap)} of the tree at `manual_dir`."""
-
-  def read_label(self, path, lmap):
-    """(H, W) uint8 class indices of the label file at `path`: a one-channel PNG mapped by
-    `lmap` (`read_label`)."""
-    return read_label(path, lmap)
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    if cls.DATASET is not None:
+      cls.MANUAL_DOWNLOAD_INSTRUCTIONS = cls.DATASET.instructions
 
   def _info(self):
     return tfds.core.DatasetInfo(
@@ -147,9 +212,10 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         description=type(self).__doc__,
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Image(shape=(None, None, 3),
-                                         encoding_format=self.IMAGE_FORMAT),
+                                         encoding_format=self.DATASET.image_format),
             'segmentation': tfds.features.Image(shape=(None, None, 1), encoding_format='png'),
-            'labels': tfds.features.Tensor(shape=(self.NUM_CLASSES - 1,), dtype=np.bool_),
+            'labels': tfds.features.Tensor(shape=(self.DATASET.num_classes - 1,),
+                                           dtype=np.bool_),
             'id': tfds.features.Text(),
         }),
         disable_shuffling=True,
@@ -157,12 +223,13 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     return {split: self._generate_examples(examples, lmap)
-            for split, (examples, lmap) in self.split_examples(dl_manager.manual_dir).items()}
+            for split, (examples, lmap) in self.DATASET.examples(dl_manager.manual_dir).items()}
 
   def _generate_examples(self, examples, lmap):
+    declared = self.DATASET
     for image_id, image_path, label_path in progress.logged(examples, f'preparing {self.name}',
                                                             len(examples)):
       example = read_example(image_id, image_path, label_path,
-                             lambda path: self.read_label(path, lmap), self.NUM_CLASSES)
+                             lambda path: declared.read_label(path, lmap), declared.num_classes)
       label = PIL.Image.fromarray(example['segmentation'][..., 0])
       yield image_id, dict(example, segmentation=label)

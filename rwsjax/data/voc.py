@@ -31,16 +31,6 @@ LAYOUT = {
     'sbd_train': os.path.join(SBD, 'train.txt'),
     'sbd_val': os.path.join(SBD, 'val.txt'),
 }
-INSTRUCTIONS = (
-    'Extract VOCtrainval_11-May-2012.tar and the SBD benchmark.tgz into one directory so that '
-    'it holds ' + ', '.join(LAYOUT.values()) + '; pass it as config.dataset.manual_dir.')
-
-
-def check_layout(manual_dir):
-  """{key: absolute path} of LAYOUT under `manual_dir`; FileNotFoundError naming what is missing."""
-  return folder.check_layout('voc_aug', LAYOUT, manual_dir)
-
-
 def read_ids(path):
   """Image ids of a list file, one per line, blank lines skipped."""
   with open(path) as f:
@@ -94,25 +84,27 @@ def example_files(paths, image_id):
   raise FileNotFoundError(f'Image {image_id} has neither {voc_label} nor {sbd_label}.')
 
 
-def split_examples(manual_dir):
-  """{split: (examples, LabelMap)} of the tree at `manual_dir` (see the module docstring)."""
-  paths = check_layout(manual_dir)
+def split_examples(paths):
+  """{split: (examples, LabelMap)} of the tree whose LAYOUT paths are `paths` (see the module
+  docstring)."""
   return {split: ([example_files(paths, image_id) for image_id in ids], LABEL_MAP)
           for split, ids in split_ids(paths).items()}
+
+
+def read_label(path, lmap):
+  """VOC palette PNGs by `lmap`, SBD .mat files by `read_sbd_label`."""
+  return read_sbd_label(path) if path.endswith('.mat') else folder.read_label(path, lmap)
+
+
+DATASET = folder.FolderDataset(
+    'voc_aug', CLASS_NAMES, LAYOUT,
+    'Extract VOCtrainval_11-May-2012.tar and the SBD benchmark.tgz into one directory',
+    split_examples, read_label=read_label)
 
 
 class VocAug(folder.FolderBuilder):
   """PASCAL VOC2012 + SBD trainaug (21 classes); the data is read from `manual_dir`."""
 
+  DATASET = DATASET
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'trainaug (VOC train + SBD train/val - VOC val) and VOC val.'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-  NUM_CLASSES = NUM_CLASSES
-  IMAGE_FORMAT = 'jpeg'
-
-  def split_examples(self, manual_dir):
-    return split_examples(manual_dir)
-
-  def read_label(self, path, lmap):
-    """VOC palette PNGs by `lmap`, SBD .mat files by `read_sbd_label`."""
-    return read_sbd_label(path) if path.endswith('.mat') else folder.read_label(path, lmap)
