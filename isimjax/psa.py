@@ -107,8 +107,7 @@ def label_store(ctx, name):
 
 def label_crf_fn(psa_cfg):
   """The affinity labels' `crf_fn` of config.psa.label_crf (see isimjax.config)."""
-  config_lib.check_switches(psa_cfg, isim_config.PSA_FIELDS, 'psa')
-  if psa_cfg.label_crf == 'isim':
+  if config_lib.switch(psa_cfg, isim_config.PSA_FIELDS, 'psa', 'label_crf') == 'isim':
     return affinity.hard_label_crf
   return functools.partial(crf.crf_refine_probs, params=PSA_PAIRWISE)
 

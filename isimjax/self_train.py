@@ -11,6 +11,7 @@ pseudo label: the loader reads each example's mask with its image, the classific
 epochs use only the image-level labels, and from the first round on the round's pseudo labels
 replace the mask in the batches (`label_source`).
 """
+import functools
 import json
 import os
 
@@ -217,11 +218,10 @@ def _read_rounds(path):
 def _boundaries(isim_cfg, regenerate):
   """Epochs at which training chunks end: where a round may follow, and the last epoch."""
   epochs = isim_cfg.epochs
-  config_lib.check_switches(isim_cfg, isim_config.ISIM_FIELDS, 'isim')
   fixed = regeneration_epochs(epochs, isim_cfg.first_regen_epoch, isim_cfg.regen_every)
   if not regenerate or not fixed:
     return [epochs]
-  if isim_cfg.regen == 'fixed':
+  if config_lib.switch(isim_cfg, isim_config.ISIM_FIELDS, 'isim', 'regen') == 'fixed':
     return fixed + [epochs]
   return list(range(isim_cfg.first_regen_epoch, epochs + 1))
 
@@ -238,6 +238,30 @@ def _decide(isim_cfg, epoch, rounds, losses_fn):
   if jax.process_count() > 1:
     decision = bool(multihost_utils.broadcast_one_to_all(np.array(decision)))
   return decision
+
+
+def _round_after(epoch, trained_past, rounds, isim_cfg, losses_fn, round_store,
+                 new_directory, record_path):
+  """The round whose pseudo labels follow `epoch`, or None where none does: its record in
+  `rounds`, else a new one when the rule decides for one (`_decide`), appended and written to
+  `record_path`. Once training
+  went past `epoch` (`trained_past`) no round starts there, and a recorded one must be
+  complete (`round_store(record).complete`)."""
+  record = next((r for r in rounds if r['epoch'] == epoch), None)
+  if trained_past:
+    if record is not None and not round_store(record).complete:
+      raise ValueError(f'Pseudo labels of round {record["round"]} in {record["directory"]} '
+                       f'are incomplete, but training went on past epoch {epoch}; delete '
+                       f'{os.path.dirname(os.path.dirname(record["directory"]))} to rerun.')
+    return None
+  if record is None:
+    if not _decide(isim_cfg, epoch, rounds, losses_fn):
+      return None
+    record = {'round': len(rounds) + 1, 'epoch': epoch,
+              'directory': new_directory(len(rounds) + 1)}
+    rounds.append(record)
+    write_json(record_path, {'rounds': rounds})
+  return record
 
 
 def self_train(config, workdir, *, stage, model, variables, train_source, mesh, rng, writer,
@@ -294,21 +318,12 @@ def self_train(config, workdir, *, stage, model, variables, train_source, mesh, 
                           stop_at=stop, mesh=mesh)
       if cams is None or epoch >= isim_cfg.epochs:
         continue
-      record = next((r for r in rounds if r['epoch'] == epoch), None)
-      if int(state.step) > stop:
-        if record is not None and not label_store(record['directory'],
-                                                  len(train_source)).complete:
-          raise ValueError(f'Pseudo labels of round {record["round"]} in '
-                           f'{record["directory"]} are incomplete, but training went on past '
-                           f'epoch {epoch}; delete {os.path.join(workdir, stage)} to rerun.')
-        continue
+      record = _round_after(epoch, int(state.step) > stop, rounds, isim_cfg, losses_fn,
+                            round_store=lambda r: label_store(r['directory'], len(train_source)),
+                            new_directory=functools.partial(round_directory, workdir, stage),
+                            record_path=record_path)
       if record is None:
-        if not _decide(isim_cfg, epoch, rounds, losses_fn):
-          continue
-        record = {'round': len(rounds) + 1, 'epoch': epoch,
-                  'directory': round_directory(workdir, stage, len(rounds) + 1)}
-        rounds.append(record)
-        write_json(record_path, {'rounds': rounds})
+        continue
       logging.info('Round %d: pseudo labels after epoch %d into %s.', record['round'], epoch,
                    record['directory'])
       generate_labels(cams.bind(state.variables), train_source,

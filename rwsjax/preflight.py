@@ -18,7 +18,6 @@ from rwsjax import data
 from rwsjax import models
 from rwsjax import provenance
 from rwsjax import train
-from rwsjax.data import pipeline
 
 class UserInputError(ValueError):
   """A config value, file or directory given by the user that cannot work."""
@@ -41,9 +40,7 @@ def check_common_config(config):
   data.num_classes(config.dataset)
   models.make_model(config.model, config.dataset.num_classes)
   train.make_optimizer(config.train, 1)
-  if config.input.scale_mode not in pipeline.SCALE_MODES:
-    raise ValueError(f'config.input.scale_mode={config.input.scale_mode!r}; expected one of '
-                     f'{pipeline.SCALE_MODES}.')
+  config_lib.check_switches(config, config_lib.FIELDS, None)
   check_eval_config(config.eval)
   mesh = train.make_mesh(config.num_devices)
   train.local_batch_size(config.input.batch_size, mesh)

@@ -97,7 +97,6 @@ def poly_schedule(lr, total_steps, power=0.9, warmup_steps=0, warmup_from=0.0):
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
-OPTIMIZERS = ('sgd', 'adamw')
 
 
 def learning_rate_schedule(lr, train_cfg, total_steps, *, warmup_from=0.0, offset=0):
@@ -117,13 +116,11 @@ def base_optimizer(schedule, train_cfg):
   sgd (the papers'): momentum and coupled weight decay, g + wd * w, as torch.optim.SGD.
   adamw: Adam with decoupled weight decay; converges in fewer steps on small CPU runs.
   """
-  name = config_lib.field(train_cfg, 'train', 'optimizer')
+  name = config_lib.switch(train_cfg, config_lib.TRAIN_FIELDS, 'train', 'optimizer')
   if name == 'sgd':
     return optax.chain(optax.add_decayed_weights(train_cfg.weight_decay),
                        optax.sgd(schedule, momentum=train_cfg.momentum or None))
-  if name == 'adamw':
-    return optax.adamw(schedule, weight_decay=train_cfg.weight_decay)
-  raise ValueError(f'config.train.optimizer={name!r}; expected one of {OPTIMIZERS}.')
+  return optax.adamw(schedule, weight_decay=train_cfg.weight_decay)
 
 
 class Optimizer(NamedTuple):

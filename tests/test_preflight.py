@@ -6,10 +6,16 @@ import re
 import pytest
 
 from configs_util import load_config
+from configs_util import ROOT
 from isimjax import isim
+from rwsjax import config as config_lib
 from rwsjax import data
 from rwsjax import inference
 from rwsjax import preflight
+from rwsjax.data import shapes
+from rwsjax.models import conv
+from rwsjax.models import registry
+from rwsjax.models.resnet import STAGE_GEOMETRY
 from rwsjax.rws import pipeline as rws_pipeline
 from rwsjax import supervised
 from test_launch import launch, last_line
@@ -83,6 +89,43 @@ def test_config_values_are_checked(tmp_path):
   config.isim.regen = 'often'
   assert "config.isim.regen='often'" in training_error(config, tmp_path / 'run',
                                                        isim.check_config)
+
+
+def test_every_toolkit_switch_is_declared_once_and_checked_before_compute(tmp_path):
+  """config.dataset/input/model/train are built from `rwsjax.config`'s field tables: each
+  switch is refused before any work with its declared values; those of the shared building
+  blocks have their `config.<section>.<key>: a | b` line in docs/methods.md; the code's tables
+  of options are the declared values (one place)."""
+  with open(os.path.join(ROOT, 'docs/methods.md')) as f:
+    methods = ' '.join(f.read().split())
+  declared = {}
+  for name, table in (('dataset.shapes', config_lib.SHAPES_FIELDS),
+                      ('input', config_lib.INPUT_FIELDS), ('model', config_lib.MODEL_FIELDS),
+                      ('train', config_lib.TRAIN_FIELDS)):
+    for key, values in config_lib.switches(table).items():
+      declared[f'{name}.{key}'] = values
+  assert set(declared) == {'dataset.shapes.coding', 'input.scale_mode', 'model.output_stride',
+                           'model.frozen_bn', 'model.upsample', 'model.dtype',
+                           'model.conv_impl', 'train.optimizer'}
+  for path, values in declared.items():
+    if path not in ('dataset.shapes.coding', 'model.conv_impl'):  # data and implementation
+      assert f'config.{path}: {" | ".join(map(str, values))}`' in methods, path
+    config = smoke('shapes_baseline', tmp_path)
+    *sections, key = path.split('.')
+    target = config
+    for part in sections:
+      target = target[part]
+    assert target[key] == values[0]  # the default comes first
+    if isinstance(values[0], bool):
+      continue  # a ConfigDict refuses a non-bool
+    target[key] = 'other' if isinstance(values[0], str) else 3
+    message = training_error(config, tmp_path / 'run')
+    assert message.startswith(f'config.{path}='), message
+    assert f'expected one of {tuple(values)}' in message, message
+  assert tuple(STAGE_GEOMETRY) == declared['model.output_stride']
+  assert tuple(registry.DTYPES) == declared['model.dtype']
+  assert conv.CONV_IMPLS == declared['model.conv_impl']
+  assert shapes.CODINGS == declared['dataset.shapes.coding']
 
 
 def test_dataset_layout_and_workdir_are_checked(tmp_path):

@@ -35,7 +35,6 @@ import PIL.Image
 from rwsjax import config as config_lib
 from rwsjax.losses import IGNORE_LABEL
 
-SCALE_MODES = ('ratio', 'long_side')  # config.input.scale_mode (scale_factor)
 
 
 def pair(size):
@@ -91,13 +90,11 @@ def limit_long_side(image, label, max_side):
 
 def scale_factor(shape, input_cfg, rng):
   """Random resize factor of docs/methods.md ISIM step 7 ('long_side') or of DeepLab ('ratio')."""
-  mode = input_cfg.scale_mode
+  mode = config_lib.switch(input_cfg, config_lib.INPUT_FIELDS, 'input', 'scale_mode')
   if mode == 'ratio':
     return rng.uniform(*input_cfg.scale_range)
-  if mode == 'long_side':
-    crop = max(pair(input_cfg.crop_size))
-    return rng.integers(crop, 2 * crop + 1) / max(shape)
-  raise ValueError(f'config.input.scale_mode must be one of {SCALE_MODES}, got {mode!r}.')
+  crop = max(pair(input_cfg.crop_size))
+  return rng.integers(crop, 2 * crop + 1) / max(shape)
 
 
 def random_scale(image, label, input_cfg, rng):

@@ -30,6 +30,7 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from rwsjax import config as config_lib
 from rwsjax import figures
 from rwsjax import progress
 from rwsjax.data.pipeline import image_labels
@@ -41,7 +42,7 @@ MARKERS = ('cross', 'ring', 'checker', 'stripes', 'saltire', 'dot', 'bars', 'fra
 # textures of one period mix their two colours alike when blurred.
 TEXTURES = (('hstripes', 'stripes', 0), ('vstripes', 'stripes', 90), ('diag45', 'stripes', 45),
             ('diag135', 'stripes', 135), ('checker', 'checker', 0), ('dots', 'dots', 0))
-CODINGS = ('marker', 'texture')
+CODINGS = config_lib.SHAPES_FIELDS['coding'].values
 # ShapesConfig fields after these defaults: the config name spells them only off their defaults,
 # so the names (cache directories) of marker-coded datasets stay those they always had.
 CODING_FIELDS = ('coding', 'texture_period', 'fine_period')
@@ -319,8 +320,7 @@ def render(rng, image_size=96, num_object_classes=6, max_objects=4, clutter=4,
     texture_period, fine_period: texture coding, the period in pixels of the other classes'
       and of the fine classes' textures.
   """
-  if coding not in CODINGS:
-    raise ValueError(f'coding={coding!r}; expected one of {CODINGS}.')
+  config_lib.check_value(coding, CODINGS, 'coding')
   size = image_size
   grid = _grid(size)
   image = _smooth_field(rng, size, rng.uniform(15, 40)) + _random_colour(rng)
@@ -401,9 +401,7 @@ def shapes_config(**params):
     raise ValueError(f'config.dataset.shapes has unknown key(s) {unknown}; valid keys: {fields}.')
   defaults = {k: ShapesConfig.__dataclass_fields__[k].default for k in fields}
   values = {k: params.get(k, defaults[k]) for k in fields}
-  if values['coding'] not in CODINGS:
-    raise ValueError(f'config.dataset.shapes.coding={values["coding"]!r}; expected one of '
-                     f'{CODINGS}.')
+  config_lib.check_value(values['coding'], CODINGS, 'config.dataset.shapes.coding')
   for key in ('texture_period', 'fine_period'):
     if values[key] != int(values[key]) or values[key] < 2:
       raise ValueError(f'config.dataset.shapes.{key} must be a whole number of at least 2 '

@@ -22,7 +22,9 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-CONV_IMPLS = ('auto', 'lax', 'matmul')
+from rwsjax import config as config_lib
+
+CONV_IMPLS = config_lib.MODEL_FIELDS['conv_impl'].values
 # The tap sum replaces a convolution that has a single tap left (then it is one matrix
 # product), or where at most this fraction of the plain convolution's products read the input
 # (measured: 0.56 is faster, 0.84 slower; BENCHMARKS.md) ...
@@ -35,8 +37,7 @@ NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 def resolve_impl(impl):
   """'lax' or 'matmul' for `impl` in CONV_IMPLS ('auto': by JAX's default backend)."""
-  if impl not in CONV_IMPLS:
-    raise ValueError(f'config.model.conv_impl={impl!r} is not one of {list(CONV_IMPLS)}.')
+  config_lib.check_value(impl, CONV_IMPLS, 'config.model.conv_impl')
   if impl == 'auto':
     return 'matmul' if jax.default_backend() == 'cpu' else 'lax'
   return impl

@@ -13,11 +13,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rwsjax import config as config_lib
 from rwsjax.models import conv as conv_lib
 from rwsjax.models.resnet import BN_EPSILON, BN_MOMENTUM, conv2d
 
 UNET_SKIPS = ('layer3', 'layer2', 'layer1', 'stem')
-UPSAMPLE_MODES = ('bilinear', 'learnable')
 
 
 def resize_bilinear(x, size):
@@ -147,8 +147,8 @@ class UNetHead(nn.Module):
 
   @nn.compact
   def __call__(self, features, *, train=False):
-    if self.upsample not in UPSAMPLE_MODES:
-      raise ValueError(f'UNet upsample {self.upsample!r} is not one of {UPSAMPLE_MODES}.')
+    config_lib.check_value(self.upsample, config_lib.MODEL_FIELDS['upsample'].values,
+                           'config.model.upsample')
     x = features['layer4']
     block = functools.partial(ConvBNReLU, dtype=self.dtype, conv_impl=self.conv_impl)
     for i, (skip_name, channels) in enumerate(zip(UNET_SKIPS, self.channels)):

@@ -10,7 +10,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rwsjax import config as config_lib
-from rwsjax.models import conv as conv_lib
 from rwsjax.models import heads
 from rwsjax.models.backbone import LAYER_NAMES
 from rwsjax.models.resnet import RESNET_SPECS, STAGE_GEOMETRY, STEM_STRIDE, ResNet
@@ -63,12 +62,9 @@ def _field(model_cfg, key):
   return config_lib.field(model_cfg, 'model', key)
 
 
-def _choice(model_cfg, key, choices):
-  """config.model.<key>, checked against `choices`."""
-  value = _field(model_cfg, key)
-  if value not in choices:
-    raise ValueError(f'config.model.{key}={value!r} is not one of {list(choices)}.')
-  return value
+def _switch(model_cfg, key):
+  """config.model.<key>, checked against the values `rwsjax.config.MODEL_FIELDS` declares."""
+  return config_lib.switch(model_cfg, config_lib.MODEL_FIELDS, 'model', key)
 
 
 def _positive(model_cfg, key, integer):
@@ -104,11 +100,11 @@ def make_backbone(model_cfg):
 
 def compute_dtype(model_cfg):
   """The computation dtype of config.model.dtype ('float32' or 'bfloat16')."""
-  return DTYPES[_choice(model_cfg, 'dtype', DTYPES)]
+  return DTYPES[_switch(model_cfg, 'dtype')]
 
 
 def _resnet_strides(model_cfg):
-  strides, _ = STAGE_GEOMETRY[_choice(model_cfg, 'output_stride', STAGE_GEOMETRY)]
+  strides, _ = STAGE_GEOMETRY[_switch(model_cfg, 'output_stride')]
   out, total = {}, STEM_STRIDE
   for name, stride in zip(LAYER_NAMES, strides):
     total *= stride
@@ -121,10 +117,10 @@ def _resnet_builder(depth):
   conv_impl)."""
   def build(model_cfg):
     return ResNet(depth=depth,
-                  output_stride=_choice(model_cfg, 'output_stride', STAGE_GEOMETRY),
+                  output_stride=_switch(model_cfg, 'output_stride'),
                   width=_positive(model_cfg, 'width', integer=False),
                   frozen_bn=bool(_field(model_cfg, 'frozen_bn')), dtype=compute_dtype(model_cfg),
-                  conv_impl=_choice(model_cfg, 'conv_impl', conv_lib.CONV_IMPLS))
+                  conv_impl=_switch(model_cfg, 'conv_impl'))
   return build
 
 
@@ -156,7 +152,7 @@ def register_head(name, build, title, reads=(), cam_title=None):
 
 def head(model_cfg):
   """The `Head` registered as config.model.name."""
-  return HEADS[_choice(model_cfg, 'name', HEADS)]
+  return HEADS[config_lib.check_value(_field(model_cfg, 'name'), HEADS, 'config.model.name')]
 
 
 def make_head(model_cfg, num_classes):
@@ -166,12 +162,12 @@ def make_head(model_cfg, num_classes):
 
 def _head_options(model_cfg):
   """(dtype, conv_impl) of config.model, which every head of this module takes."""
-  return compute_dtype(model_cfg), _choice(model_cfg, 'conv_impl', conv_lib.CONV_IMPLS)
+  return compute_dtype(model_cfg), _switch(model_cfg, 'conv_impl')
 
 
 def _aspp_rates(model_cfg):
   """DeepLab's ASPP rates for config.model.output_stride."""
-  return ASPP_RATES[_choice(model_cfg, 'output_stride', STAGE_GEOMETRY)]
+  return ASPP_RATES[_switch(model_cfg, 'output_stride')]
 
 
 def _deeplabv3(model_cfg, num_classes):
@@ -193,7 +189,7 @@ def _fcn(model_cfg, num_classes):
 def _unet(model_cfg, num_classes):
   channels = _positive(model_cfg, 'head_channels', integer=True)
   return heads.UNetHead(num_classes, tuple(max(1, channels >> i) for i in range(4)),
-                        _choice(model_cfg, 'upsample', heads.UPSAMPLE_MODES),
+                        _switch(model_cfg, 'upsample'),
                         *_head_options(model_cfg))
 
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rwsjax import config as config_lib
 from rwsjax.losses import IGNORE_LABEL
 from rwsjax.rws import config as rws_config
 
@@ -353,10 +354,8 @@ def threshold_from_histogram(counts, iou_sums, iou_squares=None, *, rule='first_
     elsewhere, and everywhere without `iou_squares`) and 'knee' (K,) the knee of the
     rising-then-flat fit (`hinge_knee`, nan without kept bins).
   """
-  if rule not in T_RULES:
-    raise ValueError(f'config.rws.t_rule={rule!r}; expected one of {T_RULES}.')
-  if slope_unit not in SLOPE_UNITS:
-    raise ValueError(f'config.rws.t_slope_unit={slope_unit!r}; expected one of {SLOPE_UNITS}.')
+  config_lib.check_value(rule, T_RULES, 'config.rws.t_rule')
+  config_lib.check_value(slope_unit, SLOPE_UNITS, 'config.rws.t_slope_unit')
   if rule == 'robust' and (iou_squares is None or not 0 <= z < np.inf):
     raise ValueError(f'config.rws.t_rule=robust needs the IoU sums of squares and a finite '
                      f'config.rws.t_noise_z >= 0 (got {z}).')
