@@ -81,6 +81,8 @@ RWS_EXPERIMENTS = {
     'shapes_fine_rws': ('configs/shapes_fine_rws.py', RWS_CONTROLS),
     'shapes_fine_converged_rws': ('configs/shapes_fine_converged_rws.py', CONVERGED_CONTROLS),
     'shapes_texture_rws': ('configs/shapes_texture_rws.py', CONVERGED_CONTROLS),
+    'shapes_texture_converged_rws': ('configs/shapes_texture_converged_rws.py',
+                                     CONVERGED_CONTROLS),
 }
 # README's ISIM rows: (name, config, overrides); seed 0.
 SINGLE_RUNS = (
