@@ -5,6 +5,7 @@ first unfinished one; what each stage was made from goes into its record and the
 """
 import json
 import os
+import resource
 import time
 
 from absl import logging
@@ -15,6 +16,17 @@ from rwsjax import train
 from rwsjax.progress import write_json
 
 
+COST_KEYS = ('seconds', 'peak_rss_mb')
+
+
+def cost(start):
+  """{'seconds': wall time since `start` (a `time.perf_counter()` value), 'peak_rss_mb': the
+  process's peak resident memory so far (Linux ru_maxrss, in MiB)}. A stage resumed after a
+  kill counts only the process that finished it."""
+  return {'seconds': round(time.perf_counter() - start, 2),
+          'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
 class Runner:
   """Runs the named stages of one pipeline run in `workdir`, each once (docs/design.md, resume).
 
@@ -23,9 +35,10 @@ class Runner:
   rerun reads finished stages back, with one log line each, and resumes the first unfinished
   one; a training stage resumes from the last checkpoint in `<workdir>/<name>/checkpoints`.
   With a plan, every stage run must be in it: the stage's stamp (`Plan.stamp`) goes into a
-  marker beside its record when it starts and into the record when it ends, and `made` lists
-  each stage as computed in this process or read back, with its fingerprint and the workdir
-  that computed it (the run record of summary.json, `made_record`).
+  marker beside its record when it starts and into the record when it ends, with what the
+  stage cost the process that finished it (`cost`), and `made` lists each stage as computed in
+  this process or read back, with its fingerprint, the workdir that computed it and its cost
+  (the run record of summary.json, `made_record`).
   """
 
   def __init__(self, workdir, plan=None):
@@ -50,6 +63,7 @@ class Runner:
         raise ValueError(f'Stage {name} in {path} was made with other settings; '
                          'rwsjax.provenance.check stops such a run before it starts.')
       self._note(name, 'read back', saved)
+      self.made[name].update({key: saved[key] for key in COST_KEYS if key in saved})
       logging.info('Stage %s: done in an earlier run (%s).', name, path)
       return record
     logging.info('Stage %s.', name)
@@ -58,10 +72,14 @@ class Runner:
     self._note(name, 'computed', stamp or {})
     start = time.perf_counter()
     record = compute()
-    write_json(path, record if stamp is None else dict(record, **{provenance.KEY: stamp}))
+    spent = cost(start)
+    self.made[name].update(spent)
+    write_json(path, record if stamp is None else
+               dict(record, **{provenance.KEY: dict(stamp, **spent)}))
     if stamp is not None and jax.process_index() == 0:
       os.remove(provenance.started_path(path))
-    logging.info('Stage %s finished in %.1f s.', name, time.perf_counter() - start)
+    logging.info('Stage %s finished in %.1f s (peak RSS of the process so far %.0f MB).', name,
+                 spent['seconds'], spent['peak_rss_mb'])
     return record
 
   def _note(self, name, how, stamp):

@@ -4,7 +4,9 @@ stage's change reaching every stage after it, the workdir check's one sentence, 
 import hashlib
 import json
 import os
+import time
 
+import numpy as np
 import pytest
 
 from configs_util import ROOT, load_config
@@ -75,18 +77,44 @@ def make_stages(workdir, plan, names):
   return runner
 
 
+def test_a_stage_records_its_wall_time_and_the_peak_memory_after_it(tmp_path):
+  """`cost` against a stage that sleeps 0.2 s and touches 200 MiB more than the process held:
+  at least that time, and a peak at least that much above the resident memory before it
+  (/proc/self/statm)."""
+  plan = provenance.Plan(TABLE, config())
+  with open('/proc/self/statm') as f:
+    resident_mb = int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+  def compute():
+    time.sleep(0.2)
+    buffer = np.ones(200 << 20, np.uint8)
+    return {'sum': int(buffer[::4096].sum())}
+
+  runner = stage_runner.Runner(str(tmp_path), plan)
+  assert runner.run('a', compute) == {'sum': (200 << 20) // 4096}
+  spent = runner.made['a']
+  assert 0.2 <= spent['seconds'] < 60
+  assert spent['peak_rss_mb'] >= resident_mb + 190
+
+
 def test_records_carry_their_stamp_and_a_started_stage_its_marker(tmp_path):
   plan = provenance.Plan(TABLE, config())
   runner = make_stages(tmp_path, plan, ['a', 'b'])
   with open(tmp_path / 'b' / 'record.json') as f:
     saved = json.load(f)
+  spent = {key: saved['provenance'].pop(key) for key in stage_runner.COST_KEYS}
   assert saved == {'name': 'b', 'provenance': {
       'fingerprint': plan.made['b'].fingerprint, 'settings': plan.made['b'].settings,
       'workdir': str(tmp_path)}}
-  assert runner.made['a'] == {'status': 'computed', 'fingerprint': plan.made['a'].fingerprint,
-                              'computed_in': str(tmp_path)}
+  assert spent['seconds'] >= 0 and spent['peak_rss_mb'] > 0
+  made_a = dict(runner.made['a'])
+  assert {key: made_a.pop(key) for key in stage_runner.COST_KEYS}.keys() == set(
+      stage_runner.COST_KEYS)
+  assert made_a == {'status': 'computed', 'fingerprint': plan.made['a'].fingerprint,
+                    'computed_in': str(tmp_path)}
   again = make_stages(tmp_path, plan, ['a'])
   assert again.made['a']['status'] == 'read back'
+  assert again.made['a']['seconds'] == runner.made['a']['seconds']  # the cost of its making
 
   def killed():
     assert json.load(open(tmp_path / 'stages' / 'c.started.json'))['provenance'] == (

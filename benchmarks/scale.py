@@ -1,0 +1,150 @@
+"""Time and memory of whole runs as the training split grows, at VOC's image size.
+
+For each number of training images, RWS (configs/shapes_rws.py) and ISIM with its PSA stages
+(configs/shapes_isim.py) run end to end through launch.py on synthetic shapes images of
+--size pixels (VOC-sized by default), with a small model and a few steps per training stage,
+so that what grows with the split shows: RWS's analysis of every training image, ISIM's CAMs
+and CRF pseudo labels, the affinity labels and the random walk over the whole split, and the
+stores they write (AffinityNet and the final model train one epoch each: a pass over the
+split). Each stage's wall time and the process's peak resident memory at its end
+come from the run record (summary.json, `rwsjax.stage_runner.cost`); the process's own peak
+from the operating system. The other training stages run a fixed number of steps whatever the
+split's size; the stages that read every image should grow linearly, and the peak memory should not
+grow beyond bounded buffers.
+
+  python benchmarks/scale.py --out=runs/scale --images=1000,4000,10000
+  python benchmarks/scale.py --out=runs/scale --images=250,1000 --methods=rws --size=384
+
+Each (method, images) run keeps its workdir under --out and is skipped when its summary.json
+exists; the synthetic data is prepared once per size in <out>/tfds. Prints a markdown table
+per method, with the load mark of `timing.load_mark`.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from timing import load_mark
+from timing import snapshot
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_STEPS = 20  # steps of every training stage, whatever the split's size
+BATCH = 8
+
+
+def common(images, size):
+  """Overrides shared by both methods: the data at `size`, a small model, small batches."""
+  return [f'--config.dataset.shapes.num_train={images}', '--config.dataset.shapes.num_val=50',
+          f'--config.dataset.shapes.image_size={size}',
+          f'--config.input.crop_size=({size}, {size})',
+          f'--config.input.batch_size={BATCH}', f'--config.input.eval_batch_size={BATCH}',
+          '--config.model.width=0.125', '--config.model.head_channels=16',
+          '--config.train.log_every=10', '--config.train.checkpoint_every=1000']
+
+
+def rws_command(images, size):
+  """RWS with one round, the paper's 128-pixel slices at stride 64 (scaled with --size)."""
+  side = max(16, size // 3 // 8 * 8)  # 128 at 384, a multiple of the feature strides
+  return ['configs/shapes_rws.py', *common(images, size),
+          f'--config.rws.stage1_steps={TRAIN_STEPS}', f'--config.rws.stage2_steps={TRAIN_STEPS}',
+          f'--config.rws.slice_size={side}', f'--config.rws.slice_stride={side // 2}',
+          f'--config.rws.min_pixels={side * side // 16}', '--config.rws.max_rounds=1',
+          '--config.rws.baseline=False', f'--config.rws.local_batch_size={BATCH}']
+
+
+def isim_command(images, size):
+  """ISIM with one pseudo-label round over the whole split after TRAIN_STEPS steps, then the
+  PSA stages: AffinityNet and the final model one epoch each (their length is counted in
+  whole passes over the split), the walk over every training image."""
+  return ['configs/shapes_isim.py', *common(images, size), '--config.isim.epochs=2',
+          f'--config.isim.steps_per_epoch={TRAIN_STEPS // 2}', '--config.isim.first_regen_epoch=1',
+          '--config.isim.regen_every=1', '--config.isim.baseline=False',
+          f'--config.isim.cam_batch_size={BATCH}', '--config.psa.walk_scale=1',
+          '--config.psa.affinity.input.scale_range=(1.0, 1.0)',
+          '--config.psa.sweep_beta=()', '--config.psa.sweep_logt=()',
+          '--config.psa.affinity.epochs=1', '--config.psa.final.epochs=1',
+          f'--config.psa.affinity.input.crop_size=({size}, {size})',
+          f'--config.psa.final.input.crop_size=({size}, {size})',
+          f'--config.psa.affinity.input.batch_size={BATCH}',
+          f'--config.psa.final.input.batch_size={BATCH}']
+
+
+COMMANDS = {'rws': rws_command, 'isim': isim_command}
+
+
+def run(method, images, size, out):
+  """(summary, wall seconds, peak RSS MiB of the launch process) of one run; the last two are
+  None when the run finished earlier."""
+  workdir = os.path.join(out, f'{method}_{size}_{images}')
+  summary_path = os.path.join(workdir, 'summary.json')
+  wall = peak = None
+  if not os.path.exists(summary_path):
+    config, *overrides = COMMANDS[method](images, size)
+    command = [sys.executable, os.path.join(ROOT, 'launch.py'), f'--config={config}',
+               f'--workdir={workdir}', *overrides]
+    print(' '.join(command[1:]), flush=True)
+    os.makedirs(workdir, exist_ok=True)
+    start = time.perf_counter()
+    with open(os.path.join(workdir, 'scale.log'), 'w') as log:
+      process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                 env=dict(os.environ, TFDS_DATA_DIR=os.path.join(out, 'tfds')))
+      _, status, usage = os.wait4(process.pid, 0)
+    wall, peak = time.perf_counter() - start, usage.ru_maxrss / 1024
+    if status:
+      raise SystemExit(f'{method} with {images} images failed; see {workdir}/scale.log.')
+  with open(summary_path) as f:
+    return json.load(f), wall, peak
+
+
+def table(method, results):
+  """Markdown rows: per stage the seconds at each size (and ms per training image), then the
+  peak RSS at the end of each stage and of the whole process."""
+  sizes = sorted(results)
+  stages = list(results[sizes[-1]][0]['run']['stages'])
+  head = ' | '.join(f'{n} images' for n in sizes)
+  lines = [f'\n{method}: seconds per stage (ms per training image)\n',
+           f'| stage | {head} |', '|---|' + '---:|' * len(sizes)]
+  for stage in stages:
+    cells = []
+    for n in sizes:
+      entry = results[n][0]['run']['stages'].get(stage, {})
+      seconds = entry.get('seconds')
+      cells.append('-' if seconds is None else f'{seconds:.1f} ({1000 * seconds / n:.1f})')
+    lines.append(f'| {stage} | ' + ' | '.join(cells) + ' |')
+  rows = [('whole run, wall', lambda r: r[1], '{:.0f} s'),
+          ('peak RSS at the last stage', lambda r: max(
+              (e.get('peak_rss_mb') or 0) for e in r[0]['run']['stages'].values()), '{:.0f} MiB'),
+          ('peak RSS of the process', lambda r: r[2], '{:.0f} MiB')]
+  for name, value, form in rows:
+    cells = ['-' if value(results[n]) is None else form.format(value(results[n]))
+             for n in sizes]
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--out', required=True, help='folder of the runs and their data')
+  parser.add_argument('--images', default='1000,4000,10000',
+                      help='comma-separated training split sizes')
+  parser.add_argument('--methods', default='rws,isim', help='comma-separated: rws, isim')
+  parser.add_argument('--size', type=int, default=384, help='image side in pixels')
+  args = parser.parse_args()
+  counts = [int(n) for n in args.images.split(',')]
+  methods = args.methods.split(',')
+  unknown = sorted(set(methods) - set(COMMANDS))
+  if unknown:
+    parser.error(f'--methods holds {unknown}; expected some of {sorted(COMMANDS)}.')
+  start = snapshot()
+  results = {m: {n: run(m, n, args.size, args.out) for n in counts} for m in methods}
+  mark = load_mark(start, snapshot())
+  for method in methods:
+    print(table(method, results[method]))
+  print(f'\n{args.size} x {args.size} images, {TRAIN_STEPS} steps per training stage, batch '
+        f'{BATCH}.{mark}')
+
+
+if __name__ == '__main__':
+  main()
