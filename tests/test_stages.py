@@ -33,7 +33,10 @@ def test_a_recorded_stage_is_read_back_not_recomputed(tmp_path):
   assert stage_runner.Runner(str(tmp_path), plan).run('c', compute) == {'value': 2}
   assert len(calls) == 2 and not os.path.exists(tmp_path / 'stages' / 'c.json')
   with open(tmp_path / 'round_1' / 'analysis.json') as f:
-    assert json.load(f) == {'value': 2, 'provenance': plan.stamp(str(tmp_path), 'c')}
+    saved = json.load(f)
+  spent = {key: saved['provenance'].pop(key) for key in stage_runner.COST_KEYS}
+  assert saved == {'value': 2, 'provenance': plan.stamp(str(tmp_path), 'c')}
+  assert spent['seconds'] >= 0 and spent['peak_rss_mb'] > 0
 
 
 def train_tiny(runner, counted):
