@@ -6,10 +6,10 @@ For each number of training images, RWS (configs/shapes_rws.py) and ISIM with it
 so that what grows with the split shows: RWS's analysis of every training image, ISIM's CAMs
 and CRF pseudo labels, the affinity labels and the random walk over the whole split, and the
 stores they write (AffinityNet and the final model train one epoch each: a pass over the
-split). Each stage's wall time and the process's peak resident memory at its end
-come from the run record (summary.json, `rwsjax.stage_runner.cost`); the process's own peak
-from the operating system. The other training stages run a fixed number of steps whatever the
-split's size; the stages that read every image should grow linearly, and the peak memory should not
+split). Each stage's wall time and the process's peak resident memory at its end come from
+the run record (summary.json, `rwsjax.stage_runner.cost`); the process's own peak from the
+operating system. The other training stages run a fixed number of steps whatever the split's
+size; the stages that read every image should grow linearly, and the peak memory should not
 grow beyond bounded buffers.
 
   python benchmarks/scale.py --out=runs/scale --images=1000,4000,10000
@@ -114,7 +114,7 @@ def table(method, results):
       cells.append('-' if seconds is None else f'{seconds:.1f} ({1000 * seconds / n:.1f})')
     lines.append(f'| {stage} | ' + ' | '.join(cells) + ' |')
   rows = [('whole run, wall', lambda r: r[1], '{:.0f} s'),
-          ('peak RSS at the last stage', lambda r: max(
+          ('highest peak RSS at a stage end', lambda r: max(
               (e.get('peak_rss_mb') or 0) for e in r[0]['run']['stages'].values()), '{:.0f} MiB'),
           ('peak RSS of the process', lambda r: r[2], '{:.0f} MiB')]
   for name, value, form in rows:

@@ -11,7 +11,6 @@ pseudo label: the loader reads each example's mask with its image, the classific
 epochs use only the image-level labels, and from the first round on the round's pseudo labels
 replace the mask in the batches (`label_source`).
 """
-import functools
 import json
 import os
 
@@ -240,25 +239,24 @@ def _decide(isim_cfg, epoch, rounds, losses_fn):
   return decision
 
 
-def _round_after(epoch, trained_past, rounds, isim_cfg, losses_fn, round_store,
-                 new_directory, record_path):
+def _round_after(epoch, trained_past, rounds, isim_cfg, losses_fn, round_store, workdir,
+                 stage, record_path):
   """The round whose pseudo labels follow `epoch`, or None where none does: its record in
-  `rounds`, else a new one when the rule decides for one (`_decide`), appended and written to
-  `record_path`. Once training
-  went past `epoch` (`trained_past`) no round starts there, and a recorded one must be
-  complete (`round_store(record).complete`)."""
+  `rounds`, else a new one in <workdir>/<stage> when the rule decides for one (`_decide`),
+  appended and written to `record_path`. Once training went past `epoch` (`trained_past`) no
+  round starts there, and a recorded one must be complete (`round_store(record).complete`)."""
   record = next((r for r in rounds if r['epoch'] == epoch), None)
   if trained_past:
     if record is not None and not round_store(record).complete:
       raise ValueError(f'Pseudo labels of round {record["round"]} in {record["directory"]} '
                        f'are incomplete, but training went on past epoch {epoch}; delete '
-                       f'{os.path.dirname(os.path.dirname(record["directory"]))} to rerun.')
+                       f'{os.path.join(workdir, stage)} to rerun.')
     return None
   if record is None:
     if not _decide(isim_cfg, epoch, rounds, losses_fn):
       return None
     record = {'round': len(rounds) + 1, 'epoch': epoch,
-              'directory': new_directory(len(rounds) + 1)}
+              'directory': round_directory(workdir, stage, len(rounds) + 1)}
     rounds.append(record)
     write_json(record_path, {'rounds': rounds})
   return record
@@ -320,8 +318,7 @@ def self_train(config, workdir, *, stage, model, variables, train_source, mesh, 
         continue
       record = _round_after(epoch, int(state.step) > stop, rounds, isim_cfg, losses_fn,
                             round_store=lambda r: label_store(r['directory'], len(train_source)),
-                            new_directory=functools.partial(round_directory, workdir, stage),
-                            record_path=record_path)
+                            workdir=workdir, stage=stage, record_path=record_path)
       if record is None:
         continue
       logging.info('Round %d: pseudo labels after epoch %d into %s.', record['round'], epoch,

@@ -90,9 +90,11 @@ def limit_long_side(image, label, max_side):
 
 def scale_factor(shape, input_cfg, rng):
   """Random resize factor of docs/methods.md ISIM step 7 ('long_side') or of DeepLab ('ratio')."""
-  mode = config_lib.switch(input_cfg, config_lib.INPUT_FIELDS, 'input', 'scale_mode')
+  mode = input_cfg.scale_mode
   if mode == 'ratio':
     return rng.uniform(*input_cfg.scale_range)
+  config_lib.check_value(mode, config_lib.INPUT_FIELDS['scale_mode'].values,
+                         'config.input.scale_mode')
   crop = max(pair(input_cfg.crop_size))
   return rng.integers(crop, 2 * crop + 1) / max(shape)
 
