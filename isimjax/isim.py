@@ -88,8 +88,8 @@ class Context:
   @functools.cached_property
   def train_sizes(self):
     """Image sizes of this process's training examples, cached in the workdir."""
-    path = os.path.join(self.workdir, 'image_sizes',
-                        f'train_process_{jax.process_index():02d}.npy')
+    part = self.train_source
+    path = os.path.join(self.workdir, 'image_sizes', f'train_{part.start}-{part.stop}.npy')
     if os.path.exists(path):
       return np.load(path)
     sizes = self_train.image_sizes(self.train_source)
@@ -207,7 +207,7 @@ def _evaluate(ctx, stage, rounds=()):
   result = {}
   for name, crf in (('cam', False), ('cam_crf', True)):
     store = self_train.label_store(os.path.join(ctx.workdir, stage, 'eval', name),
-                                   len(ctx.train_source))
+                                   ctx.train_source)
     self_train.generate_labels(bound, ctx.train_source, store, config, crf=crf,
                                sizes=ctx.train_sizes)
     result[name] = store_miou(store, ctx.train_source, ctx.num_classes, names)
@@ -216,8 +216,7 @@ def _evaluate(ctx, stage, rounds=()):
       for split, source in ((config.dataset.train_split, ctx.train_source),
                             (config.dataset.eval_split, ctx.eval_source))}
   result['rounds'] = [
-      dict(record, **store_miou(self_train.label_store(record['directory'],
-                                                       len(ctx.train_source)),
+      dict(record, **store_miou(self_train.label_store(record['directory'], ctx.train_source),
                                 ctx.train_source, ctx.num_classes, names))
       for record in rounds]
   _save_figure_cams(ctx, variables, _figure_path(ctx, stage, 'final'))
@@ -336,15 +335,14 @@ def _save_figure(ctx, results):
   examples = [ctx.train_source[int(i)] for i in indices]
   columns = [[e['image'] for e in examples], [e['segmentation'][..., 0] for e in examples]]
   titles = ['image', 'ground truth']
-  size = len(ctx.train_source)
   panels = [(f'round {r["round"]} (epoch {r["epoch"]})', 'isim', f'round_{r["round"]:02d}',
-             self_train.label_store(r['directory'], size))
+             self_train.label_store(r['directory'], ctx.train_source))
             for r in results['isim_eval']['rounds']]
   for column, key in (('isim', 'isim_eval'), ('baseline', 'baseline_eval')):
     if key in results:
       stage = MODELS[column]
       panels.append((f'{column} final', stage, 'final', self_train.label_store(
-          os.path.join(ctx.workdir, stage, 'eval', 'cam_crf'), size)))
+          os.path.join(ctx.workdir, stage, 'eval', 'cam_crf'), ctx.train_source)))
   if 'psa_random_walk' in results:
     panels += [(title, 'psa', name, psa.label_store(ctx, name))
                for name, title in (('rw', 'isim + RW'), ('rw_crf', 'isim + RW + dCRF'))]

@@ -101,8 +101,8 @@ def epoch_steps(sub, source, epochs):
 
 
 def label_store(ctx, name):
-  """The LabelStore <workdir>/psa/<name> over this process's training split."""
-  return self_train.label_store(os.path.join(ctx.workdir, 'psa', name), len(ctx.train_source))
+  """The labels <workdir>/psa/<name> of this process's part of the training split."""
+  return self_train.label_store(os.path.join(ctx.workdir, 'psa', name), ctx.train_source)
 
 
 def label_crf_fn(psa_cfg):

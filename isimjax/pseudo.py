@@ -17,6 +17,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from rwsjax import parts
 from rwsjax import progress as progress_lib
 
 from isimjax import crf as crf_lib
@@ -155,6 +156,43 @@ class LabelStore:
   @property
   def complete(self):
     return self.written().size == self.size
+
+
+class LabelStorePart(parts.Part):
+  """Examples [start, stop) of a `LabelStore`, indexed from 0, with its writes and counts: the
+  labels one process makes (docs/design.md, multi-host). `whole` is the store of the split,
+  which the training stream reads."""
+
+  @property
+  def directory(self):
+    return self.whole.directory
+
+  def _split_index(self, index):
+    index = operator.index(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f'Label index {index} is outside [0, {len(self)}) of this part of the '
+                       f'store at {self.directory}.')
+    return self.start + index
+
+  def __getitem__(self, index):
+    return self.whole[self._split_index(index)]
+
+  def write(self, index, labels):
+    """`LabelStore.write` of part example `index`."""
+    self.whole.write(self._split_index(index), labels)
+
+  def written(self):
+    """Sorted part indices whose label file exists."""
+    found = self.whole.written()
+    return found[(found >= self.start) & (found < self.stop)] - self.start
+
+  def missing(self):
+    """Sorted part indices whose label is not written yet."""
+    return np.setdiff1d(np.arange(len(self)), self.written())
+
+  @property
+  def complete(self):
+    return self.written().size == len(self)
 
 
 class _InlineExecutor(concurrent.futures.Executor):

@@ -130,12 +130,11 @@ def steps_per_epoch(config, train_source):
   return stages.steps_per_epoch(train_source, config.input.batch_size, 'config.input')
 
 
-def label_store(directory, size):
-  """LabelStore in `directory`, or in its process_YY subdirectory on multi-host runs (each
-  process stores its own part of the split, keyed by its per-process example index)."""
-  if jax.process_count() > 1:
-    directory = os.path.join(directory, f'process_{jax.process_index():02d}')
-  return pseudo.LabelStore(directory, size)
+def label_store(directory, source):
+  """The labels in `directory` of the examples of `source`, this process's `parts.Part` of
+  the split: a `pseudo.LabelStorePart` of the split's LabelStore (one file per split index)."""
+  return pseudo.LabelStorePart(pseudo.LabelStore(directory, len(source.whole)), source.start,
+                               source.stop)
 
 
 def round_directory(workdir, stage, round_index):
@@ -303,7 +302,7 @@ def self_train(config, workdir, *, stage, model, variables, train_source, mesh, 
     for epoch in _boundaries(isim_cfg, cams is not None):
       stop = epoch * per_epoch
       earlier = [r for r in rounds if r['epoch'] < epoch]
-      store = (label_store(earlier[-1]['directory'], len(train_source)) if earlier else None)
+      store = (label_store(earlier[-1]['directory'], train_source) if earlier else None)
       kind = 'isim' if store is not None else 'cls'
       if int(state.step) < stop:
         if kind not in steps:
@@ -317,14 +316,14 @@ def self_train(config, workdir, *, stage, model, variables, train_source, mesh, 
       if cams is None or epoch >= isim_cfg.epochs:
         continue
       record = _round_after(epoch, int(state.step) > stop, rounds, isim_cfg, losses_fn,
-                            round_store=lambda r: label_store(r['directory'], len(train_source)),
+                            round_store=lambda r: label_store(r['directory'], train_source),
                             workdir=workdir, stage=stage, record_path=record_path)
       if record is None:
         continue
       logging.info('Round %d: pseudo labels after epoch %d into %s.', record['round'], epoch,
                    record['directory'])
       generate_labels(cams.bind(state.variables), train_source,
-                      label_store(record['directory'], len(train_source)), config,
+                      label_store(record['directory'], train_source), config,
                       crf=isim_cfg.crf, sizes=sizes)
       if on_round is not None:
         on_round(record, state)

@@ -1,6 +1,7 @@
 """Reductions of host (numpy) values over the processes of a multi-host run
 (docs/design.md, multi-host): every process calls them at the same point with its own part and
-gets the whole. With one process they return their input."""
+gets the whole; `barrier` orders their writes before the others' reads. With one process they
+return their input."""
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -24,3 +25,10 @@ def rows_over_processes(x):
   padded[:len(x)] = x
   gathered = np.asarray(multihost_utils.process_allgather(padded))
   return np.concatenate([g[:n] for g, n in zip(gathered, counts)])
+
+
+def barrier(name):
+  """Waits until every process reaches the barrier `name`: what one process wrote to the shared
+  workdir before it is there for all."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)

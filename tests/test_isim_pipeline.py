@@ -132,7 +132,7 @@ def test_psa_labels_cover_the_split_with_the_image_classes(voc_run):
   config, workdir, _, _, _, _ = voc_run
   source = data.load_source(config.dataset, 'train')
   for name in ('affinity_labels', 'rw', 'rw_crf'):
-    store = self_train.label_store(os.path.join(workdir, 'psa', name), len(source))
+    store = self_train.label_store(os.path.join(workdir, 'psa', name), source)
     assert store.complete
     for i in range(len(source)):
       example = source[i]
@@ -150,7 +150,7 @@ def test_pseudo_labels_cover_the_training_split_at_image_size(voc_run):
     for i in range(len(source)):
       path = os.path.join(record['directory'], f'{i:08d}.png')
       assert os.path.exists(path)
-  store = self_train.label_store(record['directory'], len(source))
+  store = self_train.label_store(record['directory'], source)
   label = store[len(source) - 1]
   assert label.shape == source[len(source) - 1]['image'].shape[:2]
   assert label.max() < config.dataset.num_classes

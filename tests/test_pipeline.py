@@ -61,6 +61,31 @@ def test_train_batches_deterministic_and_resumable():
   assert not np.array_equal(other[0]['image'], uninterrupted[0]['image'])
 
 
+def _concatenated(batches):
+  return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+
+
+@pytest.mark.parametrize('processes', [2, 4])
+def test_process_shares_make_the_single_process_batches(processes):
+  """Each process's share of the stream, concatenated in process order at every step, is the
+  batch one process with the whole global batch gets: training sees the same examples with the
+  same augmentation whatever the process count."""
+  source, cfg = _source(), _input_cfg()
+  single = pipeline.train_dataset(source, cfg, seed=3, batch_size=8)
+  shares = [pipeline.train_dataset(source, cfg, seed=3, batch_size=8 // processes,
+                                   shard=(p, processes)) for p in range(processes)]
+  for step in (0, 1, 4):  # step 1 crosses the first epoch's end (10 examples)
+    _assert_batches_equal(_concatenated([share[step] for share in shares]), single[step])
+  resumed = [next(pipeline.prefetch(share, 3)) for share in shares]
+  _assert_batches_equal(_concatenated(resumed), single[3])
+  boxes = np.array([[i % 10, 0, 0, 4, 4] for i in range(12)])
+  crops = [pipeline.crop_dataset(source, boxes, cfg, seed=1, batch_size=4 // processes,
+                                 out_size=4, shard=(p, processes)) for p in range(processes)]
+  whole = pipeline.crop_dataset(source, boxes, cfg, seed=1, batch_size=4, out_size=4)
+  for step in (0, 2, 3):
+    _assert_batches_equal(_concatenated([c[step] for c in crops]), whole[step])
+
+
 def test_train_batch_types_and_epochs():
   source = _source()
   ds = pipeline.train_dataset(source, _input_cfg(), seed=1, batch_size=5)

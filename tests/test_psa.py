@@ -13,6 +13,7 @@ from isimjax import crf
 from isimjax import isim
 from isimjax import psa
 from rwsjax import models
+from rwsjax import parts
 from rwsjax import stages
 from rwsjax import train
 from rwsjax.data import pipeline
@@ -129,6 +130,7 @@ def test_affinity_batches_are_the_training_batches_with_labels_at_stride_8():
   sub.input.batch_size = 4
   sub.input.scale_range = (0.8, 1.2)
   mesh = train.make_mesh(1)
+  source, labels = parts.Part(source, 0, 4), parts.Part(labels, 0, 4)
   got = next(psa.affinity_batches(source, sub, mesh, seed=3, label_source=labels)(5))
   full = next(stages.train_batches(source, sub, mesh, seed=3, label_source=labels)(5))
   np.testing.assert_array_equal(got['image'], full['image'])

@@ -105,7 +105,7 @@ def _main_run(workdir, config):
   runner = stage_runner.Runner(str(workdir),
                                provenance.Plan(rws_pipeline.stage_table(config), config))
   for name, outputs in (('stage1', ('stage1/checkpoints/2/state',)), ('stage1/eval', ()),
-                        ('round_1/analysis', ('round_1/slices_process0.npz',)),
+                        ('round_1/analysis', ('round_1/weak_boxes.npz',)),
                         ('round_1/figures', ('round_1/heatmaps.png',))):
     for output in outputs:
       os.makedirs(os.path.dirname(workdir / output), exist_ok=True)
@@ -134,7 +134,7 @@ def test_a_control_copies_only_stages_made_with_its_own_settings(tmp_path):
       'stage1', 'stage1/eval', 'round_1/analysis', 'round_1/figures']
   assert script.copy_shared(str(main), str(tmp_path / 'local'), 'analysis', local) == []
   os.makedirs(tmp_path / 't_rule' / 'round_1')
-  for part in ('round_1/analysis.json', 'round_1/slices_process0.npz'):  # a copy by hand
+  for part in ('round_1/analysis.json', 'round_1/weak_boxes.npz'):  # a copy by hand
     shutil.copy2(main / part, tmp_path / 't_rule' / part)
   t_rule.dataset.data_dir = str(tmp_path / 'tfds')
   with pytest.raises(preflight.UserInputError) as error:

@@ -17,6 +17,7 @@ from rwsjax import config as config_lib
 from rwsjax import inference
 from rwsjax import losses
 from rwsjax import models
+from rwsjax import parts
 from rwsjax import preflight
 from rwsjax import provenance
 from rwsjax import stage_runner
@@ -487,7 +488,8 @@ def test_analyze_matches_a_naive_loop(tiny, tmp_path):
                    'labels': np.bincount(label.ravel(), minlength=256)[1:7] > 0})
   names = [f'c{i}' for i in range(7)]
   mesh = train.make_mesh()
-  analysis = rws_analysis.analyze(model, glob, source, config, mesh, str(tmp_path), names)
+  analysis = rws_analysis.analyze(model, glob, parts.Part(source, 0, len(source)), config, mesh,
+                                  str(tmp_path), names)
   boxes = slices.window_boxes(32, 32, config.rws.slice_size, config.rws.slice_stride)
   labels = np.stack([s['segmentation'][..., 0] for s in source]).astype(np.int32)
   cam = segcam.seg_grad_cam(model, glob, jnp.asarray(images), max_classes=config.rws.max_classes)

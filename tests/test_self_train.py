@@ -13,6 +13,7 @@ from isimjax import cam
 from isimjax import config as isim_config
 from isimjax import models
 from isimjax import self_train
+from rwsjax import parts
 from rwsjax import train
 from rwsjax.progress import MetricWriter
 
@@ -125,7 +126,7 @@ class Harness:
   def __init__(self, config):
     self.config = config
     self.model = toy_model()
-    self.source = toy_source()
+    self.source = parts.Part(toy_source(), 0, 8)
     self.mesh = train.make_mesh()
     self.variables = train.random_variables(self.model, (1, SIZE, SIZE, 3), jax.random.key(0))
     self.cams = cam.CamExtractor(self.model, config.input, scales=(1.0, 0.5), flip=True,
@@ -139,7 +140,7 @@ class Harness:
         cams=self.cams if cams == 'default' else cams, on_round=on_round)
 
   def labels(self, record):
-    store = self_train.label_store(record['directory'], len(self.source))
+    store = self_train.label_store(record['directory'], self.source)
     assert store.complete
     return np.stack([store[i] for i in range(len(self.source))])
 
@@ -203,7 +204,8 @@ def test_kills_between_and_inside_rounds_resume_to_the_same_run(harness, uninter
   failing = FailingCams(harness.cams, fail_at=2)
   with pytest.raises(Killed):
     harness.run(tmp_path, cams=failing)
-  partial = self_train.label_store(self_train.round_directory(str(tmp_path), 'isim', 2), 8)
+  partial = self_train.label_store(self_train.round_directory(str(tmp_path), 'isim', 2),
+                                   harness.source)
   assert 0 < partial.written().size < 8
   state, rounds = harness.run(tmp_path)
   assert [r['epoch'] for r in rounds] == [r['epoch'] for r in full_rounds]

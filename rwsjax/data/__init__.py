@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 import tensorflow_datasets as tfds
 
 from rwsjax import config as config_lib
+from rwsjax import parts
 from rwsjax.data import ade20k
 from rwsjax.data import cityscapes
 from rwsjax.data import cocostuff
@@ -153,21 +154,17 @@ def load_builder(dataset_cfg):
   return builder
 
 
-def read_split(builder, split, *, process_index=None, process_count=None):
-  """Data source of `split`, or of part `process_index` of `process_count` disjoint parts."""
+def read_split(builder, split):
+  """Random-access data source of the whole `split`."""
   if split not in builder.info.splits:
     raise ValueError(f'Split {split!r} is not in dataset {builder.name}; expected one of '
                      f'{sorted(builder.info.splits)}.')
-  if process_count is not None:
-    split = tfds.split_for_jax_process(split, process_index=process_index,
-                                       process_count=process_count)
   return builder.as_data_source(split=split)
 
 
 def load_source(dataset_cfg, split, *, per_process=True):
-  """Random-access source of `split`; with per_process, this process's part of it."""
-  builder = load_builder(dataset_cfg)
-  if per_process:
-    return read_split(builder, split, process_index=jax.process_index(),
-                      process_count=jax.process_count())
-  return read_split(builder, split)
+  """Random-access source of `split`; with per_process, this process's `parts.Part` of it."""
+  whole = read_split(load_builder(dataset_cfg), split)
+  if not per_process:
+    return whole
+  return parts.Part(whole, *parts.bounds(len(whole), jax.process_index(), jax.process_count()))

@@ -189,11 +189,15 @@ def reader(source, label_source=None):
   return read
 
 
-def _shuffled_batches(count, transform, seed, batch_size):
-  """Infinite batches of `transform(i, rng)` over 0..count-1, reshuffled every epoch."""
+def _shuffled_batches(count, transform, seed, batch_size, shard):
+  """Infinite batches of `transform(i, rng)` over 0..count-1, reshuffled every epoch: process
+  `index` of `count` (`shard`) gets the batches index, index + count, ... of one global stream,
+  so the global batch of a step, the processes' batches in process order, is the batch a single
+  process with the whole global batch size gets."""
+  index, processes = shard
   return (grain.MapDataset.range(count).shuffle(seed=seed).repeat()
           .random_map(lambda i, rng: _batch_ready(transform(i, rng)), seed=seed)
-          .batch(batch_size, drop_remainder=True))
+          .batch(batch_size, drop_remainder=True)[index::processes])
 
 
 def _masked_batches(count, element, padding, batch_size, num_batches):
@@ -220,19 +224,21 @@ def _padding_entry(size, num_labels):
                        'labels': np.zeros(num_labels, np.float32), 'index': -1})
 
 
-def train_dataset(source, input_cfg, *, seed, batch_size, label_source=None):
+def train_dataset(source, input_cfg, *, seed, batch_size, label_source=None, shard=(0, 1)):
   """Infinite augmented training batches; `ds[step]` is the batch of step `step`.
 
   Args:
-    source: random-access source (len, [i] -> dict with 'image', 'segmentation', 'labels').
+    source: random-access source (len, [i] -> dict with 'image', 'segmentation', 'labels'),
+      the whole split on every process.
     input_cfg: config.input (see the module docstring).
     seed: shuffling and augmentation seed in [0, 2**32).
     batch_size: per-process batch size.
     label_source: optional sequence of uint8 (H, W) label maps replacing the segmentation.
+    shard: (process index, process count): this process's share of the global stream.
   """
   read = reader(source, label_source)
   return _shuffled_batches(len(source), lambda i, rng: augment(read(i), input_cfg, rng),
-                           seed, batch_size)
+                           seed, batch_size, shard)
 
 
 def eval_dataset(source, input_cfg, *, batch_size, num_batches=None):
@@ -268,7 +274,8 @@ def eval_dataset(source, input_cfg, *, batch_size, num_batches=None):
   return _masked_batches(len(source), element, padding, batch_size, num_batches)
 
 
-def crop_dataset(source, boxes, input_cfg, *, seed, batch_size, out_size, augment=True):
+def crop_dataset(source, boxes, input_cfg, *, seed, batch_size, out_size, augment=True,
+                 shard=(0, 1)):
   """Batches of box crops (RWS stage 2): item j is box j of `boxes` resized to `out_size`.
 
   Args:
@@ -283,6 +290,7 @@ def crop_dataset(source, boxes, input_cfg, *, seed, batch_size, out_size, augmen
     out_size: int or (h, w); image resized bilinearly, label nearest.
     augment: True: infinite shuffled batches with random flips (`ds[step]`); False: finite
       in-order batches with 'mask', for feature extraction.
+    shard: augment only, (process index, process count) as in `train_dataset`.
 
   'index' is the box row j; 'labels' are the classes present in the crop's label.
   """
@@ -325,7 +333,7 @@ def crop_dataset(source, boxes, input_cfg, *, seed, batch_size, out_size, augmen
       example = dict(example, image=image, segmentation=label)
     return example
 
-  return _shuffled_batches(len(boxes), flipped, seed, batch_size)
+  return _shuffled_batches(len(boxes), flipped, seed, batch_size, shard)
 
 
 def prefetch(ds, start_step=0, *, num_threads=2, buffer_size=4):

@@ -18,6 +18,9 @@ from rwsjax.progress import Progress
 from rwsjax.rws import network
 from rwsjax.rws import slices
 
+WEAK_BOXES = 'weak_boxes.npz'  # a round's weak slices, in its folder
+_ARBITRARY_STREAM = 0  # folded into the seed's key for the windows of slices: arbitrary
+
 
 def make_scorer(model, config):
   """Jitted (variables, images, labels, valid) -> window attention, IoU and presence (N, W, K)
@@ -89,12 +92,13 @@ def analyze(model, variables, source, config, mesh, directory, names):
   """Scores every window of the training split, computes T and lists the weak slices.
 
   The curve's histogram (`slices.curve_histogram`: counts, IoU sums and sums of squares) is
-  accumulated over batches and summed over processes. Writes `directory/slices_process<i>.npz`
-  (boxes (M, 5) rows (example index, y0, x0, y1, x1) of this process's part of the split) and
-  returns a JSON-ready dict: T, per-class T, the curve (with each kept bin's standard error
-  'se', -1 elsewhere, and each class's 'knee'), the weak-slice count over all processes and the
-  share of weak windows per class and overall. Only the scored (window, class) entries are
-  kept, never a (images, windows, classes) array.
+  accumulated over batches and summed over processes; each process scores its part of the
+  split (`source`, a `parts.Part`). Process 0 writes `directory/<WEAK_BOXES>` (boxes (M, 5)
+  rows (split example index, y0, x0, y1, x1) of the whole split, gathered in process order)
+  and every process returns a JSON-ready dict: T, per-class T, the curve (with each kept bin's
+  standard error 'se', -1 elsewhere, and each class's 'knee'), the weak-slice count over all
+  processes and the share of weak windows per class and overall. Only the scored (window,
+  class) entries are kept, never a (images, windows, classes) array.
   """
   rws, k = config.rws, config.dataset.num_classes
   score = make_scorer(model, config)
@@ -123,17 +127,20 @@ def analyze(model, variables, source, config, mesh, directory, names):
   example = np.concatenate(indices)
   entries = tuple(np.concatenate(column) for column in zip(*entries))
   weak, scored, weak_per_class = weak_windows(entries, len(example), len(boxes), thresholds, k)
+  weak = hosts.rows_over_processes(weak)
+  example = hosts.rows_over_processes(example + source.start)
   if rws.slices == 'arbitrary':
     weak = np.asarray(slices.arbitrary_windows(
-        jax.random.fold_in(jax.random.key(config.seed), jax.process_index()), weak))
+        jax.random.fold_in(jax.random.key(config.seed), _ARBITRARY_STREAM), weak))
   image, window = np.nonzero(weak)
   weak_boxes = np.concatenate([example[image, None], boxes[window]], axis=1).astype(np.int32)
-  os.makedirs(directory, exist_ok=True)
-  np.savez(os.path.join(directory, f'slices_process{jax.process_index()}.npz'), boxes=weak_boxes)
-  totals = np.array([len(weak_boxes), weak.size, *scored, *weak_per_class], np.int64)
-  totals = hosts.sum_over_processes(totals)
-  num_weak, num_windows = int(totals[0]), int(totals[1])
-  scored, weak_per_class = totals[2:2 + k], totals[2 + k:]
+  if jax.process_index() == 0:
+    os.makedirs(directory, exist_ok=True)
+    np.savez(os.path.join(directory, WEAK_BOXES), boxes=weak_boxes)
+  hosts.barrier('rws.analysis')
+  totals = hosts.sum_over_processes(np.array([*scored, *weak_per_class], np.int64))
+  num_weak, num_windows = len(weak_boxes), weak.size
+  scored, weak_per_class = totals[:k], totals[k:]
   return {'threshold': t, 'class_thresholds': thresholds.tolist(),
           'per_class_threshold': [None if np.isnan(v) else float(v) for v in per_class],
           'weak_slices': num_weak, 'windows': num_windows,
@@ -150,7 +157,12 @@ def analyze(model, variables, source, config, mesh, directory, names):
 
 
 def load_weak_boxes(directory):
-  return np.load(os.path.join(directory, f'slices_process{jax.process_index()}.npz'))['boxes']
+  """The weak slices `analyze` wrote into `directory`: boxes (M, 5) over the whole split."""
+  path = os.path.join(directory, WEAK_BOXES)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist; compute the analysis again '
+                            f'(--recompute_from={os.path.basename(directory)}/analysis).')
+  return np.load(path)['boxes']
 
 
 def should_stop(counts, min_weak_delta):

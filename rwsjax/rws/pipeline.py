@@ -92,7 +92,7 @@ def stage_table(config):
     folder = round_stage(r)
     found = f'{folder}/analysis'
     table[found] = provenance.Stage(ANALYSIS_FIELDS, (model,), f'{folder}/analysis.json',
-                                    (f'{folder}/slices_process*.npz',))
+                                    (f'{folder}/{analysis.WEAK_BOXES}',))
     table[f'{folder}/figures'] = provenance.Stage(FIGURE_FIELDS, (found,),
                                                   f'{folder}/figures.json', (f'{folder}/*.png',))
     table[f'{folder}/stage2'] = provenance.training_stage(f'{folder}/stage2', STAGE2_FIELDS,
@@ -291,11 +291,11 @@ class _Run:
     """Round `r`'s stage 2: the local model on the weak slices (docs/methods.md RWS 5)."""
     rws = self.config.rws
     crop_batches = input_pipeline.crop_dataset(
-        self.started.train_source,
+        self.started.train_source.whole,
         analysis.load_weak_boxes(os.path.join(self.workdir, round_stage(r))),
         self.config.input, seed=self.config.seed + r,
         batch_size=train.local_batch_size(rws.local_batch_size, self.mesh),
-        out_size=network.local_size(rws))
+        out_size=network.local_size(rws), shard=(jax.process_index(), jax.process_count()))
     return self.train_supervised(
         round_stage(r, 'stage2'), self.init if rws.local_init == 'init' else global_variables,
         lambda start, ds=crop_batches: input_pipeline.prefetch(ds, start), rws.stage2_steps,
