@@ -167,19 +167,9 @@ class LabelStorePart(parts.Part):
   def directory(self):
     return self.whole.directory
 
-  def _split_index(self, index):
-    index = operator.index(index)
-    if not 0 <= index < len(self):
-      raise IndexError(f'Label index {index} is outside [0, {len(self)}) of this part of the '
-                       f'store at {self.directory}.')
-    return self.start + index
-
-  def __getitem__(self, index):
-    return self.whole[self._split_index(index)]
-
   def write(self, index, labels):
     """`LabelStore.write` of part example `index`."""
-    self.whole.write(self._split_index(index), labels)
+    self.whole.write(self.split_index(index), labels)
 
   def written(self):
     """Sorted part indices whose label file exists."""

@@ -27,6 +27,11 @@ def rows_over_processes(x):
   return np.concatenate([g[:n] for g, n in zip(gathered, counts)])
 
 
+def this_process():
+  """(index, count) of this process among the run's processes."""
+  return jax.process_index(), jax.process_count()
+
+
 def barrier(name):
   """Waits until every process reaches the barrier `name`: what one process wrote to the shared
   workdir before it is there for all."""

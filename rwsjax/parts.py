@@ -26,8 +26,12 @@ class Part(Sequence):
   def __len__(self):
     return self.stop - self.start
 
-  def __getitem__(self, index):
+  def split_index(self, index):
+    """The index in `whole` of this part's item `index`."""
     index = operator.index(index)
     if not 0 <= index < len(self):
       raise IndexError(f'Index {index} is outside [0, {len(self)}) of this part.')
-    return self.whole[self.start + index]
+    return self.start + index
+
+  def __getitem__(self, index):
+    return self.whole[self.split_index(index)]

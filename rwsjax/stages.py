@@ -30,7 +30,7 @@ class Run(NamedTuple):
   """What a pipeline's run starts from (`start_run`)."""
   runner: Any        # the `stage_runner.Runner` of the run's stage plan
   mesh: Any
-  train_source: Any  # this process's `data.Part` of config.dataset.train_split
+  train_source: Any  # this process's `parts.Part` of config.dataset.train_split
   eval_source: Any   # and of config.dataset.eval_split
   model: Any
   rng: Any           # jax.random.key(config.seed)
@@ -85,7 +85,7 @@ def train_batches(source, config, mesh, *, seed, label_source=None):
   """`batches(start_step)` factory of augmented per-process training batches.
 
   `source` and `label_source` (label maps replacing the segmentation, such as a pseudo-label
-  store) are this process's `data.Part`s; the batches come from one stream over their whole
+  store) are this process's `parts.Part`s; the batches come from one stream over their whole
   split, shared by all processes, so a run's numbers do not depend on the process count
   (docs/design.md, multi-host). Waits first until every process has written its part of
   `label_source`."""
@@ -95,7 +95,7 @@ def train_batches(source, config, mesh, *, seed, label_source=None):
   dataset = pipeline.train_dataset(
       source.whole, config.input, seed=seed, batch_size=batch_size,
       label_source=None if label_source is None else label_source.whole,
-      shard=(jax.process_index(), jax.process_count()))
+      shard=hosts.this_process())
   return lambda start: pipeline.prefetch(dataset, start)
 
 

@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 import tensorflow_datasets as tfds
 
 from rwsjax import config as config_lib
+from rwsjax import hosts
 from rwsjax import parts
 from rwsjax.data import ade20k
 from rwsjax.data import cityscapes
@@ -167,4 +168,4 @@ def load_source(dataset_cfg, split, *, per_process=True):
   whole = read_split(load_builder(dataset_cfg), split)
   if not per_process:
     return whole
-  return parts.Part(whole, *parts.bounds(len(whole), jax.process_index(), jax.process_count()))
+  return parts.Part(whole, *parts.bounds(len(whole), *hosts.this_process()))

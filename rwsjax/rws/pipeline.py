@@ -26,6 +26,7 @@ from rwsjax import config as config_lib
 from rwsjax import data
 from rwsjax import evaluate as evaluate_lib
 from rwsjax import figures
+from rwsjax import hosts
 from rwsjax import losses
 from rwsjax import models
 from rwsjax import provenance
@@ -295,7 +296,7 @@ class _Run:
         analysis.load_weak_boxes(os.path.join(self.workdir, round_stage(r))),
         self.config.input, seed=self.config.seed + r,
         batch_size=train.local_batch_size(rws.local_batch_size, self.mesh),
-        out_size=network.local_size(rws), shard=(jax.process_index(), jax.process_count()))
+        out_size=network.local_size(rws), shard=hosts.this_process())
     return self.train_supervised(
         round_stage(r, 'stage2'), self.init if rws.local_init == 'init' else global_variables,
         lambda start, ds=crop_batches: input_pipeline.prefetch(ds, start), rws.stage2_steps,
