@@ -27,7 +27,7 @@ import sys
 from rwsjax import config as config_lib
 from rwsjax import provenance
 from rwsjax.rws import pipeline as rws_pipeline
-from rwsjax.rws.premise import ON_WINDOWS, TITLES, WHOLE_SPLIT
+from rwsjax.rws.premise import ON_WINDOWS, OUTSIDE_WINDOWS, TITLES, WHOLE_SPLIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -278,10 +278,17 @@ def premise_table(name, summaries, seeds):
                                                for r in records]) for view in ON_WINDOWS]
   rows += [(f'whole split: {TITLES[view]}', [r and r['whole_split'][view]['miou']
                                              for r in records]) for view in WHOLE_SPLIT]
+  outside = [r and r.get('outside_windows') for r in records]
+  rows += [(f'outside the weak windows: {TITLES[view]}', [o and o[view]['miou'] for o in outside])
+           for view in OUTSIDE_WINDOWS]
   shares = ' / '.join('-' if r is None or r['missed_unreachable_share'] is None
                       else f"{r['missed_unreachable_share']:.1%}" for r in records)
+  flips = ' / '.join('-' if o is None else '{fixed_inside} - {broken_inside}, {fixed_outside} - '
+                     '{broken_outside}'.format(**r['counts']) for r, o in zip(records, outside))
   return (table(f'{name}, round 1 part by part, validation mIoU', rows, seeds)
-          + f'\n\nmissed foreground pixels that no window can reach: {shares}')
+          + f'\n\nmissed foreground pixels that no window can reach: {shares}'
+          + '\n\npixels the RWS network fixes - breaks against the global model, inside the '
+          f'weak windows, outside them: {flips}')
 
 
 def plateau(name, overrides, steps, out, mode):

@@ -101,8 +101,18 @@ def _by_hand(config, model, images, labels, net, threshold):
   for name, pred in (('global', glob), ('pasted', pasted), ('integrated', full['integrated'])):
     split[name] = np.zeros((k, k), np.int64)
     add(split[name], labels, pred)
+  outside = {}
+  for name in premise.OUTSIDE_WINDOWS:
+    outside[name] = np.zeros((k, k), np.int64)
+    add(outside[name], np.where(covered, 255, labels), full[name])
+  scored, was_right, is_right = labels != 255, glob == labels, full['rws_fused'] == labels
+  flips = {}
+  for where, region in (('inside', covered), ('outside', ~covered)):
+    flips[f'fixed_{where}'] = int((scored & region & ~was_right & is_right).sum())
+    flips[f'broken_{where}'] = int((scored & region & was_right & ~is_right).sum())
   missed = (labels > 0) & (labels != 255) & (glob == 0)
-  return windows, split, count, int(missed.sum()), int((missed & ~reachable).sum())
+  return (windows, split, count, int(missed.sum()), int((missed & ~reachable).sum()), outside,
+          flips)
 
 
 def test_premise_matches_loops_over_windows(setting):
@@ -113,8 +123,8 @@ def test_premise_matches_loops_over_windows(setting):
   scores = network.window_scores(attention, rws, k, 0)
   values = np.sort(np.asarray(scores.attention)[np.asarray(scores.present)])
   threshold = float(values[len(values) // 3] + values[len(values) // 3 + 1]) / 2
-  windows, split, count, missed, unreachable = _by_hand(config, model, images, labels, net,
-                                                        threshold)
+  windows, split, count, missed, unreachable, outside, flips = _by_hand(
+      config, model, images, labels, net, threshold)
   assert 0 < count < len(values) and missed > 0  # some windows weak, some objects missed
   mesh = train.make_mesh()
   step = premise.make_premise_step(model, config, mesh)
@@ -129,6 +139,10 @@ def test_premise_matches_loops_over_windows(setting):
   assert int(out['counts']['weak_windows']) == int(out['counts']['refined_windows']) == count
   assert int(out['counts']['missed_pixels']) == missed
   assert int(out['counts']['missed_unreachable']) == unreachable
+  for name in premise.OUTSIDE_WINDOWS:
+    np.testing.assert_array_equal(out['outside'][name], outside[name], err_msg=name)
+  assert {name: int(out['counts'][name]) for name in flips} == flips
+  assert min(flips.values()) > 0  # the RWS network changes pixels inside and outside
   global_miou = evaluate.miou_from_confusion(out['split']['global'])
   assert global_miou == evaluate.miou_from_confusion(split['global'])
   # A padded batch entry counts nowhere.
@@ -136,8 +150,10 @@ def test_premise_matches_loops_over_windows(setting):
   out = jax.device_get(step({**net, 'threshold': jnp.float32(threshold)},
                             train.to_device(masked, mesh)))
   kept = [0, 2, 3]
-  windows, split, count, missed, _ = _by_hand(config, model, images[kept], labels[kept], net,
-                                              threshold)
+  windows, split, count, missed, _, outside, flips = _by_hand(
+      config, model, images[kept], labels[kept], net, threshold)
   np.testing.assert_array_equal(out['windows']['local_zoom'], windows['local_zoom'])
   np.testing.assert_array_equal(out['split']['pasted'], split['pasted'])
+  np.testing.assert_array_equal(out['outside']['rws_fused'], outside['rws_fused'])
+  assert int(out['counts']['fixed_outside']) == flips['fixed_outside']
   assert int(out['counts']['weak_windows']) == count

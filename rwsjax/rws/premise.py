@@ -38,6 +38,7 @@ from rwsjax.rws import slices
 ON_WINDOWS = ('global', 'local_zoom', 'global_zoom', 'global_bare', 'integrated', 'rws_plain',
               'rws_fused')
 WHOLE_SPLIT = ('global', 'pasted', 'integrated')
+OUTSIDE_WINDOWS = ('global', 'rws_fused')
 TITLES = {'global': 'global model, whole image',
           'local_zoom': 'local model, window enlarged',
           'global_zoom': 'global model, window enlarged',
@@ -71,7 +72,7 @@ def make_premise_step(model, config, mesh):
 
   `network` is the round's RWS network dict ({'model', 'global', 'local', 'threshold'}); the
   batch has 'image', 'segmentation', 'valid' and 'mask'. Returns {'windows': row -> (K, K),
-  'split': row -> (K, K), 'counts': {...}}.
+  'split': row -> (K, K), 'outside': row -> (K, K), 'counts': {...}}.
   """
   rws, k = config.rws, config.dataset.num_classes
   background = config.dataset.background_class
@@ -118,6 +119,8 @@ def make_premise_step(model, config, mesh):
     split = {'global': confusion(labels, full['global'], image_ok),
              'pasted': confusion(labels, pasted, image_ok),
              'integrated': confusion(labels, full['integrated'], image_ok)}
+    inside = cover > 0
+    outside = {name: confusion(labels, full[name], image_ok & ~inside) for name in OUTSIDE_WINDOWS}
     boxes = jnp.asarray(slices.window_boxes(*images.shape[1:3], size, rws.slice_stride))
     reachable = paste(jnp.zeros(labels.shape, jnp.int32),
                       jnp.ones((n, len(boxes), size, size), jnp.int32),
@@ -126,11 +129,16 @@ def make_premise_step(model, config, mesh):
     counts = {'weak_windows': jnp.sum(weak_count),
               'refined_windows': jnp.sum(slots),
               'most_weak_windows': jnp.max(weak_count)}
+    scored = image_ok & (labels >= 0) & (labels < k)
+    was_right, is_right = full['global'] == labels, full['rws_fused'] == labels
+    for where, region in (('inside', scored & inside), ('outside', scored & ~inside)):
+      counts[f'fixed_{where}'] = jnp.sum(region & ~was_right & is_right)
+      counts[f'broken_{where}'] = jnp.sum(region & was_right & ~is_right)
     if background is not None:
       foreground = (labels != background) & (labels >= 0) & (labels < k) & image_ok
       missed = foreground & (full['global'] == background)
       counts.update(missed_pixels=jnp.sum(missed), missed_unreachable=jnp.sum(missed & ~reachable))
-    return {'windows': windows, 'split': split, 'counts': counts}
+    return {'windows': windows, 'split': split, 'outside': outside, 'counts': counts}
 
   return jax.jit(step, in_shardings=(train.replicated(mesh), train.data_sharded(mesh)),
                  out_shardings=train.replicated(mesh))
@@ -159,13 +167,16 @@ def measure(model, net, source, config, mesh, names):
                            for name in ON_WINDOWS},
           'whole_split': {name: evaluate_lib.summarize(total['split'][name], names)
                           for name in WHOLE_SPLIT},
+          'outside_windows': {name: evaluate_lib.summarize(total['outside'][name], names)
+                              for name in OUTSIDE_WINDOWS},
           'counts': counts,
           'missed_unreachable_share': (counts['missed_unreachable'] / counts['missed_pixels']
                                        if counts.get('missed_pixels') else None)}
 
 
 def table(record, split, names):
-  """Markdown: the rows on the weak windows, the whole-split rows, and the counts."""
+  """Markdown: the rows on the weak windows, the whole-split rows, the rows outside the weak
+  windows with the pixels the RWS network fixes and breaks, and the counts."""
   counts = record['counts']
   rows = [(TITLES[name], record['weak_windows'][name]) for name in ON_WINDOWS]
   lines = [f'Weak windows of the {split} split ({counts["weak_windows"]} windows, '
@@ -175,6 +186,14 @@ def table(record, split, names):
            f'The whole {split} split:', '',
            evaluate_lib.miou_table(split, [(TITLES[name], record['whole_split'][name])
                                            for name in WHOLE_SPLIT], names)]
+  if 'outside_windows' in record:  # records made before it was measured lack it
+    lines += ['', f'Outside the weak windows (the {split} pixels in none of them):', '',
+              evaluate_lib.miou_table(split, [(TITLES[name], record['outside_windows'][name])
+                                              for name in OUTSIDE_WINDOWS], names), '',
+              'Against the global model, the RWS network fixes '
+              f'{counts["fixed_inside"]} pixels and breaks {counts["broken_inside"]} inside the '
+              f'weak windows, fixes {counts["fixed_outside"]} and breaks '
+              f'{counts["broken_outside"]} outside them.']
   share = record['missed_unreachable_share']
   if share is not None:
     lines += ['', f'Missed objects: {counts["missed_pixels"]} foreground pixels predicted as '
