@@ -240,8 +240,8 @@ def rws_experiment(name, config, out, seeds, mode, controls=RWS_CONTROLS):
   if not main_runs:
     return ''
 
-  def miou(summaries, key):
-    return [None if s is None else s[key]['miou'] for s in summaries]
+  def miou(summaries, key):  # None where a run lacks the stage (rws.baseline=False)
+    return [None if s is None or key not in s else s[key]['miou'] for s in summaries]
 
   rows = [('stage 1 only', miou(main, 'stage1')),
           (f"baseline, same total steps ({main_runs[0]['total_steps']})",
