@@ -157,3 +157,26 @@ def test_premise_matches_loops_over_windows(setting):
   np.testing.assert_array_equal(out['outside']['rws_fused'], outside['rws_fused'])
   assert int(out['counts']['fixed_outside']) == flips['fixed_outside']
   assert int(out['counts']['weak_windows']) == count
+
+
+def test_premise_without_fused_layers(setting):
+  """With fuse_layers=() (stage 3 as plain fine-tuning) the local model still has its views,
+  and the no-retraining network is the global model."""
+  config, model, images, labels, net = setting
+  config = config.copy_and_resolve_references()
+  config.rws.fuse_layers = ()
+  threshold = 0.5
+  windows, split, count, _, _, outside, flips = _by_hand(config, model, images, labels, net,
+                                                         threshold)
+  assert count > 0
+  mesh = train.make_mesh()
+  batch = {'image': images, 'segmentation': labels, 'valid': np.ones(labels.shape, bool),
+           'mask': np.ones(len(images), bool)}
+  out = jax.device_get(premise.make_premise_step(model, config, mesh)(
+      {**net, 'threshold': jnp.float32(threshold)}, train.to_device(batch, mesh)))
+  for name in premise.ON_WINDOWS:
+    np.testing.assert_array_equal(out['windows'][name], windows[name], err_msg=name)
+  np.testing.assert_array_equal(out['windows']['integrated'], out['windows']['global'])
+  np.testing.assert_array_equal(out['split']['integrated'], split['global'])
+  np.testing.assert_array_equal(out['outside']['rws_fused'], outside['rws_fused'])
+  assert {name: int(out['counts'][name]) for name in flips} == flips

@@ -260,7 +260,8 @@ def plans_for(model, local_variables, found, images, config, labels=None, valid=
   refined = jnp.sum(found.valid, axis=-1)
   stats = {'weak_slices': jnp.mean(refined),
            'left_out': jnp.mean(found.weak_count - jnp.minimum(found.weak_count, refined)),
-           'selected': jnp.mean(jnp.stack([p.selected.mean() for p in plans.values()]))}
+           'selected': jnp.mean(jnp.stack([p.selected.mean() for p in plans.values()]))
+                       if plans else jnp.float32(0)}  # fuse_layers=(): nothing is fused
   if with_logits:
     return plans, stats, per_image(local['logits'])
   return plans, stats
