@@ -1,6 +1,7 @@
 """Tests for rwsjax.models.conv: the matrix-product convolutions equal lax's, forward and
 gradients, and the models built with either give the same outputs and gradients."""
 import itertools
+import re
 
 import jax
 from jax import lax
@@ -83,6 +84,12 @@ def small_taps(monkeypatch):
   monkeypatch.setattr(conv, 'MIN_SAVED_MACS', 0)
 
 
+@pytest.fixture
+def small_kernel_grads(monkeypatch):
+  """Lets the per-tap kernel gradient replace lax's for convolutions of any size."""
+  monkeypatch.setattr(conv, 'MIN_KERNEL_GRAD_MACS', 0)
+
+
 def test_use_tap_sum():
   aspp = ((4, 32, 32, 2048), (3, 3, 2048, 256))
   for rate in (12, 24, 36):
@@ -106,6 +113,62 @@ def test_matmul_path_equals_lax(h, w, kernel, stride, dilation, path, small_taps
   for got, want in zip(values_and_grads(fast, x, k), expected):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_use_tap_kernel_grad():
+  # ResNet-50 at output stride 8 on 256x256, batch 4: layer3 (256 channels, dilation 2) and
+  # layer4 (512, dilation 4) on 32x32 maps; layer1's 64 channels on 64x64 stay lax.
+  assert conv.use_tap_kernel_grad((4, 32, 32, 512), (3, 3, 512, 512), (4, 4), ((4, 4),) * 2)
+  assert conv.use_tap_kernel_grad((4, 32, 32, 256), (3, 3, 256, 256), (2, 2), ((2, 2),) * 2)
+  assert not conv.use_tap_kernel_grad((4, 64, 64, 64), (3, 3, 64, 64), (1, 1), ((1, 1),) * 2)
+  assert not conv.use_tap_kernel_grad((4, 32, 32, 512), (3, 3, 512, 512), (1, 1),
+                                      ((-1, 1), (1, 1)))
+  big = jax.ShapeDtypeStruct((4, 32, 32, 512), jnp.float32)
+  kernel = jax.ShapeDtypeStruct((3, 3, 512, 512), jnp.float32)
+  for stride, path in (((1, 1), 'kernel_taps'), ((2, 2), None)):
+    assert conv.rewrite(big, kernel, stride, ((4, 4), (4, 4)), None, (4, 4), NHWC, 1, 1) == path
+  # The ASPP's padding-heavy rates keep the tap sum.
+  aspp = jax.ShapeDtypeStruct((4, 32, 32, 2048), jnp.float32)
+  assert conv.rewrite(aspp, jax.ShapeDtypeStruct((3, 3, 2048, 256), jnp.float32), (1, 1),
+                      ((24, 24), (24, 24)), None, (24, 24), NHWC, 1, 1) == 'taps'
+
+
+@pytest.mark.parametrize('h,w,kernel,dilation,padding', [
+    (9, 11, 3, 2, ((2, 2), (2, 2))), (12, 12, 3, 1, ((1, 1), (1, 1))),
+    (10, 7, 5, 3, ((6, 6), (6, 6))), (8, 9, 3, 4, ((1, 5), (4, 0))),
+    (6, 6, 2, 1, ((0, 1), (1, 0)))])
+def test_tap_kernel_grad_equals_lax(h, w, kernel, dilation, padding, small_kernel_grads):
+  x, k = inputs(h, w, kernel)
+  fast = convolve('matmul', 1, padding, dilation)
+  got = values_and_grads(fast, x, k)
+  want = values_and_grads(convolve('lax', 1, padding, dilation), x, k)
+  # Compiled, the gradients take one convolution (the input gradient; lax's take two) and a
+  # matrix product per tap; the output and the input gradient are lax's own, to the bit.
+  cotangent = jnp.ones_like(got[0])
+  ops = {impl: re.findall(r'= \S+ (convolution|dot)\(', jax.jit(jax.grad(
+      lambda x, k, g, f=convolve(impl, 1, padding, dilation): jnp.sum(f(x, k) * g),
+      argnums=(0, 1))).lower(x, k, cotangent).compile().as_text()) for impl in ('lax', 'matmul')}
+  assert ops['lax'].count('convolution') == 2
+  assert ops['matmul'].count('convolution') == 1 and ops['matmul'].count('dot') == kernel**2
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_array_equal(got[1], want[1])
+  assert got[2].shape == want[2].shape and got[2].dtype == want[2].dtype
+  np.testing.assert_allclose(got[2], want[2], rtol=1e-5, atol=1e-4)
+
+
+def test_tap_kernel_grad_by_hand():
+  """The kernel gradient against its definition, summed with loops over taps and outputs."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 5, 6, 3))
+  g = rng.normal(size=(2, 5, 4, 2))
+  padding, dilation = ((2, 2), (1, 0)), (2, 1)
+  padded = np.pad(x, ((0, 0), *padding, (0, 0)))
+  want = np.zeros((3, 3, 3, 2))
+  for i, j, y, z in itertools.product(range(3), range(3), range(5), range(4)):
+    want[i, j] += padded[:, y + 2 * i, z + j].T @ g[:, y, z]
+  got = conv.tap_kernel_grad(jnp.asarray(x, jnp.float32), jnp.asarray(g, jnp.float32), padding,
+                             dilation, (3, 3))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('padding', [((1, 5), (6, 0)), ((2, 3), (3, 3)), ((7, 2), (2, 7))])
@@ -159,7 +222,7 @@ def test_config_rejects_unknown_conv_impl():
 @pytest.mark.parametrize('name,backbone,size', [
     ('deeplabv3', 'resnet50', (37, 45)), ('deeplabv3plus', 'resnet18', (40, 33)),
     ('deeplabv2', 'resnet18', (33, 40))])
-def test_models_agree_across_conv_impls(name, backbone, size, small_taps):
+def test_models_agree_across_conv_impls(name, backbone, size, small_taps, small_kernel_grads):
   """Same parameters, and the same logits and parameter gradients of the cross-entropy (train
   mode) with either path. Computed in float64: in float32 the paths' rounding differs by
   about 1e-7 per convolution, which train-mode BatchNorm on these tiny maps amplifies to 1e-2

@@ -1,7 +1,7 @@
 """Convolutions computed as matrix products where XLA:CPU's convolutions are slow.
 
 A drop-in for `lax.conv_general_dilated` (flax `nn.Conv(conv_general_dilated=...)`, same
-parameters) with two rewrites that change results only by float rounding (BENCHMARKS.md, train
+parameters) with three rewrites that change results only by float rounding (BENCHMARKS.md, train
 step profile):
 
 - a 1x1 convolution without padding is a matrix product over channels (after a strided slice
@@ -10,12 +10,18 @@ step profile):
   a dilation near or above the feature map size: DeepLabv3's ASPP rates 12, 24, 36 on 32x32
   maps) is a sum over its taps of matrix products, each on the part of the input the tap
   reaches: taps that reach only padding are skipped, and no product with padding is computed
-  (`use_tap_sum` says when: one tap left, or a large enough saving).
+  (`use_tap_sum` says when: one tap left, or a large enough saving);
+- any other large stride-1 convolution (layer3-4's dense and atrous 3x3 convolutions at
+  output stride 8) keeps `lax.conv_general_dilated` for its output and input gradient, and
+  takes its kernel gradient as a matrix product per tap: the input window the tap reads
+  against the output gradient, contracted over batch and space (`use_tap_kernel_grad` says
+  when). XLA:CPU's kernel-gradient convolution is the slow part of such a layer's training.
 
 `impl` picks the path (config.model.conv_impl): 'lax' always `lax.conv_general_dilated`;
 'matmul' the rewrites wherever they apply; 'auto' (the default) 'matmul' when JAX's default
 backend is the CPU, 'lax' otherwise, so GPU and TPU programs are unchanged.
 """
+import functools
 import math
 
 import jax
@@ -32,6 +38,12 @@ MAX_TAP_FRACTION = 0.7
 # ... and that saves at least this many multiply-adds per call: on small maps the several
 # small products cost more in compile time and per-op overhead than the padding they skip.
 MIN_SAVED_MACS = 10**9
+# The per-tap kernel gradient replaces XLA's for a convolution whose kernel gradient takes at
+# least this many multiply-adds (measured, forward and backward of one 3x3 layer at batch 4 on
+# 2 CPU cores: 512 channels on 32x32 maps 1.6-1.9x faster, 256 channels on 32x32 or 64x64
+# 1.3-1.6x; 512 channels on 16x16 (2.4e9) even; 64 channels on 64x64 and 128 on 32x32 (6e8)
+# slower).
+MIN_KERNEL_GRAD_MACS = 2 * 10**9
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -84,6 +96,16 @@ def use_tap_sum(lhs_shape, rhs_shape, dilation, padding):
   return fraction <= MAX_TAP_FRACTION and (1 - fraction) * plain_macs >= MIN_SAVED_MACS
 
 
+def use_tap_kernel_grad(lhs_shape, rhs_shape, dilation, padding):
+  """Whether a stride-1 NHWC/HWIO convolution with padding >= 0 takes the per-tap kernel
+  gradient (see MIN_KERNEL_GRAD_MACS)."""
+  outputs = [size + pad[0] + pad[1] - d * (kernel - 1)
+             for size, kernel, d, pad in zip(lhs_shape[1:3], rhs_shape[:2], dilation, padding)]
+  return (min(min(pad) for pad in padding) >= 0 and min(outputs) > 0
+          and lhs_shape[0] * outputs[0] * outputs[1] * math.prod(rhs_shape)
+          >= MIN_KERNEL_GRAD_MACS)
+
+
 def _matmul(x, w, precision, preferred_element_type):
   """Channel product (..., C) x (C, D) -> (..., D)."""
   return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
@@ -106,9 +128,53 @@ def tap_sum(lhs, rhs, padding, dilation, precision=None, preferred_element_type=
   return total
 
 
+def _lax_stride1(lhs, rhs, padding, dilation, precision, preferred_element_type):
+  return lax.conv_general_dilated(lhs, rhs, (1, 1), padding, rhs_dilation=dilation,
+                                  dimension_numbers=NHWC, precision=precision,
+                                  preferred_element_type=preferred_element_type)
+
+
+def tap_kernel_grad(lhs, cotangent, padding, dilation, kernel, precision=None):
+  """dL/dW (kh, kw, C, D) of a stride-1 NHWC/HWIO convolution from its output gradient
+  `cotangent` (N, H', W', D): per tap (i, j), the padded input window it reads, rows
+  i * dilation[0] + [0, H'), contracted with the cotangent over batch and space."""
+  padded = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+  (h, w), (dy, dx) = cotangent.shape[1:3], dilation
+  contract = (((0, 1, 2), (0, 1, 2)), ((), ()))
+  taps = [lax.dot_general(padded[:, i * dy:i * dy + h, j * dx:j * dx + w], cotangent, contract,
+                          precision=precision)
+          for i in range(kernel[0]) for j in range(kernel[1])]
+  return jnp.stack(taps).reshape(*kernel, lhs.shape[-1], cotangent.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv_tap_kernel_grad(lhs, rhs, padding, dilation, precision=None,
+                         preferred_element_type=None):
+  """`lax.conv_general_dilated` (stride 1, NHWC/HWIO) whose kernel gradient is
+  `tap_kernel_grad`; its output and input gradient are lax's."""
+  return _lax_stride1(lhs, rhs, padding, dilation, precision, preferred_element_type)
+
+
+def _tap_kernel_grad_fwd(lhs, rhs, padding, dilation, precision, preferred_element_type):
+  out = _lax_stride1(lhs, rhs, padding, dilation, precision, preferred_element_type)
+  return out, (lhs, rhs)
+
+
+def _tap_kernel_grad_bwd(padding, dilation, precision, preferred_element_type, residuals,
+                         cotangent):
+  lhs, rhs = residuals
+  _, input_vjp = jax.vjp(lambda x: _lax_stride1(x, rhs, padding, dilation, precision,
+                                                preferred_element_type), lhs)
+  kernel_grad = tap_kernel_grad(lhs, cotangent, padding, dilation, rhs.shape[:2], precision)
+  return input_vjp(cotangent)[0], kernel_grad.astype(rhs.dtype)
+
+
+conv_tap_kernel_grad.defvjp(_tap_kernel_grad_fwd, _tap_kernel_grad_bwd)
+
+
 def rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count):
-  """'pointwise', 'taps' or None: which rewrite applies to this convolution."""
+  """'pointwise', 'taps', 'kernel_taps' or None: which rewrite applies to this convolution."""
   if (lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1
       or isinstance(padding, str) or any(d != 1 for d in lhs_dilation or (1, 1))
       or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -118,8 +184,12 @@ def rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimen
   dilation = tuple(rhs_dilation or (1, 1))
   if rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
     return 'pointwise'
-  if tuple(window_strides) == (1, 1) and use_tap_sum(lhs.shape, rhs.shape, dilation, padding):
+  if tuple(window_strides) != (1, 1):
+    return None
+  if use_tap_sum(lhs.shape, rhs.shape, dilation, padding):
     return 'taps'
+  if use_tap_kernel_grad(lhs.shape, rhs.shape, dilation, padding):
+    return 'kernel_taps'
   return None
 
 
@@ -135,9 +205,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if path == 'pointwise':
     sy, sx = window_strides
     return _matmul(lhs[:, ::sy, ::sx], rhs[0, 0], precision, preferred_element_type)
-  if path == 'taps':
-    return tap_sum(lhs, rhs, tuple(tuple(p) for p in padding), tuple(rhs_dilation or (1, 1)),
-                   precision, preferred_element_type)
+  if path in ('taps', 'kernel_taps'):
+    padding, dilation = tuple(tuple(p) for p in padding), tuple(rhs_dilation or (1, 1))
+    fn = tap_sum if path == 'taps' else conv_tap_kernel_grad
+    return fn(lhs, rhs, padding, dilation, precision, preferred_element_type)
   return lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
