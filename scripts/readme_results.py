@@ -19,6 +19,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -65,6 +66,8 @@ CONVERGED_CONTROLS = (
     ('local model at the global scale (local_scale=1)', 'analysis',
      ('--config.rws.local_scale=1',)),
     ('no omega selection (select_omega=False)', 'stage2', ('--config.rws.select_omega=False',)),
+    ('fusion into the deepest layer only (fuse_layers=(4,))', 'stage2',
+     ('--config.rws.fuse_layers=(4,)',)),
     ('T by the noise-aware first flat point (t_rule=robust)', 'stage1',
      ('--config.rws.t_rule=robust',)),
     ('T at the last flat run (t_rule=last_flat, t_min_share=0)', 'stage1',
@@ -114,9 +117,11 @@ SHARED = {'stage1': ('stage1', 'stage1/eval'),
 
 
 def control_name(overrides):
-  """A directory name for a control: its first override, e.g. 'select_omega-False'."""
+  """A directory name for a control: its first override, e.g. 'select_omega-False',
+  'fuse_layers-none' for (), 'fuse_layers-3_4' for (3, 4)."""
   field, value = overrides[0].removeprefix('--config.rws.').split('=')
-  return f"{field}-{value.replace('()', 'none')}"
+  value = re.sub(r'[^\w.+-]+', '_', value.replace('()', 'none')).strip('_')
+  return f'{field}-{value}'
 
 
 def launch_command(config, workdir, seed, overrides=()):

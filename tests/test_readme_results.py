@@ -50,6 +50,8 @@ def test_control_directories_are_distinct_and_named_after_their_switch():
     names = [script.control_name(overrides) for _, _, overrides in controls]
     assert len(set(names)) == len(names)
   assert script.control_name(('--config.rws.fuse_layers=()',)) == 'fuse_layers-none'
+  assert script.control_name(('--config.rws.fuse_layers=(3, 4)',)) == 'fuse_layers-3_4'
+  assert script.control_name(('--config.rws.fuse_layers=(4,)',)) == 'fuse_layers-4'
   assert script.control_name(('--config.rws.t_rule=last_flat', '--config.rws.t_min_share=0')
                              ) == 't_rule-last_flat'
 
