@@ -83,6 +83,19 @@ def tap_fraction(spatial, kernel_shape, dilation, padding):
   return taps / plain
 
 
+def output_size(lhs_shape, rhs_shape, dilation, padding):
+  """(height, width) of a stride-1 NHWC/HWIO convolution's output."""
+  return tuple(size + low + high - d * (kernel - 1) for size, kernel, d, (low, high)
+               in zip(lhs_shape[1:3], rhs_shape[:2], dilation, padding))
+
+
+def plain_macs(lhs_shape, rhs_shape, dilation, padding):
+  """Multiply-adds of a stride-1 NHWC/HWIO convolution computed plainly (its kernel gradient
+  takes as many)."""
+  height, width = output_size(lhs_shape, rhs_shape, dilation, padding)
+  return lhs_shape[0] * height * width * math.prod(rhs_shape)
+
+
 def use_tap_sum(lhs_shape, rhs_shape, dilation, padding):
   """Whether the tap sum replaces a stride-1 NHWC/HWIO convolution (see MAX_TAP_FRACTION)."""
   kept = [len(tap_windows(size, kernel, d, pad)) for size, kernel, d, pad
@@ -90,20 +103,17 @@ def use_tap_sum(lhs_shape, rhs_shape, dilation, padding):
   if kept[0] * kept[1] == 1:
     return True
   fraction = tap_fraction(lhs_shape[1:3], rhs_shape[:2], dilation, padding)
-  outputs = [size + pad[0] + pad[1] - d * (kernel - 1)
-             for size, kernel, d, pad in zip(lhs_shape[1:3], rhs_shape[:2], dilation, padding)]
-  plain_macs = lhs_shape[0] * outputs[0] * outputs[1] * math.prod(rhs_shape)
-  return fraction <= MAX_TAP_FRACTION and (1 - fraction) * plain_macs >= MIN_SAVED_MACS
+  return (fraction <= MAX_TAP_FRACTION
+          and (1 - fraction) * plain_macs(lhs_shape, rhs_shape, dilation, padding)
+          >= MIN_SAVED_MACS)
 
 
 def use_tap_kernel_grad(lhs_shape, rhs_shape, dilation, padding):
   """Whether a stride-1 NHWC/HWIO convolution with padding >= 0 takes the per-tap kernel
   gradient (see MIN_KERNEL_GRAD_MACS)."""
-  outputs = [size + pad[0] + pad[1] - d * (kernel - 1)
-             for size, kernel, d, pad in zip(lhs_shape[1:3], rhs_shape[:2], dilation, padding)]
-  return (min(min(pad) for pad in padding) >= 0 and min(outputs) > 0
-          and lhs_shape[0] * outputs[0] * outputs[1] * math.prod(rhs_shape)
-          >= MIN_KERNEL_GRAD_MACS)
+  return (min(min(pad) for pad in padding) >= 0
+          and min(output_size(lhs_shape, rhs_shape, dilation, padding)) > 0
+          and plain_macs(lhs_shape, rhs_shape, dilation, padding) >= MIN_KERNEL_GRAD_MACS)
 
 
 def _matmul(x, w, precision, preferred_element_type):
@@ -116,8 +126,7 @@ def tap_sum(lhs, rhs, padding, dilation, precision=None, preferred_element_type=
   """Stride-1 NHWC/HWIO convolution as a sum of per-tap matrix products (module docstring)."""
   rows = tap_windows(lhs.shape[1], rhs.shape[0], dilation[0], padding[0])
   cols = tap_windows(lhs.shape[2], rhs.shape[1], dilation[1], padding[1])
-  out_h = lhs.shape[1] + sum(padding[0]) - dilation[0] * (rhs.shape[0] - 1)
-  out_w = lhs.shape[2] + sum(padding[1]) - dilation[1] * (rhs.shape[1] - 1)
+  out_h, out_w = output_size(lhs.shape, rhs.shape, dilation, padding)
   dtype = preferred_element_type or lhs.dtype
   total = jnp.zeros((lhs.shape[0], out_h, out_w, rhs.shape[-1]), dtype)
   for ty, y0, y1, iy in rows:
@@ -156,7 +165,7 @@ def conv_tap_kernel_grad(lhs, rhs, padding, dilation, precision=None,
 
 
 def _tap_kernel_grad_fwd(lhs, rhs, padding, dilation, precision, preferred_element_type):
-  out = _lax_stride1(lhs, rhs, padding, dilation, precision, preferred_element_type)
+  out = conv_tap_kernel_grad(lhs, rhs, padding, dilation, precision, preferred_element_type)
   return out, (lhs, rhs)
 
 

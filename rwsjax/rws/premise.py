@@ -135,7 +135,7 @@ def make_premise_step(model, config, mesh):
       counts[f'fixed_{where}'] = jnp.sum(region & ~was_right & is_right)
       counts[f'broken_{where}'] = jnp.sum(region & was_right & ~is_right)
     if background is not None:
-      foreground = (labels != background) & (labels >= 0) & (labels < k) & image_ok
+      foreground = scored & (labels != background)
       missed = foreground & (full['global'] == background)
       counts.update(missed_pixels=jnp.sum(missed), missed_unreachable=jnp.sum(missed & ~reachable))
     return {'windows': windows, 'split': split, 'outside': outside, 'counts': counts}
