@@ -51,6 +51,8 @@ RWS_CONTROLS = (
     ('stage 3 from the initial weights, full schedule (stage3_init=fresh)', 'stage2',
      ('--config.rws.stage3_init=fresh', '--config.rws.stage3_steps=600',
       '--config.rws.stage3_lr=3e-3')),
+    ('fusion into the deepest layer only (fuse_layers=(4,))', 'stage2',
+     ('--config.rws.fuse_layers=(4,)',)),
 )
 # The controls of the converged testbeds: where the gain of RWS is made or lost, part by part
 # (docs/methods.md RWS 12 measures every run on the evaluation split's weak windows).
