@@ -14,7 +14,8 @@ Switches (each lands in summary.json under "config"; docs in rwsjax/rws/config.p
   --config.rws.slices=arbitrary            random windows instead of weak ones (Table I)
   --config.rws.select_omega=False          no eq. 5 selection (Table I/II)
   --config.rws.weighted_lambda=False       n = 0.5 instead of eq. 7 (Table II)
-  --config.rws.fuse_layers="(3,4)"         fused stage outputs (Table III)
+  --config.rws.fuse_layers="(1,2,3,4)"     fuse every stage output, as the paper (Table III);
+                                           the default fuses layer4 alone
   --config.rws.fuse_layers="()"            stage 3 without fusion: plain fine-tuning control
   --config.rws.slice_size=48 --config.rws.slice_stride=24   slice size (Fig. 10)
   --config.rws.weak_rule=fixed --config.rws.t_fixed=0.4     T sweep (Fig. 9)

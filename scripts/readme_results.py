@@ -51,8 +51,8 @@ RWS_CONTROLS = (
     ('stage 3 from the initial weights, full schedule (stage3_init=fresh)', 'stage2',
      ('--config.rws.stage3_init=fresh', '--config.rws.stage3_steps=600',
       '--config.rws.stage3_lr=3e-3')),
-    ('fusion into the deepest layer only (fuse_layers=(4,))', 'stage2',
-     ('--config.rws.fuse_layers=(4,)',)),
+    ('fusion into every stage output, as the paper (fuse_layers=(1, 2, 3, 4))', 'stage2',
+     ('--config.rws.fuse_layers=(1, 2, 3, 4)',)),
 )
 # The controls of the converged testbeds: where the gain of RWS is made or lost, part by part
 # (docs/methods.md RWS 12 measures every run on the evaluation split's weak windows).
@@ -68,8 +68,8 @@ CONVERGED_CONTROLS = (
     ('local model at the global scale (local_scale=1)', 'analysis',
      ('--config.rws.local_scale=1',)),
     ('no omega selection (select_omega=False)', 'stage2', ('--config.rws.select_omega=False',)),
-    ('fusion into the deepest layer only (fuse_layers=(4,))', 'stage2',
-     ('--config.rws.fuse_layers=(4,)',)),
+    ('fusion into every stage output, as the paper (fuse_layers=(1, 2, 3, 4))', 'stage2',
+     ('--config.rws.fuse_layers=(1, 2, 3, 4)',)),
     ('T by the noise-aware first flat point (t_rule=robust)', 'stage1',
      ('--config.rws.t_rule=robust',)),
     ('T at the last flat run (t_rule=last_flat, t_min_share=0)', 'stage1',

@@ -170,6 +170,7 @@ def test_config_errors():
 @pytest.fixture(scope='module')
 def tiny():
   config = load_config('shapes_rws', 'smoke')
+  config.rws.fuse_layers = (1, 2, 3, 4)  # every layer's fusion under test
   model = models.make_model(config.model, config.dataset.num_classes)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32)
