@@ -243,14 +243,15 @@ def _cross_entropy_numpy(logits, labels, ignore=255):
 def _small_rws(monkeypatch, model, strides, num_classes):
   """The smoke config for a test model of test_segcam (layer strides `strides`) on 16x16
   images: 8-pixel windows at stride 4 (8 with stride-1 layers), seen at 8 pixels by the local
-  model, every class but the background taking part; `models.feature_strides` gives
-  `strides`."""
+  model, every class but the background taking part, fused into every layer;
+  `models.feature_strides` gives `strides`."""
   monkeypatch.setattr(models, 'feature_strides', lambda model_cfg: dict(strides))
   config = load_config('shapes_rws', 'smoke')
   config.dataset.num_classes = num_classes
   config.rws.slice_size, config.rws.local_scale = 8, 1.0
   config.rws.slice_stride = max(4, max(strides.values()))
   config.rws.min_pixels = 4
+  config.rws.fuse_layers = (1, 2, 3, 4)  # every layer's fusion under test
   return config, model
 
 

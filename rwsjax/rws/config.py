@@ -68,7 +68,7 @@ FIELDS = {
     'weighted_lambda': F(True, 'eq. 7 lambda; False = n 0.5'),
     'eps': F(1e-3, 'omega threshold of eq. 5'),
     'fuse_layers': F((4,), 'layer outputs the local features are fused into: (4,) the '
-                     'deepest (measured better, README) | (1, 2, 3, 4) the paper\'s | () = plain '
+                     "deepest (measured better, README) | (1, 2, 3, 4) the paper's | () = plain "
                      'fine-tuning'),
     'max_slices': F(0, 'weak slices refined per image; 0 = every weak slice'),
     'slice_chunk': F(32, 'slices per call of the local model (memory bound)'),
