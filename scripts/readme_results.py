@@ -32,31 +32,12 @@ from rwsjax.rws.premise import ON_WINDOWS, OUTSIDE_WINDOWS, TITLES, WHOLE_SPLIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (name, what it copies from the main run, extra overrides). What a control shares with the
-# main run decides what it may copy: 'stage1' (the global model), 'analysis' (also T and the
-# weak slices) or 'stage2' (also the local model).
-RWS_CONTROLS = (
-    ('arbitrary slices (slices=arbitrary)', 'stage1', ('--config.rws.slices=arbitrary',)),
-    ('no omega selection (select_omega=False)', 'stage2', ('--config.rws.select_omega=False',)),
-    ('no fusion: stage 3 as plain fine-tuning (fuse_layers=())', 'stage2',
-     ('--config.rws.fuse_layers=()',)),
-    ('attention on the ground truth (attention_region=ground_truth)', 'stage1',
-     ('--config.rws.attention_region=ground_truth',)),
-    ('T at the last flat run (t_rule=last_flat, t_min_share=0)', 'stage1',
-     ('--config.rws.t_rule=last_flat', '--config.rws.t_min_share=0')),
-    ('local model at the global scale (local_scale=1)', 'analysis',
-     ('--config.rws.local_scale=1',)),
-    ('local model from the initial weights (local_init=init)', 'analysis',
-     ('--config.rws.local_init=init',)),
-    ('stage 3 from the initial weights, full schedule (stage3_init=fresh)', 'stage2',
-     ('--config.rws.stage3_init=fresh', '--config.rws.stage3_steps=600',
-      '--config.rws.stage3_lr=3e-3')),
-    ('fusion into every stage output, as the paper (fuse_layers=(1, 2, 3, 4))', 'stage2',
-     ('--config.rws.fuse_layers=(1, 2, 3, 4)',)),
-)
-# The controls of the converged testbeds: where the gain of RWS is made or lost, part by part
-# (docs/methods.md RWS 12 measures every run on the evaluation split's weak windows).
-CONVERGED_CONTROLS = (
+# Every control once: (label, what it copies from the main run, overrides); its directory
+# name is `control_name(overrides)`. What a control shares with the main run decides what it
+# may copy: 'stage1' (the global model), 'analysis' (also T and the weak slices) or 'stage2'
+# (also the local model). Controls of stage 3 set `integration=retrain`: by default the fusion
+# joins stage 1's model at inference and there is no stage 3.
+CONTROLS = (
     ('retrained: stage 3 trains the global model with the fusion (integration=retrain)',
      'stage2', ('--config.rws.integration=retrain',)),
     ('retrained without fusion: stage 3 as plain fine-tuning (fuse_layers=())', 'stage2',
@@ -64,12 +45,19 @@ CONVERGED_CONTROLS = (
     ('retrained without fusion at a tenth of the rate (stage3_lr=1.5e-4, fuse_layers=())',
      'stage2', ('--config.rws.stage3_lr=1.5e-4', '--config.rws.fuse_layers=()',
                 '--config.rws.integration=retrain')),
+    ('stage 3 from the initial weights, full schedule (stage3_init=fresh)', 'stage2',
+     ('--config.rws.stage3_init=fresh', '--config.rws.stage3_steps=600',
+      '--config.rws.stage3_lr=3e-3', '--config.rws.integration=retrain')),
     ('arbitrary slices (slices=arbitrary)', 'stage1', ('--config.rws.slices=arbitrary',)),
     ('local model at the global scale (local_scale=1)', 'analysis',
      ('--config.rws.local_scale=1',)),
+    ('local model from the initial weights (local_init=init)', 'analysis',
+     ('--config.rws.local_init=init',)),
     ('no omega selection (select_omega=False)', 'stage2', ('--config.rws.select_omega=False',)),
     ('fusion into every stage output, as the paper (fuse_layers=(1, 2, 3, 4))', 'stage2',
      ('--config.rws.fuse_layers=(1, 2, 3, 4)',)),
+    ('attention on the ground truth (attention_region=ground_truth)', 'stage1',
+     ('--config.rws.attention_region=ground_truth',)),
     ('T by the noise-aware first flat point (t_rule=robust)', 'stage1',
      ('--config.rws.t_rule=robust',)),
     ('T at the last flat run (t_rule=last_flat, t_min_share=0)', 'stage1',
@@ -79,6 +67,33 @@ CONVERGED_CONTROLS = (
     ('stage 2 warmed up over 20 steps (stage2_warmup=20)', 'analysis',
      ('--config.rws.stage2_warmup=20',)),
 )
+
+
+def control_name(overrides):
+  """A directory name for a control: its first override, e.g. 'select_omega-False',
+  'fuse_layers-none' for (), 'fuse_layers-3_4' for (3, 4)."""
+  field, value = overrides[0].removeprefix('--config.rws.').split('=')
+  value = re.sub(r'[^\w.+-]+', '_', value.replace('()', 'none')).strip('_')
+  return f'{field}-{value}'
+
+
+def controls_named(*names):
+  """The controls of CONTROLS with these directory names, in this order."""
+  by_name = {control_name(control[2]): control for control in CONTROLS}
+  return tuple(by_name[name] for name in names)
+
+
+# The controls of the marker-coded data: what each part of the method adds.
+RWS_CONTROLS = controls_named(
+    'slices-arbitrary', 'select_omega-False', 'fuse_layers-none', 'attention_region-ground_truth',
+    't_rule-last_flat', 'local_scale-1', 'local_init-init', 'stage3_init-fresh',
+    'fuse_layers-1_2_3_4')
+# The controls of the converged testbeds: where the gain of RWS is made or lost, part by part
+# (docs/methods.md RWS 12 measures every run on the evaluation split's weak windows).
+CONVERGED_CONTROLS = controls_named(
+    'integration-retrain', 'fuse_layers-none', 'stage3_lr-1.5e-4', 'slices-arbitrary',
+    'local_scale-1', 'select_omega-False', 'fuse_layers-1_2_3_4', 't_rule-robust',
+    't_rule-last_flat', 'weak_classes-own_threshold', 'stage2_warmup-20')
 # Controls whose total steps differ from the main run's train their own baseline.
 OWN_BASELINE = ('stage3_init-fresh', 'integration-retrain')
 RWS_EXPERIMENTS = {
@@ -116,14 +131,6 @@ _ROUND_1 = tuple(rws_pipeline.round_stage(1, name) for name in ('analysis', 'fig
 SHARED = {'stage1': ('stage1', 'stage1/eval'),
           'analysis': ('stage1', 'stage1/eval') + _ROUND_1[:2],
           'stage2': ('stage1', 'stage1/eval') + _ROUND_1}
-
-
-def control_name(overrides):
-  """A directory name for a control: its first override, e.g. 'select_omega-False',
-  'fuse_layers-none' for (), 'fuse_layers-3_4' for (3, 4)."""
-  field, value = overrides[0].removeprefix('--config.rws.').split('=')
-  value = re.sub(r'[^\w.+-]+', '_', value.replace('()', 'none')).strip('_')
-  return f'{field}-{value}'
 
 
 def launch_command(config, workdir, seed, overrides=()):

@@ -46,14 +46,26 @@ def test_every_override_names_an_existing_config_field():
 
 def test_control_directories_are_distinct_and_named_after_their_switch():
   script = _script()
+  names = [script.control_name(overrides) for _, _, overrides in script.CONTROLS]
+  assert len(set(names)) == len(names)
   for _, controls in script.RWS_EXPERIMENTS.values():
-    names = [script.control_name(overrides) for _, _, overrides in controls]
-    assert len(set(names)) == len(names)
+    assert set(controls) <= set(script.CONTROLS)
   assert script.control_name(('--config.rws.fuse_layers=()',)) == 'fuse_layers-none'
   assert script.control_name(('--config.rws.fuse_layers=(3, 4)',)) == 'fuse_layers-3_4'
   assert script.control_name(('--config.rws.fuse_layers=(4,)',)) == 'fuse_layers-4'
   assert script.control_name(('--config.rws.t_rule=last_flat', '--config.rws.t_min_share=0')
                              ) == 't_rule-last_flat'
+
+
+def test_controls_of_stage_3_retrain():
+  """By default there is no stage 3 (integration=inference): a control that changes stage 3
+  or removes the fusion must retrain, or it would evaluate stage 1's model unchanged."""
+  script = _script()
+  assert load_config('shapes_rws').rws.integration == 'inference'
+  for _, _, overrides in script.CONTROLS:
+    if any(o.startswith('--config.rws.stage3_') or o == '--config.rws.fuse_layers=()'
+           for o in overrides):
+      assert '--config.rws.integration=retrain' in overrides, overrides
 
 
 def test_table_mean_and_sample_sd():
