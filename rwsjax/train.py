@@ -407,6 +407,8 @@ def train_stage(*, workdir, stage, loss_fn, tx, variables, batches, total_steps,
                 total_steps=total_steps, rng=rng, checkpointer=checkpointer, writer=writer,
                 stage=stage, log_every=train_cfg.log_every, extra=extra, stop_at=stop_at,
                 mesh=mesh)
+    if total_steps == 0 and checkpointer.latest_step() is None:
+      checkpointer.save(0, state)  # a stage of no steps is finished with the state it was given
   finally:
     checkpointer.close()
   return state

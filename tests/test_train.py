@@ -84,6 +84,18 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
   assert int(again.step) == 4 and again_losses == []
 
 
+def test_a_stage_of_no_steps_is_finished_with_the_variables_it_was_given(tmp_path):
+  state, losses = run(tmp_path, 1, 0)
+  assert int(state.step) == 0 and losses == []
+  finished = train.finished_variables(
+      workdir=str(tmp_path), stage='s', model=TinySeg(), tx=train.make_optimizer(train_cfg(), 0),
+      total_steps=0, image_shape=(1, 6, 6, 3), rng=jax.random.key(0), mesh=train.make_mesh(1))
+  given = train.random_variables(TinySeg(), (1, 6, 6, 3), jax.random.key(0))
+  assert jax.tree.structure(finished) == jax.tree.structure(given)
+  for a, b in zip(jax.tree.leaves(finished), jax.tree.leaves(given)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(train.NonFiniteLossError) as error:
     run(tmp_path, 1, 50, lr=1e6)
