@@ -53,6 +53,8 @@ CONTROLS = (
      ('--config.rws.local_scale=1',)),
     ('local model from the initial weights (local_init=init)', 'analysis',
      ('--config.rws.local_init=init',)),
+    ('the local model is the global model: its enlarged view alone (stage2_steps=0)',
+     'analysis', ('--config.rws.stage2_steps=0',)),
     ('no omega selection (select_omega=False)', 'stage2', ('--config.rws.select_omega=False',)),
     ('fusion into every stage output, as the paper (fuse_layers=(1, 2, 3, 4))', 'stage2',
      ('--config.rws.fuse_layers=(1, 2, 3, 4)',)),
@@ -86,14 +88,14 @@ def controls_named(*names):
 # The controls of the marker-coded data: what each part of the method adds.
 RWS_CONTROLS = controls_named(
     'slices-arbitrary', 'select_omega-False', 'fuse_layers-none', 'attention_region-ground_truth',
-    't_rule-last_flat', 'local_scale-1', 'local_init-init', 'stage3_init-fresh',
-    'fuse_layers-1_2_3_4')
+    't_rule-last_flat', 'local_scale-1', 'local_init-init', 'stage2_steps-0',
+    'stage3_init-fresh', 'fuse_layers-1_2_3_4')
 # The controls of the converged testbeds: where the gain of RWS is made or lost, part by part
 # (docs/methods.md RWS 12 measures every run on the evaluation split's weak windows).
 CONVERGED_CONTROLS = controls_named(
     'integration-retrain', 'fuse_layers-none', 'stage3_lr-1.5e-4', 'slices-arbitrary',
-    'local_scale-1', 'select_omega-False', 'fuse_layers-1_2_3_4', 't_rule-robust',
-    't_rule-last_flat', 'weak_classes-own_threshold', 'stage2_warmup-20')
+    'local_scale-1', 'stage2_steps-0', 'select_omega-False', 'fuse_layers-1_2_3_4',
+    't_rule-robust', 't_rule-last_flat', 'weak_classes-own_threshold', 'stage2_warmup-20')
 # Controls whose total steps differ from the main run's train their own baseline.
 OWN_BASELINE = ('stage3_init-fresh', 'integration-retrain')
 RWS_EXPERIMENTS = {
