@@ -28,18 +28,20 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from isimjax import affinity
 from isimjax import cam
 from isimjax import crf
 from isimjax import models as isim_models
 from isimjax import psa as isim_psa
+from isimjax import random_walk
 from isimjax import self_train
 from rwsjax import config as config_lib
+from rwsjax import losses
 from rwsjax import models
 from rwsjax.rws import network
 from rwsjax.rws import segcam
+from rwsjax.rws import slices
 from timing import load_mark
 from timing import snapshot
 
@@ -80,8 +82,8 @@ def train_flops(model, size, loss_of_outputs):
 
 
 def segmentation_loss(logits):
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits, jnp.zeros(logits.shape[:-1], jnp.int32)).mean()
+  """`rwsjax.losses.cross_entropy` against all-zero labels: the work of the real loss."""
+  return losses.cross_entropy(logits, jnp.zeros(logits.shape[:-1], jnp.int32))
 
 
 def forward_flops(model, size):
@@ -127,8 +129,9 @@ def walk_flops(nodes, channels, logt):
   return logt * 2 * nodes ** 3 + 2 * channels * nodes ** 2
 
 
-def isim_work(config, classes_per_image):
-  """(stage, FLOPs, images, training?) and the CRF calls per image of each ISIM stage."""
+def isim_work(config, classes_per_image, crf_full, crf_walk):
+  """(stage, FLOPs, images, training?, CRF seconds per training image) of each ISIM stage;
+  `crf_full` and `crf_walk` are the seconds of one CRF of 10 and of 1 iteration."""
   isim, psa = config.isim, config.psa
   k = config.dataset.num_classes
   cam_model = isim_models.make_cam_model(config.model, k)
@@ -151,22 +154,23 @@ def isim_work(config, classes_per_image):
   final_crop = tuple(final_cfg.input.crop_size)
   regens = len(self_train.regeneration_epochs(isim.epochs, isim.first_regen_epoch,
                                               isim.regen_every))
-  nodes = (IMAGE[0] // 8) * (IMAGE[1] // 8)
+  nodes = np.prod(random_walk.feature_grid(IMAGE))
   walk = (cams + forward_flops(aff_model, IMAGE)
           + walk_flops(nodes, classes_per_image + 1, psa.logt))
   cam_train = train_flops(cam_model, crop, cam_loss)
   epoch = TRAIN_IMAGES
   return [
-      ('CAM model training', cam_train, isim.epochs * epoch, True, 0),
+      ('CAM model training', cam_train, isim.epochs * epoch, True, 0.0),
       (f'pseudo labels ({regens} regenerations: CAMs + dCRF)', regens * cams, epoch, False,
-       regens),
-      ('classification-only baseline', cam_train, isim.epochs * epoch, True, 0),
-      ('affinity labels (CAMs + 2 dCRF)', cams, epoch, False, 2),
+       regens * crf_full),
+      ('classification-only baseline', cam_train, isim.epochs * epoch, True, 0.0),
+      ('affinity labels (CAMs + 2 dCRF)', cams, epoch, False, 2 * crf_full),
       ('AffinityNet training', train_flops(aff_model, aff_crop, jnp.mean),
-       psa.affinity.epochs * epoch, True, 0),
-      ('random walk (CAMs, AffinityNet, walk, 1-iteration dCRF)', walk, epoch, False, 1),
+       psa.affinity.epochs * epoch, True, 0.0),
+      ('random walk (CAMs, AffinityNet, walk, 1-iteration dCRF)', walk, epoch, False,
+       crf_walk),
       ('final model training', train_flops(final, final_crop, segmentation_loss),
-       psa.final.epochs * epoch, True, 0),
+       psa.final.epochs * epoch, True, 0.0),
   ]
 
 
@@ -223,22 +227,22 @@ def main():
   rate = args.tflops * 1e12
   rws_cfg = config_lib.from_file(os.path.join(ROOT, 'configs/voc_rws.py'), None)
   isim_cfg = config_lib.from_file(os.path.join(ROOT, 'configs/voc_isim.py'), None)
-  side = rws_cfg.input.eval_pad_size[0]
-  windows = ((side - rws_cfg.rws.slice_size) // rws_cfg.rws.slice_stride + 1) ** 2
+  windows = len(slices.window_boxes(*rws_cfg.input.eval_pad_size, rws_cfg.rws.slice_size,
+                                    rws_cfg.rws.slice_stride))
   weak = args.weak_share * windows
   if args.crf_seconds:
     crf_full, crf_walk = args.crf_seconds
   else:
     start = snapshot()
-    crf_full = crf_seconds(args.classes_per_image, crf.CrfParams().iterations)
-    crf_walk = crf_seconds(args.classes_per_image, isim_cfg.psa.rw_crf_iterations)
-    print(f'dense CRF per {IMAGE[1]}x{IMAGE[0]} image, one core: {crf_full:.2f} s (10 '
-          f'iterations), {crf_walk:.2f} s (1 iteration){load_mark(start, snapshot())}')
+    full, walk = crf.CrfParams().iterations, isim_cfg.psa.rw_crf_iterations
+    crf_full = crf_seconds(args.classes_per_image, full)
+    crf_walk = crf_seconds(args.classes_per_image, walk)
+    print(f'dense CRF per {IMAGE[1]}x{IMAGE[0]} image, one core: {crf_full:.2f} s and '
+          f'{crf_walk:.2f} s ({full} and {walk} iterations){load_mark(start, snapshot())}')
   rws_rows = [(*row, 0.0) for row in rws_work(rws_cfg, weak)]
-  isim_rows = []
-  for name, work, images, training, crfs in isim_work(isim_cfg, args.classes_per_image):
-    seconds = crfs * (crf_walk if 'walk' in name else crf_full) * TRAIN_IMAGES
-    isim_rows.append((name, work, images, training, seconds / args.host_cores / 3600))
+  isim_rows = [(name, work, images, training, seconds * TRAIN_IMAGES / args.host_cores / 3600)
+               for name, work, images, training, seconds
+               in isim_work(isim_cfg, args.classes_per_image, crf_full, crf_walk)]
   print(f'\nRWS (configs/voc_rws.py, one round, {weak:.1f} of {windows} windows weak)\n')
   print(table(rws_rows, rate, rws_cfg.input.batch_size))
   print(f'\nISIM and PSA (configs/voc_isim.py; the dense CRF on {args.host_cores} host cores '
