@@ -12,6 +12,7 @@ results.md.
   python scripts/readme_results.py --out=runs/readme                     # everything
   python scripts/readme_results.py --out=runs/readme --only=shapes_rws --seeds=0
   python scripts/readme_results.py --out=runs/readme --only=shapes_fine_rws --controls=local_scale-1
+  python scripts/readme_results.py --out=runs/readme --only=shapes_fine_converged_rws_pretrained
   python scripts/readme_results.py --out=runs/readme --list              # the commands
   python scripts/readme_results.py --out=runs/readme --report            # tables so far
 """
@@ -105,6 +106,12 @@ RWS_EXPERIMENTS = {
     'shapes_texture_rws': ('configs/shapes_texture_rws.py', CONVERGED_CONTROLS),
     'shapes_texture_converged_rws': ('configs/shapes_texture_converged_rws.py',
                                      CONVERGED_CONTROLS),
+    # The converged testbeds from the pretrained backbone (README, pretrained weights for the
+    # synthetic data; its file must exist).
+    'shapes_fine_converged_rws_pretrained': ('configs/shapes_fine_converged_rws.py:pretrained',
+                                             CONVERGED_CONTROLS),
+    'shapes_texture_converged_rws_pretrained': (
+        'configs/shapes_texture_converged_rws.py:pretrained', CONVERGED_CONTROLS),
 }
 # README's ISIM rows: (name, config, overrides); seed 0.
 SINGLE_RUNS = (
