@@ -24,7 +24,8 @@ def _script():
 
 
 def _config_name(path):
-  return os.path.splitext(os.path.basename(path))[0]
+  """'configs/shapes_rws.py:pretrained' -> 'shapes_rws' (the file, without its argument)."""
+  return os.path.splitext(os.path.basename(path.partition(':')[0]))[0]
 
 
 def test_every_override_names_an_existing_config_field():
