@@ -255,3 +255,53 @@ def test_models_agree_across_conv_impls(name, backbone, size, small_taps, small_
     for a, b in itertools.zip_longest(jax.tree.leaves(got), jax.tree.leaves(want)):
       scale = float(jnp.max(jnp.abs(b)))
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8 * max(scale, 1.0))
+
+
+@pytest.mark.parametrize('h,w,kernel,dilation,padding', [
+    (9, 11, 3, 2, ((2, 2), (2, 2))), (12, 12, 3, 1, ((1, 1), (1, 1))),
+    (10, 7, 5, 3, ((6, 6), (6, 6))), (8, 9, 3, 4, ((1, 5), (4, 0))),
+    (6, 6, 2, 1, ((0, 1), (1, 0))), (7, 7, 3, 1, ((0, 0), (0, 0))),
+    (9, 8, 3, 1, ((-1, 2), (2, -1)))])
+def test_input_grad_equals_lax(h, w, kernel, dilation, padding):
+  x, k = inputs(h, w, kernel)
+  out, vjp = jax.vjp(lambda x: convolve('lax', 1, padding, dilation)(x, k), x)
+  cotangent = jax.random.normal(jax.random.key(5), out.shape)
+  got = conv.input_grad(cotangent, k, padding, (dilation, dilation))
+  assert got.shape == x.shape
+  np.testing.assert_allclose(got, vjp(cotangent)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_input_grad_by_hand():
+  """The input gradient against its definition: each output gradient spread back over the
+  inputs its taps read, with loops."""
+  rng = np.random.default_rng(1)
+  x_shape, kernel = (2, 5, 6, 3), rng.normal(size=(3, 2, 3, 4))
+  padding, dilation = ((2, 1), (0, 1)), (2, 1)
+  out_h, out_w = conv.output_size(x_shape, kernel.shape, dilation, padding)
+  g = rng.normal(size=(2, out_h, out_w, 4))
+  want = np.zeros(x_shape)
+  for y, z, i, j in itertools.product(range(out_h), range(out_w), range(3), range(2)):
+    row, col = y - padding[0][0] + i * dilation[0], z - padding[1][0] + j * dilation[1]
+    if 0 <= row < x_shape[1] and 0 <= col < x_shape[2]:
+      want[:, row, col] += g[:, y, z] @ kernel[i, j].T
+  got = conv.input_grad(jnp.asarray(g, jnp.float32), jnp.asarray(kernel, jnp.float32), padding,
+                        dilation)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('impl', ['lax', 'matmul'])
+def test_backward_in_a_loop_is_canonical(impl):
+  """Inside `lax.map` the matmul path's backward convolutions read their kernel in HWIO order
+  (dim_labels ..._01io->...), the form XLA:CPU runs fast there; lax's own transpose reads it
+  swapped (01oi), which the test shows is still what lax does, so that it can fail."""
+  x, k = inputs(8, 8, 3, cin=4, cout=6)
+  conv_fn = convolve(impl, 1, ((2, 2), (2, 2)), 2)
+  grad = jax.grad(lambda x: jnp.sum(jnp.tanh(conv_fn(x, k))))
+  text = jax.jit(lambda xs: jax.lax.map(grad, xs)).lower(
+      jnp.stack([x, x + 1])).compile().as_text()
+  labels = re.findall(r'convolution\(.*dim_labels=\w+_(\w+)->', text)
+  assert labels
+  if impl == 'matmul':
+    assert set(labels) == {'01io'}
+  else:
+    assert '01oi' in labels

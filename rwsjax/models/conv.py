@@ -1,7 +1,7 @@
 """Convolutions computed as matrix products where XLA:CPU's convolutions are slow.
 
 A drop-in for `lax.conv_general_dilated` (flax `nn.Conv(conv_general_dilated=...)`, same
-parameters) with three rewrites that change results only by float rounding (BENCHMARKS.md, train
+parameters) with four rewrites that change results only by float rounding (BENCHMARKS.md, train
 step profile):
 
 - a 1x1 convolution without padding is a matrix product over channels (after a strided slice
@@ -12,10 +12,17 @@ step profile):
   reaches: taps that reach only padding are skipped, and no product with padding is computed
   (`use_tap_sum` says when: one tap left, or a large enough saving);
 - any other large stride-1 convolution (layer3-4's dense and atrous 3x3 convolutions at
-  output stride 8) keeps `lax.conv_general_dilated` for its output and input gradient, and
-  takes its kernel gradient as a matrix product per tap: the input window the tap reads
-  against the output gradient, contracted over batch and space (`use_tap_kernel_grad` says
-  when). XLA:CPU's kernel-gradient convolution is the slow part of such a layer's training.
+  output stride 8) keeps `lax.conv_general_dilated` for its output, and takes its kernel
+  gradient as a matrix product per tap: the input window the tap reads against the output
+  gradient, contracted over batch and space (`use_tap_kernel_grad` says when). XLA:CPU's
+  kernel-gradient convolution is the slow part of such a layer's training;
+- every stride-1 convolution left to lax takes its input gradient as a convolution of the
+  output gradient with the kernel flipped and its channels swapped, written in the canonical
+  NHWC/HWIO form (`input_grad`). lax's own transpose names the swapped channels through the
+  dimension numbers; XLA:CPU turns that form into a fast convolution at the top level of a
+  program only, and inside a loop or a branch (`lax.map`, `lax.cond`: the local model's
+  Seg-Grad-CAM in chunks) leaves it a plain loop nest, several times slower (BENCHMARKS.md,
+  RWS inference). At the top level both give the same gradients to the bit.
 
 `impl` picks the path (config.model.conv_impl): 'lax' always `lax.conv_general_dilated`;
 'matmul' the rewrites wherever they apply; 'auto' (the default) 'matmul' when JAX's default
@@ -156,34 +163,52 @@ def tap_kernel_grad(lhs, cotangent, padding, dilation, kernel, precision=None):
   return jnp.stack(taps).reshape(*kernel, lhs.shape[-1], cotangent.shape[-1])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def conv_tap_kernel_grad(lhs, rhs, padding, dilation, precision=None,
-                         preferred_element_type=None):
-  """`lax.conv_general_dilated` (stride 1, NHWC/HWIO) whose kernel gradient is
-  `tap_kernel_grad`; its output and input gradient are lax's."""
+def input_grad(cotangent, rhs, padding, dilation, precision=None):
+  """dL/dx (N, H, W, C) of a stride-1 NHWC/HWIO convolution from its output gradient
+  `cotangent` (N, H', W', D): the convolution of the cotangent with the kernel flipped in space
+  and with its channels swapped, (kh, kw, D, C), padded by dilation * (kernel - 1) - padding,
+  in the canonical NHWC/HWIO form. lax's own transpose names the swapped kernel through its
+  dimension numbers instead, a form XLA:CPU rewrites to a fast convolution only at the top
+  level of a program: inside a loop or a branch (`lax.map`, `lax.cond`) it stays a slow one."""
+  kernel = jnp.flip(rhs, (0, 1)).swapaxes(2, 3)
+  padding = [(d * (k - 1) - low, d * (k - 1) - high)
+             for k, d, (low, high) in zip(rhs.shape[:2], dilation, padding)]
+  return _lax_stride1(cotangent, kernel, padding, dilation, precision, None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def conv_stride1(lhs, rhs, padding, dilation, tap_kernel, precision=None,
+                 preferred_element_type=None):
+  """`lax.conv_general_dilated` (stride 1, NHWC/HWIO) whose input gradient is `input_grad` and
+  whose kernel gradient is `tap_kernel_grad` (`tap_kernel`) or lax's."""
   return _lax_stride1(lhs, rhs, padding, dilation, precision, preferred_element_type)
 
 
-def _tap_kernel_grad_fwd(lhs, rhs, padding, dilation, precision, preferred_element_type):
-  out = conv_tap_kernel_grad(lhs, rhs, padding, dilation, precision, preferred_element_type)
+def _stride1_fwd(lhs, rhs, padding, dilation, tap_kernel, precision, preferred_element_type):
+  out = conv_stride1(lhs, rhs, padding, dilation, tap_kernel, precision, preferred_element_type)
   return out, (lhs, rhs)
 
 
-def _tap_kernel_grad_bwd(padding, dilation, precision, preferred_element_type, residuals,
-                         cotangent):
+def _stride1_bwd(padding, dilation, tap_kernel, precision, preferred_element_type, residuals,
+                 cotangent):
   lhs, rhs = residuals
-  _, input_vjp = jax.vjp(lambda x: _lax_stride1(x, rhs, padding, dilation, precision,
-                                                preferred_element_type), lhs)
-  kernel_grad = tap_kernel_grad(lhs, cotangent, padding, dilation, rhs.shape[:2], precision)
-  return input_vjp(cotangent)[0], kernel_grad.astype(rhs.dtype)
+  if tap_kernel:
+    kernel_grad = tap_kernel_grad(lhs, cotangent, padding, dilation, rhs.shape[:2], precision)
+  else:
+    _, kernel_vjp = jax.vjp(lambda w: _lax_stride1(lhs, w, padding, dilation, precision,
+                                                   preferred_element_type), rhs)
+    kernel_grad = kernel_vjp(cotangent)[0]
+  return (input_grad(cotangent, rhs, padding, dilation, precision).astype(lhs.dtype),
+          kernel_grad.astype(rhs.dtype))
 
 
-conv_tap_kernel_grad.defvjp(_tap_kernel_grad_fwd, _tap_kernel_grad_bwd)
+conv_stride1.defvjp(_stride1_fwd, _stride1_bwd)
 
 
 def rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count):
-  """'pointwise', 'taps', 'kernel_taps' or None: which rewrite applies to this convolution."""
+  """'pointwise', 'taps', 'kernel_taps', 'stride1' or None: which rewrite applies to this
+  convolution ('stride1': lax's output with `input_grad`)."""
   if (lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1
       or isinstance(padding, str) or any(d != 1 for d in lhs_dilation or (1, 1))
       or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -199,7 +224,7 @@ def rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimen
     return 'taps'
   if use_tap_kernel_grad(lhs.shape, rhs.shape, dilation, padding):
     return 'kernel_taps'
-  return None
+  return 'stride1'
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -214,10 +239,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if path == 'pointwise':
     sy, sx = window_strides
     return _matmul(lhs[:, ::sy, ::sx], rhs[0, 0], precision, preferred_element_type)
-  if path in ('taps', 'kernel_taps'):
+  if path is not None:
     padding, dilation = tuple(tuple(p) for p in padding), tuple(rhs_dilation or (1, 1))
-    fn = tap_sum if path == 'taps' else conv_tap_kernel_grad
-    return fn(lhs, rhs, padding, dilation, precision, preferred_element_type)
+    if path == 'taps':
+      return tap_sum(lhs, rhs, padding, dilation, precision, preferred_element_type)
+    return conv_stride1(lhs, rhs, padding, dilation, path == 'kernel_taps', precision,
+                        preferred_element_type)
   return lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
