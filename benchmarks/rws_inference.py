@@ -9,9 +9,13 @@ evaluation batch of its dataset. Timed one after another, interleaved over the r
               and the weak windows (`network.weak_slices`)
   local       the local model on the weak windows (its forward pass and Seg-Grad-CAM), and the
               selection and weights of eq. 5-7 (`network.plans_for`)
-  local, every slot
-              the same with the local Seg-Grad-CAM's backward pass over every class slot
-              (`rws.pair_chunk=0`), where `local` runs one per filled slot
+  local, per pair
+              the same with a forward and backward pass per filled (window, class) pair, 8
+              pairs per call (`rws.pair_chunk=8`), where `local` runs one forward pass per
+              window and one backward pass per class slot that a window of the call fills
+  local backward in canonical form, off
+              `local` with the convolutions' input gradient left to lax's transpose
+              (`rwsjax.models.conv.input_grad` off), which XLA:CPU runs slowly in a loop
   local forward
               the local model's forward pass alone over the weak windows, `rws.slice_chunk`
               per call: what the local part costs before any Seg-Grad-CAM
@@ -24,10 +28,12 @@ It also prints the weak windows per image and how many Seg-Grad-CAM class slots 
   python benchmarks/rws_inference.py --workdir=runs/shapes_rws --batch 8 --repeats 9
 """
 import argparse
+import contextlib
 import os
 import statistics
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rwsjax import chunks
@@ -36,6 +42,7 @@ from rwsjax import models
 from rwsjax import record
 from rwsjax import stages
 from rwsjax import train
+from rwsjax.models import conv
 from rwsjax.rws import config as rws_config
 from rwsjax.rws import fusion
 from rwsjax.rws import network
@@ -55,6 +62,29 @@ def recorded_config(workdir):
   for name in set(defaults.keys()) - set(config.rws.keys()):
     config.rws[name] = defaults[name]
   return config
+
+
+@contextlib.contextmanager
+def lax_input_grad():
+  """While tracing: the convolutions' input gradient by lax's own transpose instead of
+  `conv.input_grad` (same values). JAX's caches of traced functions are cleared on entry and
+  exit, so that neither version's traces are reused by the other."""
+  canonical = conv.input_grad
+
+  def transpose(cotangent, rhs, padding, dilation, precision=None):
+    size = [out - low - high + d * (k - 1) for out, k, d, (low, high)
+            in zip(cotangent.shape[1:3], rhs.shape[:2], dilation, padding)]
+    lhs = jnp.zeros((cotangent.shape[0], *size, rhs.shape[2]), cotangent.dtype)
+    return jax.vjp(lambda x: conv._lax_stride1(x, rhs, padding, dilation, precision, None),
+                   lhs)[1](cotangent)[0]
+
+  jax.clear_caches()
+  conv.input_grad = transpose
+  try:
+    yield
+  finally:
+    conv.input_grad = canonical
+    jax.clear_caches()
 
 
 def main():
@@ -78,11 +108,12 @@ def main():
   plain = jax.jit(lambda n, x: model.apply(n['model'], x, train=False))
   attention = jax.jit(lambda n, x: network.weak_slices(model, n['global'], n['threshold'], x,
                                                        config, rng))
-  every_slot = config.copy_and_resolve_references()
-  every_slot.rws.pair_chunk = 0
-  local, local_every_slot = (
+  per_pair = config.copy_and_resolve_references()
+  per_pair.rws.pair_chunk = 8
+  local, local_per_pair = (
       jax.jit(lambda n, found, x, c=c: network.plans_for(model, n['local'], found, x, c))
-      for c in (config, every_slot))
+      for c in (config, per_pair))
+
   size, side = config.rws.slice_size, network.local_size(config.rws)
 
   def local_forward(n, found, x):
@@ -96,13 +127,18 @@ def main():
   whole = jax.jit(lambda n, x: network.rws_logits(model, n, x, config))
   forward_only = jax.jit(local_forward)
   found = attention(net, images)
+  with lax_input_grad():
+    local_lax_grad = jax.jit(
+        lambda n, found, x: network.plans_for(model, n['local'], found, x, config)).lower(
+            net, found, images).compile()
   plans, stats = local(net, found, images)
   start = snapshot()
   times = interleaved_seconds({
       'plain': lambda: plain(net, images),
       'attention': lambda: attention(net, images),
       'local': lambda: local(net, found, images),
-      'local, every slot': lambda: local_every_slot(net, found, images),
+      'local, per pair': lambda: local_per_pair(net, found, images),
+      'local backward in canonical form, off': lambda: local_lax_grad(net, found, images),
       'local forward': lambda: forward_only(net, found, images),
       'fused pass': lambda: fused(net, plans, images),
       'RWS network': lambda: whole(net, images)}, args.repeats)

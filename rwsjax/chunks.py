@@ -3,18 +3,22 @@ import jax
 import jax.numpy as jnp
 
 
-def map_selected(fn, inputs, selected, chunk):
+def map_selected(fn, inputs, selected, chunk, order_by=None):
   """`fn` over the selected rows of `inputs` (a pytree of (M, ...) arrays), `chunk` rows per
   call; rows that are not selected get zeros.
 
   Selected rows are gathered first, and calls past the last selected row are skipped
   (`lax.cond`), so the cost follows the number of selected rows and the memory one chunk.
-  `fn` must treat rows independently (eval-mode models do).
+  `fn` must treat rows independently (eval-mode models do). `order_by` (M,) int, optional:
+  the selected rows go in increasing order of it (ties: row order), so that a chunk holds
+  rows alike (a call whose cost follows its largest key then costs less).
   """
   m = selected.shape[0]
   chunk = max(1, min(chunk, m))
   calls = -(-m // chunk)
-  order = jnp.argsort(~selected, stable=True)
+  key = ~selected if order_by is None else jnp.where(selected, order_by,
+                                                      jnp.max(order_by, initial=0) + 1)
+  order = jnp.argsort(key, stable=True)
   count = jnp.sum(selected)
 
   def gather(x):

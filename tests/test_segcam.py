@@ -185,12 +185,14 @@ def _brute_force(model, variables, images, classes_per_image, layers=segcam.LAYE
   return out
 
 
-@pytest.mark.parametrize('pair_chunk', [None, 1, 3])
-def test_matches_per_class_grad_loop(pair_chunk):
-  """The vmapped backward pass over slots, and a pass per filled slot (`pair_chunk`)."""
+@pytest.mark.parametrize('chunking', [{}, {'pair_chunk': 1}, {'pair_chunk': 3},
+                                      {'class_chunk': 1}, {'class_chunk': 4}])
+def test_matches_per_class_grad_loop(chunking):
+  """The vmapped backward pass over slots, a pass per filled slot (`pair_chunk`), and passes
+  over groups of slots that skip the groups no image fills (`class_chunk`)."""
   model = TinySeg()
   variables, images = setup_model(model)
-  result = segcam.seg_grad_cam(model, variables, images, max_classes=6, pair_chunk=pair_chunk)
+  result = segcam.seg_grad_cam(model, variables, images, max_classes=6, **chunking)
   pred = np.asarray(jnp.argmax(result.logits, -1))
   classes = [_oracle_classes(pred[n], 4, 6) for n in range(len(pred))]
   assert max(len(c) for c in classes) >= 2  # and at least two of the six slots stay empty

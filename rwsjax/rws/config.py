@@ -72,9 +72,10 @@ FIELDS = {
                      'fine-tuning'),
     'max_slices': F(0, 'weak slices refined per image; 0 = every weak slice'),
     'slice_chunk': F(32, 'slices per call of the local model (memory bound)'),
-    'pair_chunk': F(8, '(slice, class) pairs per Seg-Grad-CAM call of the local model: '
-                    'backward passes only for filled class slots | 0: one backward pass per '
-                    'slot over all slices of a call'),
+    'pair_chunk': F(0, "the local model's Seg-Grad-CAM: 0 = one backward pass per class "
+                    'slot over the slices of a call, slots no slice fills skipped | n = a '
+                    'forward and backward pass per filled (slice, class) pair, n pairs per '
+                    'call'),
     'max_rounds': F(4, 'rounds at most'),
     'min_weak_delta': F(20, 'stop when the weak-slice count changes less than this'),
     'inference': F('fused', 'the RWS network (fused) | the refined network alone (plain)',

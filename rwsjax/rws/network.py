@@ -39,7 +39,7 @@ class Attention(NamedTuple):
 
 
 def attention_maps(model, variables, images, *, num_classes, max_classes, labels=None,
-                   valid=None, pair_chunk=None):
+                   valid=None, pair_chunk=None, class_chunk=None):
   """A_i and Gamma of a batch (eq. 1-3, docs/methods.md RWS 2).
 
   Without `labels` (switch `attention_region: prediction`, and always at test time) the
@@ -47,18 +47,18 @@ def attention_maps(model, variables, images, *, num_classes, max_classes, labels
   with `labels` (`ground_truth`) the slots hold the ground-truth classes and H_i^c is kept on
   c's ground truth. `valid` (N, H, W), False on padding, keeps predicted regions on the image
   and makes padding invisible to Seg-Grad-CAM (`segcam.seg_grad_cam`) on both paths;
-  `pair_chunk` is its backward pass per filled class slot.
+  `pair_chunk` and `class_chunk` are its ways of running the backward passes.
   """
   if labels is None:
     result = segcam.seg_grad_cam(model, variables, images, max_classes=max_classes, valid=valid,
-                                 pair_chunk=pair_chunk)
+                                 pair_chunk=pair_chunk, class_chunk=class_chunk)
     regions = jnp.argmax(result.logits, axis=-1)
     if valid is not None:
       regions = jnp.where(valid, regions, -1)
   else:
     classes, _ = segcam.present_classes(labels, num_classes, max_classes)
     result = segcam.seg_grad_cam(model, variables, images, classes=classes, valid=valid,
-                                 pair_chunk=pair_chunk)
+                                 pair_chunk=pair_chunk, class_chunk=class_chunk)
     regions = labels
   maps = segcam.region_attention(result.heatmaps, result.class_ids, result.class_mask, regions)
   gamma, _ = segcam.gamma_and_omega(maps)
@@ -164,9 +164,11 @@ def local_outputs(model, variables, crops, config, crop_labels=None, crop_valid=
                   with_logits=False):
   """The local model on window crops (docs/methods.md RWS 5-6): per fused layer, A_i^s,
   Gamma_i^s and F_i^s on the window's footprint of that layer's feature grid, and the local
-  logits at the window's size. A window holds few classes, so its Seg-Grad-CAM runs a
-  backward pass per filled class slot, `rws.pair_chunk` (window, class) pairs per call (0:
-  every slot of every window at once); both give the same maps.
+  logits at the window's size. A window holds few classes, so its Seg-Grad-CAM runs one
+  backward pass per class slot over the windows of the call and skips the slots that none of
+  them fills (`rws.pair_chunk: 0`; `plans_for` orders the windows by their classes so that a
+  call's windows are alike), or a forward and backward pass per filled (window, class) pair,
+  `rws.pair_chunk` pairs per call; all give the same maps.
 
   Args:
     crops: (M, s, s, 3) window crops at the global scale (s = slice_size); the model sees them
@@ -188,7 +190,8 @@ def local_outputs(model, variables, crops, config, crop_labels=None, crop_valid=
   attention = attention_maps(model, variables, zoom(crops, side),
                              num_classes=config.dataset.num_classes,
                              max_classes=rws.max_classes, labels=crop_labels, valid=crop_valid,
-                             pair_chunk=rws.pair_chunk or None)
+                             pair_chunk=rws.pair_chunk or None,
+                             class_chunk=None if rws.pair_chunk else 1)
   maps = segcam.feature_attention(attention.maps, attention.gamma, attention.result.features)
   layers = {}
   for name in fused_layers(rws):
@@ -230,6 +233,15 @@ def fusion_plans(model, frozen, images, config, rng, labels=None, valid=None):
   return plans_for(model, frozen['local'], found, images, config, labels, valid)
 
 
+def window_classes(regions, boxes, config):
+  """(N * S,) the classes (at most `rws.max_classes`) of each window's region map (the global
+  prediction): how many class slots the local model's Seg-Grad-CAM will likely fill there,
+  the order `plans_for` gives the windows in (time only, not results)."""
+  size, k = config.rws.slice_size, config.dataset.num_classes
+  crops = slices.crop_windows(regions, boxes, size).reshape((-1, size, size))
+  return jnp.sum(segcam.present_classes(crops, k, config.rws.max_classes)[1], axis=-1)
+
+
 def plans_for(model, local_variables, found, images, config, labels=None, valid=None,
               with_logits=False):
   """(plans, stats) of `fusion_plans` for the windows `found` (`weak_slices`), and with
@@ -243,12 +255,13 @@ def plans_for(model, local_variables, found, images, config, labels=None, valid=
     inputs['labels'] = slices.crop_windows(labels, found.boxes, size).reshape((-1, size, size))
   if valid is not None:
     inputs['valid'] = slices.crop_windows(valid, found.boxes, size).reshape((-1, size, size))
+  attention = found.attention
   local = chunks.map_selected(
       lambda x: local_outputs(model, local_variables, x['crops'], config, x.get('labels'),
                               x.get('valid'), with_logits),
-      inputs, found.valid.reshape(-1), rws.slice_chunk)
+      inputs, found.valid.reshape(-1), rws.slice_chunk,
+      order_by=window_classes(attention.regions, found.boxes, config))
   per_image = lambda x: x.reshape((n, slots) + x.shape[1:])
-  attention = found.attention
   global_maps = segcam.feature_attention(attention.maps, attention.gamma,
                                          attention.result.features)
   layers = {name: tuple(per_image(x) for x in maps) for name, maps in local['layers'].items()}
