@@ -56,10 +56,11 @@ from timing import snapshot
 
 def recorded_config(workdir):
   """The config a finished run recorded (`record.recorded_config`); config.rws fields that
-  did not exist when it ran take their defaults."""
+  did not exist when it ran, and those that set how the local model is chunked (time, not
+  results: `provenance`), take today's defaults."""
   config = record.recorded_config(workdir)
   defaults = rws_config.default_config()
-  for name in set(defaults.keys()) - set(config.rws.keys()):
+  for name in set(defaults.keys()) - set(config.rws.keys()) | {'slice_chunk', 'pair_chunk'}:
     config.rws[name] = defaults[name]
   return config
 
