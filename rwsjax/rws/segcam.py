@@ -154,8 +154,8 @@ def _spatial_mean(grads, cells):
 def _seg_grad_cam(model, variables, images, classes, valid=None, *, max_classes, layers,
                   class_chunk, pair_chunk=None):
   """Jitted body of `seg_grad_cam`: one forward pass, the backward pass vmapped over slots
-  (with `class_chunk`, in groups of slots, `_slot_groups`; with `pair_chunk`, a forward and
-  backward pass per filled slot, `_pair_maps`)."""
+  (with `class_chunk`, in groups of the slots some image fills, `chunks.map_selected`; with
+  `pair_chunk`, a forward and backward pass per filled slot, `_pair_maps`)."""
   variables = {k: v for k, v in variables.items() if k != 'perturbations'}
 
   def forward(perturbations, x):
@@ -195,8 +195,8 @@ def _seg_grad_cam(model, variables, images, classes, valid=None, *, max_classes,
   elif class_chunk is None:
     raw = jax.vmap(raw_maps)(_class_cotangents(logits, class_ids, valid))
   else:
-    raw = _slot_groups(raw_maps, _class_cotangents(logits, class_ids, valid),
-                       jnp.any(class_mask, axis=0), class_chunk)
+    raw = chunks.map_selected(jax.vmap(raw_maps), _class_cotangents(logits, class_ids, valid),
+                              jnp.any(class_mask, axis=0), class_chunk)
   size = images.shape[1:3]
   keep = class_mask[:, :, None, None]
   if valid is not None:
@@ -205,23 +205,6 @@ def _seg_grad_cam(model, variables, images, classes, valid=None, *, max_classes,
       jnp.swapaxes(raw[name], 0, 1), size,
       None if valid is None else cells[name][:, None]), 0.0) for name in layers}
   return SegCamResult(heatmaps, class_ids, class_mask, logits, features)
-
-
-def _slot_groups(raw_maps, cotangents, filled, chunk):
-  """`raw_maps` over the slots (C, ...) of `cotangents`, `chunk` slots per backward pass;
-  a group of slots that no image of the batch fills costs nothing (`lax.cond`), so a batch of
-  images with few classes each takes few passes."""
-  slots = cotangents.shape[0]
-  groups = -(-slots // chunk)
-  pad = groups * chunk - slots
-  cotangents = jnp.pad(cotangents, [(0, pad)] + [(0, 0)] * (cotangents.ndim - 1))
-  filled = jnp.pad(filled, (0, pad)).reshape(groups, chunk)
-  group_maps = jax.vmap(raw_maps)
-  shapes = jax.eval_shape(group_maps, cotangents[:chunk])
-  zeros = lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  out = jax.lax.map(lambda g: jax.lax.cond(jnp.any(g[1]), group_maps, zeros, g[0]),
-                    (cotangents.reshape((groups, chunk) + cotangents.shape[1:]), filled))
-  return jax.tree.map(lambda x: x.reshape((groups * chunk,) + x.shape[2:])[:slots], out)
 
 
 def _pair_maps(forward, zeros, images, class_ids, class_mask, valid, layers, chunk):
@@ -270,9 +253,9 @@ def seg_grad_cam(model, variables, images, *, max_classes=None, layers=LAYERS, c
     classes: optional (N, C) int class ids per image (e.g. the ground-truth classes of
       `present_classes(labels, ...)`), -1 for padding; ids must be distinct within an image.
     class_chunk: optional: `class_chunk` slots per backward pass, one group after the other,
-      where a group that no image of the batch fills costs nothing (memory bound; with 1 and
-      a batch of images alike, as many passes as the batch's most classes); default every
-      slot at once.
+      over the slots that some image of the batch fills; the others cost nothing (memory
+      bound; with 1 and a batch of images alike, as many passes as the batch's most
+      classes); default every slot at once.
     pair_chunk: optional: a forward and backward pass per filled (image, slot) pair instead,
       `pair_chunk` pairs per call, so that empty slots cost nothing; cheaper where most slots
       are empty (windows of one or two classes), dearer where most are filled.
