@@ -5,7 +5,9 @@ nodes, 21 channels, radius 5, beta 8, logt 8) starting from the pair affinities:
   dense:  build A, T = A^beta D^-1, logt squarings of T, one product (isimjax path for
           images that fit);
   sparse: 2^logt products with the neighbour lists of the pair structure.
-Times are medians over repeats after one untimed call (compilation for jnp).
+Times are medians over repeats after one untimed call (compilation for jnp); the ratios are
+marked `NOT IDLE` when other processes shared the cores while they were timed
+(`timing.load_mark`).
 
   python benchmarks/random_walk.py [--size 56] [--channels 21] [--logt 8] [--repeats 3]
 """
@@ -18,6 +20,8 @@ import numpy as np
 from isimjax import affinity
 from isimjax import random_walk
 from rwsjax.progress import median_seconds
+from timing import load_mark
+from timing import snapshot
 
 
 def numpy_dense_walk(cams, aff, source, partner, beta, logt):
@@ -71,6 +75,7 @@ def main():
         cams, random_walk.transition_matrix(matrix, args.beta), args.logt)
 
   cams_dev, aff_dev = jnp.asarray(cams), jnp.asarray(aff)
+  start = snapshot()
   results = {
       'dense jnp': median_seconds(lambda: jax_dense(cams_dev, aff_dev), args.repeats),
       'dense numpy': median_seconds(lambda: numpy_dense_walk(
@@ -80,6 +85,7 @@ def main():
       'sparse numpy': median_seconds(lambda: numpy_sparse_walk(
           cams, aff, neighbours, pair_ids, args.beta, args.logt), args.repeats),
   }
+  mark = load_mark(start, snapshot())
   dense = np.asarray(jax_dense(cams_dev, aff_dev))
   sparse = np.asarray(random_walk.random_walk_sparse(cams_dev, aff_dev, offsets,
                                                      beta=args.beta, logt=args.logt))
@@ -88,9 +94,11 @@ def main():
         f'{args.channels}, pairs/node {len(offsets)}, logt {args.logt}, repeats {args.repeats}')
   for name, seconds in results.items():
     print(f'  {name:13s} {seconds * 1e3:10.1f} ms')
-  print(f"speed-up dense  (numpy / jnp): {results['dense numpy'] / results['dense jnp']:.2f}x")
-  print(f"speed-up sparse (numpy / jnp): {results['sparse numpy'] / results['sparse jnp']:.2f}x")
-  print(f"sparse jnp vs dense jnp:       {results['dense jnp'] / results['sparse jnp']:.2f}x")
+  ratios = {'speed-up dense  (numpy / jnp)': results['dense numpy'] / results['dense jnp'],
+            'speed-up sparse (numpy / jnp)': results['sparse numpy'] / results['sparse jnp'],
+            'sparse jnp vs dense jnp': results['dense jnp'] / results['sparse jnp']}
+  for name, ratio in ratios.items():
+    print(f'{name + ":":31s}{ratio:.2f}x{mark}')
   print('max relative difference to numpy dense: '
         f'dense {np.max(np.abs(dense - reference)) / np.max(np.abs(reference)):.1e}, '
         f'sparse {np.max(np.abs(sparse - reference)) / np.max(np.abs(reference)):.1e}')

@@ -4,7 +4,8 @@ All compute, per image, window and class, the mean attention over the class's gr
 pixels and the window IoU (docs/methods.md RWS 3). Two numpy baselines: the naive loop over
 windows and classes (boolean masks per class), and a loop over windows only, vectorised over
 classes with bincount. Prints medians after a warm-up and the ratios, for a VOC-like and a
-small geometry by default.
+small geometry by default, each case's ratios marked `NOT IDLE` when other processes shared
+the cores while it ran (`timing.load_mark`).
 
   python benchmarks/slices.py
   python benchmarks/slices.py --case 512:128:64:21 --batch 16
@@ -17,6 +18,8 @@ import numpy as np
 from rwsjax.rws import slices
 from rwsjax.losses import IGNORE_LABEL
 from rwsjax.progress import median_seconds
+from timing import load_mark
+from timing import snapshot
 
 
 def naive_scores(attention, labels, preds, boxes, num_classes):
@@ -71,10 +74,12 @@ def run(size, slice_size, stride, num_classes, batch, repeats, seed=0):
   boxes = slices.window_boxes(size, size, slice_size, stride)
   args = [jax.device_put(x) for x in (attention, labels, preds)]
 
-  def vectorised():
-    return slices.score_windows(*args, num_classes=num_classes, size=slice_size, stride=stride)
+  def vectorised():  # the ground truth defines the regions, as in the loops
+    return slices.score_windows(args[0], args[1], *args[1:], num_classes=num_classes,
+                                size=slice_size, stride=stride)
 
   fast = vectorised()
+  start = snapshot()
   t_fast = median_seconds(vectorised, repeats)
   line = (f'{batch}x{size}x{size}, slice {slice_size}/{stride} ({len(boxes)} windows), '
           f'K={num_classes}: vectorised {t_fast * 1e3:.1f} ms')
@@ -86,7 +91,7 @@ def run(size, slice_size, stride, num_classes, batch, repeats, seed=0):
     t_loop = median_seconds(lambda fn=fn: fn(attention, labels, preds, boxes, num_classes),
                             max(1, repeats // 2))
     line += f'; {name} {t_loop * 1e3:.1f} ms, ratio {t_loop / t_fast:.1f}x'
-  print(line)
+  print(line + load_mark(start, snapshot()))
 
 
 def main():

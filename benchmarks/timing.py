@@ -19,6 +19,8 @@ import jax
 OTHERS_BOUND = 0.1
 # Without /proc/stat: above this 1-minute load average per core at the start or the end.
 IDLE_LOAD_PER_CORE = 0.5
+# Seconds of each `quiet_window`.
+QUIET_SECONDS = 3.0
 
 
 def interleaved_seconds(fns, repeats):
@@ -79,6 +81,17 @@ def others_share(start, end):
     return None
   others = (end.machine_busy - start.machine_busy) - (end.own - start.own)
   return max(0.0, others) / ((end.wall - start.wall) * (os.cpu_count() or 1))
+
+
+def quiet_window(seconds=QUIET_SECONDS):
+  """(start, end) snapshots around `seconds` of sleep, for `load_mark`: what other processes
+  used of the cores while this one did nothing. For benchmarks whose work runs in processes
+  that are not this one's waited-for children (a forkserver's pool: the dense CRF workers),
+  which a mark over the whole run would count as other processes' work: such a benchmark
+  takes a quiet window before and after its runs instead."""
+  start = snapshot()
+  time.sleep(seconds)
+  return start, snapshot()
 
 
 def load_mark(start, end, others_bound=OTHERS_BOUND, bound=IDLE_LOAD_PER_CORE):

@@ -1,7 +1,9 @@
 """benchmarks/timing.py: the load mark that keeps a ratio taken on a busy machine from
 passing as a headline number."""
 import os
+import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 'benchmarks'))
@@ -43,3 +45,18 @@ def test_load_per_core_divides_by_the_cores(monkeypatch):
   monkeypatch.setattr(os, 'getloadavg', lambda: (3.0, 0.0, 0.0))
   monkeypatch.setattr(os, 'cpu_count', lambda: 4)
   assert timing.load_per_core() == 0.75
+
+
+def test_a_quiet_window_counts_a_process_spinning_beside_it():
+  # A spinning child that is not waited for stands for a forkserver's pool worker: the quiet
+  # window sees it as another process's use of the cores (on an idle 2-core machine, 50%).
+  spinner = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+  try:
+    time.sleep(0.5)
+    start, end = timing.quiet_window(seconds=1.0)
+  finally:
+    spinner.kill()
+    spinner.wait()
+  assert end.wall - start.wall >= 1.0
+  assert timing.others_share(start, end) >= 0.8 / os.cpu_count()
+  assert 'NOT IDLE' in timing.load_mark(start, end, others_bound=0.7 / os.cpu_count())
