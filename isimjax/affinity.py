@@ -14,6 +14,7 @@ Affinity labels are prepared on the host with numpy (they run beside the dense C
 processes); affinities, pair labels and the loss are jnp. `AffinityNet` (below the pure
 functions) gives the features whose pair affinities are trained with `affinity_loss`.
 """
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -23,8 +24,10 @@ import jax.numpy as jnp
 from isimjax import crf
 from isimjax.pseudo import check_cams
 from isimjax.pseudo import labels_from_cams
+from rwsjax import config as config_lib
 from rwsjax import models
 from rwsjax.losses import IGNORE_LABEL
+from rwsjax.models import resnet
 
 FEATURE_LAYERS = ('layer2', 'layer3', 'layer4')
 FEATURE_STRIDE = 8
@@ -274,24 +277,25 @@ def affinity_loss(aff, bg_pos, fg_pos, neg):
 
 class AffinityHead(nn.Module):
   """PSA's embedding (docs/methods.md ISIM step 9): 1x1 convs without bias on layer2/3/4 to
-  `channels[:3]` with ELU, concatenated, then a 1x1 conv to `channels[3]` with ELU.
+  `channels[:3]` with ELU, concatenated, then a 1x1 conv to `channels[3]` with ELU, computed
+  as config.model.conv_impl says (`rwsjax.models.conv`), like the backbone's.
 
   Initialisation as PSA: He normal for the three projections, Xavier uniform with gain 4
   for the last conv.
   """
   channels: Sequence[int] = (64, 128, 256, 448)
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, features):
+    conv = functools.partial(resnet.conv2d, kernel=1, dtype=self.dtype, conv_impl=self.conv_impl)
     he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
     projected = [
-        nn.elu(nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=he_normal,
-                       name=f'proj_{name}')(features[name]))
+        nn.elu(conv(c, kernel_init=he_normal, name=f'proj_{name}')(features[name]))
         for name, c in zip(FEATURE_LAYERS, self.channels[:3])]
     xavier_gain4 = nn.initializers.variance_scaling(16.0, 'fan_avg', 'uniform')
-    embedding = nn.Conv(self.channels[3], (1, 1), use_bias=False, dtype=self.dtype,
-                        kernel_init=xavier_gain4, name='embed')
+    embedding = conv(self.channels[3], kernel_init=xavier_gain4, name='embed')
     return nn.elu(embedding(jnp.concatenate(projected, axis=-1)))
 
 
@@ -319,7 +323,8 @@ def make_affinity_net(model_cfg):
                      f'config.psa.affinity.model.output_stride={model_cfg.output_stride} gives '
                      f'{[strides[name] for name in FEATURE_LAYERS]}: set it to 8.')
   backbone = models.make_backbone(model_cfg)
-  return AffinityNet(backbone, AffinityHead(dtype=backbone.dtype))
+  conv_impl = config_lib.field(model_cfg, 'model', 'conv_impl')
+  return AffinityNet(backbone, AffinityHead(dtype=backbone.dtype, conv_impl=conv_impl))
 
 
 def affinity_train_loss(model, offsets):

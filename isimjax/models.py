@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from rwsjax import config as config_lib
 from rwsjax import models
+from rwsjax.models import resnet
 
 
 class CamSegmenter(nn.Module):
@@ -25,15 +26,18 @@ class CamSegmenter(nn.Module):
     backbone: a module returning the ResNet feature dict ('layer4' at least).
     head: a module mapping that dict to segmentation logits (N, h, w, K).
     num_classes: K, background included; the branch has K-1 outputs.
+    conv_impl: how the branch's conv is computed (config.model.conv_impl, as the backbone's).
   """
   backbone: nn.Module
   head: nn.Module
   num_classes: int
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   def setup(self):
-    self.classifier = nn.Conv(self.num_classes - 1, (1, 1), use_bias=False, dtype=self.dtype,
-                              name='classifier')
+    self.classifier = resnet.conv2d(self.num_classes - 1, 1, dtype=self.dtype,
+                                    kernel_init=nn.initializers.lecun_normal(),
+                                    conv_impl=self.conv_impl, name='classifier')
 
   def class_maps(self, images, *, train=False):
     """Per-pixel class scores conv1x1(layer4) (N, h, w, K-1), float32, before the ReLU."""
@@ -75,4 +79,5 @@ def make_cam_model(model_cfg, num_classes):
                      'and at least one object class.')
   backbone = models.make_backbone(model_cfg)
   return CamSegmenter(backbone, models.make_head(model_cfg, num_classes), num_classes,
-                      dtype=backbone.dtype)
+                      dtype=backbone.dtype,
+                      conv_impl=config_lib.field(model_cfg, 'model', 'conv_impl'))

@@ -344,3 +344,19 @@ def test_affinity_train_loss_matches_a_loop_over_pairs(affinity_net):
   assert float(loss) == pytest.approx(expected, rel=1e-4)
   assert {k: float(v) for k, v in counts.items()} == {f'{k}_pairs': c for k, (_, c)
                                                       in sums.items()}
+
+
+@pytest.mark.parametrize('impl,convolutions', [('lax', 4), ('matmul', 0)])
+def test_affinity_head_convs_follow_conv_impl(affinity_net, impl, convolutions):
+  """config.model.conv_impl reaches the embedding's four 1x1 convs, as the backbone's: with
+  'matmul' they are matrix products (no convolution left in the head), with the same values."""
+  model, variables = affinity_net
+  net = affinity.make_affinity_net(_net_cfg(conv_impl=impl))
+  assert net.head.conv_impl == impl
+  images = jax.random.normal(jax.random.key(1), (2, 32, 40, 3))
+  layers = model.apply(variables, images, method=lambda m, x: m.backbone(x))
+  head = {'params': variables['params']['head']}
+  jaxpr = str(jax.make_jaxpr(lambda f: net.head.apply(head, f))(layers))
+  assert jaxpr.count('conv_general_dilated') == convolutions
+  np.testing.assert_allclose(net.head.apply(head, layers), model.head.apply(head, layers),
+                             rtol=1e-5, atol=1e-5)

@@ -88,3 +88,19 @@ def test_names_without_a_cam_variant_are_rejected():
     models.make_cam_model(model_cfg(name='fcn'), NUM_CLASSES)
   with pytest.raises(ValueError, match='num_classes=1'):
     models.make_cam_model(model_cfg(), 1)
+
+
+@pytest.mark.parametrize('impl,convolutions', [('lax', 1), ('matmul', 0)])
+def test_branch_conv_follows_conv_impl(deeplab, impl, convolutions):
+  """config.model.conv_impl reaches the branch's 1x1 conv, as the backbone's and the head's:
+  with 'matmul' it is a matrix product, with the same scores."""
+  reference, variables = deeplab
+  model = models.make_cam_model(model_cfg(conv_impl=impl), NUM_CLASSES)
+  assert model.conv_impl == impl
+  layer4 = jax.random.normal(jax.random.key(3), (2, 4, 4, 64))
+  branch = lambda m, f: m.classifier(f)
+  jaxpr = str(jax.make_jaxpr(lambda f: model.apply(variables, f, method=branch))(layer4))
+  assert jaxpr.count('conv_general_dilated') == convolutions
+  np.testing.assert_allclose(model.apply(variables, layer4, method=branch),
+                             reference.apply(variables, layer4, method=branch), rtol=1e-5,
+                             atol=1e-5)
