@@ -305,3 +305,23 @@ def test_backward_in_a_loop_is_canonical(impl):
     assert set(labels) == {'01io'}
   else:
     assert '01oi' in labels
+
+
+@pytest.mark.parametrize('cin,cout', [(3, 7), (7, 3), (4, 4)])
+def test_pointwise_gradients_by_einsum(cin, cout):
+  """The 1x1 convolution's custom gradients against einsum, in float64; the kernel gradient
+  transposes the operand of fewer channels (the input's when they tie)."""
+  with jax.enable_x64(True):
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, 5, 6, cin), jnp.float64)
+    w = jax.random.normal(kw, (cin, cout), jnp.float64)
+    g = jax.random.normal(kg, (2, 5, 6, cout), jnp.float64)
+    y, vjp = jax.vjp(conv.pointwise, x, w)
+    dx, dw = vjp(g)
+    np.testing.assert_allclose(y, np.einsum('nhwc,cd->nhwd', x, w), rtol=1e-12)
+    np.testing.assert_allclose(dx, np.einsum('nhwd,cd->nhwc', g, w), rtol=1e-12)
+    np.testing.assert_allclose(dw, np.einsum('nhwc,nhwd->cd', x, g), rtol=1e-12)
+    jaxpr = jax.make_jaxpr(conv.pointwise_kernel_grad)(x, g).jaxpr
+    transposed, = [e.outvars[0].aval.shape for e in jaxpr.eqns
+                   if e.primitive.name == 'transpose' and e.outvars[0].aval.shape[1] == 60]
+    assert transposed == (min(cin, cout), 60)

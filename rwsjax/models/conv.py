@@ -5,7 +5,8 @@ parameters) with four rewrites that change results only by float rounding (BENCH
 step profile):
 
 - a 1x1 convolution without padding is a matrix product over channels (after a strided slice
-  when it has a stride);
+  when it has a stride), whose kernel gradient is a 2-D product that transposes the smaller
+  operand (`pointwise_kernel_grad`);
 - a stride-1 convolution whose kernel taps mostly read zero padding (atrous convolutions with
   a dilation near or above the feature map size: DeepLabv3's ASPP rates 12, 24, 36 on 32x32
   maps) is a sum over its taps of matrix products, each on the part of the input the tap
@@ -129,6 +130,42 @@ def _matmul(x, w, precision, preferred_element_type):
                          preferred_element_type=preferred_element_type)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def pointwise(lhs, kernel, precision=None, preferred_element_type=None):
+  """1x1 stride-1 convolution as a channel product (N, H, W, C) x (C, D), whose kernel
+  gradient is `pointwise_kernel_grad`."""
+  return _matmul(lhs, kernel, precision, preferred_element_type)
+
+
+def _pointwise_fwd(lhs, kernel, precision, preferred_element_type):
+  return pointwise(lhs, kernel, precision, preferred_element_type), (lhs, kernel)
+
+
+def pointwise_kernel_grad(lhs, cotangent, precision=None):
+  """dL/dW (C, D) of a 1x1 convolution: x^T g, the input (N, H, W, C) and the output gradient
+  (N, H, W, D) flattened to N*H*W rows, as a 2-D product whose transposed operand is the one
+  of fewer channels. JAX's own transpose of the channel product contracts the 4-D arrays over
+  three axes, which XLA:CPU computed by first copying the output gradient, fused with
+  BatchNorm's backward pass, into a transposed layout: the slowest copies of the train step
+  (BENCHMARKS.md, train step profile)."""
+  x = lhs.reshape(-1, lhs.shape[-1])
+  g = cotangent.reshape(-1, cotangent.shape[-1])
+  if x.shape[1] <= g.shape[1]:
+    return lax.dot(x.T, g, precision=precision)
+  return lax.dot(g.T, x, precision=precision).T
+
+
+def _pointwise_bwd(precision, preferred_element_type, residuals, cotangent):
+  lhs, kernel = residuals
+  input_grad = lax.dot_general(cotangent, kernel, (((cotangent.ndim - 1,), (1,)), ((), ())),
+                               precision=precision)
+  return (input_grad.astype(lhs.dtype),
+          pointwise_kernel_grad(lhs, cotangent, precision).astype(kernel.dtype))
+
+
+pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
 def tap_sum(lhs, rhs, padding, dilation, precision=None, preferred_element_type=None):
   """Stride-1 NHWC/HWIO convolution as a sum of per-tap matrix products (module docstring)."""
   rows = tap_windows(lhs.shape[1], rhs.shape[0], dilation[0], padding[0])
@@ -238,7 +275,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                    dimension_numbers, feature_group_count, batch_group_count)
   if path == 'pointwise':
     sy, sx = window_strides
-    return _matmul(lhs[:, ::sy, ::sx], rhs[0, 0], precision, preferred_element_type)
+    return pointwise(lhs[:, ::sy, ::sx], rhs[0, 0], precision, preferred_element_type)
   if path is not None:
     padding, dilation = tuple(tuple(p) for p in padding), tuple(rhs_dilation or (1, 1))
     if path == 'taps':
