@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from isimjax import crf
 from isimjax.pseudo import check_cams
 from isimjax.pseudo import labels_from_cams
-from rwsjax import config as config_lib
 from rwsjax import models
 from rwsjax.losses import IGNORE_LABEL
 from rwsjax.models import resnet
@@ -322,9 +321,9 @@ def make_affinity_net(model_cfg):
     raise ValueError(f'AffinityNet needs layer2-4 at stride {FEATURE_STRIDE}; '
                      f'config.psa.affinity.model.output_stride={model_cfg.output_stride} gives '
                      f'{[strides[name] for name in FEATURE_LAYERS]}: set it to 8.')
-  backbone = models.make_backbone(model_cfg)
-  conv_impl = config_lib.field(model_cfg, 'model', 'conv_impl')
-  return AffinityNet(backbone, AffinityHead(dtype=backbone.dtype, conv_impl=conv_impl))
+  dtype, conv_impl = models.head_options(model_cfg)
+  return AffinityNet(models.make_backbone(model_cfg),
+                     AffinityHead(dtype=dtype, conv_impl=conv_impl))
 
 
 def affinity_train_loss(model, offsets):

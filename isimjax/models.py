@@ -77,7 +77,6 @@ def make_cam_model(model_cfg, num_classes):
   if num_classes < 2:
     raise ValueError(f'config.dataset.num_classes={num_classes}; a CAM model needs background '
                      'and at least one object class.')
-  backbone = models.make_backbone(model_cfg)
-  return CamSegmenter(backbone, models.make_head(model_cfg, num_classes), num_classes,
-                      dtype=backbone.dtype,
-                      conv_impl=config_lib.field(model_cfg, 'model', 'conv_impl'))
+  dtype, conv_impl = models.head_options(model_cfg)
+  return CamSegmenter(models.make_backbone(model_cfg), models.make_head(model_cfg, num_classes),
+                      num_classes, dtype=dtype, conv_impl=conv_impl)

@@ -157,9 +157,7 @@ def pointwise_kernel_grad(lhs, cotangent, precision=None):
 
 def _pointwise_bwd(precision, preferred_element_type, residuals, cotangent):
   lhs, kernel = residuals
-  input_grad = lax.dot_general(cotangent, kernel, (((cotangent.ndim - 1,), (1,)), ((), ())),
-                               precision=precision)
-  return (input_grad.astype(lhs.dtype),
+  return (_matmul(cotangent, kernel.T, precision, None).astype(lhs.dtype),
           pointwise_kernel_grad(lhs, cotangent, precision).astype(kernel.dtype))
 
 

@@ -160,8 +160,9 @@ def make_head(model_cfg, num_classes):
   return head(model_cfg).build(model_cfg, num_classes)
 
 
-def _head_options(model_cfg):
-  """(dtype, conv_impl) of config.model, which every head of this module takes."""
+def head_options(model_cfg):
+  """(dtype, conv_impl) of config.model, checked: what every head of this module takes, and
+  any other module built beside the backbone (ISIM's CAM branch, AffinityNet's embedding)."""
   return compute_dtype(model_cfg), _switch(model_cfg, 'conv_impl')
 
 
@@ -173,28 +174,28 @@ def _aspp_rates(model_cfg):
 def _deeplabv3(model_cfg, num_classes):
   return heads.DeepLabV3Head(num_classes, _aspp_rates(model_cfg),
                              _positive(model_cfg, 'head_channels', integer=True),
-                             *_head_options(model_cfg))
+                             *head_options(model_cfg))
 
 
 def _deeplabv3plus(model_cfg, num_classes):
   channels = _positive(model_cfg, 'head_channels', integer=True)
   return heads.DeepLabV3PlusHead(num_classes, _aspp_rates(model_cfg), channels,
-                                 max(1, channels * 48 // 256), *_head_options(model_cfg))
+                                 max(1, channels * 48 // 256), *head_options(model_cfg))
 
 
 def _fcn(model_cfg, num_classes):
-  return heads.FCNHead(num_classes, *_head_options(model_cfg))
+  return heads.FCNHead(num_classes, *head_options(model_cfg))
 
 
 def _unet(model_cfg, num_classes):
   channels = _positive(model_cfg, 'head_channels', integer=True)
   return heads.UNetHead(num_classes, tuple(max(1, channels >> i) for i in range(4)),
                         _switch(model_cfg, 'upsample'),
-                        *_head_options(model_cfg))
+                        *head_options(model_cfg))
 
 
 def _deeplabv2(model_cfg, num_classes):
-  dtype, impl = _head_options(model_cfg)
+  dtype, impl = head_options(model_cfg)
   return heads.DeepLabV2Head(num_classes, dtype=dtype, conv_impl=impl)
 
 
