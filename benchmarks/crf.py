@@ -16,8 +16,7 @@ from absl import flags
 import numpy as np
 
 from isimjax import pseudo
-from timing import load_mark
-from timing import quiet_window
+from timing import quiet_mark
 
 _SIZE = flags.DEFINE_integer('size', 320, 'Image height and width.')
 _IMAGES = flags.DEFINE_integer('images', 48, 'Images per run.')
@@ -65,14 +64,15 @@ def main(argv):
   print(f'{_IMAGES.value} images {_SIZE.value}x{_SIZE.value}, crf={_CRF.value}, '
         f'{os.cpu_count()} CPUs, median of {_REPEATS.value} runs')
   settings = list(dict.fromkeys([0, 1, _WORKERS.value]))
-  runs = {workers: [] for workers in settings}
-  # The workers are a forkserver's children, not this process's: the cores' use by others is
-  # taken in a quiet window before and after the runs (`timing.quiet_window`).
-  before = quiet_window()
-  for _ in range(_REPEATS.value):  # interleaved, so that load drift on the host hits all alike
-    for workers in settings:
-      runs[workers].append(images_per_second(data, workers))
-  mark = load_mark(*before) or load_mark(*quiet_window())
+
+  def interleaved():  # so that load drift on the host hits all settings alike
+    runs = {workers: [] for workers in settings}
+    for _ in range(_REPEATS.value):
+      for workers in settings:
+        runs[workers].append(images_per_second(data, workers))
+    return runs
+
+  runs, mark = quiet_mark(interleaved)  # the pool's workers are a forkserver's children
   medians = {workers: float(np.median(r)) for workers, r in runs.items()}
   for workers in settings:
     name = 'in-process' if workers == 0 else f'{workers} worker(s)'

@@ -17,7 +17,7 @@ grow beyond bounded buffers.
 
 Each (method, images) run keeps its workdir under --out and is skipped when its summary.json
 exists; the synthetic data is prepared once per size in <out>/tfds. Prints a markdown table
-per method, with the load mark of `timing.load_mark`.
+per method, with the load mark of `timing.quiet_mark`.
 """
 import argparse
 import json
@@ -26,8 +26,7 @@ import subprocess
 import sys
 import time
 
-from timing import load_mark
-from timing import quiet_window
+from timing import quiet_mark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_STEPS = 20  # steps of every training stage, whatever the split's size
@@ -137,11 +136,8 @@ def main():
   unknown = sorted(set(methods) - set(COMMANDS))
   if unknown:
     parser.error(f'--methods holds {unknown}; expected some of {sorted(COMMANDS)}.')
-  # ISIM's CRF workers are a forkserver's children, not this process's: the cores' use by
-  # others is taken in a quiet window before and after the runs (`timing.quiet_window`).
-  before = quiet_window()
-  results = {m: {n: run(m, n, args.size, args.out) for n in counts} for m in methods}
-  mark = load_mark(*before) or load_mark(*quiet_window())
+  results, mark = quiet_mark(  # ISIM's CRF workers are a forkserver's children
+      lambda: {m: {n: run(m, n, args.size, args.out) for n in counts} for m in methods})
   for method in methods:
     print(table(method, results[method]))
   print(f'\n{args.size} x {args.size} images, {TRAIN_STEPS} steps per training stage, batch '

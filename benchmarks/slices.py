@@ -72,11 +72,11 @@ def run(size, slice_size, stride, num_classes, batch, repeats, seed=0):
   labels[rng.uniform(size=labels.shape) < 0.05] = IGNORE_LABEL
   attention = rng.uniform(size=(batch, size, size)).astype(np.float32)
   boxes = slices.window_boxes(size, size, slice_size, stride)
-  args = [jax.device_put(x) for x in (attention, labels, preds)]
+  device_attention, device_labels, device_preds = jax.device_put((attention, labels, preds))
 
   def vectorised():  # the ground truth defines the regions, as in the loops
-    return slices.score_windows(args[0], args[1], *args[1:], num_classes=num_classes,
-                                size=slice_size, stride=stride)
+    return slices.score_windows(device_attention, device_labels, device_labels, device_preds,
+                                num_classes=num_classes, size=slice_size, stride=stride)
 
   fast = vectorised()
   start = snapshot()

@@ -94,6 +94,15 @@ def quiet_window(seconds=QUIET_SECONDS):
   return start, snapshot()
 
 
+def quiet_mark(work):
+  """(work(), its load mark) for a benchmark whose work runs in processes that are not this
+  one's waited-for children: the mark comes from a `quiet_window` before and one after, the
+  first that is not idle."""
+  before = quiet_window()
+  result = work()
+  return result, load_mark(*before) or load_mark(*quiet_window())
+
+
 def load_mark(start, end, others_bound=OTHERS_BOUND, bound=IDLE_LOAD_PER_CORE):
   """'' when other processes kept at most `others_bound` of the cores busy between the
   snapshots `start` and `end` of a benchmark; otherwise the mark that follows each ratio it

@@ -60,3 +60,15 @@ def test_a_quiet_window_counts_a_process_spinning_beside_it():
   assert end.wall - start.wall >= 1.0
   assert timing.others_share(start, end) >= 0.8 / os.cpu_count()
   assert 'NOT IDLE' in timing.load_mark(start, end, others_bound=0.7 / os.cpu_count())
+
+
+def test_quiet_mark_returns_the_work_and_the_first_busy_window(monkeypatch):
+  idle, busy = (snap(0.0, 0.0, 0.0, 0.0), snap(10.0, 1.0, 0.0, 0.0)), (
+      snap(0.0, 0.0, 0.0, 0.0), snap(10.0, 10.0, 0.0, 0.0))
+  monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+  for windows, busy_share in (([idle, idle], None), ([idle, busy], '50%'), ([busy, idle], '50%')):
+    calls = iter(windows)
+    monkeypatch.setattr(timing, 'quiet_window', lambda calls=calls: next(calls))
+    result, mark = timing.quiet_mark(lambda: 'done')
+    assert result == 'done'
+    assert (mark == '') if busy_share is None else f'used {busy_share} of the cores' in mark
