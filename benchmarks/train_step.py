@@ -10,7 +10,11 @@ torch.optim.SGD with the same momentum, weight decay and poly lr, CrossEntropyLo
 gradients. Both frameworks get one random batch already on the device, so the input pipeline is
 not timed. Repeats of the two frameworks are interleaved (the machine may be shared); medians
 after compilation and a warm-up step are printed (and the fastest repeat, less sensitive to
-other load), with the ratio of images/s jax/torch (above 1: JAX is faster).
+other load), with the ratio of images/s jax/torch (above 1: JAX is faster). Each step's work is
+counted as 2 x the multiply-adds of its convolutions and matrix products (`product_flops` from
+the jaxpr; torch's `FlopCounterMode`), and the ratio split into work (how much less JAX
+computes: the `matmul` rewrites skip the products with padding) and rate (GFLOP/s: how fast
+the kernels run).
 
   python benchmarks/train_step.py                    # small CPU default, under a minute
   python benchmarks/train_step.py --width 1 --head-channels 256 --size 64 --batch 4 --vs-torch
@@ -23,10 +27,13 @@ JAX for CUDA installed (`pip install -U "jax[cuda12]"`) and `pip install -e .[be
 """
 import argparse
 import importlib.util
+import math
 import os
 import time
 
 import jax
+from jax.extend import core
+from jax import lax
 import ml_collections
 import numpy as np
 
@@ -40,6 +47,27 @@ from timing import snapshot
 TORCH_BACKBONES = ('resnet50', 'resnet101')
 MOMENTUM, WEIGHT_DECAY, LR, POLY_POWER = 0.9, 1e-4, 0.01, 0.9
 SCHEDULE_STEPS = 100_000  # poly schedule length: long enough to stay away from lr 0
+
+
+def product_flops(jaxpr):
+  """2 x the multiply-adds of the convolutions and matrix products of a (closed) jaxpr, with
+  nested jaxprs (jit, custom derivatives) counted where they run and loops times their length:
+  the work both frameworks do in their kernels (torch's `FlopCounterMode` counts the same)."""
+  jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive is lax.conv_general_dilated_p:
+      out, rhs = eqn.outvars[0].aval.shape, eqn.invars[1].aval.shape
+      out_features = rhs[eqn.params['dimension_numbers'].rhs_spec[0]]
+      total += 2 * math.prod(out) * math.prod(rhs) // out_features
+    elif eqn.primitive is lax.dot_general_p:
+      (contract, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+    times = eqn.params.get('length', 1) if eqn.primitive.name == 'scan' else 1
+    for sub in core.jaxprs_in_params(eqn.params):
+      total += times * product_flops(sub)
+  return total
 
 
 def random_batch(args):
@@ -73,6 +101,10 @@ class JaxRunner:
     self.model = model
     self.train_step = train.make_train_step(train.supervised_loss(model), tx, mesh)
     self.eval_step = train.make_eval_step(model, args.num_classes, mesh)
+    self.flops = {
+        'train': product_flops(jax.make_jaxpr(self.train_step)(self.state, self.batch,
+                                                               self.rng, None)),
+        'eval': product_flops(jax.make_jaxpr(self.eval_step)(self.state.variables, self.batch))}
     if compiler_options:  # XLA options for these two programs only (compiled here)
       self.train_step = self.train_step.lower(self.state, self.batch, self.rng, None).compile(
           compiler_options=compiler_options)
@@ -92,6 +124,7 @@ class TorchRunner:
 
   def __init__(self, args, batch):
     import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
+    import torch.utils.flop_counter  # pylint: disable=g-import-not-at-top
     import torchvision  # pylint: disable=g-import-not-at-top
     self.torch = torch
     self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -109,6 +142,11 @@ class TorchRunner:
     self.labels = torch.from_numpy(batch['segmentation']).long().to(self.device)
     self.num_classes = args.num_classes
     self.bfloat16 = args.dtype == 'bfloat16'
+    self.flops = {}
+    for kind in ('train', 'eval'):  # one step of each, counted (the train step updates)
+      with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        getattr(self, kind)()
+      self.flops[kind] = counter.get_total_flops()
 
   def autocast(self):
     return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16,
@@ -253,15 +291,22 @@ def main():
     for kind in ('train', 'eval'):
       median, fastest = np.median(times[name][kind]), np.min(times[name][kind])
       rate[name, kind] = args.batch / median, args.batch / fastest
+      flops = runners[name].flops[kind]
       print(f'{name:10s} {kind:5s}: median {median * 1e3:9.1f} ms/step '
             f'{rate[name, kind][0]:8.2f} images/s; fastest {fastest * 1e3:9.1f} ms/step; '
-            f'first call {first[name][kind]:.1f} s')
+            f'first call {first[name][kind]:.1f} s; {flops / 1e9:.1f} GFLOP per step, '
+            f'{flops / median / 1e9:.0f} GFLOP/s')
   for other in [name for name in runners if name != 'jax']:
     for i, statistic in enumerate(('median', 'fastest')):
       print(f'ratio jax/{other} of images/s ({statistic}): ' + ', '.join(
           f'{kind} {rate["jax", kind][i] / rate[other, kind][i]:.2f}'
           for kind in ('train', 'eval')) + mark)
-
+    parts = []
+    for kind in ('train', 'eval'):
+      work = runners[other].flops[kind] / runners['jax'].flops[kind]
+      parts.append(f'{kind} {work:.2f} x {rate["jax", kind][0] / rate[other, kind][0] / work:.2f}')
+    print(f'ratio jax/{other} (median) = work ({other} GFLOP / jax GFLOP) x rate (jax GFLOP/s / '
+          f'{other} GFLOP/s): ' + ', '.join(parts) + mark)
 
 if __name__ == '__main__':
   main()
