@@ -34,6 +34,7 @@ from rwsjax.data import cityscapes
 from rwsjax.data import cocostuff
 from rwsjax.data import corpus
 from rwsjax.data import shapes
+from rwsjax.data import spool
 from rwsjax.data import voc
 
 class Dataset(NamedTuple):
@@ -147,12 +148,18 @@ def load_builder(dataset_cfg):
   make their builder after it, as a builder reads the dataset's info when it is made)."""
   if jax.process_count() > 1:
     if jax.process_index() == 0:
-      builder, download_config = builder_and_download_config(dataset_cfg)
-      builder.download_and_prepare(download_config=download_config)
+      prepare(*builder_and_download_config(dataset_cfg))
     multihost_utils.sync_global_devices('rwsjax.data.load_builder')
   builder, download_config = builder_and_download_config(dataset_cfg)
-  builder.download_and_prepare(download_config=download_config)
+  prepare(builder, download_config)
   return builder
+
+
+def prepare(builder, download_config):
+  """`builder.download_and_prepare`, its splits spooled to disk (`spool.ordered_spool`: bounded
+  memory, no TensorFlow) when they are written."""
+  with spool.ordered_spool():
+    builder.download_and_prepare(download_config=download_config)
 
 
 def read_split(builder, split):
