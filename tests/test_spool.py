@@ -17,7 +17,7 @@ def _example(key):
 
 
 def _filled(keys, ignore_duplicates=False):
-  made = spool.OrderedSpool(ignore_duplicates)
+  made = spool.OrderedSpool(ignore_duplicates=ignore_duplicates)
   for key in keys:
     made.add(key, _example(key))
   return made
@@ -68,7 +68,19 @@ def test_a_split_past_the_shufflers_memory_buffer_is_prepared_as_in_memory(tmp_p
     with pytest.raises(ModuleNotFoundError, match='tensorflow'):
       data.builder_and_download_config(_shapes(tmp_path / 'without'))[0].download_and_prepare()
   spooled_cfg = _shapes(tmp_path / 'spooled')
+  made = []
+
+  class Recorded(spool.OrderedSpool):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      made.append(self.path)
+
+  monkeypatch.setattr(spool, 'OrderedSpool', Recorded)
   data.load_builder(spooled_cfg)
+  # One spool per split, beside the split's shards on the dataset's own disk, removed after.
+  assert len(made) == 2
+  assert all(path.startswith(str(tmp_path / 'spooled')) for path in made)
+  assert not any(os.path.exists(path) for path in made)
   assert shuffle.Shuffler.__name__ == 'Shuffler'  # put back after preparing
   for split in ('train', 'validation'):
     reference = data.load_source(reference_cfg, split, per_process=False)

@@ -30,8 +30,10 @@ class OrderedSpool:
   `ignore_duplicates`, as the Shuffler does.
   """
 
-  def __init__(self, ignore_duplicates=False):
-    handle, self.path = tempfile.mkstemp(prefix='rwsjax-spool-', suffix='.bin')
+  def __init__(self, directory=None, ignore_duplicates=False):
+    """The spool is a temporary file in `directory` (None: the system's temporary
+    directory)."""
+    handle, self.path = tempfile.mkstemp(prefix='rwsjax-spool-', suffix='.bin', dir=directory)
     self._file = os.fdopen(handle, 'w+b')
     self._ignore_duplicates = ignore_duplicates
     self._seen = set()
@@ -78,11 +80,14 @@ class OrderedSpool:
 
 def _spool_or_shuffler(original):
   """A stand-in for `shuffle.Shuffler(dirpath, hash_salt, disable_shuffling,
-  ignore_duplicates)`: an `OrderedSpool` where shuffling is disabled, else `original`."""
+  ignore_duplicates)`: an `OrderedSpool` where shuffling is disabled, else `original`. The
+  spool goes where the split's shards are written (`dirpath`) when that is a local directory,
+  as TFDS's buckets do, else to the system's temporary directory."""
 
   def make(dirpath, hash_salt, disable_shuffling=False, ignore_duplicates=False):
     if disable_shuffling:
-      return OrderedSpool(ignore_duplicates)
+      local = os.fspath(dirpath)
+      return OrderedSpool(local if os.path.isdir(local) else None, ignore_duplicates)
     return original(dirpath, hash_salt, disable_shuffling, ignore_duplicates)
 
   return make
