@@ -32,8 +32,8 @@ import os
 import time
 
 import jax
-from jax.extend import core
 from jax import lax
+from jax.extend import core
 import ml_collections
 import numpy as np
 
@@ -307,6 +307,7 @@ def main():
       parts.append(f'{kind} {work:.2f} x {rate["jax", kind][0] / rate[other, kind][0] / work:.2f}')
     print(f'ratio jax/{other} (median) = work ({other} GFLOP / jax GFLOP) x rate (jax GFLOP/s / '
           f'{other} GFLOP/s): ' + ', '.join(parts) + mark)
+
 
 if __name__ == '__main__':
   main()

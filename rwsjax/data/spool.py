@@ -3,10 +3,11 @@
 TFDS's writer passes every serialized example of a split through `tfds.core.shuffle.Shuffler`
 before it writes the shards. The Shuffler keeps up to 1 GB of examples in memory; past that it
 writes them to temporary buckets through `tf.io.gfile`, which needs TensorFlow (not a
-dependency here: preparing 4,000 shapes images of 384 x 384, or VOC's training split, stopped
-with `No module named 'tensorflow'`). With shuffling disabled, as every builder of
-`rwsjax.data` has it (the records keep their keys' order), it puts all the examples in one
-bucket and sorts that bucket in memory, and a string key (the folder builders' image ids) has no
+dependency here: preparing 4,000 shapes images of 384 x 384 stopped with `No module named
+'tensorflow'`, and VOC's training split is past 1 GB too). With shuffling disabled, as
+every builder of `rwsjax.data` has it (the records keep their keys' order), it puts all the
+examples in one bucket and sorts that bucket in memory, and a string key (the folder builders'
+image ids) has no
 bucket at all.
 
 `OrderedSpool` stands in for it when shuffling is disabled: each example is appended to one
