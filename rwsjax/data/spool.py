@@ -7,8 +7,7 @@ dependency here: preparing 4,000 shapes images of 384 x 384 stopped with `No mod
 'tensorflow'`, and VOC's training split is past 1 GB too). With shuffling disabled, as
 every builder of `rwsjax.data` has it (the records keep their keys' order), it puts all the
 examples in one bucket and sorts that bucket in memory, and a string key (the folder builders'
-image ids) has no
-bucket at all.
+image ids) has no bucket at all.
 
 `OrderedSpool` stands in for it when shuffling is disabled: each example is appended to one
 temporary file as it comes, and read back one at a time in key order. Memory holds a (key,
