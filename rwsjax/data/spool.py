@@ -38,7 +38,7 @@ class OrderedSpool:
     self._ignore_duplicates = ignore_duplicates
     self._seen = set()
     self._index = []  # (key, offset, size) per example, in arrival order
-    self.size = 0  # bytes of all examples
+    self.size = 0  # bytes of all examples, written one after another
 
   @property
   def num_examples(self):
@@ -56,8 +56,7 @@ class OrderedSpool:
       if key in self._seen:
         return
       self._seen.add(key)
-    self._file.seek(0, os.SEEK_END)
-    self._index.append((key, self._file.tell(), len(data)))
+    self._index.append((key, self.size, len(data)))  # the file holds `size` bytes before it
     self._file.write(data)
     self.size += len(data)
 
