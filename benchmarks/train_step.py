@@ -101,7 +101,7 @@ class JaxRunner:
     self.model = model
     self.train_step = train.make_train_step(train.supervised_loss(model), tx, mesh)
     self.eval_step = train.make_eval_step(model, args.num_classes, mesh)
-    self.flops = {
+    self._flops = {  # from the programs' jaxprs (tracing, no compilation or run)
         'train': product_flops(jax.make_jaxpr(self.train_step)(self.state, self.batch,
                                                                self.rng, None)),
         'eval': product_flops(jax.make_jaxpr(self.eval_step)(self.state.variables, self.batch))}
@@ -110,6 +110,10 @@ class JaxRunner:
           compiler_options=compiler_options)
       self.eval_step = self.eval_step.lower(self.state.variables, self.batch).compile(
           compiler_options=compiler_options)
+
+  def flops(self):
+    """{'train', 'eval'}: the FLOP of one step (`product_flops`)."""
+    return self._flops
 
   def train(self):
     self.state, metrics = self.train_step(self.state, self.batch, self.rng, None)
@@ -142,11 +146,17 @@ class TorchRunner:
     self.labels = torch.from_numpy(batch['segmentation']).long().to(self.device)
     self.num_classes = args.num_classes
     self.bfloat16 = args.dtype == 'bfloat16'
-    self.flops = {}
-    for kind in ('train', 'eval'):  # one step of each, counted (the train step updates)
-      with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+
+  def flops(self):
+    """{'train', 'eval'}: the work of one step of each, counted as it runs (the train step
+    updates the model: call it after the timed steps, so that their first call stays the
+    first)."""
+    counts = {}
+    for kind in ('train', 'eval'):
+      with self.torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
         getattr(self, kind)()
-      self.flops[kind] = counter.get_total_flops()
+      counts[kind] = counter.get_total_flops()
+    return counts
 
   def autocast(self):
     return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16,
@@ -286,16 +296,16 @@ def main():
         f'head {args.head_channels} OS{args.output_stride} {args.dtype}, batch {args.batch} x '
         f'{args.size}x{args.size}, K={args.num_classes}, jax conv_impl {args.conv_impl}, '
         f'median of {args.repeats}')
-  rate = {}
+  rate, flops = {}, {name: r.flops() for name, r in runners.items()}
   for name in runners:
     for kind in ('train', 'eval'):
       median, fastest = np.median(times[name][kind]), np.min(times[name][kind])
       rate[name, kind] = args.batch / median, args.batch / fastest
-      flops = runners[name].flops[kind]
+      work = flops[name][kind]
       print(f'{name:10s} {kind:5s}: median {median * 1e3:9.1f} ms/step '
             f'{rate[name, kind][0]:8.2f} images/s; fastest {fastest * 1e3:9.1f} ms/step; '
-            f'first call {first[name][kind]:.1f} s; {flops / 1e9:.1f} GFLOP per step, '
-            f'{flops / median / 1e9:.0f} GFLOP/s')
+            f'first call {first[name][kind]:.1f} s; {work / 1e9:.1f} GFLOP per step, '
+            f'{work / median / 1e9:.0f} GFLOP/s')
   for other in [name for name in runners if name != 'jax']:
     for i, statistic in enumerate(('median', 'fastest')):
       print(f'ratio jax/{other} of images/s ({statistic}): ' + ', '.join(
@@ -303,7 +313,7 @@ def main():
           for kind in ('train', 'eval')) + mark)
     parts = []
     for kind in ('train', 'eval'):
-      work = runners[other].flops[kind] / runners['jax'].flops[kind]
+      work = flops[other][kind] / flops['jax'][kind]
       parts.append(f'{kind} {work:.2f} x {rate["jax", kind][0] / rate[other, kind][0] / work:.2f}')
     print(f'ratio jax/{other} (median) = work ({other} GFLOP / jax GFLOP) x rate (jax GFLOP/s / '
           f'{other} GFLOP/s): ' + ', '.join(parts) + mark)
