@@ -56,13 +56,17 @@ def rws_command(images, size):
 def isim_command(images, size):
   """ISIM with one pseudo-label round over the whole split after TRAIN_STEPS steps, then the
   PSA stages: AffinityNet and the final model one epoch each (their length is counted in
-  whole passes over the split), the walk over every training image."""
+  whole passes over the split), the walk over every training image. The walk propagates
+  sparsely (`psa.dense_max_nodes=0`): on a CPU that is 14x faster than squaring the dense
+  transition matrix of a 48 x 48 grid (BENCHMARKS.md, "Random walk"), which the config's
+  default keeps for accelerators."""
   return ['configs/shapes_isim.py', *common(images, size), '--config.isim.epochs=2',
           f'--config.isim.steps_per_epoch={TRAIN_STEPS // 2}', '--config.isim.first_regen_epoch=1',
           '--config.isim.regen_every=1', '--config.isim.baseline=False',
           f'--config.isim.cam_batch_size={BATCH}', '--config.psa.walk_scale=1',
           '--config.psa.affinity.input.scale_range=(1.0, 1.0)',
           '--config.psa.sweep_beta=()', '--config.psa.sweep_logt=()',
+          '--config.psa.dense_max_nodes=0',
           '--config.psa.affinity.epochs=1', '--config.psa.final.epochs=1',
           f'--config.psa.affinity.input.crop_size=({size}, {size})',
           f'--config.psa.final.input.crop_size=({size}, {size})',
