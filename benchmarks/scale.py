@@ -17,7 +17,9 @@ grow beyond bounded buffers.
 
 Each (method, images) run keeps its workdir under --out and is skipped when its summary.json
 exists; the synthetic data is prepared once per size in <out>/tfds. Prints a markdown table
-per method, with the load mark of `timing.quiet_mark`.
+per method, with the load mark of `timing.quiet_mark`. With --table-only nothing runs: the
+tables come from the workdirs as they are, a run that has not finished (stopped, or still
+running) with the stages it has finished, from their records, and `unfinished` for the rest.
 """
 import argparse
 import json
@@ -27,6 +29,8 @@ import sys
 import time
 
 from timing import quiet_mark
+
+from rwsjax import provenance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_STEPS = 20  # steps of every training stage, whatever the split's size
@@ -77,12 +81,35 @@ def isim_command(images, size):
 COMMANDS = {'rws': rws_command, 'isim': isim_command}
 
 
-def run(method, images, size, out):
+def finished_stages(workdir):
+  """The run record's stages ({name: {'seconds', 'peak_rss_mb', ...}}) of a run that has not
+  written summary.json, from the records of the stages it has finished (`rwsjax.stage_runner`:
+  each holds its cost under `rwsjax.provenance.KEY`), in the order they finished. A stage's
+  name is its record's path in the workdir without `stages/` and `.json`, as the pipelines
+  name them."""
+  found = []
+  for folder, _, files in os.walk(workdir):
+    for file in files:
+      path = os.path.join(folder, file)
+      if not file.endswith('.json') or file.endswith('.started.json'):
+        continue
+      with open(path) as f:
+        stamp = json.load(f).get(provenance.KEY)
+      if isinstance(stamp, dict) and 'seconds' in stamp:
+        name = os.path.relpath(path, workdir).removeprefix('stages/').removesuffix('.json')
+        found.append((os.path.getmtime(path), name, stamp))
+  return {name: stamp for _, name, stamp in sorted(found)}
+
+
+def run(method, images, size, out, table_only=False):
   """(summary, wall seconds, peak RSS MiB of the launch process) of one run; the last two are
-  None when the run finished earlier."""
+  None when the run finished earlier. With `table_only` nothing runs: a run without
+  summary.json gives the stages it has finished (`finished_stages`) and None for the rest."""
   workdir = os.path.join(out, f'{method}_{size}_{images}')
   summary_path = os.path.join(workdir, 'summary.json')
   wall = peak = None
+  if table_only and not os.path.exists(summary_path):
+    return {'run': {'stages': finished_stages(workdir)}}, None, None
   if not os.path.exists(summary_path):
     config, *overrides = COMMANDS[method](images, size)
     command = [sys.executable, os.path.join(ROOT, 'launch.py'), f'--config={config}',
@@ -105,7 +132,8 @@ def table(method, results):
   """Markdown rows: per stage the seconds at each size (and ms per training image), then the
   peak RSS at the end of each stage and of the whole process."""
   sizes = sorted(results)
-  stages = list(results[sizes[-1]][0]['run']['stages'])
+  stages = list(dict.fromkeys(
+      name for n in sizes for name in results[n][0]['run']['stages']))
   head = ' | '.join(f'{n} images' for n in sizes)
   lines = [f'\n{method}: seconds per stage (ms per training image)\n',
            f'| stage | {head} |', '|---|' + '---:|' * len(sizes)]
@@ -114,11 +142,13 @@ def table(method, results):
     for n in sizes:
       entry = results[n][0]['run']['stages'].get(stage, {})
       seconds = entry.get('seconds')
-      cells.append('-' if seconds is None else f'{seconds:.1f} ({1000 * seconds / n:.1f})')
+      cells.append('unfinished' if seconds is None else
+                   f'{seconds:.1f} ({1000 * seconds / n:.1f})')
     lines.append(f'| {stage} | ' + ' | '.join(cells) + ' |')
   rows = [('whole run, wall', lambda r: r[1], '{:.0f} s'),
           ('highest peak RSS at a stage end', lambda r: max(
-              (e.get('peak_rss_mb') or 0) for e in r[0]['run']['stages'].values()), '{:.0f} MiB'),
+              (e['peak_rss_mb'] for e in r[0]['run']['stages'].values()
+               if e.get('peak_rss_mb') is not None), default=None), '{:.0f} MiB'),
           ('peak RSS of the process', lambda r: r[2], '{:.0f} MiB')]
   for name, value, form in rows:
     cells = ['-' if value(results[n]) is None else form.format(value(results[n]))
@@ -134,14 +164,23 @@ def main():
                       help='comma-separated training split sizes')
   parser.add_argument('--methods', default='rws,isim', help='comma-separated: rws, isim')
   parser.add_argument('--size', type=int, default=384, help='image side in pixels')
+  parser.add_argument('--table-only', action='store_true',
+                      help='run nothing; tabulate the workdirs as they are')
   args = parser.parse_args()
   counts = [int(n) for n in args.images.split(',')]
   methods = args.methods.split(',')
   unknown = sorted(set(methods) - set(COMMANDS))
   if unknown:
     parser.error(f'--methods holds {unknown}; expected some of {sorted(COMMANDS)}.')
-  results, mark = quiet_mark(  # ISIM's CRF workers are a forkserver's children
-      lambda: {m: {n: run(m, n, args.size, args.out) for n in counts} for m in methods})
+
+  def run_all():
+    return {m: {n: run(m, n, args.size, args.out, args.table_only) for n in counts}
+            for m in methods}
+
+  if args.table_only:
+    results, mark = run_all(), ' (as the runs recorded them; not timed here)'
+  else:  # ISIM's CRF workers are a forkserver's children
+    results, mark = quiet_mark(run_all)
   for method in methods:
     print(table(method, results[method]))
   print(f'\n{args.size} x {args.size} images, {TRAIN_STEPS} steps per training stage, batch '

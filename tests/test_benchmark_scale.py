@@ -1,0 +1,52 @@
+"""benchmarks/scale.py: the table of a dry run that has not finished, from its stage records."""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'benchmarks'))
+import scale  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from rwsjax import provenance
+
+
+def write(path, record, mtime):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(record, f)
+  os.utime(path, (mtime, mtime))
+
+
+def stamp(seconds, peak):
+  return {provenance.KEY: {'fingerprint': 'f', 'seconds': seconds, 'peak_rss_mb': peak}}
+
+
+def test_an_unfinished_run_gives_its_finished_stages_in_the_order_they_finished(tmp_path):
+  workdir = tmp_path / 'isim_384_4000'
+  write(workdir / 'stages' / 'psa_affinity_labels.json', stamp(30.0, 2048.0), 300)
+  write(workdir / 'stages' / 'isim_train.json', stamp(10.0, 1024.0), 100)
+  write(workdir / 'round1' / 'analysis.json', dict(stamp(20.0, 1500.0), weak=[1]), 200)
+  write(workdir / 'stages' / 'psa_affinity_train.started.json', stamp(0.0, 0.0), 400)
+  write(workdir / 'image_sizes.json', {'sizes': [[384, 384]]}, 50)  # no stamp: not a stage
+  write(workdir / 'stages' / 'report.json', {provenance.KEY: {'fingerprint': 'f'}}, 60)
+  stages = scale.finished_stages(str(workdir))
+  assert list(stages) == ['isim_train', 'round1/analysis', 'psa_affinity_labels']
+  assert stages['round1/analysis']['seconds'] == 20.0
+
+  summary, wall, peak = scale.run('isim', 4000, 384, str(tmp_path), table_only=True)
+  assert (wall, peak) == (None, None) and list(summary['run']['stages']) == list(stages)
+
+
+def test_the_table_marks_the_stages_a_run_has_not_finished(tmp_path):
+  finished = {'run': {'stages': {'a': {'seconds': 10.0, 'peak_rss_mb': 100.0},
+                                 'b': {'seconds': 40.0, 'peak_rss_mb': 300.0}}}}
+  partial = {'run': {'stages': {'a': {'seconds': 35.0, 'peak_rss_mb': 120.0}}}}
+  lines = scale.table('isim', {1000: (finished, 60.0, 310.0), 4000: (partial, None, None)})
+  rows = {line.split(' | ')[0].lstrip('| '): line for line in lines.splitlines()}
+  assert rows['a'] == '| a | 10.0 (10.0) | 35.0 (8.8) |'
+  assert rows['b'] == '| b | 40.0 (40.0) | unfinished |'
+  assert rows['whole run, wall'] == '| whole run, wall | 60 s | - |'
+  assert rows['highest peak RSS at a stage end'] == (
+      '| highest peak RSS at a stage end | 300 MiB | 120 MiB |')
+  empty = scale.table('isim', {4000: ({'run': {'stages': {}}}, None, None)})
+  assert empty.splitlines()[-2] == '| highest peak RSS at a stage end | - |'
