@@ -104,12 +104,13 @@ def finished_stages(workdir):
 def run(method, images, size, out, table_only=False):
   """(summary, wall seconds, peak RSS MiB of the launch process) of one run; the last two are
   None when the run finished earlier. With `table_only` nothing runs: a run without
-  summary.json gives the stages it has finished (`finished_stages`) and None for the rest."""
+  summary.json gives the stages it has finished (`finished_stages`), marked `unfinished`,
+  and None for the rest."""
   workdir = os.path.join(out, f'{method}_{size}_{images}')
   summary_path = os.path.join(workdir, 'summary.json')
   wall = peak = None
   if table_only and not os.path.exists(summary_path):
-    return {'run': {'stages': finished_stages(workdir)}}, None, None
+    return {'run': {'stages': finished_stages(workdir)}, 'unfinished': True}, None, None
   if not os.path.exists(summary_path):
     config, *overrides = COMMANDS[method](images, size)
     command = [sys.executable, os.path.join(ROOT, 'launch.py'), f'--config={config}',
@@ -125,7 +126,12 @@ def run(method, images, size, out, table_only=False):
     if status:
       raise SystemExit(f'{method} with {images} images failed; see {workdir}/scale.log.')
   with open(summary_path) as f:
-    return json.load(f), wall, peak
+    summary = json.load(f)
+  order = list(finished_stages(workdir))  # the run record's stages in the order they finished
+  stages = summary['run']['stages']
+  summary['run']['stages'] = {name: stages[name] for name in sorted(
+      stages, key=lambda name: order.index(name) if name in order else len(order))}
+  return summary, wall, peak
 
 
 def table(method, results):
@@ -142,8 +148,10 @@ def table(method, results):
     for n in sizes:
       entry = results[n][0]['run']['stages'].get(stage, {})
       seconds = entry.get('seconds')
-      cells.append('unfinished' if seconds is None else
-                   f'{seconds:.1f} ({1000 * seconds / n:.1f})')
+      if seconds is not None:
+        cells.append(f'{seconds:.1f} ({1000 * seconds / n:.1f})')
+      else:  # the report's cost is not in the summary it writes
+        cells.append('unfinished' if results[n][0].get('unfinished') else '-')
     lines.append(f'| {stage} | ' + ' | '.join(cells) + ' |')
   rows = [('whole run, wall', lambda r: r[1], '{:.0f} s'),
           ('highest peak RSS at a stage end', lambda r: max(

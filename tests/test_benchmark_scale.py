@@ -35,18 +35,33 @@ def test_an_unfinished_run_gives_its_finished_stages_in_the_order_they_finished(
 
   summary, wall, peak = scale.run('isim', 4000, 384, str(tmp_path), table_only=True)
   assert (wall, peak) == (None, None) and list(summary['run']['stages']) == list(stages)
+  assert summary['unfinished']
 
 
 def test_the_table_marks_the_stages_a_run_has_not_finished(tmp_path):
   finished = {'run': {'stages': {'a': {'seconds': 10.0, 'peak_rss_mb': 100.0},
-                                 'b': {'seconds': 40.0, 'peak_rss_mb': 300.0}}}}
-  partial = {'run': {'stages': {'a': {'seconds': 35.0, 'peak_rss_mb': 120.0}}}}
+                                 'b': {'seconds': 40.0, 'peak_rss_mb': 300.0},
+                                 'report': {'status': 'computed'}}}}
+  partial = {'run': {'stages': {'a': {'seconds': 35.0, 'peak_rss_mb': 120.0}}},
+             'unfinished': True}
   lines = scale.table('isim', {1000: (finished, 60.0, 310.0), 4000: (partial, None, None)})
   rows = {line.split(' | ')[0].lstrip('| '): line for line in lines.splitlines()}
   assert rows['a'] == '| a | 10.0 (10.0) | 35.0 (8.8) |'
   assert rows['b'] == '| b | 40.0 (40.0) | unfinished |'
+  assert rows['report'] == '| report | - | unfinished |'  # a finished run's report: no cost
   assert rows['whole run, wall'] == '| whole run, wall | 60 s | - |'
   assert rows['highest peak RSS at a stage end'] == (
       '| highest peak RSS at a stage end | 300 MiB | 120 MiB |')
   empty = scale.table('isim', {4000: ({'run': {'stages': {}}}, None, None)})
   assert empty.splitlines()[-2] == '| highest peak RSS at a stage end | - |'
+
+
+def test_a_finished_runs_stages_come_in_the_order_they_finished(tmp_path):
+  workdir = tmp_path / 'isim_384_1000'
+  write(workdir / 'stages' / 'psa_final.json', stamp(5.0, 10.0), 300)
+  write(workdir / 'stages' / 'isim_train.json', stamp(10.0, 10.0), 100)
+  write(workdir / 'stages' / 'isim_eval.json', stamp(20.0, 10.0), 200)
+  stages = {name: {'seconds': 1.0} for name in ('isim_eval', 'isim_train', 'psa_final')}
+  write(workdir / 'summary.json', {'run': {'stages': dict(stages, report={})}}, 400)
+  summary, _, _ = scale.run('isim', 1000, 384, str(tmp_path))
+  assert list(summary['run']['stages']) == ['isim_train', 'isim_eval', 'psa_final', 'report']
