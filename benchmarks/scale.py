@@ -62,7 +62,7 @@ def isim_command(images, size):
   PSA stages: AffinityNet and the final model one epoch each (their length is counted in
   whole passes over the split), the walk over every training image. The walk propagates
   sparsely (`psa.dense_max_nodes=0`): on a CPU that is 14x faster than squaring the dense
-  transition matrix of a 48 x 48 grid (BENCHMARKS.md, "Random walk"), which the config's
+  transition matrix of a 48 x 48 grid (BENCHMARKS.md, "VOC scale"), which the config's
   default keeps for accelerators."""
   return ['configs/shapes_isim.py', *common(images, size), '--config.isim.epochs=2',
           f'--config.isim.steps_per_epoch={TRAIN_STEPS // 2}', '--config.isim.first_regen_epoch=1',
@@ -82,11 +82,11 @@ COMMANDS = {'rws': rws_command, 'isim': isim_command}
 
 
 def finished_stages(workdir):
-  """The run record's stages ({name: {'seconds', 'peak_rss_mb', ...}}) of a run that has not
-  written summary.json, from the records of the stages it has finished (`rwsjax.stage_runner`:
-  each holds its cost under `rwsjax.provenance.KEY`), in the order they finished. A stage's
-  name is its record's path in the workdir without `stages/` and `.json`, as the pipelines
-  name them."""
+  """The stages a run in `workdir` has finished ({name: {'seconds', 'peak_rss_mb', ...}}),
+  finished or not, from their records (`rwsjax.stage_runner`: each holds its cost under
+  `rwsjax.provenance.KEY`), in the order they finished. A stage's name is its record's path in
+  the workdir without `stages/` and `.json`, as the pipelines name them; JSON files that are
+  not stage records (lists, records without a cost) are passed over."""
   found = []
   for folder, _, files in os.walk(workdir):
     for file in files:
@@ -94,7 +94,8 @@ def finished_stages(workdir):
       if not file.endswith('.json') or file.endswith('.started.json'):
         continue
       with open(path) as f:
-        stamp = json.load(f).get(provenance.KEY)
+        record = json.load(f)
+      stamp = record.get(provenance.KEY) if isinstance(record, dict) else None
       if isinstance(stamp, dict) and 'seconds' in stamp:
         name = os.path.relpath(path, workdir).removeprefix('stages/').removesuffix('.json')
         found.append((os.path.getmtime(path), name, stamp))
@@ -127,10 +128,10 @@ def run(method, images, size, out, table_only=False):
       raise SystemExit(f'{method} with {images} images failed; see {workdir}/scale.log.')
   with open(summary_path) as f:
     summary = json.load(f)
-  order = list(finished_stages(workdir))  # the run record's stages in the order they finished
-  stages = summary['run']['stages']
+  position = {name: i for i, name in enumerate(finished_stages(workdir))}
+  stages = summary['run']['stages']  # in the order they finished, the report last
   summary['run']['stages'] = {name: stages[name] for name in sorted(
-      stages, key=lambda name: order.index(name) if name in order else len(order))}
+      stages, key=lambda name: position.get(name, len(position)))}
   return summary, wall, peak
 
 

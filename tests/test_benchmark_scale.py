@@ -28,6 +28,7 @@ def test_an_unfinished_run_gives_its_finished_stages_in_the_order_they_finished(
   write(workdir / 'round1' / 'analysis.json', dict(stamp(20.0, 1500.0), weak=[1]), 200)
   write(workdir / 'stages' / 'psa_affinity_train.started.json', stamp(0.0, 0.0), 400)
   write(workdir / 'image_sizes.json', {'sizes': [[384, 384]]}, 50)  # no stamp: not a stage
+  write(workdir / 'round1' / 'boxes.json', [[0, 0, 32, 32]], 70)  # not a dict: not a stage
   write(workdir / 'stages' / 'report.json', {provenance.KEY: {'fingerprint': 'f'}}, 60)
   stages = scale.finished_stages(str(workdir))
   assert list(stages) == ['isim_train', 'round1/analysis', 'psa_affinity_labels']
