@@ -16,7 +16,9 @@ grow beyond bounded buffers.
   python benchmarks/scale.py --out=runs/scale --images=250,1000 --methods=rws --size=384
 
 Each (method, images) run keeps its workdir under --out and is skipped when its summary.json
-exists; the synthetic data is prepared once per size in <out>/tfds. Prints a markdown table
+exists; a stopped run resumes from its stage records, and its wall time and process peak then
+cover the stages computed in the resumed process (the table says how many were read back). The
+synthetic data is prepared once per size in <out>/tfds. Prints a markdown table
 per method, with the load mark of `timing.quiet_mark`. With --table-only nothing runs: the
 tables come from the workdirs as they are, a run that has not finished (stopped, or still
 running) with the stages it has finished, from their records, and `unfinished` for the rest.
@@ -154,16 +156,31 @@ def table(method, results):
       else:  # the report's cost is not in the summary it writes
         cells.append('unfinished' if results[n][0].get('unfinished') else '-')
     lines.append(f'| {stage} | ' + ' | '.join(cells) + ' |')
-  rows = [('whole run, wall', lambda r: r[1], '{:.0f} s'),
+  rows = [('whole run, wall', lambda r: r[1], '{:.0f} s', True),
           ('highest peak RSS at a stage end', lambda r: max(
               (e['peak_rss_mb'] for e in r[0]['run']['stages'].values()
-               if e.get('peak_rss_mb') is not None), default=None), '{:.0f} MiB'),
-          ('peak RSS of the process', lambda r: r[2], '{:.0f} MiB')]
-  for name, value, form in rows:
-    cells = ['-' if value(results[n]) is None else form.format(value(results[n]))
-             for n in sizes]
+               if e.get('peak_rss_mb') is not None), default=None), '{:.0f} MiB', False),
+          ('peak RSS of the process', lambda r: r[2], '{:.0f} MiB', True)]
+  for name, value, form, per_process in rows:
+    cells = []
+    for n in sizes:
+      cell = '-' if value(results[n]) is None else form.format(value(results[n]))
+      if per_process and value(results[n]) is not None:
+        cell += resumed_mark(results[n][0])
+      cells.append(cell)
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
+
+
+def resumed_mark(summary):
+  """'' for a run computed in one process; for one that resumed an earlier, stopped process,
+  a note that the process's wall time and peak cover only the stages it computed (the run
+  record's 'read back' stages took theirs in the earlier one)."""
+  earlier = [name for name, entry in summary['run']['stages'].items()
+             if entry.get('status') == 'read back']
+  if not earlier:
+    return ''
+  return f' (this process; {len(earlier)} stage{"s" if len(earlier) > 1 else ""} read back)'
 
 
 def main():

@@ -66,3 +66,22 @@ def test_a_finished_runs_stages_come_in_the_order_they_finished(tmp_path):
   write(workdir / 'summary.json', {'run': {'stages': dict(stages, report={})}}, 400)
   summary, _, _ = scale.run('isim', 1000, 384, str(tmp_path))
   assert list(summary['run']['stages']) == ['isim_train', 'isim_eval', 'psa_final', 'report']
+
+
+def test_a_resumed_runs_wall_and_process_peak_say_they_cover_only_its_own_stages():
+  resumed = {'run': {'stages': {'a': {'seconds': 10.0, 'peak_rss_mb': 100.0,
+                                      'status': 'read back'},
+                                'b': {'seconds': 40.0, 'peak_rss_mb': 300.0,
+                                      'status': 'computed'}}}}
+  twice = {'run': {'stages': {name: {'status': 'read back'} for name in 'ab'}}}
+  whole = {'run': {'stages': {'a': {'seconds': 10.0, 'peak_rss_mb': 100.0,
+                                    'status': 'computed'}}}}
+  lines = scale.table('isim', {1000: (whole, 60.0, 310.0), 4000: (resumed, 45.0, 320.0)})
+  rows = {line.split(' | ')[0].lstrip('| '): line for line in lines.splitlines()}
+  assert rows['whole run, wall'] == (
+      '| whole run, wall | 60 s | 45 s (this process; 1 stage read back) |')
+  assert rows['peak RSS of the process'] == (
+      '| peak RSS of the process | 310 MiB | 320 MiB (this process; 1 stage read back) |')
+  assert rows['highest peak RSS at a stage end'] == (
+      '| highest peak RSS at a stage end | 100 MiB | 300 MiB |')
+  assert scale.resumed_mark(twice) == ' (this process; 2 stages read back)'
