@@ -169,7 +169,18 @@ def table(method, results):
         cell += resumed_mark(results[n][0])
       cells.append(cell)
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  lines.append('| host CPU of the stages | ' + ' | '.join(
+      ' / '.join(hosts(results[n][0])) or '-' for n in sizes) + ' |')
   return '\n'.join(lines)
+
+
+def hosts(summary):
+  """The CPU models that timed a run's stages (`rwsjax.stage_runner.cost`), in the order the
+  stages ran: more than one when a stopped run was resumed on another host; 'unrecorded' for
+  records written before stages named their host."""
+  return list(dict.fromkeys(entry.get('host_cpu') or 'unrecorded'
+                            for entry in summary['run']['stages'].values()
+                            if entry.get('seconds') is not None))
 
 
 def resumed_mark(summary):

@@ -76,12 +76,29 @@ def git_state(directory=SOURCE_ROOT):
     return None
 
 
+def host_cpu(cpuinfo='/proc/cpuinfo'):
+  """The host's CPU model ('model name' in `cpuinfo`, else `platform.processor()`, else None).
+
+  Times of one config differ between hosts, and a virtual machine keeps its disk when it
+  moves to another, so a run that was stopped and resumed can have stages timed on two."""
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or None
+
+
 def device_info():
-  """Platform and kind of the devices, local and global device counts, process count."""
+  """Platform and kind of the devices, local and global device counts, process count, and
+  this process's host: its CPU model (`host_cpu`) and core count."""
   device = jax.devices()[0]
   return {'platform': device.platform, 'device_kind': device.device_kind,
           'local_devices': jax.local_device_count(), 'global_devices': jax.device_count(),
-          'processes': jax.process_count()}
+          'processes': jax.process_count(), 'host_cpu': host_cpu(),
+          'host_cores': os.cpu_count()}
 
 
 def run_record(config, argv=None):

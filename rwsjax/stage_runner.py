@@ -12,19 +12,22 @@ from absl import logging
 import jax
 
 from rwsjax import provenance
+from rwsjax import record
 from rwsjax import train
 from rwsjax.progress import write_json
 
 
-COST_KEYS = ('seconds', 'peak_rss_mb')
+COST_KEYS = ('seconds', 'peak_rss_mb', 'host_cpu')
 
 
 def cost(start):
   """{'seconds': wall time since `start` (a `time.perf_counter()` value), 'peak_rss_mb': the
-  process's peak resident memory so far (Linux ru_maxrss, in MiB)}. A stage resumed after a
-  kill counts only the process that finished it."""
+  process's peak resident memory so far (Linux ru_maxrss, in MiB), 'host_cpu': the CPU model
+  of the host that timed it (`record.host_cpu`)}. A stage resumed after a kill counts only the
+  process that finished it; the stages of a run resumed on another host name different CPUs."""
   return {'seconds': round(time.perf_counter() - start, 2),
-          'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+          'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+          'host_cpu': record.host_cpu()}
 
 
 class Runner:

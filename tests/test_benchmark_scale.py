@@ -54,7 +54,8 @@ def test_the_table_marks_the_stages_a_run_has_not_finished(tmp_path):
   assert rows['highest peak RSS at a stage end'] == (
       '| highest peak RSS at a stage end | 300 MiB | 120 MiB |')
   empty = scale.table('isim', {4000: ({'run': {'stages': {}}}, None, None)})
-  assert empty.splitlines()[-2] == '| highest peak RSS at a stage end | - |'
+  assert empty.splitlines()[-3] == '| highest peak RSS at a stage end | - |'
+  assert empty.splitlines()[-1] == '| host CPU of the stages | - |'
 
 
 def test_a_finished_runs_stages_come_in_the_order_they_finished(tmp_path):
@@ -85,3 +86,14 @@ def test_a_resumed_runs_wall_and_process_peak_say_they_cover_only_its_own_stages
   assert rows['highest peak RSS at a stage end'] == (
       '| highest peak RSS at a stage end | 100 MiB | 300 MiB |')
   assert scale.resumed_mark(twice) == ' (this process; 2 stages read back)'
+  assert rows['host CPU of the stages'] == '| host CPU of the stages | unrecorded | unrecorded |'
+
+
+def test_the_table_names_every_host_that_timed_a_stage():
+  moved = {'run': {'stages': {'a': {'seconds': 1.0, 'host_cpu': 'Intel Xeon'},
+                              'b': {'seconds': 2.0, 'host_cpu': 'AMD EPYC'},
+                              'c': {'seconds': 3.0, 'host_cpu': 'AMD EPYC'},
+                              'report': {'status': 'computed'}}}}
+  assert scale.hosts(moved) == ['Intel Xeon', 'AMD EPYC']
+  lines = scale.table('isim', {1000: (moved, 6.0, 10.0)}).splitlines()
+  assert lines[-1] == '| host CPU of the stages | Intel Xeon / AMD EPYC |'

@@ -12,6 +12,7 @@ import pytest
 from configs_util import ROOT, load_config
 from isimjax import isim
 from rwsjax import provenance
+from rwsjax import record
 from rwsjax import stage_runner
 from rwsjax import supervised
 from rwsjax.rws import pipeline as rws_pipeline
@@ -107,6 +108,7 @@ def test_records_carry_their_stamp_and_a_started_stage_its_marker(tmp_path):
       'fingerprint': plan.made['b'].fingerprint, 'settings': plan.made['b'].settings,
       'workdir': str(tmp_path)}}
   assert spent['seconds'] >= 0 and spent['peak_rss_mb'] > 0
+  assert spent['host_cpu'] == record.host_cpu()
   made_a = dict(runner.made['a'])
   assert {key: made_a.pop(key) for key in stage_runner.COST_KEYS}.keys() == set(
       stage_runner.COST_KEYS)

@@ -33,7 +33,20 @@ def test_record_holds_what_produced_the_run():
   assert set(run['versions']) == {'python', *record.PACKAGES}
   assert run['versions']['jax'] == jax.__version__
   assert run['devices'] == {'platform': 'cpu', 'device_kind': jax.devices()[0].device_kind,
-                            'local_devices': 4, 'global_devices': 4, 'processes': 1}
+                            'local_devices': 4, 'global_devices': 4, 'processes': 1,
+                            'host_cpu': record.host_cpu(), 'host_cores': os.cpu_count()}
+
+
+def test_host_cpu_is_the_model_name_of_cpuinfo(tmp_path, monkeypatch):
+  cpuinfo = tmp_path / 'cpuinfo'
+  cpuinfo.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\n'
+                     'model name\t: AMD EPYC 7B13 64-Core Processor\nflags\t: fpu\n\n'
+                     'processor\t: 1\nmodel name\t: AMD EPYC 7B13 64-Core Processor\n')
+  assert record.host_cpu(str(cpuinfo)) == 'AMD EPYC 7B13 64-Core Processor'
+  monkeypatch.setattr(record.platform, 'processor', lambda: 'arm')
+  assert record.host_cpu(str(tmp_path / 'absent')) == 'arm'  # no /proc: platform's name
+  monkeypatch.setattr(record.platform, 'processor', lambda: '')
+  assert record.host_cpu(str(tmp_path / 'absent')) is None
 
 
 def test_config_round_trips_with_references_resolved():
