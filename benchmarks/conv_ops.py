@@ -24,6 +24,7 @@ import numpy as np
 
 from rwsjax.models import conv
 from timing import interleaved_seconds
+from timing import machine
 
 # name: (input size, in channels, out channels, kernel, stride, dilation); layer1..layer4 and
 # the head of DeepLabv3-ResNet-50 at output stride 8 on 256x256 images.
@@ -112,7 +113,7 @@ def main():
   parser.add_argument('--vs-torch', action='store_true', help='also time torch conv2d')
   args = parser.parse_args()
 
-  print(f'{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, jax {jax.__version__}'
+  print(f'{machine()}, jax {jax.__version__}'
         f', XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; median ms of {args.repeats} '
         'interleaved repeats, forward / forward + both gradients')
   rng = np.random.default_rng(0)

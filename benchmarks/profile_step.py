@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rwsjax.rws import segcam
-from train_step import JaxRunner, add_model_args, machine, parse_model_args, random_batch
+from timing import machine
+from train_step import JaxRunner, add_model_args, parse_model_args, random_batch
 
 INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([\w.\-]+) = .*$')
 COMPUTATION = re.compile(r'^(?:ENTRY )?%([\w.\-]+) ')

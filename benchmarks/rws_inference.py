@@ -29,7 +29,6 @@ It also prints the weak windows per image and how many Seg-Grad-CAM class slots 
 """
 import argparse
 import contextlib
-import os
 import statistics
 
 import jax
@@ -51,6 +50,7 @@ from rwsjax.rws import segcam
 from rwsjax.rws import slices
 from timing import interleaved_seconds
 from timing import load_mark
+from timing import machine
 from timing import snapshot
 
 
@@ -147,7 +147,7 @@ def main():
   n = len(batch['image'])
   ms = {name: 1000 * statistics.median(t) / n for name, t in times.items()}
   print(f'{args.workdir}: batch {n} of {images.shape[1]}x{images.shape[2]}, '
-        f'{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, {jax.devices()[0]}')
+        f'{machine()}, {jax.devices()[0]}')
   print('| part | ms per image | x plain |')
   print('|---|---:|---:|')
   for name, value in ms.items():

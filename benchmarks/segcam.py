@@ -18,7 +18,6 @@ times the time of one class slot (whole batch) over the all-class time.
       --size 256 --batch 1 --classes 3 --vs-torch --vs-conv-impl lax
 """
 import argparse
-import os
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +30,7 @@ from rwsjax.models import pretrained
 from rwsjax.models.conv import CONV_IMPLS
 from timing import interleaved_seconds
 from timing import load_mark
+from timing import machine
 from timing import snapshot
 
 # rwsjax DeepLabV3Head module -> torchvision DeepLabHead (classifier.*) (conv, BN) prefixes.
@@ -210,8 +210,7 @@ def main():
   times = interleaved_seconds(paths, args.repeats)
   mark = load_mark(start, snapshot())
 
-  print(f'devices: {jax.devices()}, {os.cpu_count()} cores, load average '
-        f'{os.getloadavg()[0]:.1f}')
+  print(f'devices: {jax.devices()}, {machine()}')
   print(f'{args.name}/{args.backbone} width {args.width} head {args.head_channels} '
         f'OS{args.output_stride} conv_impl {args.conv_impl}, {args.batch}x{args.size}x'
         f'{args.size}, {args.classes} classes/image, K={args.num_classes}, {args.repeats} '

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import jax
 
+from rwsjax import record
+
 # Above this share of the cores kept busy by other processes during the run, a ratio is not a
 # headline number.
 OTHERS_BOUND = 0.1
@@ -117,3 +119,10 @@ def load_mark(start, end, others_bound=OTHERS_BOUND, bound=IDLE_LOAD_PER_CORE):
     return ''
   return (f' [NOT IDLE: load per core {start.load:.2f} at the start, {end.load:.2f} at the end, '
           f'above {bound}; not a headline number]')
+
+
+def machine():
+  """The host's CPU model (`rwsjax.record.host_cpu`), its core count and the 1-minute load
+  average, for a benchmark's printed header: times of one command differ between hosts."""
+  return (f"{record.host_cpu() or 'unknown CPU'}, {os.cpu_count()} cores, load average "
+          f'{os.getloadavg()[0]:.1f}')

@@ -42,6 +42,7 @@ from rwsjax.losses import IGNORE_LABEL
 from rwsjax.models import make_model
 from rwsjax.models.conv import CONV_IMPLS
 from timing import load_mark
+from timing import machine
 from timing import snapshot
 
 TORCH_BACKBONES = ('resnet50', 'resnet101')
@@ -233,16 +234,6 @@ def parse_model_args(parser):
   if args.quick:
     vars(args).update(QUICK)
   return args
-
-
-def machine():
-  """CPU model, core count and the 1-minute load average, for the printed header."""
-  model = 'unknown CPU'
-  if os.path.exists('/proc/cpuinfo'):
-    with open('/proc/cpuinfo') as f:
-      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-    model = names[0] if names else model
-  return f'{model}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}'
 
 
 def main():

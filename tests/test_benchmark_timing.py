@@ -72,3 +72,12 @@ def test_quiet_mark_returns_the_work_and_the_first_busy_window(monkeypatch):
     result, mark = timing.quiet_mark(lambda: 'done')
     assert result == 'done'
     assert (mark == '') if busy_share is None else f'used {busy_share} of the cores' in mark
+
+
+def test_the_header_names_the_host(monkeypatch):
+  monkeypatch.setattr(timing.record, 'host_cpu', lambda: 'AMD EPYC')
+  monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+  monkeypatch.setattr(os, 'getloadavg', lambda: (0.25, 0.5, 1.0))
+  assert timing.machine() == 'AMD EPYC, 2 cores, load average 0.2'
+  monkeypatch.setattr(timing.record, 'host_cpu', lambda: None)
+  assert timing.machine().startswith('unknown CPU, 2 cores')
