@@ -17,7 +17,9 @@ grow beyond bounded buffers.
 
 Each (method, images) run keeps its workdir under --out and is skipped when its summary.json
 exists; a stopped run resumes from its stage records, and its wall time and process peak then
-cover the stages computed in the resumed process (the table says how many were read back). The
+cover the stages computed in the resumed process (the table says how many were read back); a
+stage stopped part way resumes from what it wrote, and its time, marked `resumed: partial`,
+covers only the resumed part (start it afresh with launch.py's --recompute_from). The
 synthetic data is prepared once per size in <out>/tfds. Prints a markdown table
 per method, with the load mark of `timing.quiet_mark`. With --table-only nothing runs: the
 tables come from the workdirs as they are, a run that has not finished (stopped, or still
@@ -151,8 +153,9 @@ def table(method, results):
     for n in sizes:
       entry = results[n][0]['run']['stages'].get(stage, {})
       seconds = entry.get('seconds')
-      if seconds is not None:
-        cells.append(f'{seconds:.1f} ({1000 * seconds / n:.1f})')
+      if seconds is not None:  # a stage an earlier process stopped in: this process's part
+        cells.append(f'{seconds:.1f} ({1000 * seconds / n:.1f})'
+                     + (', resumed: partial' if entry.get('resumed') else ''))
       else:  # the report's cost is not in the summary it writes
         cells.append('unfinished' if results[n][0].get('unfinished') else '-')
     lines.append(f'| {stage} | ' + ' | '.join(cells) + ' |')

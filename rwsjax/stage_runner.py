@@ -12,22 +12,24 @@ from absl import logging
 import jax
 
 from rwsjax import provenance
-from rwsjax import record
 from rwsjax import train
 from rwsjax.progress import write_json
+from rwsjax.record import host_cpu
 
 
-COST_KEYS = ('seconds', 'peak_rss_mb', 'host_cpu')
+COST_KEYS = ('seconds', 'peak_rss_mb', 'host_cpu', 'resumed')
 
 
-def cost(start):
+def cost(start, resumed=False):
   """{'seconds': wall time since `start` (a `time.perf_counter()` value), 'peak_rss_mb': the
   process's peak resident memory so far (Linux ru_maxrss, in MiB), 'host_cpu': the CPU model
-  of the host that timed it (`record.host_cpu`)}. A stage resumed after a kill counts only the
-  process that finished it; the stages of a run resumed on another host name different CPUs."""
+  of the host that timed it (`rwsjax.record.host_cpu`), 'resumed': whether an earlier process had
+  started the stage and stopped}. A resumed stage's seconds count only the process that
+  finished it (a training stage goes on from its last checkpoint, a per-image store from the
+  files it holds); the stages of a run resumed on another host name different CPUs."""
   return {'seconds': round(time.perf_counter() - start, 2),
           'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-          'host_cpu': record.host_cpu()}
+          'host_cpu': host_cpu(), 'resumed': resumed}
 
 
 class Runner:
@@ -70,12 +72,13 @@ class Runner:
       logging.info('Stage %s: done in an earlier run (%s).', name, path)
       return record
     logging.info('Stage %s.', name)
+    resumed = os.path.exists(provenance.started_path(path))  # an earlier process stopped in it
     if stamp is not None:
       write_json(provenance.started_path(path), {provenance.KEY: stamp})
     self._note(name, 'computed', stamp or {})
     start = time.perf_counter()
     record = compute()
-    spent = cost(start)
+    spent = cost(start, resumed)
     self.made[name].update(spent)
     write_json(path, record if stamp is None else
                dict(record, **{provenance.KEY: dict(stamp, **spent)}))

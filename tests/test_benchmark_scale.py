@@ -91,9 +91,10 @@ def test_a_resumed_runs_wall_and_process_peak_say_they_cover_only_its_own_stages
 
 def test_the_table_names_every_host_that_timed_a_stage():
   moved = {'run': {'stages': {'a': {'seconds': 1.0, 'host_cpu': 'Intel Xeon'},
-                              'b': {'seconds': 2.0, 'host_cpu': 'AMD EPYC'},
+                              'b': {'seconds': 2.0, 'host_cpu': 'AMD EPYC', 'resumed': True},
                               'c': {'seconds': 3.0, 'host_cpu': 'AMD EPYC'},
                               'report': {'status': 'computed'}}}}
   assert scale.hosts(moved) == ['Intel Xeon', 'AMD EPYC']
   lines = scale.table('isim', {1000: (moved, 6.0, 10.0)}).splitlines()
+  assert '| b | 2.0 (2.0), resumed: partial |' in lines and '| a | 1.0 (1.0) |' in lines
   assert lines[-1] == '| host CPU of the stages | Intel Xeon / AMD EPYC |'

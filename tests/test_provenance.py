@@ -108,7 +108,7 @@ def test_records_carry_their_stamp_and_a_started_stage_its_marker(tmp_path):
       'fingerprint': plan.made['b'].fingerprint, 'settings': plan.made['b'].settings,
       'workdir': str(tmp_path)}}
   assert spent['seconds'] >= 0 and spent['peak_rss_mb'] > 0
-  assert spent['host_cpu'] == record.host_cpu()
+  assert spent['host_cpu'] == record.host_cpu() and spent['resumed'] is False
   made_a = dict(runner.made['a'])
   assert {key: made_a.pop(key) for key in stage_runner.COST_KEYS}.keys() == set(
       stage_runner.COST_KEYS)
@@ -126,8 +126,11 @@ def test_records_carry_their_stamp_and_a_started_stage_its_marker(tmp_path):
   with pytest.raises(KeyboardInterrupt):
     stage_runner.Runner(str(tmp_path), plan).run('c', killed)
   assert not os.path.exists(tmp_path / 'stages' / 'c.json')
-  make_stages(tmp_path, plan, ['c'])
+  resumed = make_stages(tmp_path, plan, ['c'])
   assert not os.path.exists(tmp_path / 'stages' / 'c.started.json')
+  with open(tmp_path / 'stages' / 'c.json') as f:  # its seconds count only the second process
+    assert json.load(f)['provenance']['resumed'] is True
+  assert resumed.made['c']['resumed'] is True
 
 
 def test_check_names_the_first_stages_that_differ_and_recompute_clears_what_consumes_them(
