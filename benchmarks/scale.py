@@ -19,7 +19,7 @@ Each (method, images) run keeps its workdir under --out and is skipped when its 
 exists; a stopped run resumes from its stage records, and its wall time and process peak then
 cover the stages computed in the resumed process (the table says how many were read back); a
 stage stopped part way resumes from what it wrote, and its time, marked `resumed: partial`,
-covers only the resumed part (start it afresh with launch.py's --recompute_from). The
+covers only the resumed part (--recompute-from=STAGE starts it afresh). The
 synthetic data is prepared once per size in <out>/tfds. Prints a markdown table
 per method, with the load mark of `timing.quiet_mark`. With --table-only nothing runs: the
 tables come from the workdirs as they are, a run that has not finished (stopped, or still
@@ -106,7 +106,16 @@ def finished_stages(workdir):
   return {name: stamp for _, name, stamp in sorted(found)}
 
 
-def run(method, images, size, out, table_only=False):
+def launch_command(method, images, size, workdir, recompute_from=()):
+  """The launch.py command line of one run; `recompute_from` names stages to compute afresh
+  (launch.py's --recompute_from: they and the stages that consume them)."""
+  config, *overrides = COMMANDS[method](images, size)
+  return [sys.executable, os.path.join(ROOT, 'launch.py'), f'--config={config}',
+          f'--workdir={workdir}', *overrides,
+          *([f"--recompute_from={','.join(recompute_from)}"] if recompute_from else [])]
+
+
+def run(method, images, size, out, table_only=False, recompute_from=()):
   """(summary, wall seconds, peak RSS MiB of the launch process) of one run; the last two are
   None when the run finished earlier. With `table_only` nothing runs: a run without
   summary.json gives the stages it has finished (`finished_stages`), marked `unfinished`,
@@ -117,9 +126,7 @@ def run(method, images, size, out, table_only=False):
   if table_only and not os.path.exists(summary_path):
     return {'run': {'stages': finished_stages(workdir)}, 'unfinished': True}, None, None
   if not os.path.exists(summary_path):
-    config, *overrides = COMMANDS[method](images, size)
-    command = [sys.executable, os.path.join(ROOT, 'launch.py'), f'--config={config}',
-               f'--workdir={workdir}', *overrides]
+    command = launch_command(method, images, size, workdir, recompute_from)
     print(' '.join(command[1:]), flush=True)
     os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
@@ -206,16 +213,21 @@ def main():
   parser.add_argument('--size', type=int, default=384, help='image side in pixels')
   parser.add_argument('--table-only', action='store_true',
                       help='run nothing; tabulate the workdirs as they are')
+  parser.add_argument('--recompute-from', default='',
+                      help='comma-separated stages that the runs started here compute afresh, '
+                           'and the stages that consume them: a stage stopped part way, to '
+                           'time it whole')
   args = parser.parse_args()
   counts = [int(n) for n in args.images.split(',')]
   methods = args.methods.split(',')
+  recompute_from = [stage for stage in args.recompute_from.split(',') if stage]
   unknown = sorted(set(methods) - set(COMMANDS))
   if unknown:
     parser.error(f'--methods holds {unknown}; expected some of {sorted(COMMANDS)}.')
 
   def run_all():
-    return {m: {n: run(m, n, args.size, args.out, args.table_only) for n in counts}
-            for m in methods}
+    return {m: {n: run(m, n, args.size, args.out, args.table_only, recompute_from)
+                for n in counts} for m in methods}
 
   if args.table_only:
     results, mark = run_all(), ' (as the runs recorded them; not timed here)'

@@ -98,3 +98,12 @@ def test_the_table_names_every_host_that_timed_a_stage():
   lines = scale.table('isim', {1000: (moved, 6.0, 10.0)}).splitlines()
   assert '| b | 2.0 (2.0), resumed: partial |' in lines and '| a | 1.0 (1.0) |' in lines
   assert lines[-1] == '| host CPU of the stages | Intel Xeon / AMD EPYC |'
+
+
+def test_a_stage_stopped_part_way_is_timed_afresh_on_request(tmp_path):
+  plain = scale.launch_command('isim', 4000, 384, str(tmp_path))
+  again = scale.launch_command('isim', 4000, 384, str(tmp_path),
+                               ['psa_random_walk', 'psa_final'])
+  assert not any(arg.startswith('--recompute_from') for arg in plain)
+  assert again == plain + ['--recompute_from=psa_random_walk,psa_final']
+  assert f'--workdir={tmp_path}' in plain and '--config=configs/shapes_isim.py' in plain
