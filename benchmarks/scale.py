@@ -86,8 +86,8 @@ COMMANDS = {'rws': rws_command, 'isim': isim_command}
 
 
 def finished_stages(workdir):
-  """The stages a run in `workdir` has finished ({name: {'seconds', 'peak_rss_mb', ...}}),
-  finished or not, from their records (`rwsjax.stage_runner`: each holds its cost under
+  """The stages that a run in `workdir`, finished or not, has finished ({name: {'seconds',
+  'peak_rss_mb', ...}}), from their records (`rwsjax.stage_runner`: each holds its cost under
   `rwsjax.provenance.KEY`), in the order they finished. A stage's name is its record's path in
   the workdir without `stages/` and `.json`, as the pipelines name them; JSON files that are
   not stage records (lists, records without a cost) are passed over."""
@@ -160,7 +160,7 @@ def table(method, results):
     for n in sizes:
       entry = results[n][0]['run']['stages'].get(stage, {})
       seconds = entry.get('seconds')
-      if seconds is not None:  # a stage an earlier process stopped in: this process's part
+      if seconds is not None:  # a resumed stage's seconds are the resuming process's part
         cells.append(f'{seconds:.1f} ({1000 * seconds / n:.1f})'
                      + (', resumed: partial' if entry.get('resumed') else ''))
       else:  # the report's cost is not in the summary it writes
@@ -174,10 +174,11 @@ def table(method, results):
   for name, value, form, per_process in rows:
     cells = []
     for n in sizes:
-      cell = '-' if value(results[n]) is None else form.format(value(results[n]))
-      if per_process and value(results[n]) is not None:
-        cell += resumed_mark(results[n][0])
-      cells.append(cell)
+      number = value(results[n])
+      if number is None:
+        cells.append('-')
+      else:
+        cells.append(form.format(number) + (resumed_mark(results[n][0]) if per_process else ''))
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   lines.append('| host CPU of the stages | ' + ' | '.join(
       ' / '.join(hosts(results[n][0])) or '-' for n in sizes) + ' |')
