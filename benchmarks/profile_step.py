@@ -8,9 +8,9 @@ and, for convolutions, their window. Convolutions fall in four groups (1x1; the 
 3x3, ASPP; the backbone's atrous 3x3 in layer3-4; the rest: the 7x7 stem, dense and strided
 3x3), each split into forward, input gradient and kernel gradient, or forward and backward
 for the matrix products of `rwsjax.models.conv` (counted as 1x1 unless in the head's atrous
-modules). Prints per family and per group the seconds per call and the share of all thunk
-time. Thunk time is summed over threads, so it can exceed wall time when thunks run
-concurrently.
+modules); its Winograd 3x3 convolutions (the ops its scope names) are a fifth group. Prints per
+family and per group the seconds per call and the share of all thunk time. Thunk time is
+summed over threads, so it can exceed wall time when thunks run concurrently.
 
   python benchmarks/profile_step.py                       # train step, realistic case
   python benchmarks/profile_step.py --step eval --conv-impl lax
@@ -43,6 +43,9 @@ WINDOW = re.compile(r'window=\{([^}]*)\}')
 # `rwsjax.models.conv` rewrite as matrix products; the head's atrous convolutions by module.
 CONV_MODULE = re.compile(r'/(Conv_\d+|conv\d|downsample_conv|classifier|branch\d+)/[^/]+$')
 HEAD_ATROUS_MODULE = re.compile(r'/(aspp/atrous\d+|branch\d+)/')
+# The scope `rwsjax.models.conv.winograd` names its ops with ('.../winograd/dot_general', or
+# 'jvp(winograd)/...' when it is the outermost scope).
+WINOGRAD = re.compile(r'[/(]winograd[/)]')
 SHAPE = re.compile(r'= \w+\[([\d,]*)\]')
 DIM_LABELS = re.compile(r'dim_labels=\w+_\w+->(\w+)')
 # A kernel-gradient convolution slides the output gradient over the input: its window is
@@ -104,11 +107,13 @@ def conv_family(line, op_name):
 def family(name, hlo):
   """The op family of HLO instruction `name` (see the module docstring)."""
   line, called = hlo.get(name, ('', []))
-  if name.startswith(('copy', 'transpose', 'bitcast')):
-    return 'layout copies and transposes'
   names = [m.group(1) for m in map(OP_NAME.search, [line] + called) if m]
   op_name = names[0] if names else ''
   direction = 'backward' if 'transpose(' in op_name else 'forward'
+  if WINOGRAD.search(op_name):
+    return f'Winograd 3x3 convs (layer3-4, head): {direction}'
+  if name.startswith(('copy', 'transpose', 'bitcast')):
+    return 'layout copies and transposes'
   convolutions = [l for l in [line] + called if ' convolution(' in l and WINDOW.search(l)]
   if convolutions:
     return conv_family(convolutions[0], op_name)

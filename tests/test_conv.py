@@ -90,6 +90,13 @@ def small_kernel_grads(monkeypatch):
   monkeypatch.setattr(conv, 'MIN_KERNEL_GRAD_MACS', 0)
 
 
+@pytest.fixture
+def small_winograd(monkeypatch):
+  """Lets Winograd's F(4x4, 3x3) replace 3x3 convolutions of any size and channels."""
+  monkeypatch.setattr(conv, 'MIN_WINOGRAD_MACS', 0)
+  monkeypatch.setattr(conv, 'MIN_WINOGRAD_CHANNELS', 0)
+
+
 def test_use_tap_sum():
   aspp = ((4, 32, 32, 2048), (3, 3, 2048, 256))
   for rate in (12, 24, 36):
@@ -125,8 +132,10 @@ def test_use_tap_kernel_grad():
                                       ((-1, 1), (1, 1)))
   big = jax.ShapeDtypeStruct((4, 32, 32, 512), jnp.float32)
   kernel = jax.ShapeDtypeStruct((3, 3, 512, 512), jnp.float32)
-  for stride, path in (((1, 1), 'kernel_taps'), ((2, 2), None)):
+  for stride, path in (((1, 1), 'winograd'), ((2, 2), None)):
     assert conv.rewrite(big, kernel, stride, ((4, 4), (4, 4)), None, (4, 4), NHWC, 1, 1) == path
+  assert conv.rewrite(big, kernel, (1, 1), ((4, 4), (4, 4)), None, (3, 3), NHWC, 1, 1) == (
+      'kernel_taps')
   # The ASPP's padding-heavy rates keep the tap sum.
   aspp = jax.ShapeDtypeStruct((4, 32, 32, 2048), jnp.float32)
   assert conv.rewrite(aspp, jax.ShapeDtypeStruct((3, 3, 2048, 256), jnp.float32), (1, 1),
@@ -219,14 +228,22 @@ def test_config_rejects_unknown_conv_impl():
     models.make_model(cfg, 3)
 
 
-@pytest.mark.parametrize('name,backbone,size', [
-    ('deeplabv3', 'resnet50', (37, 45)), ('deeplabv3plus', 'resnet18', (40, 33)),
-    ('deeplabv2', 'resnet18', (33, 40))])
-def test_models_agree_across_conv_impls(name, backbone, size, small_taps, small_kernel_grads):
+@pytest.mark.parametrize('name,backbone,size,winograd', [
+    ('deeplabv3', 'resnet50', (37, 45), False), ('deeplabv3', 'resnet50', (37, 45), True),
+    ('deeplabv3plus', 'resnet18', (40, 33), False), ('deeplabv2', 'resnet18', (33, 40), False)])
+def test_models_agree_across_conv_impls(name, backbone, size, winograd, small_taps,
+                                        small_kernel_grads, request):
   """Same parameters, and the same logits and parameter gradients of the cross-entropy (train
-  mode) with either path. Computed in float64: in float32 the paths' rounding differs by
+  mode) with either path, with the 3x3 convolutions as per-tap kernel gradients or (winograd)
+  as Winograd's F(4x4, 3x3). Computed in float64: in float32 the paths' rounding differs by
   about 1e-7 per convolution, which train-mode BatchNorm on these tiny maps amplifies to 1e-2
   in some gradients; in float64 any real difference would still show."""
+  calls = []
+  if winograd:
+    request.getfixturevalue('small_winograd')
+    traced = conv.winograd
+    request.getfixturevalue('monkeypatch').setattr(
+        conv, 'winograd', lambda *args: calls.append(args[0].shape) or traced(*args))
   with jax.enable_x64(True):
     built = {}
     for impl in ('lax', 'matmul'):
@@ -252,6 +269,7 @@ def test_models_agree_across_conv_impls(name, backbone, size, small_taps, small_
       return jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
 
     got, want = logits_and_grads(built['matmul']), logits_and_grads(built['lax'])
+    assert bool(calls) == winograd
     for a, b in itertools.zip_longest(jax.tree.leaves(got), jax.tree.leaves(want)):
       scale = float(jnp.max(jnp.abs(b)))
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8 * max(scale, 1.0))
@@ -325,3 +343,61 @@ def test_pointwise_gradients_by_einsum(cin, cout):
     transposed, = [e.outvars[0].aval.shape for e in jaxpr.eqns
                    if e.primitive.name == 'transpose' and e.outvars[0].aval.shape[1] == 60]
     assert transposed == (min(cin, cout), 60)
+
+
+def test_use_winograd():
+  # ResNet-50 at output stride 8 on 256x256, batch 4: layer3-4's 3x3 convolutions and the
+  # head's; layer1's 64 channels and layer2's 6e8 multiply-adds stay as they were.
+  assert conv.use_winograd((4, 32, 32, 512), (3, 3, 512, 512), (4, 4), ((4, 4),) * 2)
+  assert conv.use_winograd((4, 32, 32, 256), (3, 3, 256, 256), (2, 2), ((2, 2),) * 2)
+  assert conv.use_winograd((4, 32, 32, 256), (3, 3, 256, 256), (1, 1), ((1, 1),) * 2)
+  assert not conv.use_winograd((4, 64, 64, 64), (3, 3, 64, 64), (1, 1), ((1, 1),) * 2)
+  assert not conv.use_winograd((4, 32, 32, 128), (3, 3, 128, 128), (1, 1), ((1, 1),) * 2)
+  # Only 3x3 kernels padded by their dilation on every side.
+  assert not conv.use_winograd((4, 32, 32, 512), (3, 3, 512, 512), (4, 4), ((4, 4), (2, 6)))
+  assert not conv.use_winograd((4, 32, 32, 512), (3, 3, 512, 512), (4, 4), ((1, 1),) * 2)
+  assert not conv.use_winograd((4, 32, 32, 512), (5, 5, 512, 512), (1, 1), ((2, 2),) * 2)
+
+
+def test_winograd_tile_by_hand():
+  """F(4, 3) in one dimension, the identity the 2-D tile nests: A^T [(G g) * (B^T d)] is the
+  correlation sum_k d[i + k] g[k] of a 6-sample input with a 3-tap kernel, for random values
+  and for each unit input (so that every coefficient of the matrices is checked)."""
+  rng = np.random.default_rng(0)
+  for d in [rng.normal(size=6), *np.eye(6)]:
+    g = rng.normal(size=3)
+    want = [sum(d[i + k] * g[k] for k in range(3)) for i in range(4)]
+    got = conv.WINOGRAD_AT @ ((conv.WINOGRAD_G @ g) * (conv.WINOGRAD_BT @ d))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_polyphase_by_hand():
+  x = np.arange(2 * 7 * 5 * 3).reshape(2, 7, 5, 3).astype(np.float32)
+  parts = conv.polyphase(jnp.asarray(x), (3, 2))
+  assert parts.shape == (12, 3, 3, 3)
+  for n, i, j in itertools.product(range(2), range(3), range(2)):
+    part = np.zeros((3, 3, 3), np.float32)
+    component = x[n, i::3, j::2]
+    part[:component.shape[0], :component.shape[1]] = component
+    np.testing.assert_array_equal(parts[n * 6 + i * 2 + j], part)
+  np.testing.assert_array_equal(conv.unpolyphase(parts, (3, 2), 7, 5), x)
+
+
+@pytest.mark.parametrize('h,w,dilation', [
+    (12, 12, 1), (9, 14, 1), (5, 3, 1), (16, 16, 4), (9, 11, 2), (13, 10, 3), (5, 7, 6)])
+def test_winograd_equals_lax(h, w, dilation, small_winograd):
+  """Values and gradients against lax's: in float64 to 1e-12 (the algorithm is exact), in
+  float32 to the larger rounding of its transforms (module docstring)."""
+  padding = ((dilation, dilation),) * 2
+  fast = convolve('matmul', 1, padding, dilation)
+  x, k = inputs(h, w, 3, cin=6, cout=5)
+  assert conv.rewrite(x, k, (1, 1), padding, None, (dilation,) * 2, NHWC, 1, 1) == 'winograd'
+  assert 'conv_general_dilated' not in str(jax.make_jaxpr(fast)(x, k))
+  for dtype, rtol in ((jnp.float64, 1e-12), (jnp.float32, 2e-5)):
+    with jax.enable_x64(dtype == jnp.float64):
+      cast = (x.astype(dtype), k.astype(dtype))
+      want = values_and_grads(convolve('lax', 1, padding, dilation), *cast)
+      for got, expected in zip(values_and_grads(fast, *cast), want):
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        np.testing.assert_allclose(got, expected, rtol=0,
+                                   atol=rtol * float(jnp.max(jnp.abs(expected))))

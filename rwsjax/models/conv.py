@@ -1,7 +1,7 @@
 """Convolutions computed as matrix products where XLA:CPU's convolutions are slow.
 
 A drop-in for `lax.conv_general_dilated` (flax `nn.Conv(conv_general_dilated=...)`, same
-parameters) with four rewrites that change results only by float rounding (BENCHMARKS.md, train
+parameters) with five rewrites that change results only by float rounding (BENCHMARKS.md, train
 step profile):
 
 - a 1x1 convolution without padding is a matrix product over channels (after a strided slice
@@ -12,6 +12,14 @@ step profile):
   maps) is a sum over its taps of matrix products, each on the part of the input the tap
   reaches: taps that reach only padding are skipped, and no product with padding is computed
   (`use_tap_sum` says when: one tap left, or a large enough saving);
+- a large stride-1 3x3 convolution padded by its dilation ('SAME': layer3-4's dense and atrous
+  3x3 convolutions at output stride 8, DeepLabv3's head) is Winograd's minimal filtering
+  F(4x4, 3x3) (`winograd`): the dilated convolution split into d x d undilated ones on the
+  polyphase components of its input, each cut into 6x6 tiles that overlap by 2, and 36 matrix
+  products over channels where the plain convolution takes 144 per tile of 4x4 outputs. Its
+  gradients are JAX's transposes of the same products. Rounding grows to about 2e-5 of the
+  output's scale in float32 (the transform's coefficients reach 8 and 1/24), against about
+  1e-6 for the plain convolution; `use_winograd` says when;
 - any other large stride-1 convolution (layer3-4's dense and atrous 3x3 convolutions at
   output stride 8) keeps `lax.conv_general_dilated` for its output, and takes its kernel
   gradient as a matrix product per tap: the input window the tap reads against the output
@@ -35,6 +43,7 @@ import math
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 from rwsjax import config as config_lib
 
@@ -52,6 +61,22 @@ MIN_SAVED_MACS = 10**9
 # 1.3-1.6x; 512 channels on 16x16 (2.4e9) even; 64 channels on 64x64 and 128 on 32x32 (6e8)
 # slower).
 MIN_KERNEL_GRAD_MACS = 2 * 10**9
+# Winograd's F(4x4, 3x3) replaces a 3x3 convolution of at least this many multiply-adds and
+# channels in and out (measured, forward and backward of one layer at batch 4 on one CPU core:
+# 256 and 512 channels on 32x32 maps 2.4-2.5x faster, 128 on 32x32 (6e8) 1.3x, 64 on 64x64
+# slower: the tile transforms cost as much as the products they save). At 256 channels the
+# shapes configs' models (at most 128 in a 3x3 convolution) compute what they computed before.
+MIN_WINOGRAD_MACS = 10**9
+MIN_WINOGRAD_CHANNELS = 256
+# F(4x4, 3x3) (Lavin & Gray, 2016): a tile's 4x4 outputs are A^T [(G g G^T) * (B^T d B)] A for
+# its 6x6 input d and the 3x3 kernel g.
+WINOGRAD_TILE = 4
+WINOGRAD_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                        [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]])
+WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                       [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+WINOGRAD_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                        [0, 1, -1, 8, -8, 1]])
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -122,6 +147,67 @@ def use_tap_kernel_grad(lhs_shape, rhs_shape, dilation, padding):
   return (min(min(pad) for pad in padding) >= 0
           and min(output_size(lhs_shape, rhs_shape, dilation, padding)) > 0
           and plain_macs(lhs_shape, rhs_shape, dilation, padding) >= MIN_KERNEL_GRAD_MACS)
+
+
+def use_winograd(lhs_shape, rhs_shape, dilation, padding):
+  """Whether `winograd` replaces a stride-1 NHWC/HWIO convolution: a 3x3 kernel padded by its
+  dilation on every side, and enough work and channels (see MIN_WINOGRAD_MACS)."""
+  return (tuple(rhs_shape[:2]) == (3, 3)
+          and tuple(padding) == tuple((d, d) for d in dilation)
+          and min(rhs_shape[2:]) >= MIN_WINOGRAD_CHANNELS
+          and plain_macs(lhs_shape, rhs_shape, dilation, padding) >= MIN_WINOGRAD_MACS)
+
+
+def polyphase(x, dilation):
+  """(N, H, W, C) -> (N * dy * dx, ceil(H / dy), ceil(W / dx), C): the components x[:, i::dy,
+  j::dx] as a batch (zero-padded to whole multiples). A 3x3 convolution dilated by (dy, dx)
+  is the undilated one on each component."""
+  (n, h, w, c), (dy, dx) = x.shape, dilation
+  hp, wp = -(-h // dy), -(-w // dx)
+  x = jnp.pad(x, ((0, 0), (0, hp * dy - h), (0, wp * dx - w), (0, 0)))
+  x = x.reshape(n, hp, dy, wp, dx, c).transpose(0, 2, 4, 1, 3, 5)
+  return x.reshape(n * dy * dx, hp, wp, c)
+
+
+def unpolyphase(y, dilation, height, width):
+  """The inverse of `polyphase`: (N * dy * dx, h, w, D) -> (N, height, width, D)."""
+  (b, h, w, d), (dy, dx) = y.shape, dilation
+  y = y.reshape(b // (dy * dx), dy, dx, h, w, d).transpose(0, 3, 1, 4, 2, 5)
+  return y.reshape(-1, h * dy, w * dx, d)[:, :height, :width]
+
+
+def winograd(lhs, rhs, dilation, precision=None, preferred_element_type=None):
+  """3x3 NHWC/HWIO convolution, stride 1, padded by `dilation`, as Winograd's F(4x4, 3x3) on the
+  polyphase components (module docstring). The three transforms are matrix products with the
+  Kronecker products of WINOGRAD_BT, WINOGRAD_G and WINOGRAD_AT over the 36 (or 16) positions
+  of a tile: XLA:CPU runs those several times faster than the same sums written elementwise.
+  Its ops are named 'winograd' (`jax.named_scope`) for profiles."""
+  with jax.named_scope('winograd'):
+    return _winograd(lhs, rhs, dilation, precision, preferred_element_type)
+
+
+def _winograd(lhs, rhs, dilation, precision, preferred_element_type):
+  m = WINOGRAD_TILE
+  a = m + 2
+  n, height, width, channels = lhs.shape
+  x = polyphase(lhs, dilation)
+  b, h, w, _ = x.shape
+  th, tw = -(-h // m), -(-w // m)
+  x = jnp.pad(x, ((0, 0), (1, th * m + 1 - h), (1, tw * m + 1 - w), (0, 0)))
+  tiles = jnp.stack([x[:, i:i + m * th:m, j:j + m * tw:m] for i in range(a) for j in range(a)])
+  v = lax.dot(jnp.asarray(np.kron(WINOGRAD_BT, WINOGRAD_BT), lhs.dtype),
+              tiles.reshape(a * a, -1), precision=precision)
+  u = lax.dot(jnp.asarray(np.kron(WINOGRAD_G, WINOGRAD_G), rhs.dtype),
+              rhs.reshape(9, -1), precision=precision)
+  products = lax.dot_general(
+      v.reshape(a * a, b * th * tw, channels), u.reshape(a * a, channels, -1),
+      (((2,), (1,)), ((0,), (0,))), precision=precision,
+      preferred_element_type=preferred_element_type)
+  out = lax.dot(jnp.asarray(np.kron(WINOGRAD_AT, WINOGRAD_AT), products.dtype),
+                products.reshape(a * a, -1), precision=precision)
+  out = out.reshape(m, m, b, th, tw, -1).transpose(2, 3, 0, 4, 1, 5)
+  out = out.reshape(b, th * m, tw * m, -1)[:, :h, :w]
+  return unpolyphase(out, dilation, height, width)
 
 
 def _matmul(x, w, precision, preferred_element_type):
@@ -242,8 +328,8 @@ conv_stride1.defvjp(_stride1_fwd, _stride1_bwd)
 
 def rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count):
-  """'pointwise', 'taps', 'kernel_taps', 'stride1' or None: which rewrite applies to this
-  convolution ('stride1': lax's output with `input_grad`)."""
+  """'pointwise', 'taps', 'winograd', 'kernel_taps', 'stride1' or None: which rewrite applies to
+  this convolution ('stride1': lax's output with `input_grad`)."""
   if (lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1
       or isinstance(padding, str) or any(d != 1 for d in lhs_dilation or (1, 1))
       or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -257,6 +343,8 @@ def rewrite(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimen
     return None
   if use_tap_sum(lhs.shape, rhs.shape, dilation, padding):
     return 'taps'
+  if use_winograd(lhs.shape, rhs.shape, dilation, padding):
+    return 'winograd'
   if use_tap_kernel_grad(lhs.shape, rhs.shape, dilation, padding):
     return 'kernel_taps'
   return 'stride1'
@@ -278,6 +366,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     padding, dilation = tuple(tuple(p) for p in padding), tuple(rhs_dilation or (1, 1))
     if path == 'taps':
       return tap_sum(lhs, rhs, padding, dilation, precision, preferred_element_type)
+    if path == 'winograd':
+      return winograd(lhs, rhs, dilation, precision, preferred_element_type)
     return conv_stride1(lhs, rhs, padding, dilation, path == 'kernel_taps', precision,
                         preferred_element_type)
   return lax.conv_general_dilated(
