@@ -4,7 +4,8 @@ matrix-product paths of rwsjax.models.conv, forward and forward + both gradients
 One row per kind of convolution in the model at the realistic size (batch 4, 256x256 input:
 64x64 maps in layer1, 32x32 from layer2 on). Columns: `lax`; `matmul` (what
 `conv_impl='matmul'` computes: a matrix product for 1x1, the tap sum where at most
-MAX_TAP_FRACTION of the products read the input, else lax); `taps` (the tap sum forced, for
+MAX_TAP_FRACTION of the products read the input, Winograd's F(4x4, 3x3) for large 3x3
+convolutions (`conv.use_winograd`), else lax); `taps` (the tap sum forced, for
 every stride-1 3x3, to show where the threshold lies); `s2b` (the classic atrous trick for
 dilations up to 12: space-to-batch by the dilation, after zero-padding the map to a multiple
 of it, a dense 3x3 convolution, batch-to-space); with --vs-torch, torch.nn.functional.conv2d
@@ -48,17 +49,12 @@ S2B_MAX_DILATION = 12  # beyond, the padded map is mostly zeros (72x72 cells for
 
 
 def space_to_batch_conv(x, w, dilation):
-  """3x3 stride-1 convolution with dilation d and padding d as space-to-batch by d, a dense
-  3x3 convolution with padding 1 on each of the d*d sub-maps, and batch-to-space."""
-  n, h, w_, c = x.shape
-  hp, wp = -(-h // dilation) * dilation, -(-w_ // dilation) * dilation
-  x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w_), (0, 0)))
-  x = x.reshape(n, hp // dilation, dilation, wp // dilation, dilation, c)
-  x = x.transpose(2, 4, 0, 1, 3, 5).reshape(dilation**2 * n, hp // dilation, wp // dilation, c)
-  y = lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
-                               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  y = y.reshape(dilation, dilation, n, hp // dilation, wp // dilation, -1)
-  return y.transpose(2, 3, 0, 4, 1, 5).reshape(n, hp, wp, -1)[:, :h, :w_]
+  """3x3 stride-1 convolution with dilation d and padding d as space-to-batch by d
+  (`conv.polyphase`), a dense 3x3 convolution with padding 1 on each of the d*d sub-maps, and
+  batch-to-space."""
+  y = lax.conv_general_dilated(conv.polyphase(x, (dilation, dilation)), w, (1, 1),
+                               ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return conv.unpolyphase(y, (dilation, dilation), *x.shape[1:3])
 
 
 def conv_fn(path, stride, dilation, kernel):
