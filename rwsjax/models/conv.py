@@ -62,10 +62,12 @@ MIN_SAVED_MACS = 10**9
 # slower).
 MIN_KERNEL_GRAD_MACS = 2 * 10**9
 # Winograd's F(4x4, 3x3) replaces a 3x3 convolution of at least this many multiply-adds and
-# channels in and out (measured, forward and backward of one layer at batch 4 on one CPU core:
-# 256 and 512 channels on 32x32 maps 2.4-2.5x faster, 128 on 32x32 (6e8) 1.3x, 64 on 64x64
-# slower: the tile transforms cost as much as the products they save). At 256 channels the
-# shapes configs' models (at most 128 in a 3x3 convolution) compute what they computed before.
+# channels in and out. Measured at batch 4 on 2 idle CPU cores (BENCHMARKS.md, train step), a
+# forward pass and forward + both gradients: 256 and 512 channels on 32x32 maps 1.9-2.3x and
+# 1.6-2.1x faster than before; 128 channels on 32x32 and 64 on 64x64 (6e8 multiply-adds)
+# 1.3-1.4x and 1.0-1.1x (the tile transforms cost nearly what the products save). At 256
+# channels the shapes configs' models (at most 128 in a 3x3 convolution) compute what they
+# computed before.
 MIN_WINOGRAD_MACS = 10**9
 MIN_WINOGRAD_CHANNELS = 256
 # F(4x4, 3x3) (Lavin & Gray, 2016): a tile's 4x4 outputs are A^T [(G g G^T) * (B^T d B)] A for
