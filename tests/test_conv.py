@@ -393,11 +393,11 @@ def test_winograd_equals_lax(h, w, dilation, small_winograd):
   x, k = inputs(h, w, 3, cin=6, cout=5)
   assert conv.rewrite(x, k, (1, 1), padding, None, (dilation,) * 2, NHWC, 1, 1) == 'winograd'
   assert 'conv_general_dilated' not in str(jax.make_jaxpr(fast)(x, k))
-  for dtype, rtol in ((jnp.float64, 1e-12), (jnp.float32, 2e-5)):
+  for dtype, tolerance in ((jnp.float64, 1e-12), (jnp.float32, 2e-5)):
     with jax.enable_x64(dtype == jnp.float64):
       cast = (x.astype(dtype), k.astype(dtype))
       want = values_and_grads(convolve('lax', 1, padding, dilation), *cast)
       for got, expected in zip(values_and_grads(fast, *cast), want):
         assert got.shape == expected.shape and got.dtype == expected.dtype
         np.testing.assert_allclose(got, expected, rtol=0,
-                                   atol=rtol * float(jnp.max(jnp.abs(expected))))
+                                   atol=tolerance * float(jnp.max(jnp.abs(expected))))

@@ -20,8 +20,8 @@ step profile):
   gradients are JAX's transposes of the same products. Rounding grows to about 2e-5 of the
   output's scale in float32 (the transform's coefficients reach 8 and 1/24), against about
   1e-6 for the plain convolution; `use_winograd` says when;
-- any other large stride-1 convolution (layer3-4's dense and atrous 3x3 convolutions at
-  output stride 8) keeps `lax.conv_general_dilated` for its output, and takes its kernel
+- any other large stride-1 convolution (a 3x3 of fewer channels on large maps, other kernel
+  sizes and paddings) keeps `lax.conv_general_dilated` for its output, and takes its kernel
   gradient as a matrix product per tap: the input window the tap reads against the output
   gradient, contracted over batch and space (`use_tap_kernel_grad` says when). XLA:CPU's
   kernel-gradient convolution is the slow part of such a layer's training;
