@@ -1,5 +1,8 @@
 """Tests for rwsjax.models: parameter counts, strides and shapes, hooks, perturbations, BN."""
 import functools
+import os
+import re
+import sys
 
 import flax
 import jax
@@ -10,6 +13,10 @@ import pytest
 
 from rwsjax import models
 from rwsjax.models import resnet
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'benchmarks'))
+import profile_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # torchvision's ResNet table, written out independently of rwsjax.models.resnet.
 TORCHVISION_BLOCKS = {
@@ -361,3 +368,24 @@ def test_bfloat16_compute_float32_params_and_logits(tiny):
   assert logits16.dtype == jnp.float32 and feats16['layer4'].dtype == jnp.bfloat16
   error = float(jnp.abs(logits16 - logits32).max() / jnp.abs(logits32).max())
   assert 0 < error < 0.1
+
+
+def test_residual_relu_is_relu_in_value_and_gradient():
+  x = jnp.array([-jnp.inf, -2.0, -1e-30, -0.0, 0.0, 1e-30, 3.0, jnp.inf, jnp.nan])
+  np.testing.assert_array_equal(resnet.residual_relu(x), flax.linen.relu(x))
+  grad = jax.vmap(jax.grad(resnet.residual_relu))(x[:-1])
+  np.testing.assert_array_equal(grad, jax.vmap(jax.grad(flax.linen.relu))(x[:-1]))
+  np.testing.assert_array_equal(grad, [0, 0, 0, 0, 0, 1, 1, 1])
+
+
+def test_each_bottleneck_output_is_computed_once():
+  """In the compiled ResNet-50, no fusion holds the last BatchNorm of more than one block: with
+  `nn.relu` ending the blocks, XLA:CPU recomputed each block's residual stream from the
+  layer's first block inside the next block's fusion."""
+  model = resnet.ResNet(depth=50, width=0.25)
+  images = jnp.zeros((1, 64, 64, 3))
+  variables = model.init(jax.random.key(0), images)
+  text = jax.jit(lambda v, x: model.apply(v, x)['layer4']).lower(variables, images).compile()
+  for name, (_, fused) in profile_step.parse_hlo(text.as_text()).items():
+    blocks = {m for line in fused for m in re.findall(r'/(layer\d_\d+)/bn3/', line)}
+    assert len(blocks) <= 1, (name, sorted(blocks))

@@ -65,6 +65,22 @@ def conv2d(features, kernel, stride=1, dilation=1, *, dtype=jnp.float32, use_bia
                                                         impl=conv_impl))
 
 
+def residual_relu(x):
+  """The ReLU that ends a block (its sum with the shortcut): `nn.relu`'s values and gradients
+  (0 at 0, NaN stays NaN), written as a select.
+
+  XLA:CPU copies a cheap single-operand op like `maximum(x, 0)` into every consumer it can fuse
+  with, so each block's residual sum recomputed the stream from the layer's first block (23
+  blocks deep in ResNet-101's layer3: quadratic in the depth; BENCHMARKS.md, train step). A
+  select reads two full-size operands, which XLA does not duplicate into a fusion when another
+  consumer (the next block's 1x1 convolution) needs it materialized: each block's output is
+  computed once. Bottleneck blocks (ResNet-50/101/152) end with it; basic blocks (ResNet-18/34,
+  the shapes configs') keep `nn.relu`, so those runs compute to the bit what they did (the
+  select changes the rounding of a fused training step, by about 1e-5).
+  """
+  return jnp.where(x <= 0, 0, x)
+
+
 def _shortcut(x, channels, stride, dtype, norm, conv_impl):
   """Identity, or torchvision's `downsample` (1x1 conv + BN) when the shape changes."""
   if stride == 1 and x.shape[-1] == channels:
@@ -111,7 +127,8 @@ class Bottleneck(nn.Module):
     y = conv(self.channels, 3, self.stride, self.dilation, name='conv2')(y)
     y = nn.relu(self.norm(name='bn2')(y))
     y = self.norm(name='bn3')(conv(out, 1, name='conv3')(y))
-    return nn.relu(y + _shortcut(x, out, self.stride, self.dtype, self.norm, self.conv_impl))
+    return residual_relu(y + _shortcut(x, out, self.stride, self.dtype, self.norm,
+                                       self.conv_impl))
 
 
 class ResNet(nn.Module):
