@@ -1,6 +1,11 @@
-"""Test setup: several CPU devices so that data-parallel code runs as on an accelerator pod."""
+"""Test setup: several CPU devices so that data-parallel code runs as on an accelerator pod,
+and the scripts of benchmarks/ importable by name (`import train_step`)."""
 import os
+import sys
 import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'benchmarks'))
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 

@@ -1,11 +1,8 @@
 """benchmarks/scale.py: the table of a dry run that has not finished, from its stage records."""
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'benchmarks'))
-import scale  # pylint: disable=g-import-not-at-top,wrong-import-position
+import scale
 
 from rwsjax import provenance
 

@@ -1,11 +1,7 @@
 """benchmarks/slices.py: its vectorised path still agrees with its two loops (the script checks
 them before it prints a ratio), so the benchmark cannot go stale against `score_windows`."""
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'benchmarks'))
-import slices as slices_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+import slices as slices_benchmark
 
 
 def test_the_vectorised_scores_match_both_loops_and_a_ratio_is_printed(capsys):

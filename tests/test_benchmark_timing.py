@@ -5,9 +5,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'benchmarks'))
-import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
+import timing
 
 
 def snap(wall, busy, own, load):

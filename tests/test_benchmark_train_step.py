@@ -1,16 +1,12 @@
 """benchmarks/train_step.py: the work count that splits a speed ratio into work and rate."""
-import os
-import sys
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'benchmarks'))
-import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+import train_step
 
-from rwsjax.models import conv  # pylint: disable=g-import-not-at-top,wrong-import-position
+from rwsjax.models import conv
 
 N, H, W, C, D = 2, 6, 5, 3, 4
 

@@ -1,8 +1,6 @@
 """Tests for rwsjax.models: parameter counts, strides and shapes, hooks, perturbations, BN."""
 import functools
-import os
 import re
-import sys
 
 import flax
 import jax
@@ -14,9 +12,7 @@ import pytest
 from rwsjax import models
 from rwsjax.models import resnet
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'benchmarks'))
-import profile_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+import profile_step
 
 # torchvision's ResNet table, written out independently of rwsjax.models.resnet.
 TORCHVISION_BLOCKS = {

@@ -1,15 +1,11 @@
 """benchmarks/voc_hours.py: the work it counts against closed forms, and the hours it derives
 from the work."""
-import os
-import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'benchmarks'))
-import voc_hours  # pylint: disable=g-import-not-at-top,wrong-import-position
+import voc_hours
 
 
 def test_flops_of_a_matrix_product_are_two_per_multiply_add():
