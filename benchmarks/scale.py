@@ -130,7 +130,9 @@ def run(method, images, size, out, table_only=False, recompute_from=()):
     print(' '.join(command[1:]), flush=True)
     os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
-    with open(os.path.join(workdir, 'scale.log'), 'w') as log:
+    with open(os.path.join(workdir, 'scale.log'), 'a') as log:  # a resumed run keeps the last's
+      log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command[1:])}\n")
+      log.flush()
       process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                  env=dict(os.environ, TFDS_DATA_DIR=os.path.join(out, 'tfds')))
       _, status, usage = os.wait4(process.pid, 0)

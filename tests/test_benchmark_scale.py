@@ -104,3 +104,19 @@ def test_a_stage_stopped_part_way_is_timed_afresh_on_request(tmp_path):
   assert not any(arg.startswith('--recompute_from') for arg in plain)
   assert again == plain + ['--recompute_from=psa_random_walk,psa_final']
   assert f'--workdir={tmp_path}' in plain and '--config=configs/shapes_isim.py' in plain
+
+
+def test_a_resumed_run_appends_to_the_log_of_the_runs_before_it(tmp_path, monkeypatch):
+  workdir = tmp_path / 'isim_384_4000'
+  def fake_launch(method, images, size, workdir, recompute_from=()):
+    summary = os.path.join(workdir, 'summary.json')
+    code = ('import json, sys; print("part", sys.argv[1]); '
+            f'json.dump({{"run": {{"stages": {{}}}}}}, open({summary!r}, "w"))')
+    return [scale.sys.executable, '-c', code, ','.join(recompute_from) or 'first']
+  monkeypatch.setattr(scale, 'launch_command', fake_launch)
+  scale.run('isim', 4000, 384, str(tmp_path))
+  os.remove(workdir / 'summary.json')
+  scale.run('isim', 4000, 384, str(tmp_path), recompute_from=['psa_final'])
+  lines = (workdir / 'scale.log').read_text().splitlines()
+  assert [line for line in lines if line.startswith('part')] == ['part first', 'part psa_final']
+  assert lines[0].endswith('first') and lines[2].endswith('psa_final')
