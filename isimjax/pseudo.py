@@ -12,7 +12,6 @@ import operator
 import os
 import re
 import tempfile
-import time
 
 import numpy as np
 from PIL import Image
@@ -207,23 +206,20 @@ def _executor(num_workers):
 
 
 class _Progress:
-  """Counts written labels; reports rate and ETA to a callback or, every `log_every_s`, absl."""
+  """Counts written labels; reports rate and ETA to a callback, or to absl (`Progress.tick`)."""
 
-  def __init__(self, total, callback, log_every_s=30.0):
+  def __init__(self, total, callback):
     self.meter = progress_lib.Progress('pseudo labels', total)
-    self.callback, self.log_every_s = callback, log_every_s
+    self.callback = callback
     self.done = 0
-    self.last_log = time.monotonic()
 
   def update(self):
     self.done += 1
     if self.callback is not None:
       self.callback(self.done, self.meter.total, self.meter.rate(self.done),
                     max(self.meter.eta(self.done), 0.0))
-    elif (self.done == self.meter.total
-          or time.monotonic() - self.last_log >= self.log_every_s):
-      self.last_log = time.monotonic()
-      self.meter.log(self.done)
+    else:
+      self.meter.tick(self.done)
 
 
 def _as_batch(item):

@@ -232,7 +232,6 @@ def predict_folder(config, workdir, pipeline_module, images, out):
   files = sorted(f for f in os.listdir(images) if os.path.isfile(os.path.join(images, f)))
   os.makedirs(os.path.join(out, OVERLAY_DIR), exist_ok=True)
   progress, written = Progress('predict', len(files)), {}
-  every = max(1, len(files) // 10)
   start = time.perf_counter()
   for done, name in enumerate(files, 1):
     stem = os.path.splitext(name)[0]
@@ -246,8 +245,7 @@ def predict_folder(config, workdir, pipeline_module, images, out):
       PIL.Image.fromarray(overlay(image, mask, background)).save(
           os.path.join(out, OVERLAY_DIR, f'{stem}.jpg'), quality=90)
       written[stem] = name
-    if done % every == 0 or done == len(files):
-      progress.log(done)
+    progress.tick(done)
   logging.info('predict: %d masks in %s (%.1f s), overlays in %s.', len(written), out,
                time.perf_counter() - start, os.path.join(out, OVERLAY_DIR))
   return [os.path.join(out, f'{stem}.png') for stem in written]

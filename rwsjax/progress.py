@@ -62,11 +62,12 @@ def format_seconds(seconds):
 class Progress:
   """Rate and ETA of a loop over `total` items that starts at item `start` (resumed runs)."""
 
-  def __init__(self, name, total, start=0):
+  def __init__(self, name, total, start=0, every_s=30.0):
     self.name = name
     self.total = total
     self.start = start
-    self.t0 = time.perf_counter()
+    self.every_s = every_s
+    self.t0 = self.last_line = time.perf_counter()
 
   def rate(self, done):
     """Items per second since the start."""
@@ -88,18 +89,23 @@ class Progress:
     return '  '.join(parts)
 
   def log(self, done, **values):
+    self.last_line = time.perf_counter()
     logging.info('%s', self.line(done, **values))
 
+  def tick(self, done, **values):
+    """Logs a line when the loop ends (`done` == total) or `every_s` seconds after the last
+    line: long loops report steadily, short ones once."""
+    if done == self.total or time.perf_counter() - self.last_line >= self.every_s:
+      self.log(done, **values)
 
-def logged(items, name, total, lines=4):
-  """Yields `items` (`total` of them), logging `lines` progress lines along the way: dataset
+
+def logged(items, name, total):
+  """Yields `items` (`total` of them), with `Progress.tick`'s lines along the way: dataset
   preparation reports its progress this way, TFDS's own bars being off."""
   progress = Progress(name, total)
-  every = max(1, total // lines)
   for done, item in enumerate(items, 1):
     yield item
-    if done % every == 0 or done == total:
-      progress.log(done)
+    progress.tick(done)
 
 
 def median_seconds(fn, repeats):

@@ -58,3 +58,16 @@ def _record(pathname, level, message):
 ])
 def test_library_filter(pathname, level, message, shown):
   assert progress._LibraryInfoFilter().filter(_record(pathname, level, message)) is shown
+
+
+def test_tick_logs_every_interval_and_at_the_end(monkeypatch):
+  now = [0.0]
+  monkeypatch.setattr(progress.time, 'perf_counter', lambda: now[0])
+  lines = []
+  monkeypatch.setattr(progress.logging, 'info', lambda fmt, line: lines.append(line))
+  meter = progress.Progress('stage', total=6, every_s=30.0)
+  for done, seconds in enumerate([10, 29, 31, 45, 62, 63], 1):  # clock at each item's end
+    now[0] = seconds
+    meter.tick(done)
+  # 31 s: 30 after the start; 62: 31 after the line at 31; 63: the last item.
+  assert [line.split()[1] for line in lines] == ['3/6', '5/6', '6/6']

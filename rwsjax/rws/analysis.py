@@ -120,8 +120,7 @@ def analyze(model, variables, source, config, mesh, directory, names):
     entries.append((image + sum(len(x) for x in indices), window, cls,
                     attention[keep][image, window, cls]))
     indices.append(batch['index'][keep])
-    if (i + 1) % max(1, count // 4) == 0:
-      progress.log(i + 1)
+    progress.tick(i + 1)
   hist = (hosts.sum_over_processes(x) for x in hist)
   t, thresholds, per_class, curves = threshold(*hist, rws, config.dataset.background_class)
   example = np.concatenate(indices)

@@ -160,8 +160,7 @@ def measure(model, net, source, config, mesh, names):
       out = jax.tree.map(lambda a, b: a + b, total, out)
       out['counts']['most_weak_windows'] = most
     total = out
-    if (i + 1) % max(1, count // 4) == 0:
-      progress.log(i + 1)
+    progress.tick(i + 1)
   counts = {name: int(v) for name, v in total['counts'].items()}
   return {'weak_windows': {name: evaluate_lib.summarize(total['windows'][name], names)
                            for name in ON_WINDOWS},
