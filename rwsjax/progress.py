@@ -92,10 +92,14 @@ class Progress:
     self.last_line = time.perf_counter()
     logging.info('%s', self.line(done, **values))
 
+  def due(self, done):
+    """Whether a line is due: the loop has ended (`done` == total) or `every_s` seconds have
+    passed since the last line, so long loops report steadily and short ones once."""
+    return done == self.total or time.perf_counter() - self.last_line >= self.every_s
+
   def tick(self, done, **values):
-    """Logs a line when the loop ends (`done` == total) or `every_s` seconds after the last
-    line: long loops report steadily, short ones once."""
-    if done == self.total or time.perf_counter() - self.last_line >= self.every_s:
+    """Logs a line when one is `due`."""
+    if self.due(done):
       self.log(done, **values)
 
 

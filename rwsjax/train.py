@@ -351,7 +351,7 @@ def evaluate(eval_step, variables, batches, mesh, num_batches=None):
   for i, batch in enumerate(batches):
     confusion = eval_step(variables, to_device(batch, mesh))
     total = confusion if total is None else total + confusion
-    if num_batches and (i + 1) % max(1, num_batches // 4) == 0:
+    if num_batches and progress.due(i + 1):
       jax.block_until_ready(total)  # the rate and ETA of finished batches, not dispatched ones
       progress.log(i + 1)
   return np.asarray(jax.device_get(total), np.int64)
