@@ -166,9 +166,9 @@ def local_outputs(model, variables, crops, config, crop_labels=None, crop_valid=
   Gamma_i^s and F_i^s on the window's footprint of that layer's feature grid, and the local
   logits at the window's size. A window holds few classes, so its Seg-Grad-CAM runs one
   backward pass per class slot over the windows of the call and skips the slots that none of
-  them fills (`rws.pair_chunk: 0`; `plans_for` orders the windows by their classes so that a
-  call's windows are alike), or a forward and backward pass per filled (window, class) pair,
-  `rws.pair_chunk` pairs per call; all give the same maps.
+  them fills (`rws.pair_chunk: 0`; `plans_for` orders the windows by their classes in the
+  global prediction, `window_classes`), or a forward and backward pass per filled (window,
+  class) pair, `rws.pair_chunk` pairs per call; all give the same maps.
 
   Args:
     crops: (M, s, s, 3) window crops at the global scale (s = slice_size); the model sees them
@@ -235,8 +235,9 @@ def fusion_plans(model, frozen, images, config, rng, labels=None, valid=None):
 
 def window_classes(regions, boxes, config):
   """(N * S,) the classes (at most `rws.max_classes`) of each window's region map (the global
-  prediction): how many class slots the local model's Seg-Grad-CAM will likely fill there,
-  the order `plans_for` gives the windows in (time only, not results)."""
+  prediction), the order `plans_for` gives the windows in (time only, not results): a proxy
+  for the class slots the local model's Seg-Grad-CAM fills there, which it predicts weakly
+  (BENCHMARKS.md, RWS inference)."""
   size, k = config.rws.slice_size, config.dataset.num_classes
   crops = slices.crop_windows(regions, boxes, size).reshape((-1, size, size))
   return jnp.sum(segcam.present_classes(crops, k, config.rws.max_classes)[1], axis=-1)
