@@ -244,15 +244,17 @@ def main():
 
 
 def order_variants(model, config, net, images, whole, forward_only, chunk_sizes):
-  """{name: timed call} of the RWS network with the weak windows in row order, in the local
-  model's own classes' order (an extra forward pass of the local model over them) and at other
-  `rws.slice_chunk` values; each is first checked to predict what `whole` does (the order and
-  the chunks change time, not results)."""
+  """{name: timed call} of the RWS network (`network.rws_logits`, written out) with the weak
+  windows in row order, in the local model's own classes' order (an extra forward pass of the
+  local model over them) and at other `rws.slice_chunk` values; each is first checked to
+  predict what `whole` does (the order and the chunks change time, not results)."""
   rng = jax.random.key(config.seed)
-  valid = jnp.ones(images.shape[:3], bool)
+  height, width = images.shape[1:3]
+  valid = network.pad_for_windows(jnp.ones(images.shape[:3], bool), config)
 
   def ordered(order):
     def run(n, x):
+      x = network.pad_for_windows(x, config)
       found = network.weak_slices(model, n['global'], n['threshold'], x, config, rng,
                                   valid=valid)
       if order == 'row':
@@ -263,7 +265,8 @@ def order_variants(model, config, net, images, whole, forward_only, chunk_sizes)
                                              config.rws.max_classes)[1], -1)
       with window_order(key):
         plans, _ = network.plans_for(model, n['local'], found, x, config, valid=valid)
-      return model.apply(n['model'], x, train=False, layer_hook=fusion.layer_hook(plans))
+      logits = model.apply(n['model'], x, train=False, layer_hook=fusion.layer_hook(plans))
+      return logits[:, :height, :width]
     return jax.jit(run)
 
   def chunked(chunk):
